@@ -1,0 +1,8 @@
+//! ddlab: a terminal lab for data-parallel distributed deep learning.
+//!
+//! Layers, each using only the ones below it (see DESIGN.md):
+//! `nn` and `data` (numbers) → `comm` (transport) → `train` (engines) → `session` (the
+//! one door for front ends) → `cli` (headless front ends: run, bench).
+
+pub mod data;
+pub mod nn;
