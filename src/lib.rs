@@ -4,5 +4,6 @@
 //! `nn` and `data` (numbers) → `comm` (transport) → `train` (engines) → `session` (the
 //! one door for front ends) → `cli` (headless front ends: run, bench).
 
+pub mod comm;
 pub mod data;
 pub mod nn;

@@ -1,0 +1,184 @@
+//! All-reduce algorithms and broadcast, written once over [`Transport`].
+//!
+//! Each message carries a [`Tag`] (chunk, round) so the lab can animate what moved.
+//! Every algorithm leaves bit-identical results on all ranks: each sum is computed once
+//! and copied, or computed symmetrically (a + b == b + a in IEEE arithmetic).
+
+use super::{AllReduceAlgo, Collective, Op, Result, Tag, Transfer, Transport};
+
+/// The `c`-th of `n` near-equal chunks of a buffer of `len` elements. Chunks may be empty
+/// when `len < n`.
+pub fn chunk_range(len: usize, n: usize, c: usize) -> std::ops::Range<usize> {
+    (c * len / n)..((c + 1) * len / n)
+}
+
+/// Two disjoint chunks of one buffer: one to read (send), one to write (receive into).
+fn split_pair(buf: &mut [f32], out: std::ops::Range<usize>, into: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+    if out.start >= into.end {
+        let (lo, hi) = buf.split_at_mut(out.start);
+        (&hi[..out.len()], &mut lo[into])
+    } else {
+        assert!(out.end <= into.start, "chunks {out:?} and {into:?} overlap");
+        let (lo, hi) = buf.split_at_mut(into.start);
+        (&lo[out], &mut hi[..into.len()])
+    }
+}
+
+/// Sum-all-reduce with the chosen algorithm. `scratch` is reused across calls (the tree
+/// needs one buffer-sized temporary).
+pub fn all_reduce_sum<T: Transport + ?Sized>(t: &mut T, algo: AllReduceAlgo, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+    if t.size() == 1 {
+        return Ok(()); // one rank: nothing to do (llm.c's habit)
+    }
+    match algo {
+        AllReduceAlgo::Ring => ring(t, buf),
+        AllReduceAlgo::Tree => recursive_doubling(t, buf, scratch),
+        AllReduceAlgo::Naive => naive(t, buf),
+    }
+}
+
+/// Ring: reduce-scatter (N−1 rounds: pass chunk r−i to the right, add the one from the
+/// left), then all-gather (N−1 rounds: pass the finished chunks on). After the first
+/// phase rank i holds the full sum of chunk i+1; after the second, everybody holds all.
+fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+    let (n, rank, len) = (t.size(), t.rank(), buf.len());
+    let right = (rank + 1) % n;
+    let left = (rank + n - 1) % n;
+    let chunk = |c: usize| chunk_range(len, n, c % n);
+    for r in 0..n - 1 {
+        let send_c = (rank + n - r) % n;
+        let recv_c = (rank + 2 * n - r - 1) % n;
+        let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
+        t.send_recv(right, out, Tag { chunk: send_c as u32, round: r as u32 }, left, into, Op::Add)?;
+    }
+    for r in 0..n - 1 {
+        let send_c = (rank + 1 + n - r) % n;
+        let recv_c = (rank + n - r) % n;
+        let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
+        let tag = Tag { chunk: send_c as u32, round: (n - 1 + r) as u32 };
+        t.send_recv(right, out, tag, left, into, Op::Copy)?;
+    }
+    Ok(())
+}
+
+/// Recursive doubling: in round k, rank i swaps its whole buffer with rank i XOR 2ᵏ and
+/// both add. For N not a power of two, the ranks beyond the largest power of two p first
+/// hand their buffer to rank i−p, and get the result back at the end.
+fn recursive_doubling<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+    let (n, rank) = (t.size(), t.rank());
+    let p = 1usize << (usize::BITS - 1 - n.leading_zeros()); // largest power of two ≤ n
+    let whole = |round: usize| Tag { chunk: 0, round: round as u32 };
+    let extra = n > p;
+    if rank >= p {
+        t.send(rank - p, buf, whole(0))?;
+        return t.recv(rank - p, buf, Op::Copy);
+    }
+    if extra && rank + p < n {
+        t.recv(rank + p, buf, Op::Add)?;
+    }
+    scratch.clear();
+    scratch.resize(buf.len(), 0.0);
+    let mut round = usize::from(extra);
+    let mut mask = 1;
+    while mask < p {
+        let partner = rank ^ mask;
+        t.send_recv(partner, buf, whole(round), partner, scratch, Op::Copy)?;
+        // mine + theirs on one side, theirs + mine on the other: the same float.
+        buf.iter_mut().zip(scratch.iter()).for_each(|(a, &b)| *a += b);
+        mask <<= 1;
+        round += 1;
+    }
+    if extra && rank + p < n {
+        t.send(rank + p, buf, whole(round))?;
+    }
+    Ok(())
+}
+
+/// Naive: rank 0 receives everyone's buffer (in rank order) and adds, then sends the sum
+/// to each rank in turn. Rank 0's link carries 2(N−1) whole buffers.
+fn naive<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+    let (n, rank) = (t.size(), t.rank());
+    if rank == 0 {
+        for from in 1..n {
+            t.recv(from, buf, Op::Add)?;
+        }
+        for to in 1..n {
+            t.send(to, buf, Tag { chunk: 0, round: 1 })?;
+        }
+        Ok(())
+    } else {
+        t.send(0, buf, Tag { chunk: 0, round: 0 })?;
+        t.recv(0, buf, Op::Copy)
+    }
+}
+
+/// Binomial-tree broadcast from `root`: ⌈log₂N⌉ rounds.
+pub fn broadcast<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], root: usize) -> Result<()> {
+    let (n, rank) = (t.size(), t.rank());
+    let rel = (rank + n - root) % n; // rank relative to the root
+    let mut mask = 1;
+    while mask < n {
+        if rel & mask != 0 {
+            t.recv((rank + n - mask) % n, buf, Op::Copy)?;
+            break;
+        }
+        mask <<= 1;
+    }
+    // Forward to the subtree below us, the largest first.
+    let mut round = mask.trailing_zeros();
+    mask >>= 1;
+    while mask > 0 {
+        if rel + mask < n {
+            t.send((rank + mask) % n, buf, Tag { chunk: 0, round })?;
+        }
+        mask >>= 1;
+        round += 1;
+    }
+    Ok(())
+}
+
+/// A [`Collective`] over any [`Transport`], with a chosen all-reduce algorithm.
+pub struct Comm<T: Transport> {
+    transport: T,
+    algo: AllReduceAlgo,
+    scratch: Vec<f32>,
+}
+
+impl<T: Transport> Comm<T> {
+    pub fn new(transport: T, algo: AllReduceAlgo) -> Self {
+        Comm { transport, algo, scratch: Vec::new() }
+    }
+    pub fn algo(&self) -> AllReduceAlgo {
+        self.algo
+    }
+    pub fn set_algo(&mut self, algo: AllReduceAlgo) {
+        self.algo = algo;
+    }
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+    pub fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {
+        self.transport.drain_transfers(out);
+    }
+    pub fn bytes_sent(&self) -> u64 {
+        self.transport.bytes_sent()
+    }
+}
+
+impl<T: Transport> Collective for Comm<T> {
+    fn rank(&self) -> usize {
+        self.transport.rank()
+    }
+    fn size(&self) -> usize {
+        self.transport.size()
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()> {
+        all_reduce_sum(&mut self.transport, self.algo, buf, &mut self.scratch)
+    }
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
+        broadcast(&mut self.transport, buf, root)
+    }
+    fn barrier(&mut self) -> Result<()> {
+        self.transport.barrier()
+    }
+}

@@ -1,0 +1,148 @@
+//! Transport: collectives over point-to-point messages, the threads backend, the
+//! emulated link, and the all-reduce algorithms.
+//!
+//! The algorithms (`allreduce.rs`) are written once over the small [`Transport`] trait,
+//! so every backend runs the same ring, tree and naive all-reduce and reports the same
+//! [`Transfer`]s for the lab to animate.
+
+mod allreduce;
+mod link;
+mod threads;
+mod wait;
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
+pub use link::Link;
+pub use threads::{thread_group, ThreadTransport};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommError {
+    /// Another worker stopped (diverged, was stopped, or failed); nobody waits forever.
+    #[error("the collective was aborted because another worker stopped")]
+    Aborted,
+}
+
+pub type Result<T> = std::result::Result<T, CommError>;
+
+/// The operations every backend offers the training engines.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Every rank ends with the element-wise sum of everyone's `buf`; all ranks get
+    /// bit-identical results.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()>;
+    /// Every rank ends with the element-wise mean.
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<()> {
+        self.all_reduce_sum(buf)?;
+        let inv = 1.0 / self.size() as f32;
+        buf.iter_mut().for_each(|v| *v *= inv);
+        Ok(())
+    }
+    /// Every rank ends with `root`'s `buf`.
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()>;
+    fn barrier(&mut self) -> Result<()>;
+}
+
+/// Which all-reduce algorithm to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AllReduceAlgo {
+    /// Reduce-scatter then all-gather around a ring: 2(N−1) rounds, each moving 1/N of
+    /// the buffer. Bandwidth-optimal.
+    #[default]
+    Ring,
+    /// Recursive doubling (ranks beyond the largest power of two fold in first):
+    /// log₂N rounds, each moving the whole buffer. Latency-optimal.
+    Tree,
+    /// Everyone sends to rank 0, which sums and sends the result back: 2(N−1) messages
+    /// of the whole buffer through one rank.
+    Naive,
+}
+
+impl AllReduceAlgo {
+    pub const ALL: [AllReduceAlgo; 3] = [AllReduceAlgo::Ring, AllReduceAlgo::Tree, AllReduceAlgo::Naive];
+    pub fn name(self) -> &'static str {
+        match self {
+            AllReduceAlgo::Ring => "ring",
+            AllReduceAlgo::Tree => "tree",
+            AllReduceAlgo::Naive => "naive",
+        }
+    }
+}
+
+impl std::str::FromStr for AllReduceAlgo {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        AllReduceAlgo::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree or naive"))
+    }
+}
+
+impl std::fmt::Display for AllReduceAlgo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to do with a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// into[i] += msg[i]
+    Add,
+    /// into[i] = msg[i]
+    Copy,
+}
+
+/// Labels a message for the record: which chunk of the buffer, in which round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tag {
+    pub chunk: u32,
+    pub round: u32,
+}
+
+/// One message that really moved, as the sender saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub from: usize,
+    pub to: usize,
+    pub chunk: u32,
+    pub round: u32,
+    pub bytes: u64,
+    /// Nanoseconds since the run's clock started: posted, and received.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Point-to-point messages between the ranks of one group: what an all-reduce algorithm
+/// needs from a backend. Sends complete when the receiver has the data.
+pub trait Transport: Send {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    fn send(&mut self, to: usize, data: &[f32], tag: Tag) -> Result<()>;
+    fn recv(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()>;
+    /// Send to one rank while receiving from another (both may be the same rank).
+    fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()>;
+    fn barrier(&mut self) -> Result<()>;
+    /// Moves the transfers recorded since the last call into `out` (when recording).
+    fn drain_transfers(&mut self, out: &mut Vec<Transfer>);
+    /// Bytes this rank has sent since it was created.
+    fn bytes_sent(&self) -> u64;
+}
+
+/// Monotonic nanoseconds since a run started; every event and transfer uses one clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+    pub fn ns(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}

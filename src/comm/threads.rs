@@ -1,0 +1,236 @@
+//! The threads backend: ranks are threads of one process, messages are zero-copy.
+//!
+//! A send publishes a pointer to the sender's slice in the (sender → receiver) slot; the
+//! receiver adds or copies straight out of it and marks the slot done; only then does the
+//! send return, so the slice stays untouched while it is read (a rendezvous, like MPI's
+//! synchronous send). Shared memory makes this about as fast as memory itself.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::wait::{wait_for_clock, wait_until};
+use super::{Clock, CommError, Link, Op, Result, Tag, Transfer, Transport};
+
+// Slot state = sequence number << 2 | phase.
+const POSTED: u64 = 0;
+const TAKEN: u64 = 1;
+const DONE: u64 = 2;
+const REVOKED: u64 = 3;
+
+fn state(seq: u64, phase: u64) -> u64 {
+    seq << 2 | phase
+}
+
+/// One direction of one pair of ranks.
+struct Slot {
+    state: AtomicU64,
+    ptr: AtomicPtr<f32>,
+    len: AtomicUsize,
+    posted_ns: AtomicU64,
+}
+
+struct Shared {
+    size: usize,
+    /// slots[from * size + to]
+    slots: Vec<Slot>,
+    abort: AtomicBool,
+    barrier_count: AtomicUsize,
+    barrier_generation: AtomicU64,
+    clock: Clock,
+    link: Option<Link>,
+}
+
+impl Shared {
+    fn slot(&self, from: usize, to: usize) -> &Slot {
+        &self.slots[from * self.size + to]
+    }
+}
+
+/// One rank's end of a group of threads.
+pub struct ThreadTransport {
+    rank: usize,
+    shared: Arc<Shared>,
+    /// Sequence numbers of the last message sent to / received from each rank.
+    sent: Vec<u64>,
+    received: Vec<u64>,
+    /// With an emulated link: when this rank's incoming port is free again.
+    rx_free_ns: u64,
+    recording: bool,
+    transfers: Vec<Transfer>,
+    bytes_sent: u64,
+}
+
+/// Makes the `size` ends of a new group; hand one to each worker thread. `link` emulates
+/// a network between every pair; `record` keeps a [`Transfer`] per message.
+pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool) -> Vec<ThreadTransport> {
+    assert!(size >= 1, "a group has at least one rank");
+    let shared = Arc::new(Shared {
+        size,
+        slots: (0..size * size)
+            .map(|_| Slot {
+                state: AtomicU64::new(state(0, DONE)),
+                ptr: AtomicPtr::new(std::ptr::null_mut()),
+                len: AtomicUsize::new(0),
+                posted_ns: AtomicU64::new(0),
+            })
+            .collect(),
+        abort: AtomicBool::new(false),
+        barrier_count: AtomicUsize::new(0),
+        barrier_generation: AtomicU64::new(0),
+        clock,
+        link,
+    });
+    (0..size)
+        .map(|rank| ThreadTransport {
+            rank,
+            shared: Arc::clone(&shared),
+            sent: vec![0; size],
+            received: vec![0; size],
+            rx_free_ns: 0,
+            recording: record,
+            transfers: Vec::new(),
+            bytes_sent: 0,
+        })
+        .collect()
+}
+
+impl ThreadTransport {
+    /// Makes every wait in this group fail at once: for a worker that stops early.
+    pub fn abort_group(&self) {
+        self.shared.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that can abort the group from outside (e.g. the session on stop).
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(Arc::clone(&self.shared))
+    }
+
+    fn post(&mut self, to: usize, data: &[f32]) -> (u64, u64) {
+        let seq = self.sent[to] + 1;
+        self.sent[to] = seq;
+        let slot = self.shared.slot(self.rank, to);
+        let now = self.shared.clock.ns();
+        slot.ptr.store(data.as_ptr().cast_mut(), Ordering::Relaxed);
+        slot.len.store(data.len(), Ordering::Relaxed);
+        slot.posted_ns.store(now, Ordering::Relaxed);
+        slot.state.store(state(seq, POSTED), Ordering::Release);
+        (seq, now)
+    }
+
+    /// Waits until the receiver is done with message `seq`. If the group aborts before
+    /// the receiver took it, revoke it; if the receiver is reading, wait for it to finish
+    /// (reading is bounded), so the slice is never read after we return.
+    fn complete(&mut self, to: usize, seq: u64, tag: Tag, posted_ns: u64, bytes: usize) -> Result<()> {
+        let slot = self.shared.slot(self.rank, to);
+        let waited = wait_until(&self.shared.abort, || slot.state.load(Ordering::Acquire) == state(seq, DONE));
+        if waited.is_err() {
+            let revoked = slot.state.compare_exchange(state(seq, POSTED), state(seq, REVOKED), Ordering::AcqRel, Ordering::Acquire);
+            if revoked.is_err() {
+                while slot.state.load(Ordering::Acquire) != state(seq, DONE) {
+                    std::thread::yield_now();
+                }
+            }
+            return Err(CommError::Aborted);
+        }
+        let bytes = (bytes * std::mem::size_of::<f32>()) as u64;
+        self.bytes_sent += bytes;
+        if self.recording {
+            self.transfers.push(Transfer {
+                from: self.rank,
+                to,
+                chunk: tag.chunk,
+                round: tag.round,
+                bytes,
+                start_ns: posted_ns,
+                end_ns: self.shared.clock.ns(),
+            });
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        let seq = self.received[from] + 1;
+        self.received[from] = seq;
+        let shared = &*self.shared;
+        let slot = shared.slot(from, self.rank);
+        wait_until(&shared.abort, || slot.state.load(Ordering::Acquire) == state(seq, POSTED))?;
+        let len = slot.len.load(Ordering::Relaxed);
+        assert_eq!(len, into.len(), "rank {from} sent {len} values, rank {} expected {}", self.rank, into.len());
+        if let Some(link) = shared.link {
+            // The message occupies our incoming port for n/β, and arrives α later.
+            let posted = slot.posted_ns.load(Ordering::Relaxed);
+            let bytes = len * std::mem::size_of::<f32>();
+            let start = posted.max(self.rx_free_ns);
+            self.rx_free_ns = start + link.transfer_ns(bytes);
+            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns + link.latency_ns())?;
+        }
+        if slot.state.compare_exchange(state(seq, POSTED), state(seq, TAKEN), Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(CommError::Aborted); // the sender revoked it
+        }
+        let ptr = slot.ptr.load(Ordering::Relaxed);
+        // SAFETY: the sender published a live slice of `len` floats and blocks until we
+        // mark the slot DONE (it cannot revoke after our TAKEN), so the slice is valid and
+        // unchanged while we read. It never overlaps `into`: that is our own buffer.
+        let msg = unsafe { std::slice::from_raw_parts(ptr, len) };
+        match op {
+            Op::Add => into.iter_mut().zip(msg).for_each(|(a, &b)| *a += b),
+            Op::Copy => into.copy_from_slice(msg),
+        }
+        slot.state.store(state(seq, DONE), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Aborts a thread group from outside it.
+#[derive(Clone)]
+pub struct AbortHandle(Arc<Shared>);
+
+impl AbortHandle {
+    pub fn abort(&self) {
+        self.0.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Transport for ThreadTransport {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn send(&mut self, to: usize, data: &[f32], tag: Tag) -> Result<()> {
+        let (seq, posted) = self.post(to, data);
+        self.complete(to, seq, tag, posted, data.len())
+    }
+
+    fn recv(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        self.take(from, into, op)
+    }
+
+    fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        let (seq, posted) = self.post(to, out);
+        let received = self.take(from, into, op);
+        let sent = self.complete(to, seq, tag, posted, out.len());
+        received.and(sent)
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        let shared = &*self.shared;
+        let generation = shared.barrier_generation.load(Ordering::Acquire);
+        if shared.barrier_count.fetch_add(1, Ordering::AcqRel) + 1 == shared.size {
+            shared.barrier_count.store(0, Ordering::Relaxed);
+            shared.barrier_generation.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        wait_until(&shared.abort, || shared.barrier_generation.load(Ordering::Acquire) != generation)
+    }
+
+    fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {
+        out.append(&mut self.transfers);
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+}

@@ -1,0 +1,170 @@
+//! Every collective against a sequential reference, for every worker count 1..=16 and
+//! awkward lengths (shorter than N, not divisible by N, large).
+
+use ddlab::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm, CommError, Link, Transfer};
+use proptest::prelude::*;
+
+/// Runs `f` on every rank of a fresh thread group and returns the ranks' results.
+fn on_group<R: Send>(n: usize, algo: AllReduceAlgo, link: Option<Link>, f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync) -> Vec<R> {
+    let group = thread_group(n, Clock::start(), link, true);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .into_iter()
+            .map(|t| {
+                let f = &f;
+                s.spawn(move || f(&mut Comm::new(t, algo)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    })
+}
+
+/// Integer-valued inputs: every partial sum is exact, so any order of reduction gives
+/// exactly the sequential sum — and a wrong element cannot hide behind a tolerance.
+fn value(rank: usize, i: usize) -> f32 {
+    ((rank * 7 + i * 13) % 17) as f32 - 8.0
+}
+
+fn check_sum(n: usize, algo: AllReduceAlgo, len: usize) {
+    let results = on_group(n, algo, None, |c| {
+        let mut buf: Vec<f32> = (0..len).map(|i| value(c.rank(), i)).collect();
+        c.all_reduce_sum(&mut buf).unwrap();
+        buf
+    });
+    let want: Vec<f32> = (0..len).map(|i| (0..n).map(|r| value(r, i)).sum()).collect();
+    for (rank, got) in results.iter().enumerate() {
+        if let Some(i) = (0..len).find(|&i| got[i] != want[i]) {
+            panic!("{algo} N={n} len={len}: rank {rank} element {i} is {} but the sum is {}", got[i], want[i]);
+        }
+    }
+}
+
+#[test]
+fn every_allreduce_matches_sequential_sum_for_worker_counts_1_to_16_and_awkward_lengths() {
+    for algo in AllReduceAlgo::ALL {
+        for n in 1usize..=16 {
+            for len in [1, n - 1, n, n + 1, 1000usize] {
+                check_sum(n, algo, len);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_allreduce_matches_sequential_sum_on_a_million_elements() {
+    for algo in AllReduceAlgo::ALL {
+        for n in [1, 2, 3, 4, 5, 7, 8, 13, 16] {
+            check_sum(n, algo, 1 << 20 | 3);
+        }
+    }
+}
+
+#[test]
+fn allreduce_mean_leaves_bit_identical_replicas_for_arbitrary_floats() {
+    for algo in AllReduceAlgo::ALL {
+        for n in [2, 3, 6, 8] {
+            let results = on_group(n, algo, None, |c| {
+                let mut buf: Vec<f32> = (0..777).map(|i| ((c.rank() * 31 + i) as f32 * 0.377).sin() * 1e3).collect();
+                c.all_reduce_mean(&mut buf).unwrap();
+                buf
+            });
+            for r in &results[1..] {
+                assert!(r.iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{algo} N={n}: replicas differ");
+            }
+            for (i, &got) in results[0].iter().enumerate() {
+                let want = (0..n).map(|r| f64::from(((r * 31 + i) as f32 * 0.377).sin() * 1e3)).sum::<f64>() / n as f64;
+                assert!((f64::from(got) - want).abs() < 1e-3, "{algo} N={n} element {i}: {got} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn broadcast_from_every_root_and_barrier() {
+    for n in 1..=9 {
+        for root in 0..n {
+            let results = on_group(n, AllReduceAlgo::Ring, None, |c| {
+                let mut buf = vec![c.rank() as f32; 5];
+                c.broadcast(&mut buf, root).unwrap();
+                c.barrier().unwrap();
+                c.barrier().unwrap();
+                buf
+            });
+            assert!(results.iter().all(|b| b == &vec![root as f32; 5]), "N={n} root={root}: {results:?}");
+        }
+    }
+}
+
+#[test]
+fn ring_moves_two_n_minus_one_rounds_of_one_nth_chunks() {
+    let n = 4;
+    let len = 1000;
+    let results = on_group(n, AllReduceAlgo::Ring, None, |c| {
+        let mut buf = vec![1.0; len];
+        c.all_reduce_sum(&mut buf).unwrap();
+        let mut log: Vec<Transfer> = Vec::new();
+        c.drain_transfers(&mut log);
+        log
+    });
+    for (rank, log) in results.iter().enumerate() {
+        assert_eq!(log.len(), 2 * (n - 1), "rank {rank} sends one chunk per round");
+        for (r, t) in log.iter().enumerate() {
+            assert_eq!((t.from, t.to, t.round as usize), (rank, (rank + 1) % n, r));
+            assert_eq!(t.bytes, (len / n * 4) as u64);
+            assert!(t.end_ns >= t.start_ns);
+        }
+    }
+}
+
+#[test]
+fn an_aborted_group_releases_every_waiting_rank() {
+    // Rank 0 gives up instead of joining the all-reduce; the others must not hang.
+    for algo in AllReduceAlgo::ALL {
+        let results = on_group(4, algo, None, |c| {
+            if c.rank() == 0 {
+                c.transport().abort_group();
+                return Err(CommError::Aborted);
+            }
+            let mut buf = vec![1.0; 64];
+            c.all_reduce_sum(&mut buf)
+        });
+        assert!(results.iter().all(|r| r == &Err(CommError::Aborted)), "{algo}: {results:?}");
+    }
+}
+
+#[test]
+fn emulated_link_delays_every_message_by_at_least_alpha_plus_bytes_over_beta() {
+    // 2 ms latency, 1 Gbit/s: the ring at N=3 makes 4 rounds of 1/3 of 30 000 floats.
+    let link = Link::new(2000.0, 1.0).unwrap();
+    let len = 30_000;
+    let results = on_group(3, AllReduceAlgo::Ring, Some(link), |c| {
+        let mut buf = vec![1.0; len];
+        let t0 = std::time::Instant::now();
+        c.all_reduce_sum(&mut buf).unwrap();
+        (t0.elapsed(), buf[0])
+    });
+    let per_round = link.message_time(len / 3 * 4);
+    for (elapsed, v) in results {
+        assert_eq!(v, 3.0);
+        // A lower bound only: sleep never returns early, so this cannot flake.
+        assert!(elapsed >= per_round * 4, "{elapsed:?} < 4 × {per_round:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn any_allreduce_equals_the_sequential_sum(n in 1usize..=16, len in 1usize..3000, algo_i in 0usize..3, seed in 0u64..1000) {
+        let algo = AllReduceAlgo::ALL[algo_i];
+        let v = |rank: usize, i: usize| (((rank as u64 * 2654435761 + i as u64 * 40503 + seed) % 64) as f32) - 32.0;
+        let results = on_group(n, algo, None, |c| {
+            let mut buf: Vec<f32> = (0..len).map(|i| v(c.rank(), i)).collect();
+            c.all_reduce_sum(&mut buf).unwrap();
+            buf
+        });
+        let want: Vec<f32> = (0..len).map(|i| (0..n).map(|r| v(r, i)).sum()).collect();
+        for got in results {
+            prop_assert_eq!(&got, &want);
+        }
+    }
+}
