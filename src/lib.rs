@@ -4,6 +4,10 @@
 //! `nn` and `data` (numbers) → `comm` (transport) → `train` (engines) → `session` (the
 //! one door for front ends) → `cli` (headless front ends: run, bench).
 
+pub mod cli;
 pub mod comm;
+pub mod config;
 pub mod data;
 pub mod nn;
+pub mod session;
+pub mod train;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
 pub use link::Link;
-pub use threads::{thread_group, ThreadTransport};
+pub use threads::{thread_group, AbortHandle, ThreadTransport};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommError {

@@ -137,29 +137,22 @@ impl Mlp {
         act_view(&ws.acts[last], batch, self.classes())
     }
 
-    /// Forward, loss and backward for one batch. Writes this batch's gradient of the mean
-    /// loss into `grads` (overwriting it: no zeroing pass is needed) and returns the score.
-    pub fn loss_and_grad(
-        &self,
-        params: &[f32],
-        x: &ArrayView2<f32>,
-        labels: &[u8],
-        ws: &mut Workspace,
-        grads: &mut [f32],
-    ) -> BatchScore {
+    /// Scores the logits of the last `forward` against `labels` and leaves
+    /// d(mean loss)/d(logits) in the workspace, ready for `backward`.
+    pub fn loss(&self, labels: &[u8], ws: &mut Workspace) -> BatchScore {
+        let batch = labels.len();
+        let last = self.layers.len() - 1;
+        let logits = act_view(&ws.acts[last], batch, self.classes());
+        let mut d_z = act_view_mut(&mut ws.d_cur, batch, self.classes());
+        softmax_cross_entropy(&logits, labels, Some(&mut d_z))
+    }
+
+    /// Backward pass after `forward` and `loss` on the same batch `x`. Writes the batch's
+    /// gradient into `grads` (overwriting it: no zeroing pass is needed).
+    pub fn backward(&self, params: &[f32], x: &ArrayView2<f32>, ws: &mut Workspace, grads: &mut [f32]) {
         assert_eq!(grads.len(), self.num_params());
         let batch = x.nrows();
-        self.forward(params, x, ws);
-        let last = self.layers.len() - 1;
-
-        // d_z for the output layer: (softmax − onehot) / B, shape (B, C).
         let Workspace { acts, d_cur, d_prev, .. } = ws;
-        let score = {
-            let logits = act_view(&acts[last], batch, self.classes());
-            let mut d_z = act_view_mut(d_cur, batch, self.classes());
-            softmax_cross_entropy(&logits, labels, Some(&mut d_z))
-        };
-
         for l in (0..self.layers.len()).rev() {
             let (fan_in, fan_out) = (self.layers[l].fan_in, self.layers[l].fan_out);
             let d_z = act_view(d_cur, batch, fan_out);
@@ -188,6 +181,20 @@ impl Mlp {
                 std::mem::swap(d_cur, d_prev);
             }
         }
+    }
+
+    /// Forward, loss and backward for one batch: the whole per-worker computation.
+    pub fn loss_and_grad(
+        &self,
+        params: &[f32],
+        x: &ArrayView2<f32>,
+        labels: &[u8],
+        ws: &mut Workspace,
+        grads: &mut [f32],
+    ) -> BatchScore {
+        self.forward(params, x, ws);
+        let score = self.loss(labels, ws);
+        self.backward(params, x, ws, grads);
         score
     }
 

@@ -1,0 +1,194 @@
+//! `ddlab bench`: fixed benchmarks. µs per training step, all-reduce time and bandwidth
+//! per algorithm, size and worker count (nccl-tests' algbw and busbw), and single-thread
+//! memcpy as the ceiling.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::CliError;
+use crate::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm};
+use crate::nn::{Mlp, Sgd, Workspace};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Also write the results as one JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Fewer sizes and shorter measurements (a smoke test, not for reporting).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepBench {
+    pub model: String,
+    pub batch: usize,
+    pub median_us: f64,
+    pub min_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AllReduceBench {
+    pub algorithm: String,
+    pub workers: usize,
+    pub bytes: usize,
+    pub time_us: f64,
+    pub algbw_gbps: f64,
+    pub busbw_gbps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemcpyBench {
+    pub bytes: usize,
+    pub gbps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Median µs per training step (forward, backward, update), MLP 64-128-10, batch 64,
+    /// one worker on one thread.
+    pub step_us: f64,
+    pub steps: Vec<StepBench>,
+    /// Single-thread memcpy bandwidth of a 4 MB buffer, GB/s.
+    pub memcpy_gbps: f64,
+    pub memcpy: Vec<MemcpyBench>,
+    pub allreduce: Vec<AllReduceBench>,
+}
+
+/// Median and minimum µs of one training step of an MLP with `sizes`.
+pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
+    let (inputs, classes) = (sizes[0], *sizes.last().expect("sizes"));
+    let mlp = Mlp::new(inputs, &sizes[1..sizes.len() - 1], classes);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = Array2::from_shape_fn((batch, inputs), |_| rng.random_range(0.0..1.0f32));
+    let y: Vec<u8> = (0..batch).map(|i| (i % classes) as u8).collect();
+    let mut params = vec![0.0; mlp.num_params()];
+    mlp.init(&mut params, 1);
+    let mut grads = vec![0.0; mlp.num_params()];
+    let mut ws = Workspace::new(&mlp, batch);
+    let mut sgd = Sgd::new(mlp.num_params(), 0.9, 0.0);
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..steps + steps / 4 {
+        let t = Instant::now();
+        mlp.loss_and_grad(&params, &x.view(), &y, &mut ws, &mut grads);
+        sgd.step(&mut params, &grads, 1e-3);
+        if i >= steps / 4 {
+            times.push(t.elapsed().as_secs_f64() * 1e6); // after a warm-up quarter
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let name = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("-");
+    StepBench { model: name, batch, median_us: times[times.len() / 2], min_us: times[0] }
+}
+
+/// Mean time of one all-reduce of `bytes` across `workers` threads.
+pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget: Duration) -> AllReduceBench {
+    let len = bytes / 4;
+    let group = thread_group(workers, Clock::start(), None, false);
+    let times: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .into_iter()
+            .map(|t| {
+                s.spawn(move || {
+                    let mut comm = Comm::new(t, algo);
+                    let mut buf = vec![1.0f32; len];
+                    let mut once = || comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
+                    once();
+                    once();
+                    // Rank 0 sizes the run from one timed call; everyone follows it.
+                    let t0 = Instant::now();
+                    once();
+                    let mut iters = [(budget.as_secs_f64() / t0.elapsed().as_secs_f64().max(1e-9)).clamp(3.0, 2000.0) as f32];
+                    comm.broadcast(&mut iters, 0).expect("broadcast");
+                    comm.barrier().expect("barrier");
+                    let start = Instant::now();
+                    for _ in 0..iters[0] as usize {
+                        comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
+                    }
+                    start.elapsed().as_secs_f64() / iters[0] as f64
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("benchmark thread")).collect()
+    });
+    // The collective is done when the slowest rank is done.
+    let t = times.into_iter().fold(0.0, f64::max);
+    let algbw = bytes as f64 / t / 1e9;
+    let n = workers as f64;
+    AllReduceBench {
+        algorithm: algo.to_string(),
+        workers,
+        bytes,
+        time_us: t * 1e6,
+        algbw_gbps: algbw,
+        busbw_gbps: algbw * 2.0 * (n - 1.0) / n,
+    }
+}
+
+pub fn bench_memcpy(bytes: usize, budget: Duration) -> MemcpyBench {
+    let src = vec![1.0f32; bytes / 4];
+    let mut dst = vec![0.0f32; bytes / 4];
+    dst.copy_from_slice(&src);
+    let start = Instant::now();
+    let mut iters = 0u32;
+    while start.elapsed() < budget || iters < 3 {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        iters += 1;
+    }
+    MemcpyBench { bytes, gbps: bytes as f64 * f64::from(iters) / start.elapsed().as_secs_f64() / 1e9 }
+}
+
+pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
+    // Open the output first: a bad path should fail before a minute of measuring.
+    let out = args
+        .json
+        .as_ref()
+        .map(|p| std::fs::File::create(p).map_err(|e| CliError::usage(format!("--json: cannot write {}: {e}", p.display()))))
+        .transpose()?;
+    let (step_iters, budget) = if args.quick { (200, Duration::from_millis(10)) } else { (4000, Duration::from_millis(150)) };
+    let sizes: Vec<usize> = if args.quick { vec![4 << 10, 1 << 20] } else { (0..7).map(|i| (4 << 10) << (2 * i)).collect() };
+    let workers: &[usize] = if args.quick { &[2, 4] } else { &[2, 4, 8] };
+
+    println!("training step (forward + backward + update, one thread)");
+    let steps = vec![bench_step(&[64, 128, 10], 64, step_iters), bench_step(&[784, 128, 10], 64, step_iters / 4)];
+    for s in &steps {
+        println!("  MLP {:<12} batch {:>3}: median {:>8.1} µs   min {:>8.1} µs", s.model, s.batch, s.median_us, s.min_us);
+    }
+    println!("\nmemcpy, one thread");
+    let memcpy: Vec<MemcpyBench> = [4 << 20, 64 << 20].iter().map(|&b| bench_memcpy(b, budget)).collect();
+    for m in &memcpy {
+        println!("  {:>10}: {:>7.2} GB/s", super::run::human_bytes(m.bytes as f64), m.gbps);
+    }
+    println!("\nall-reduce across threads (algbw = bytes/time, busbw = algbw·2(N−1)/N)");
+    println!("  {:<6} {:>3} {:>10} {:>12} {:>11} {:>11}", "algo", "N", "bytes", "time µs", "algbw GB/s", "busbw GB/s");
+    let mut allreduce = Vec::new();
+    for algo in AllReduceAlgo::ALL {
+        for &n in workers {
+            for &bytes in &sizes {
+                let r = bench_allreduce(algo, n, bytes, budget);
+                println!(
+                    "  {:<6} {:>3} {:>10} {:>12.1} {:>11.2} {:>11.2}",
+                    r.algorithm,
+                    r.workers,
+                    super::run::human_bytes(r.bytes as f64),
+                    r.time_us,
+                    r.algbw_gbps,
+                    r.busbw_gbps
+                );
+                allreduce.push(r);
+            }
+        }
+    }
+    let report = BenchReport { step_us: steps[0].median_us, steps, memcpy_gbps: memcpy[0].gbps, memcpy, allreduce };
+    if let Some(file) = out {
+        serde_json::to_writer_pretty(file, &report).map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Exports of a run: JSON lines, CSV, and a Chrome trace. Written as the run goes, so a
+//! crash loses at most the buffered tail.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::CliError;
+use crate::session::{RunState, Summary};
+use crate::train::Event;
+
+struct Out {
+    path: PathBuf,
+    flag: &'static str,
+    w: BufWriter<File>,
+}
+
+impl Out {
+    fn create(flag: &'static str, path: &Path) -> Result<Out, CliError> {
+        let file = File::create(path).map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))?;
+        Ok(Out { path: path.to_owned(), flag, w: BufWriter::new(file) })
+    }
+    fn line(&mut self, text: &str) -> Result<(), CliError> {
+        writeln!(self.w, "{text}").map_err(|e| self.failed(e))
+    }
+    fn failed(&self, e: std::io::Error) -> CliError {
+        CliError::failure(format!("--{}: writing {} failed: {e}", self.flag, self.path.display()))
+    }
+    fn finish(mut self) -> Result<(), CliError> {
+        self.w.flush().map_err(|e| self.failed(e))
+    }
+}
+
+/// The exports one `ddlab run` asked for.
+pub struct Exports {
+    json: Option<Out>,
+    csv: Option<Out>,
+    trace: Option<Out>,
+    trace_events: usize,
+    steps_written: usize,
+    evals_written: usize,
+}
+
+impl Exports {
+    /// Opens every file up front, so that a bad path fails before training starts.
+    pub fn open(json: Option<&Path>, csv: Option<&Path>, trace: Option<&Path>) -> Result<Exports, CliError> {
+        let mut exports = Exports {
+            json: json.map(|p| Out::create("json", p)).transpose()?,
+            csv: csv.map(|p| Out::create("csv", p)).transpose()?,
+            trace: trace.map(|p| Out::create("trace", p)).transpose()?,
+            trace_events: 0,
+            steps_written: 0,
+            evals_written: 0,
+        };
+        if let Some(csv) = &mut exports.csv {
+            csv.line("step,epoch,loss,batch_accuracy,grad_norm,grad_norm_reduced,lr,samples,time_s,allreduce_ms,bytes_sent")?;
+        }
+        if let Some(trace) = &mut exports.trace {
+            trace.line(r#"{"displayTimeUnit":"ms","traceEvents":["#)?;
+        }
+        Ok(exports)
+    }
+
+    fn trace_event(&mut self, value: serde_json::Value) -> Result<(), CliError> {
+        if let Some(trace) = &mut self.trace {
+            let sep = if self.trace_events == 0 { "" } else { "," };
+            self.trace_events += 1;
+            trace.line(&format!("{sep}{value}"))?;
+        }
+        Ok(())
+    }
+
+    /// Feeds one event (for the trace).
+    pub fn on_event(&mut self, event: &Event) -> Result<(), CliError> {
+        if self.trace.is_none() {
+            return Ok(());
+        }
+        match event {
+            Event::Started { workers, .. } => {
+                self.trace_event(json!({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "ddlab run"}}))?;
+                for w in 0..*workers {
+                    self.trace_event(json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": w, "args": {"name": format!("worker {w}")}}))?;
+                }
+            }
+            Event::Phase { worker, step, phase, start_ns, end_ns } => self.trace_event(json!({
+                "name": phase.name(), "cat": "phase", "ph": "X", "pid": 1, "tid": worker,
+                "ts": *start_ns as f64 / 1e3, "dur": (end_ns - start_ns) as f64 / 1e3, "args": {"step": step},
+            }))?,
+            Event::Eval { step, test_accuracy, t_ns, .. } => self.trace_event(json!({
+                "name": "eval", "cat": "eval", "ph": "i", "s": "g", "pid": 1, "tid": 0,
+                "ts": *t_ns as f64 / 1e3, "args": {"step": step, "test_accuracy": test_accuracy},
+            }))?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the steps and evaluations the state has gained since the last call.
+    pub fn sync(&mut self, state: &RunState) -> Result<(), CliError> {
+        for rec in &state.steps[self.steps_written..] {
+            if let Some(json) = &mut self.json {
+                let mut v = serde_json::to_value(rec).expect("records serialise");
+                v["kind"] = json!("step");
+                json.line(&v.to_string())?;
+            }
+            if let Some(csv) = &mut self.csv {
+                csv.line(&format!(
+                    "{},{},{},{},{},{},{},{},{:.6},{:.6},{}",
+                    rec.step,
+                    rec.epoch,
+                    rec.loss,
+                    rec.batch_accuracy,
+                    rec.grad_norm,
+                    rec.grad_norm_reduced,
+                    rec.lr,
+                    rec.samples,
+                    rec.t_ns as f64 / 1e9,
+                    rec.allreduce_ns as f64 / 1e6,
+                    rec.bytes_sent
+                ))?;
+            }
+        }
+        self.steps_written = state.steps.len();
+        for rec in &state.evals[self.evals_written..] {
+            if let Some(json) = &mut self.json {
+                let mut v = serde_json::to_value(rec).expect("records serialise");
+                v["kind"] = json!("eval");
+                json.line(&v.to_string())?;
+            }
+        }
+        self.evals_written = state.evals.len();
+        Ok(())
+    }
+
+    /// Writes the summary line and closes every file.
+    pub fn finish(mut self, state: &RunState, summary: &Summary) -> Result<(), CliError> {
+        self.sync(state)?;
+        if let Some(mut json) = self.json.take() {
+            json.line(&serde_json::to_string(summary).expect("the summary serialises"))?;
+            json.finish()?;
+        }
+        if let Some(csv) = self.csv.take() {
+            csv.finish()?;
+        }
+        if let Some(mut trace) = self.trace.take() {
+            trace.line("]}")?;
+            trace.finish()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Headless front ends: the command line, `ddlab run` and `ddlab bench`.
+
+pub mod bench;
+pub mod export;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::comm::{AllReduceAlgo, Link};
+use crate::config::{Experiment, Length, Mode};
+use crate::data::DatasetKind;
+use crate::nn::LrScaling;
+
+/// A failure the binary reports as one sentence and an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// 1 = a failure, 2 = bad input, 3 = the run diverged.
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { code: 2, message: message.into() }
+    }
+    pub fn failure(message: impl Into<String>) -> Self {
+        CliError { code: 1, message: message.into() }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "ddlab", version, about = "A terminal lab for data-parallel distributed deep learning")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train headless: a progress bar, a summary table, and optional exports.
+    Run(RunArgs),
+    /// Fixed benchmarks: µs per training step, all-reduce bandwidth, memcpy ceiling.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub experiment: ExperimentArgs,
+    /// Write JSON lines: one object per step and evaluation, a summary object last.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write one CSV row per step.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Write a Chrome trace (open in Perfetto or chrome://tracing): one track per worker.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// No progress bar, no table: just the exit code and the exports.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The experiment flags, the same for every command (and keys of lesson files).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExperimentArgs {
+    /// Number of data-parallel workers (threads), 1 to 256.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// How workers combine gradients: sync.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// All-reduce algorithm: ring, tree or naive.
+    #[arg(long, value_name = "ALGO")]
+    pub allreduce: Option<AllReduceAlgo>,
+    /// Data set: digits (8×8, built in), mnist (28×28, from assets/), spirals (2-D).
+    #[arg(long, value_name = "NAME")]
+    pub dataset: Option<DatasetKind>,
+    /// Hidden layer widths, e.g. 128 or 64,32 (none for a linear model).
+    #[arg(long, value_name = "W1,W2,..", value_parser = parse_hidden)]
+    pub hidden: Option<Hidden>,
+    /// Per-worker batch size.
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Base learning rate (> 0).
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
+    pub lr: Option<f32>,
+    /// Momentum, 0 ≤ m < 1.
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    pub momentum: Option<f32>,
+    /// L2 weight decay (≥ 0).
+    #[arg(long, value_name = "WD", allow_negative_numbers = true)]
+    pub weight_decay: Option<f32>,
+    /// How the LR grows with the worker count: none or linear (× N, Goyal et al.).
+    #[arg(long, value_name = "RULE")]
+    pub lr_scaling: Option<LrScaling>,
+    /// Linear warm-up over this many steps.
+    #[arg(long, value_name = "STEPS")]
+    pub warmup: Option<u64>,
+    /// Train for this many steps.
+    #[arg(long, value_name = "N", conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Train for this many passes over the training set (all workers together).
+    #[arg(long, value_name = "E")]
+    pub epochs: Option<u64>,
+    /// Emulated link between workers: latency_us,gbit_s (e.g. 20,10) or a preset
+    /// (infiniband-100g, 10gbe, 1gbe).
+    #[arg(long, value_name = "LAT_US,GBIT_S")]
+    pub link: Option<Link>,
+    /// Seed for initialisation and shuffling.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Test-set accuracy every this many steps.
+    #[arg(long, value_name = "STEPS")]
+    pub eval_every: Option<u64>,
+}
+
+/// Hidden layer widths as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hidden(pub Vec<usize>);
+
+fn parse_hidden(s: &str) -> Result<Hidden, String> {
+    if s == "none" || s.is_empty() {
+        return Ok(Hidden(Vec::new()));
+    }
+    s.split(',')
+        .map(|w| w.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map(Hidden)
+        .map_err(|_| "expected comma-separated layer widths such as 128 or 64,32".to_string())
+}
+
+impl ExperimentArgs {
+    /// The flags given, laid over `base`.
+    pub fn apply_to(&self, mut exp: Experiment) -> Experiment {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { exp.$field = v; } )* };
+        }
+        set!(workers, mode, allreduce, dataset, batch, lr, momentum, weight_decay, lr_scaling, warmup, seed, eval_every);
+        if let Some(h) = &self.hidden {
+            exp.hidden = h.0.clone();
+        }
+        if let Some(link) = self.link {
+            exp.link = Some(link);
+        }
+        if let Some(s) = self.steps {
+            exp.length = Length::Steps(s);
+        }
+        if let Some(e) = self.epochs {
+            exp.length = Length::Epochs(e);
+        }
+        exp
+    }
+
+    pub fn experiment(&self) -> Experiment {
+        self.apply_to(Experiment::default())
+    }
+}
+
+/// Parses the command line; clap's errors become one line and exit code 2.
+pub fn parse() -> Result<Cli, CliError> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            Err(CliError::usage(first.trim_start_matches("error: ").to_string()))
+        }
+    }
+}

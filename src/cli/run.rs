@@ -1,0 +1,134 @@
+//! `ddlab run`: one experiment, headless.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::export::Exports;
+use super::{CliError, RunArgs};
+use crate::session::{Session, SessionError, SessionOptions, Summary};
+use crate::train::{Outcome, Phase};
+
+const REDRAW: Duration = Duration::from_millis(100);
+
+pub fn run(args: &RunArgs) -> Result<(), CliError> {
+    let exp = args.experiment.experiment();
+    exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    let mut exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
+    let mut session = Session::start(exp, SessionOptions::default()).map_err(|e| match e {
+        SessionError::Config(e) => CliError::usage(e.to_string()),
+        SessionError::Data(e) => CliError::usage(e.to_string()),
+    })?;
+
+    let bar = if !args.quiet && std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10))
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}")
+            .expect("a valid template"),
+    );
+
+    let mut export_err = None;
+    loop {
+        let over = session.poll_timeout(REDRAW, |event| {
+            if export_err.is_none() {
+                export_err = exports.on_event(event).err();
+            }
+        });
+        let state = session.state();
+        bar.set_length(state.total_steps);
+        bar.set_position(state.steps.len() as u64);
+        if let Some(last) = state.last_step() {
+            let acc = state.last_eval().map_or(String::from("–"), |e| format!("{:.1} %", e.test_accuracy * 100.0));
+            bar.set_message(format!("loss {:.4}  test {acc}", last.loss));
+        }
+        if export_err.is_none() {
+            export_err = exports.sync(state).err();
+        }
+        if let Some(e) = export_err.take() {
+            session.control(crate::train::Control::Stop);
+            while !session.poll(|_| {}) {}
+            bar.finish_and_clear();
+            return Err(e);
+        }
+        if over {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+
+    let summary = session.summary();
+    exports.finish(session.state(), &summary)?;
+    if !args.quiet {
+        print!("{}", table(&summary));
+    }
+    match session.state().outcome.clone() {
+        Some(Outcome::Completed) | Some(Outcome::Stopped) => Ok(()),
+        Some(Outcome::Diverged { step, worker }) => Err(CliError {
+            code: 3,
+            message: format!(
+                "the run diverged at step {step}: worker {worker}'s loss became NaN or infinite; lower --lr (it was {}) or add --warmup",
+                session.experiment().lr
+            ),
+        }),
+        Some(Outcome::Failed { message }) => Err(CliError::failure(message)),
+        None => Err(CliError::failure("the run ended without a result")),
+    }
+}
+
+/// The human-readable summary.
+pub fn table(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2} %", v * 100.0));
+    let _ = writeln!(out, "ddlab run: {} · {} workers · {} all-reduce · {} · hidden {:?} · batch {}/worker", s.mode, s.workers, s.allreduce, s.dataset, s.hidden, s.batch);
+    let _ = writeln!(out);
+    let status = match s.diverged_step {
+        Some(step) => format!("DIVERGED at step {step}"),
+        None => s.outcome.to_string(),
+    };
+    let rows = [
+        ("result", status),
+        ("test accuracy", pct(s.test_accuracy)),
+        ("final loss", s.final_loss.map_or("–".into(), |l| format!("{l:.4}"))),
+        ("steps", s.steps.to_string()),
+        ("samples", s.samples.to_string()),
+        ("time", format!("{:.2} s", s.elapsed_s)),
+        ("steps/s", format!("{:.1}", s.steps_per_sec)),
+        ("samples/s", format!("{:.0}", s.samples_per_sec)),
+        ("all-reduce bytes", human_bytes(s.allreduce_bytes as f64)),
+        ("all-reduce time/step", format!("{:.3} ms", s.allreduce_ms)),
+        ("all-reduce busbw", s.allreduce_busbw_gbps.map_or("– (one worker)".into(), |b| format!("{b:.2} GB/s"))),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {k:<22} {v}");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "  {:<8}", "ms/step");
+    for p in Phase::ALL {
+        let _ = write!(out, " {:>11}", p.name());
+    }
+    let _ = writeln!(out);
+    for (w, ms) in s.phase_ms.iter().enumerate() {
+        let _ = write!(out, "  {:<8}", format!("worker {w}"));
+        for v in ms {
+            let _ = write!(out, " {v:>11.4}");
+        }
+        let _ = writeln!(out);
+    }
+    out
+}
+
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}

@@ -1,0 +1,150 @@
+//! The session: the one door for front ends. Start an experiment from its config, read
+//! its events, send controls, read its state (a pure reducer over the events).
+
+mod state;
+mod summary;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use state::{EvalRecord, RunState, StepRecord, WorkerTotals};
+pub use summary::Summary;
+
+use crate::config::{ConfigError, Experiment};
+use crate::data::{DataError, Dataset};
+use crate::train::{self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// How a session reports, for the front end that opened it.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Per-message transfers and per-worker batches (the lab's animations).
+    pub detail: bool,
+    /// Open paused, e.g. to step phase by phase from the first one.
+    pub start_paused: bool,
+    /// Visual events buffered before they are dropped.
+    pub visual_capacity: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { detail: false, start_paused: false, visual_capacity: 1 << 16 }
+    }
+}
+
+pub struct Session {
+    exp: Experiment,
+    data: Arc<Dataset>,
+    gate: Arc<Gate>,
+    stream: EventStream,
+    engine: Option<EngineHandle>,
+    state: RunState,
+}
+
+impl Session {
+    /// Validates `exp`, loads its data set and starts training.
+    pub fn start(exp: Experiment, options: SessionOptions) -> Result<Session, SessionError> {
+        exp.validate()?;
+        let data = Arc::new(Dataset::load(exp.dataset)?);
+        Self::start_with_data(exp, data, options, None)
+    }
+
+    /// As `start`, on a data set already loaded, optionally from given parameters.
+    pub fn start_with_data(
+        exp: Experiment,
+        data: Arc<Dataset>,
+        options: SessionOptions,
+        initial_params: Option<Vec<f32>>,
+    ) -> Result<Session, SessionError> {
+        exp.validate()?;
+        exp.check_against(data.train_len())?;
+        let gate = Arc::new(Gate::new(exp.workers, options.start_paused));
+        let (sink, stream) = event_channel(options.visual_capacity);
+        let engine = train::spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate), EngineOptions { detail: options.detail, initial_params });
+        Ok(Session { exp, data, gate, stream, engine: Some(engine), state: RunState::default() })
+    }
+
+    pub fn experiment(&self) -> &Experiment {
+        &self.exp
+    }
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.data
+    }
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+    pub fn summary(&self) -> Summary {
+        Summary::new(&self.exp, &self.state)
+    }
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+    /// Visual events dropped because this front end fell behind.
+    pub fn dropped_events(&self) -> u64 {
+        self.stream.dropped()
+    }
+
+    pub fn control(&mut self, control: Control) {
+        self.gate.apply(control);
+        if control == Control::Stop {
+            if let Some(engine) = &self.engine {
+                engine.abort(); // release workers waiting in a collective
+            }
+        }
+    }
+
+    /// Applies every waiting event to the state, handing each to `f` too. Returns true
+    /// once the run has finished and every event has been read.
+    pub fn poll(&mut self, mut f: impl FnMut(&Event)) -> bool {
+        loop {
+            match self.stream.try_next() {
+                Ok(event) => {
+                    self.state.apply(&event);
+                    f(&event);
+                }
+                Err(over) => return self.finish_if(over),
+            }
+        }
+    }
+
+    /// As `poll`, but waits up to `timeout` for the first event.
+    pub fn poll_timeout(&mut self, timeout: Duration, mut f: impl FnMut(&Event)) -> bool {
+        match self.stream.next_timeout(timeout) {
+            Ok(event) => {
+                self.state.apply(&event);
+                f(&event);
+                self.poll(f)
+            }
+            Err(over) => self.finish_if(over),
+        }
+    }
+
+    fn finish_if(&mut self, over: bool) -> bool {
+        if over {
+            if let Some(engine) = self.engine.take() {
+                engine.join();
+            }
+        }
+        over
+    }
+
+    /// Reads events until the run ends; returns how it ended.
+    pub fn run_to_end(&mut self, mut f: impl FnMut(&Event)) -> Outcome {
+        while !self.poll_timeout(Duration::from_millis(50), &mut f) {}
+        self.state.outcome.clone().unwrap_or(Outcome::Failed { message: "the engine ended without a result".into() })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.gate.apply(Control::Stop);
+        // EngineHandle's Drop aborts the collectives and joins the threads.
+    }
+}

@@ -1,0 +1,88 @@
+//! What engines report: the event stream every front end reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::comm::Transfer;
+
+/// The phases of a training iteration, as drawn on the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Forward,
+    Backward,
+    AllReduce,
+    Update,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Forward, Phase::Backward, Phase::AllReduce, Phase::Update];
+    pub const COUNT: usize = Self::ALL.len();
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::AllReduce => "all-reduce",
+            Phase::Update => "update",
+        }
+    }
+}
+
+/// One worker's account of one step. Per-step metrics are never dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStep {
+    pub worker: usize,
+    pub step: u64,
+    pub epoch: u64,
+    /// Mean loss over this worker's batch.
+    pub loss: f64,
+    pub correct: usize,
+    pub samples: usize,
+    /// ‖g‖ of this worker's own gradient, before the all-reduce.
+    pub grad_norm: f64,
+    /// ‖g‖ after the all-reduce: the averaged gradient every replica applies.
+    pub grad_norm_reduced: f64,
+    pub lr: f32,
+    /// Nanoseconds this step spent in each phase, indexed by `Phase::index`.
+    pub phase_ns: [u64; Phase::COUNT],
+    /// Bytes this worker sent during this step's all-reduce.
+    pub bytes_sent: u64,
+    pub end_ns: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Completed,
+    Stopped,
+    /// The loss of `worker` became NaN or infinite at `step`.
+    Diverged { step: u64, worker: usize },
+    Failed { message: String },
+}
+
+/// Everything a run tells the world. Times are ns since the run started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Started { workers: usize, params: usize, steps_per_epoch: u64, total_steps: u64 },
+    /// A phase one worker went through (visual: may be coalesced under load).
+    Phase { worker: usize, step: u64, phase: Phase, start_ns: u64, end_ns: u64 },
+    /// A message of an all-reduce (visual).
+    Transfer { step: u64, transfer: Transfer },
+    /// The training samples a worker works on in this step (visual).
+    Batch { worker: usize, step: u64, indices: Vec<u32> },
+    WorkerStep(WorkerStep),
+    /// Test-set score of the replicas' parameters after `step` steps.
+    Eval { step: u64, epoch: u64, test_loss: f64, test_accuracy: f64, t_ns: u64 },
+    Finished { outcome: Outcome, t_ns: u64 },
+}
+
+impl Event {
+    /// Visual events may be dropped when a front end falls behind; the rest never are.
+    pub fn is_visual(&self) -> bool {
+        matches!(self, Event::Phase { .. } | Event::Transfer { .. } | Event::Batch { .. })
+    }
+}
