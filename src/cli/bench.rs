@@ -63,6 +63,7 @@ pub struct BenchReport {
 
 /// Median and minimum µs of one training step of an MLP with `sizes`.
 pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
+    crate::nn::flush_denormals();
     let (inputs, classes) = (sizes[0], *sizes.last().expect("sizes"));
     let mlp = Mlp::new(inputs, &sizes[1..sizes.len() - 1], classes);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -97,7 +98,7 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
             .map(|t| {
                 s.spawn(move || {
                     let mut comm = Comm::new(t, algo);
-                    let mut buf = vec![1.0f32; len];
+                    let mut buf = vec![0.0f32; len]; // zeros stay zeros: no overflow to inf over thousands of sums
                     let mut once = || comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
                     once();
                     once();
@@ -156,24 +157,24 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let sizes: Vec<usize> = if args.quick { vec![4 << 10, 1 << 20] } else { (0..7).map(|i| (4 << 10) << (2 * i)).collect() };
     let workers: &[usize] = if args.quick { &[2, 4] } else { &[2, 4, 8] };
 
-    println!("training step (forward + backward + update, one thread)");
+    say!("training step (forward + backward + update, one thread)");
     let steps = vec![bench_step(&[64, 128, 10], 64, step_iters), bench_step(&[784, 128, 10], 64, step_iters / 4)];
     for s in &steps {
-        println!("  MLP {:<12} batch {:>3}: median {:>8.1} µs   min {:>8.1} µs", s.model, s.batch, s.median_us, s.min_us);
+        say!("  MLP {:<12} batch {:>3}: median {:>8.1} µs   min {:>8.1} µs", s.model, s.batch, s.median_us, s.min_us);
     }
-    println!("\nmemcpy, one thread");
+    say!("\nmemcpy, one thread");
     let memcpy: Vec<MemcpyBench> = [4 << 20, 64 << 20].iter().map(|&b| bench_memcpy(b, budget)).collect();
     for m in &memcpy {
-        println!("  {:>10}: {:>7.2} GB/s", super::run::human_bytes(m.bytes as f64), m.gbps);
+        say!("  {:>10}: {:>7.2} GB/s", super::run::human_bytes(m.bytes as f64), m.gbps);
     }
-    println!("\nall-reduce across threads (algbw = bytes/time, busbw = algbw·2(N−1)/N)");
-    println!("  {:<6} {:>3} {:>10} {:>12} {:>11} {:>11}", "algo", "N", "bytes", "time µs", "algbw GB/s", "busbw GB/s");
+    say!("\nall-reduce across threads (algbw = bytes/time, busbw = algbw·2(N−1)/N)");
+    say!("  {:<6} {:>3} {:>10} {:>12} {:>11} {:>11}", "algo", "N", "bytes", "time µs", "algbw GB/s", "busbw GB/s");
     let mut allreduce = Vec::new();
     for algo in AllReduceAlgo::ALL {
         for &n in workers {
             for &bytes in &sizes {
                 let r = bench_allreduce(algo, n, bytes, budget);
-                println!(
+                say!(
                     "  {:<6} {:>3} {:>10} {:>12.1} {:>11.2} {:>11.2}",
                     r.algorithm,
                     r.workers,

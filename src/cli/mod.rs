@@ -1,5 +1,14 @@
 //! Headless front ends: the command line, `ddlab run` and `ddlab bench`.
 
+/// `println!` that shrugs off a closed pipe (`ddlab bench | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod bench;
 pub mod export;
 pub mod run;

@@ -63,7 +63,9 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let summary = session.summary();
     exports.finish(session.state(), &summary)?;
     if !args.quiet {
-        print!("{}", table(&summary));
+        use std::io::Write;
+        // A closed pipe (`ddlab run | head`) is not an error worth a panic.
+        let _ = std::io::stdout().write_all(table(&summary).as_bytes());
     }
     match session.state().outcome.clone() {
         Some(Outcome::Completed) | Some(Outcome::Stopped) => Ok(()),

@@ -4,17 +4,27 @@
 //! worker it waits for needs); pure sleeping adds tens of microseconds to every message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Clock, CommError, Result};
 
-const SPINS: u32 = 64;
-const YIELDS: u32 = 256;
-const NAP: Duration = Duration::from_micros(50);
+/// Spin this many times first: a partner that is running answers within a microsecond.
+const SPINS: u32 = 100;
+/// Then yield the core (to the worker we wait for, when workers outnumber cores) for up to
+/// this long before sleeping: a step's all-reduce round rarely takes longer.
+const YIELD_FOR: Duration = Duration::from_millis(2);
+/// Then nap: a paused run or a straggler should not burn a core.
+const NAP: Duration = Duration::from_micros(100);
 
 /// Waits until `ready()` holds; fails with `Aborted` as soon as `abort` is set.
 pub fn wait_until(abort: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let mut tries = 0u32;
+    for _ in 0..SPINS {
+        if ready() {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    let start = Instant::now();
     loop {
         if ready() {
             return Ok(());
@@ -22,10 +32,7 @@ pub fn wait_until(abort: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result
         if abort.load(Ordering::Relaxed) {
             return Err(CommError::Aborted);
         }
-        tries = tries.saturating_add(1);
-        if tries < SPINS {
-            std::hint::spin_loop();
-        } else if tries < SPINS + YIELDS {
+        if start.elapsed() < YIELD_FOR {
             std::thread::yield_now();
         } else {
             std::thread::sleep(NAP);

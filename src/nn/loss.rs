@@ -42,7 +42,9 @@ pub fn softmax_cross_entropy(
     assert_eq!(labels.len(), batch, "one label per row of logits");
     let inv_batch = 1.0 / batch as f32;
     let mut score = BatchScore { samples: batch, ..BatchScore::default() };
-    for (i, z) in logits.rows().into_iter().enumerate() {
+    let logits = logits.as_standard_layout();
+    let z_all = logits.as_slice().expect("standard layout");
+    for (i, z) in z_all.chunks_exact(classes).enumerate() {
         let y = labels[i] as usize;
         debug_assert!(y < classes);
         // Subtract the max before exp() so that large logits cannot overflow.
@@ -53,20 +55,30 @@ pub fn softmax_cross_entropy(
                 argmax = j;
             }
         }
-        let sum_exp: f32 = z.iter().map(|&v| (v - max).exp()).sum();
-        let log_sum_exp = max + sum_exp.ln();
-        score.loss_sum += f64::from(log_sum_exp - z[y]);
         score.correct += usize::from(argmax == y);
-        if let Some(d) = d_logits.as_deref_mut() {
-            let mut d_row = d.row_mut(i);
-            for (j, (dz, &v)) in d_row.iter_mut().zip(z.iter()).enumerate() {
-                let p = (v - log_sum_exp).exp();
-                *dz = (p - if j == y { 1.0 } else { 0.0 }) * inv_batch;
+        match d_logits.as_deref_mut() {
+            Some(d) => {
+                // One exp per logit: keep e^(z−max) in the gradient row, then normalise.
+                let mut d_row = d.row_mut(i);
+                let d_row = d_row.as_slice_mut().expect("contiguous rows");
+                let mut sum_exp = 0.0f32;
+                for (dz, &v) in d_row.iter_mut().zip(z) {
+                    *dz = (v - max).exp();
+                    sum_exp += *dz;
+                }
+                score.loss_sum += f64::from(max + sum_exp.ln() - z[y]);
+                let scale = inv_batch / sum_exp;
+                d_row.iter_mut().for_each(|dz| *dz *= scale); // softmax / B
+                d_row[y] -= inv_batch; // − onehot / B
+            }
+            None => {
+                let sum_exp: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+                score.loss_sum += f64::from(max + sum_exp.ln() - z[y]);
             }
         }
     }
     // A NaN logit makes max stay −∞ and argmax 0: report the loss as NaN, not a number.
-    if logits.iter().any(|v| !v.is_finite()) {
+    if z_all.iter().any(|v| !v.is_finite()) {
         score.loss_sum = f64::NAN;
     }
     score

@@ -4,7 +4,7 @@
 //! `[W1 (in×h1, row-major) | b1 (h1) | W2 (h1×h2) | b2 | … ]`. Gradients use the same
 //! layout, so one all-reduce over one slice syncs the whole network.
 
-use ndarray::{s, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{s, ArrayView2, ArrayViewMut2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -98,18 +98,19 @@ impl Mlp {
         }
     }
 
-    fn views<'a>(&self, params: &'a [f32], l: usize) -> (ArrayView2<'a, f32>, ArrayView1<'a, f32>) {
+    /// Layer `l`'s weights as a (fan_in, fan_out) view and its bias as a slice.
+    fn views<'a>(&self, params: &'a [f32], l: usize) -> (ArrayView2<'a, f32>, &'a [f32]) {
         let layer = self.layers[l];
         let (w, b) = params[layer.range()].split_at(layer.w_len());
         let w = ArrayView2::from_shape((layer.fan_in, layer.fan_out), w).expect("layout matches");
-        (w, ArrayView1::from(b))
+        (w, b)
     }
 
-    fn views_mut<'a>(&self, grads: &'a mut [f32], l: usize) -> (ArrayViewMut2<'a, f32>, ArrayViewMut1<'a, f32>) {
+    fn views_mut<'a>(&self, grads: &'a mut [f32], l: usize) -> (ArrayViewMut2<'a, f32>, &'a mut [f32]) {
         let layer = self.layers[l];
         let (w, b) = grads[layer.range()].split_at_mut(layer.w_len());
         let w = ArrayViewMut2::from_shape((layer.fan_in, layer.fan_out), w).expect("layout matches");
-        (w, ArrayViewMut1::from(b))
+        (w, b)
     }
 
     /// Forward pass. Leaves every layer's output in `ws` and returns the logits (B, C).
@@ -122,15 +123,18 @@ impl Mlp {
             let (w, b) = self.views(params, l);
             let (before, after) = ws.acts.split_at_mut(l);
             let input = if l == 0 { x.view() } else { act_view(&before[l - 1], batch, self.sizes[l]) };
-            let mut z = act_view_mut(&mut after[0], batch, self.sizes[l + 1]);
+            let width = self.sizes[l + 1];
             // z = h · W : (B, in) · (in, out) -> (B, out)
-            matmul_into(&mut z, &input, &w, false);
+            matmul_into(&mut act_view_mut(&mut after[0], batch, width), &input, &w, false);
             // z += b, then h = relu(z) = max(z, 0) on hidden layers
-            let relu = l < last;
-            for mut row in z.rows_mut() {
-                for (v, &bias) in row.iter_mut().zip(b.iter()) {
-                    let t = *v + bias;
-                    *v = if relu { t.max(0.0) } else { t };
+            let z = &mut after[0][..batch * width];
+            if l < last {
+                for row in z.chunks_exact_mut(width) {
+                    row.iter_mut().zip(b).for_each(|(v, &bias)| *v = (*v + bias).max(0.0));
+                }
+            } else {
+                for row in z.chunks_exact_mut(width) {
+                    row.iter_mut().zip(b).for_each(|(v, &bias)| *v += bias);
                 }
             }
         }
@@ -157,15 +161,13 @@ impl Mlp {
             let (fan_in, fan_out) = (self.layers[l].fan_in, self.layers[l].fan_out);
             let d_z = act_view(d_cur, batch, fan_out);
             let input = if l == 0 { x.view() } else { act_view(&acts[l - 1], batch, fan_in) };
-            let (mut d_w, mut d_b) = self.views_mut(grads, l);
+            let (mut d_w, d_b) = self.views_mut(grads, l);
             // d_W = hᵀ · d_z : (in, B) · (B, out) -> (in, out)
             matmul_into(&mut d_w, &input.t(), &d_z, false);
             // d_b = Σ_batch d_z : (B, out) -> (out)
             d_b.fill(0.0);
-            for row in d_z.rows() {
-                for (db, &dz) in d_b.iter_mut().zip(row.iter()) {
-                    *db += dz;
-                }
+            for row in d_cur[..batch * fan_out].chunks_exact(fan_out) {
+                d_b.iter_mut().zip(row).for_each(|(db, &dz)| *db += dz);
             }
             if l > 0 {
                 let (w, _) = self.views(params, l);

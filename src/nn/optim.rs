@@ -20,10 +20,12 @@ impl Sgd {
         assert_eq!(params.len(), grads.len());
         assert_eq!(params.len(), self.velocity.len());
         let (mu, wd) = (self.momentum, self.weight_decay);
-        for ((p, &g), v) in params.iter_mut().zip(grads).zip(self.velocity.iter_mut()) {
-            let g = g + wd * *p;
-            *v = mu * *v + g;
-            *p -= lr * *v;
+        let n = params.len();
+        let (params, grads, velocity) = (&mut params[..n], &grads[..n], &mut self.velocity[..n]);
+        for i in 0..n {
+            let g = grads[i] + wd * params[i];
+            velocity[i] = mu * velocity[i] + g;
+            params[i] -= lr * velocity[i];
         }
     }
 

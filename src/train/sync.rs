@@ -118,6 +118,7 @@ fn run(exp: &Experiment, data: &Dataset, sink: EventSink, gate: &Gate, clock: Cl
                 std::thread::Builder::new()
                     .name(format!("ddlab-worker-{}", transport.rank()))
                     .spawn_scoped(s, move || {
+                        crate::nn::flush_denormals();
                         let comm = Comm::new(transport, ctx.exp.allreduce);
                         let end = catch_unwind(AssertUnwindSafe(|| worker(ctx, comm, &eval_tx)))
                             .unwrap_or_else(|p| WorkerEnd::Panicked(panic_message(&p)));
@@ -264,6 +265,7 @@ fn worker_loop(ctx: &Ctx, comm: &mut Comm<ThreadTransport>, eval_tx: &crossbeam_
 
 /// Scores parameter snapshots on the test set as they come.
 fn evaluate_loop(ctx: &Ctx, rx: crossbeam_channel::Receiver<(u64, Vec<f32>, u64)>) {
+    crate::nn::flush_denormals();
     let mut ws = Workspace::new(&ctx.mlp, 512);
     let steps_per_epoch = ctx.sharder.steps_per_epoch();
     for (step, params, t_ns) in rx {
