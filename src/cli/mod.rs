@@ -7,7 +7,6 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
-pub(crate) use say;
 
 pub mod bench;
 pub mod export;

@@ -72,7 +72,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         Some(Outcome::Diverged { step, worker }) => Err(CliError {
             code: 3,
             message: format!(
-                "the run diverged at step {step}: worker {worker}'s loss became NaN or infinite; lower --lr (it was {}) or add --warmup",
+                "the run diverged at step {step}: worker {worker}'s loss became NaN, infinite or over 100× chance level; lower --lr (it was {}) or add --warmup",
                 session.experiment().lr
             ),
         }),

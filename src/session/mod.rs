@@ -46,6 +46,7 @@ pub struct Session {
     stream: EventStream,
     engine: Option<EngineHandle>,
     state: RunState,
+    final_params: Option<Vec<f32>>,
 }
 
 impl Session {
@@ -68,7 +69,7 @@ impl Session {
         let gate = Arc::new(Gate::new(exp.workers, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
         let engine = train::spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate), EngineOptions { detail: options.detail, initial_params });
-        Ok(Session { exp, data, gate, stream, engine: Some(engine), state: RunState::default() })
+        Ok(Session { exp, data, gate, stream, engine: Some(engine), state: RunState::default(), final_params: None })
     }
 
     pub fn experiment(&self) -> &Experiment {
@@ -89,6 +90,11 @@ impl Session {
     /// Visual events dropped because this front end fell behind.
     pub fn dropped_events(&self) -> u64 {
         self.stream.dropped()
+    }
+
+    /// The replicas' parameters once the run has ended (rank 0's copy).
+    pub fn final_params(&self) -> Option<Vec<f32>> {
+        self.final_params.clone()
     }
 
     pub fn control(&mut self, control: Control) {
@@ -129,7 +135,9 @@ impl Session {
     fn finish_if(&mut self, over: bool) -> bool {
         if over {
             if let Some(engine) = self.engine.take() {
+                let params = engine.final_params_handle();
                 engine.join();
+                self.final_params = params.lock().unwrap_or_else(|e| e.into_inner()).take();
             }
         }
         over

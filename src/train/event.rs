@@ -58,7 +58,8 @@ pub struct WorkerStep {
 pub enum Outcome {
     Completed,
     Stopped,
-    /// The loss of `worker` became NaN or infinite at `step`.
+    /// The loss of `worker` became NaN, infinite or absurdly large at `step` (see
+    /// `train::diverged`).
     Diverged { step: u64, worker: usize },
     Failed { message: String },
 }

@@ -9,4 +9,4 @@ mod sync;
 pub use control::{Control, Gate, Stopped};
 pub use event::{Event, Outcome, Phase, WorkerStep};
 pub use sink::{event_channel, EventSink, EventStream};
-pub use sync::{spawn, EngineHandle, EngineOptions};
+pub use sync::{diverged, spawn, EngineHandle, EngineOptions};

@@ -2,7 +2,7 @@
 //! `next_batch → forward → backward → all_reduce → update`, each phase an event.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ndarray::{Array2, ArrayView2};
@@ -26,6 +26,7 @@ pub struct EngineOptions {
 pub struct EngineHandle {
     join: Option<JoinHandle<Outcome>>,
     abort: AbortHandle,
+    final_params: Arc<Mutex<Option<Vec<f32>>>>,
 }
 
 impl EngineHandle {
@@ -36,6 +37,15 @@ impl EngineHandle {
     /// Waits for the run to end.
     pub fn join(mut self) -> Outcome {
         self.join_inner()
+    }
+    /// Rank 0's parameters when the run ended (completed, stopped or diverged); `None`
+    /// while it runs.
+    pub fn final_params(&self) -> Option<Vec<f32>> {
+        self.final_params.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Where the final parameters will be, readable after `join`.
+    pub fn final_params_handle(&self) -> Arc<Mutex<Option<Vec<f32>>>> {
+        Arc::clone(&self.final_params)
     }
     fn join_inner(&mut self) -> Outcome {
         match self.join.take().map(JoinHandle::join) {
@@ -67,6 +77,7 @@ struct Ctx<'a> {
     gate: &'a Gate,
     clock: Clock,
     options: &'a EngineOptions,
+    final_params: &'a Mutex<Option<Vec<f32>>>,
 }
 
 /// How one worker's loop ended.
@@ -86,14 +97,26 @@ pub fn spawn(exp: &Experiment, data: Arc<Dataset>, sink: EventSink, gate: Arc<Ga
     let clock = Clock::start();
     let group = thread_group(exp.workers, clock, exp.link, options.detail);
     let abort = group[0].abort_handle();
+    let final_params = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&final_params);
     let join = std::thread::Builder::new()
         .name("ddlab-engine".into())
-        .spawn(move || run(&exp, &data, sink, &gate, clock, group, &options))
+        .spawn(move || run(&exp, &data, sink, &gate, clock, group, &options, &out))
         .expect("the OS can start a thread");
-    EngineHandle { join: Some(join), abort }
+    EngineHandle { join: Some(join), abort, final_params }
 }
 
-fn run(exp: &Experiment, data: &Dataset, sink: EventSink, gate: &Gate, clock: Clock, group: Vec<ThreadTransport>, options: &EngineOptions) -> Outcome {
+#[allow(clippy::too_many_arguments)]
+fn run(
+    exp: &Experiment,
+    data: &Dataset,
+    sink: EventSink,
+    gate: &Gate,
+    clock: Clock,
+    group: Vec<ThreadTransport>,
+    options: &EngineOptions,
+    final_params: &Mutex<Option<Vec<f32>>>,
+) -> Outcome {
     let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
     let sharder = Sharder { train_len: data.train_len(), workers: exp.workers, batch: exp.batch, seed: exp.seed };
     let total_steps = exp.total_steps(sharder.steps_per_epoch());
@@ -104,7 +127,7 @@ fn run(exp: &Experiment, data: &Dataset, sink: EventSink, gate: &Gate, clock: Cl
         steps_per_epoch: sharder.steps_per_epoch(),
         total_steps,
     });
-    let ctx = Ctx { exp, data, mlp, sharder, schedule, total_steps, sink: sink.clone(), gate, clock, options };
+    let ctx = Ctx { exp, data, mlp, sharder, schedule, total_steps, sink: sink.clone(), gate, clock, options, final_params };
     let (eval_tx, eval_rx) = crossbeam_channel::unbounded::<(u64, Vec<f32>, u64)>();
 
     let ends: Vec<WorkerEnd> = std::thread::scope(|s| {
@@ -168,29 +191,38 @@ fn phase<T>(ctx: &Ctx, rank: usize, step: u64, phase: Phase, phase_ns: &mut [u64
 }
 
 fn worker(ctx: &Ctx, mut comm: Comm<ThreadTransport>, eval_tx: &crossbeam_channel::Sender<(u64, Vec<f32>, u64)>) -> WorkerEnd {
-    match worker_loop(ctx, &mut comm, eval_tx) {
+    let mut params = vec![0.0f32; ctx.mlp.num_params()];
+    let end = match worker_loop(ctx, &mut comm, &mut params, eval_tx) {
         Ok(()) => WorkerEnd::Done,
         Err(end) => end,
+    };
+    if comm.rank() == 0 {
+        *ctx.final_params.lock().unwrap_or_else(|e| e.into_inner()) = Some(params);
     }
+    end
 }
 
 fn comm_err(_: CommError) -> WorkerEnd {
     WorkerEnd::Aborted
 }
 
-fn worker_loop(ctx: &Ctx, comm: &mut Comm<ThreadTransport>, eval_tx: &crossbeam_channel::Sender<(u64, Vec<f32>, u64)>) -> Result<(), WorkerEnd> {
+fn worker_loop(
+    ctx: &Ctx,
+    comm: &mut Comm<ThreadTransport>,
+    params: &mut [f32],
+    eval_tx: &crossbeam_channel::Sender<(u64, Vec<f32>, u64)>,
+) -> Result<(), WorkerEnd> {
     let rank = comm.rank();
     let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
 
     // Identical replicas: rank 0 initialises, everyone receives its parameters.
-    let mut params = vec![0.0f32; mlp.num_params()];
     if rank == 0 {
         match &ctx.options.initial_params {
             Some(p) => params.copy_from_slice(p),
-            None => mlp.init(&mut params, exp.seed),
+            None => mlp.init(params, exp.seed),
         }
     }
-    comm.broadcast(&mut params, 0).map_err(comm_err)?;
+    comm.broadcast(params, 0).map_err(comm_err)?;
     let mut grads = vec![0.0f32; mlp.num_params()];
     let mut ws = Workspace::new(mlp, exp.batch);
     let mut sgd = Sgd::new(mlp.num_params(), exp.momentum, exp.weight_decay);
@@ -218,13 +250,13 @@ fn worker_loop(ctx: &Ctx, comm: &mut Comm<ThreadTransport>, eval_tx: &crossbeam_
         let mut phase_ns = [0u64; Phase::COUNT];
 
         let score = phase(ctx, rank, step, Phase::Forward, &mut phase_ns, || {
-            mlp.forward(&params, &xv, &mut ws);
+            mlp.forward(params, &xv, &mut ws);
             mlp.loss(&labels, &mut ws)
         })?;
-        if !score.loss_sum.is_finite() {
+        if diverged(score.mean_loss(), data.classes) {
             return Err(WorkerEnd::Diverged { step });
         }
-        phase(ctx, rank, step, Phase::Backward, &mut phase_ns, || mlp.backward(&params, &xv, &mut ws, &mut grads))?;
+        phase(ctx, rank, step, Phase::Backward, &mut phase_ns, || mlp.backward(params, &xv, &mut ws, &mut grads))?;
         let grad_norm = l2_norm(&grads);
         let bytes_before = comm.bytes_sent();
         phase(ctx, rank, step, Phase::AllReduce, &mut phase_ns, || comm.all_reduce_mean(&mut grads))?.map_err(comm_err)?;
@@ -237,7 +269,7 @@ fn worker_loop(ctx: &Ctx, comm: &mut Comm<ThreadTransport>, eval_tx: &crossbeam_
         }
         let grad_norm_reduced = l2_norm(&grads);
         let lr = ctx.schedule.at(step);
-        phase(ctx, rank, step, Phase::Update, &mut phase_ns, || sgd.step(&mut params, &grads, lr))?;
+        phase(ctx, rank, step, Phase::Update, &mut phase_ns, || sgd.step(params, &grads, lr))?;
 
         let end_ns = ctx.clock.ns();
         ctx.sink.send(Event::WorkerStep(WorkerStep {
@@ -257,10 +289,17 @@ fn worker_loop(ctx: &Ctx, comm: &mut Comm<ThreadTransport>, eval_tx: &crossbeam_
         let done = step + 1;
         if rank == 0 && (done % exp.eval_every == 0 || done == ctx.total_steps) {
             // Evaluation runs on its own thread so that it never stalls the step.
-            let _ = eval_tx.send((done, params.clone(), end_ns));
+            let _ = eval_tx.send((done, params.to_vec(), end_ns));
         }
     }
     Ok(())
+}
+
+/// A loss that is NaN, infinite, or over 100 times that of guessing uniformly
+/// (100 · ln C nats): no run comes back from there, it only thrashes at chance accuracy
+/// (an LR of 1e6 on digits reaches 1e29 while staying finite in f32).
+pub fn diverged(mean_loss: f64, classes: usize) -> bool {
+    !mean_loss.is_finite() || mean_loss > 100.0 * (classes as f64).ln()
 }
 
 /// Scores parameter snapshots on the test set as they come.
