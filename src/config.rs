@@ -123,32 +123,56 @@ pub struct ConfigError {
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { flag, problem: problem.into() }
+    ConfigError {
+        flag,
+        problem: problem.into(),
+    }
 }
 
 impl Experiment {
     /// Checks every value on its own; `check_against` then checks it against a data set.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.workers == 0 || self.workers > MAX_WORKERS {
-            return Err(bad("workers", format!("{} is not allowed: use 1 to {MAX_WORKERS} workers", self.workers)));
+            return Err(bad(
+                "workers",
+                format!("{} is not allowed: use 1 to {MAX_WORKERS} workers", self.workers),
+            ));
         }
         if self.batch == 0 || self.batch > 65_536 {
-            return Err(bad("batch", format!("{} is not allowed: use a per-worker batch of 1 to 65536", self.batch)));
+            return Err(bad(
+                "batch",
+                format!("{} is not allowed: use a per-worker batch of 1 to 65536", self.batch),
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(bad("lr", format!("{} is not allowed: the learning rate must be a number > 0", self.lr)));
+            return Err(bad(
+                "lr",
+                format!("{} is not allowed: the learning rate must be a number > 0", self.lr),
+            ));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(bad("momentum", format!("{} is not allowed: use 0 ≤ momentum < 1", self.momentum)));
+            return Err(bad(
+                "momentum",
+                format!("{} is not allowed: use 0 ≤ momentum < 1", self.momentum),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(bad("weight-decay", format!("{} is not allowed: use a number ≥ 0", self.weight_decay)));
+            return Err(bad(
+                "weight-decay",
+                format!("{} is not allowed: use a number ≥ 0", self.weight_decay),
+            ));
         }
         if let Some(&w) = self.hidden.iter().find(|&&w| w == 0 || w > 16_384) {
-            return Err(bad("hidden", format!("a layer of {w} is not allowed: use widths 1 to 16384, like 64,32")));
+            return Err(bad(
+                "hidden",
+                format!("a layer of {w} is not allowed: use widths 1 to 16384, like 64,32"),
+            ));
         }
         if self.hidden.len() > 16 {
-            return Err(bad("hidden", format!("{} hidden layers is too many: use at most 16", self.hidden.len())));
+            return Err(bad(
+                "hidden",
+                format!("{} hidden layers is too many: use at most 16", self.hidden.len()),
+            ));
         }
         match self.length {
             Length::Steps(0) => return Err(bad("steps", "0 is not allowed: train for at least 1 step")),
@@ -200,19 +224,63 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         let cases: [(Experiment, &str); 6] = [
-            (Experiment { workers: 0, ..Default::default() }, "--workers"),
-            (Experiment { workers: 100_000, ..Default::default() }, "--workers"),
-            (Experiment { batch: 0, ..Default::default() }, "--batch"),
-            (Experiment { lr: -1.0, ..Default::default() }, "--lr"),
-            (Experiment { hidden: vec![0], ..Default::default() }, "--hidden"),
-            (Experiment { length: Length::Steps(0), ..Default::default() }, "--steps"),
+            (
+                Experiment {
+                    workers: 0,
+                    ..Default::default()
+                },
+                "--workers",
+            ),
+            (
+                Experiment {
+                    workers: 100_000,
+                    ..Default::default()
+                },
+                "--workers",
+            ),
+            (
+                Experiment {
+                    batch: 0,
+                    ..Default::default()
+                },
+                "--batch",
+            ),
+            (
+                Experiment {
+                    lr: -1.0,
+                    ..Default::default()
+                },
+                "--lr",
+            ),
+            (
+                Experiment {
+                    hidden: vec![0],
+                    ..Default::default()
+                },
+                "--hidden",
+            ),
+            (
+                Experiment {
+                    length: Length::Steps(0),
+                    ..Default::default()
+                },
+                "--steps",
+            ),
         ];
         for (exp, flag) in cases {
             let msg = exp.validate().unwrap_err().to_string();
             assert!(msg.starts_with(flag), "{msg}");
         }
-        let too_big = Experiment { workers: 64, batch: 64, ..Default::default() };
-        assert!(too_big.check_against(1438).unwrap_err().to_string().contains("fewer workers"));
+        let too_big = Experiment {
+            workers: 64,
+            batch: 64,
+            ..Default::default()
+        };
+        assert!(too_big
+            .check_against(1438)
+            .unwrap_err()
+            .to_string()
+            .contains("fewer workers"));
     }
 
     #[test]

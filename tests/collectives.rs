@@ -5,7 +5,12 @@ use ddlab::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm, CommErro
 use proptest::prelude::*;
 
 /// Runs `f` on every rank of a fresh thread group and returns the ranks' results.
-fn on_group<R: Send>(n: usize, algo: AllReduceAlgo, link: Option<Link>, f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync) -> Vec<R> {
+fn on_group<R: Send>(
+    n: usize,
+    algo: AllReduceAlgo,
+    link: Option<Link>,
+    f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync,
+) -> Vec<R> {
     let group = thread_group(n, Clock::start(), link, true);
     std::thread::scope(|s| {
         let handles: Vec<_> = group
@@ -34,7 +39,10 @@ fn check_sum(n: usize, algo: AllReduceAlgo, len: usize) {
     let want: Vec<f32> = (0..len).map(|i| (0..n).map(|r| value(r, i)).sum()).collect();
     for (rank, got) in results.iter().enumerate() {
         if let Some(i) = (0..len).find(|&i| got[i] != want[i]) {
-            panic!("{algo} N={n} len={len}: rank {rank} element {i} is {} but the sum is {}", got[i], want[i]);
+            panic!(
+                "{algo} N={n} len={len}: rank {rank} element {i} is {} but the sum is {}",
+                got[i], want[i]
+            );
         }
     }
 }
@@ -64,16 +72,27 @@ fn allreduce_mean_leaves_bit_identical_replicas_for_arbitrary_floats() {
     for algo in AllReduceAlgo::ALL {
         for n in [2, 3, 6, 8] {
             let results = on_group(n, algo, None, |c| {
-                let mut buf: Vec<f32> = (0..777).map(|i| ((c.rank() * 31 + i) as f32 * 0.377).sin() * 1e3).collect();
+                let mut buf: Vec<f32> = (0..777)
+                    .map(|i| ((c.rank() * 31 + i) as f32 * 0.377).sin() * 1e3)
+                    .collect();
                 c.all_reduce_mean(&mut buf).unwrap();
                 buf
             });
             for r in &results[1..] {
-                assert!(r.iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{algo} N={n}: replicas differ");
+                assert!(
+                    r.iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{algo} N={n}: replicas differ"
+                );
             }
             for (i, &got) in results[0].iter().enumerate() {
-                let want = (0..n).map(|r| f64::from(((r * 31 + i) as f32 * 0.377).sin() * 1e3)).sum::<f64>() / n as f64;
-                assert!((f64::from(got) - want).abs() < 1e-3, "{algo} N={n} element {i}: {got} vs {want}");
+                let want = (0..n)
+                    .map(|r| f64::from(((r * 31 + i) as f32 * 0.377).sin() * 1e3))
+                    .sum::<f64>()
+                    / n as f64;
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-3,
+                    "{algo} N={n} element {i}: {got} vs {want}"
+                );
             }
         }
     }
@@ -90,7 +109,10 @@ fn broadcast_from_every_root_and_barrier() {
                 c.barrier().unwrap();
                 buf
             });
-            assert!(results.iter().all(|b| b == &vec![root as f32; 5]), "N={n} root={root}: {results:?}");
+            assert!(
+                results.iter().all(|b| b == &vec![root as f32; 5]),
+                "N={n} root={root}: {results:?}"
+            );
         }
     }
 }
@@ -128,7 +150,10 @@ fn an_aborted_group_releases_every_waiting_rank() {
             let mut buf = vec![1.0; 64];
             c.all_reduce_sum(&mut buf)
         });
-        assert!(results.iter().all(|r| r == &Err(CommError::Aborted)), "{algo}: {results:?}");
+        assert!(
+            results.iter().all(|r| r == &Err(CommError::Aborted)),
+            "{algo}: {results:?}"
+        );
     }
 }
 

@@ -10,7 +10,8 @@ use ddlab::session::{Session, SessionOptions};
 use ddlab::train::{Control, Event, Outcome, Phase};
 
 fn train(exp: Experiment, data: &Arc<Dataset>) -> Session {
-    let mut s = Session::start_with_data(exp, Arc::clone(data), SessionOptions::default(), None).expect("valid experiment");
+    let mut s =
+        Session::start_with_data(exp, Arc::clone(data), SessionOptions::default(), None).expect("valid experiment");
     let outcome = s.run_to_end(|_| {});
     assert_eq!(outcome, Outcome::Completed);
     s
@@ -32,14 +33,45 @@ fn relative_difference(a: &[f32], b: &[f32]) -> (f64, usize) {
 #[test]
 fn sync_with_n_workers_equals_one_worker_with_n_times_the_batch() {
     let data = Arc::new(digits());
-    let base = Experiment { hidden: vec![32], lr: 0.05, momentum: 0.9, length: Length::Steps(50), seed: 11, ..Default::default() };
+    let base = Experiment {
+        hidden: vec![32],
+        lr: 0.05,
+        momentum: 0.9,
+        length: Length::Steps(50),
+        seed: 11,
+        ..Default::default()
+    };
     for n in [2usize, 3, 4, 8] {
         let batch = 8;
-        let one = train(Experiment { workers: 1, batch: n * batch, ..base.clone() }, &data).final_params().unwrap();
+        let one = train(
+            Experiment {
+                workers: 1,
+                batch: n * batch,
+                ..base.clone()
+            },
+            &data,
+        )
+        .final_params()
+        .unwrap();
         for algo in AllReduceAlgo::ALL {
-            let many = train(Experiment { workers: n, batch, allreduce: algo, ..base.clone() }, &data).final_params().unwrap();
+            let many = train(
+                Experiment {
+                    workers: n,
+                    batch,
+                    allreduce: algo,
+                    ..base.clone()
+                },
+                &data,
+            )
+            .final_params()
+            .unwrap();
             let (rel, worst) = relative_difference(&many, &one);
-            assert!(rel <= 1e-5, "N={n} {algo}: parameters differ by {rel:.2e} (worst element {worst}: {} vs {})", many[worst], one[worst]);
+            assert!(
+                rel <= 1e-5,
+                "N={n} {algo}: parameters differ by {rel:.2e} (worst element {worst}: {} vs {})",
+                many[worst],
+                one[worst]
+            );
         }
     }
 }
@@ -48,24 +80,65 @@ fn sync_with_n_workers_equals_one_worker_with_n_times_the_batch() {
 fn the_equivalence_check_notices_a_different_computation() {
     // Guard against a vacuous comparison: a different learning rate must fail it.
     let data = Arc::new(digits());
-    let base = Experiment { hidden: vec![32], length: Length::Steps(20), ..Default::default() };
-    let a = train(Experiment { workers: 2, batch: 8, ..base.clone() }, &data).final_params().unwrap();
-    let b = train(Experiment { workers: 1, batch: 16, lr: base.lr * 1.01, ..base.clone() }, &data).final_params().unwrap();
+    let base = Experiment {
+        hidden: vec![32],
+        length: Length::Steps(20),
+        ..Default::default()
+    };
+    let a = train(
+        Experiment {
+            workers: 2,
+            batch: 8,
+            ..base.clone()
+        },
+        &data,
+    )
+    .final_params()
+    .unwrap();
+    let b = train(
+        Experiment {
+            workers: 1,
+            batch: 16,
+            lr: base.lr * 1.01,
+            ..base.clone()
+        },
+        &data,
+    )
+    .final_params()
+    .unwrap();
     assert!(relative_difference(&a, &b).0 > 1e-5);
 }
 
 fn loss_curve(exp: Experiment, data: &Arc<Dataset>) -> Vec<u64> {
-    train(exp, data).state().steps.iter().map(|s| s.loss.to_bits()).collect()
+    train(exp, data)
+        .state()
+        .steps
+        .iter()
+        .map(|s| s.loss.to_bits())
+        .collect()
 }
 
 #[test]
 fn same_seed_and_config_give_an_identical_loss_curve() {
     let data = Arc::new(digits());
-    let exp = Experiment { workers: 4, length: Length::Steps(60), ..Default::default() };
+    let exp = Experiment {
+        workers: 4,
+        length: Length::Steps(60),
+        ..Default::default()
+    };
     let a = loss_curve(exp.clone(), &data);
     assert_eq!(a.len(), 60);
     assert_eq!(a, loss_curve(exp.clone(), &data));
-    assert_ne!(a, loss_curve(Experiment { seed: exp.seed + 1, ..exp }, &data));
+    assert_ne!(
+        a,
+        loss_curve(
+            Experiment {
+                seed: exp.seed + 1,
+                ..exp
+            },
+            &data
+        )
+    );
 }
 
 #[test]
@@ -84,7 +157,11 @@ fn digits_reach_95_percent_test_accuracy_within_330_steps() {
 #[test]
 fn a_huge_learning_rate_diverges_cleanly_at_a_reported_step() {
     let data = Arc::new(digits());
-    let exp = Experiment { lr: 1e6, length: Length::Steps(100), ..Default::default() };
+    let exp = Experiment {
+        lr: 1e6,
+        length: Length::Steps(100),
+        ..Default::default()
+    };
     let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
     match s.run_to_end(|_| {}) {
         Outcome::Diverged { step, .. } => {
@@ -99,8 +176,15 @@ fn a_huge_learning_rate_diverges_cleanly_at_a_reported_step() {
 #[test]
 fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run() {
     let data = Arc::new(digits());
-    let exp = Experiment { workers: 3, length: Length::Steps(1000), ..Default::default() };
-    let options = SessionOptions { start_paused: true, ..Default::default() };
+    let exp = Experiment {
+        workers: 3,
+        length: Length::Steps(1000),
+        ..Default::default()
+    };
+    let options = SessionOptions {
+        start_paused: true,
+        ..Default::default()
+    };
     let mut s = Session::start_with_data(exp, data, options, None).unwrap();
     let mut phases: Vec<(usize, Phase)> = Vec::new();
     fn collect(s: &mut Session, phases: &mut Vec<(usize, Phase)>, wait: Duration) {
@@ -116,14 +200,26 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
     collect(&mut s, &mut phases, Duration::from_millis(150));
     assert!(phases.is_empty(), "a paused run moved: {phases:?}");
 
-    for (i, expected) in [Phase::Forward, Phase::Backward, Phase::AllReduce, Phase::Update, Phase::Forward].into_iter().enumerate() {
+    for (i, expected) in [
+        Phase::Forward,
+        Phase::Backward,
+        Phase::AllReduce,
+        Phase::Update,
+        Phase::Forward,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         s.control(Control::StepPhase);
         collect(&mut s, &mut phases, Duration::from_millis(300));
         assert_eq!(phases.len(), 3 * (i + 1), "after {} steps: {phases:?}", i + 1);
-        let mut workers: Vec<usize> = phases[3 * i..].iter().map(|&(w, p)| {
-            assert_eq!(p, expected);
-            w
-        }).collect();
+        let mut workers: Vec<usize> = phases[3 * i..]
+            .iter()
+            .map(|&(w, p)| {
+                assert_eq!(p, expected);
+                w
+            })
+            .collect();
         workers.sort();
         assert_eq!(workers, vec![0, 1, 2]);
     }
@@ -136,7 +232,10 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
 #[test]
 fn pause_and_resume_continue_to_completion() {
     let data = Arc::new(digits());
-    let exp = Experiment { length: Length::Steps(200), ..Default::default() };
+    let exp = Experiment {
+        length: Length::Steps(200),
+        ..Default::default()
+    };
     let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
     s.control(Control::Pause);
     assert!(s.is_paused());
@@ -150,7 +249,11 @@ fn pause_and_resume_continue_to_completion() {
 fn stop_releases_workers_waiting_in_a_slow_all_reduce() {
     // A 1 s link: workers sit in the all-reduce; Stop must end the run promptly.
     let data = Arc::new(digits());
-    let exp = Experiment { link: Some(ddlab::comm::Link::new(1_000_000.0, 1.0).unwrap()), length: Length::Steps(10), ..Default::default() };
+    let exp = Experiment {
+        link: Some(ddlab::comm::Link::new(1_000_000.0, 1.0).unwrap()),
+        length: Length::Steps(10),
+        ..Default::default()
+    };
     let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = std::time::Instant::now();
@@ -162,7 +265,12 @@ fn stop_releases_workers_waiting_in_a_slow_all_reduce() {
 #[test]
 fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
     let data = Arc::new(digits());
-    let exp = Experiment { workers: 4, length: Length::Steps(30), eval_every: 10, ..Default::default() };
+    let exp = Experiment {
+        workers: 4,
+        length: Length::Steps(30),
+        eval_every: 10,
+        ..Default::default()
+    };
     let s = train(exp, &data);
     let st = s.state();
     assert_eq!(st.steps.len(), 30);
@@ -171,8 +279,15 @@ fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
     let per_worker = 2 * 3 * (st.params / 4) * 4;
     for rec in &st.steps {
         let expected = 4 * per_worker;
-        assert!((rec.bytes_sent as i64 - expected as i64).abs() <= 4 * 2 * 3 * 4, "{} vs {expected}", rec.bytes_sent);
-        assert!(rec.grad_norm_reduced <= rec.grad_norm + 1e-9, "averaging cannot lengthen the gradient beyond the mean norm");
+        assert!(
+            (rec.bytes_sent as i64 - expected as i64).abs() <= 4 * 2 * 3 * 4,
+            "{} vs {expected}",
+            rec.bytes_sent
+        );
+        assert!(
+            rec.grad_norm_reduced <= rec.grad_norm + 1e-9,
+            "averaging cannot lengthen the gradient beyond the mean norm"
+        );
     }
     assert_eq!(st.steps.last().unwrap().samples, 30 * 4 * 32);
 }

@@ -85,7 +85,12 @@ pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
     }
     times.sort_by(f64::total_cmp);
     let name = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("-");
-    StepBench { model: name, batch, median_us: times[times.len() / 2], min_us: times[0] }
+    StepBench {
+        model: name,
+        batch,
+        median_us: times[times.len() / 2],
+        min_us: times[0],
+    }
 }
 
 /// Mean time of one all-reduce of `bytes` across `workers` threads.
@@ -105,7 +110,8 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
                     // Rank 0 sizes the run from one timed call; everyone follows it.
                     let t0 = Instant::now();
                     once();
-                    let mut iters = [(budget.as_secs_f64() / t0.elapsed().as_secs_f64().max(1e-9)).clamp(3.0, 2000.0) as f32];
+                    let mut iters =
+                        [(budget.as_secs_f64() / t0.elapsed().as_secs_f64().max(1e-9)).clamp(3.0, 2000.0) as f32];
                     comm.broadcast(&mut iters, 0).expect("broadcast");
                     comm.barrier().expect("barrier");
                     let start = Instant::now();
@@ -116,7 +122,10 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("benchmark thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread"))
+            .collect()
     });
     // The collective is done when the slowest rank is done.
     let t = times.into_iter().fold(0.0, f64::max);
@@ -143,7 +152,10 @@ pub fn bench_memcpy(bytes: usize, budget: Duration) -> MemcpyBench {
         std::hint::black_box(&mut dst);
         iters += 1;
     }
-    MemcpyBench { bytes, gbps: bytes as f64 * f64::from(iters) / start.elapsed().as_secs_f64() / 1e9 }
+    MemcpyBench {
+        bytes,
+        gbps: bytes as f64 * f64::from(iters) / start.elapsed().as_secs_f64() / 1e9,
+    }
 }
 
 pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
@@ -151,24 +163,55 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let out = args
         .json
         .as_ref()
-        .map(|p| std::fs::File::create(p).map_err(|e| CliError::usage(format!("--json: cannot write {}: {e}", p.display()))))
+        .map(|p| {
+            std::fs::File::create(p).map_err(|e| CliError::usage(format!("--json: cannot write {}: {e}", p.display())))
+        })
         .transpose()?;
-    let (step_iters, budget) = if args.quick { (200, Duration::from_millis(10)) } else { (4000, Duration::from_millis(150)) };
-    let sizes: Vec<usize> = if args.quick { vec![4 << 10, 1 << 20] } else { (0..7).map(|i| (4 << 10) << (2 * i)).collect() };
+    let (step_iters, budget) = if args.quick {
+        (200, Duration::from_millis(10))
+    } else {
+        (4000, Duration::from_millis(150))
+    };
+    let sizes: Vec<usize> = if args.quick {
+        vec![4 << 10, 1 << 20]
+    } else {
+        (0..7).map(|i| (4 << 10) << (2 * i)).collect()
+    };
     let workers: &[usize] = if args.quick { &[2, 4] } else { &[2, 4, 8] };
 
     say!("training step (forward + backward + update, one thread)");
-    let steps = vec![bench_step(&[64, 128, 10], 64, step_iters), bench_step(&[784, 128, 10], 64, step_iters / 4)];
+    let steps = vec![
+        bench_step(&[64, 128, 10], 64, step_iters),
+        bench_step(&[784, 128, 10], 64, step_iters / 4),
+    ];
     for s in &steps {
-        say!("  MLP {:<12} batch {:>3}: median {:>8.1} µs   min {:>8.1} µs", s.model, s.batch, s.median_us, s.min_us);
+        say!(
+            "  MLP {:<12} batch {:>3}: median {:>8.1} µs   min {:>8.1} µs",
+            s.model,
+            s.batch,
+            s.median_us,
+            s.min_us
+        );
     }
     say!("\nmemcpy, one thread");
     let memcpy: Vec<MemcpyBench> = [4 << 20, 64 << 20].iter().map(|&b| bench_memcpy(b, budget)).collect();
     for m in &memcpy {
-        say!("  {:>10}: {:>7.2} GB/s", super::run::human_bytes(m.bytes as f64), m.gbps);
+        say!(
+            "  {:>10}: {:>7.2} GB/s",
+            super::run::human_bytes(m.bytes as f64),
+            m.gbps
+        );
     }
     say!("\nall-reduce across threads (algbw = bytes/time, busbw = algbw·2(N−1)/N)");
-    say!("  {:<6} {:>3} {:>10} {:>12} {:>11} {:>11}", "algo", "N", "bytes", "time µs", "algbw GB/s", "busbw GB/s");
+    say!(
+        "  {:<6} {:>3} {:>10} {:>12} {:>11} {:>11}",
+        "algo",
+        "N",
+        "bytes",
+        "time µs",
+        "algbw GB/s",
+        "busbw GB/s"
+    );
     let mut allreduce = Vec::new();
     for algo in AllReduceAlgo::ALL {
         for &n in workers {
@@ -187,9 +230,16 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
             }
         }
     }
-    let report = BenchReport { step_us: steps[0].median_us, steps, memcpy_gbps: memcpy[0].gbps, memcpy, allreduce };
+    let report = BenchReport {
+        step_us: steps[0].median_us,
+        steps,
+        memcpy_gbps: memcpy[0].gbps,
+        memcpy,
+        allreduce,
+    };
     if let Some(file) = out {
-        serde_json::to_writer_pretty(file, &report).map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
+        serde_json::to_writer_pretty(file, &report)
+            .map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
     }
     Ok(())
 }

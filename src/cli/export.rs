@@ -19,8 +19,13 @@ struct Out {
 
 impl Out {
     fn create(flag: &'static str, path: &Path) -> Result<Out, CliError> {
-        let file = File::create(path).map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))?;
-        Ok(Out { path: path.to_owned(), flag, w: BufWriter::new(file) })
+        let file = File::create(path)
+            .map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))?;
+        Ok(Out {
+            path: path.to_owned(),
+            flag,
+            w: BufWriter::new(file),
+        })
     }
     fn line(&mut self, text: &str) -> Result<(), CliError> {
         writeln!(self.w, "{text}").map_err(|e| self.failed(e))
@@ -55,7 +60,9 @@ impl Exports {
             evals_written: 0,
         };
         if let Some(csv) = &mut exports.csv {
-            csv.line("step,epoch,loss,batch_accuracy,grad_norm,grad_norm_reduced,lr,samples,time_s,allreduce_ms,bytes_sent")?;
+            csv.line(
+                "step,epoch,loss,batch_accuracy,grad_norm,grad_norm_reduced,lr,samples,time_s,allreduce_ms,bytes_sent",
+            )?;
         }
         if let Some(trace) = &mut exports.trace {
             trace.line(r#"{"displayTimeUnit":"ms","traceEvents":["#)?;
@@ -84,11 +91,22 @@ impl Exports {
                     self.trace_event(json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": w, "args": {"name": format!("worker {w}")}}))?;
                 }
             }
-            Event::Phase { worker, step, phase, start_ns, end_ns } => self.trace_event(json!({
+            Event::Phase {
+                worker,
+                step,
+                phase,
+                start_ns,
+                end_ns,
+            } => self.trace_event(json!({
                 "name": phase.name(), "cat": "phase", "ph": "X", "pid": 1, "tid": worker,
                 "ts": *start_ns as f64 / 1e3, "dur": (end_ns - start_ns) as f64 / 1e3, "args": {"step": step},
             }))?,
-            Event::Eval { step, test_accuracy, t_ns, .. } => self.trace_event(json!({
+            Event::Eval {
+                step,
+                test_accuracy,
+                t_ns,
+                ..
+            } => self.trace_event(json!({
                 "name": "eval", "cat": "eval", "ph": "i", "s": "g", "pid": 1, "tid": 0,
                 "ts": *t_ns as f64 / 1e3, "args": {"step": step, "test_accuracy": test_accuracy},
             }))?,

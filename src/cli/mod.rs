@@ -31,15 +31,25 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError { code: 2, message: message.into() }
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
     }
     pub fn failure(message: impl Into<String>) -> Self {
-        CliError { code: 1, message: message.into() }
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ddlab", version, about = "A terminal lab for data-parallel distributed deep learning")]
+#[command(
+    name = "ddlab",
+    version,
+    about = "A terminal lab for data-parallel distributed deep learning"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -48,7 +58,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train headless: a progress bar, a summary table, and optional exports.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Fixed benchmarks: µs per training step, all-reduce bandwidth, memcpy ceiling.
     Bench(bench::BenchArgs),
 }
@@ -146,7 +156,20 @@ impl ExperimentArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { exp.$field = v; } )* };
         }
-        set!(workers, mode, allreduce, dataset, batch, lr, momentum, weight_decay, lr_scaling, warmup, seed, eval_every);
+        set!(
+            workers,
+            mode,
+            allreduce,
+            dataset,
+            batch,
+            lr,
+            momentum,
+            weight_decay,
+            lr_scaling,
+            warmup,
+            seed,
+            eval_every
+        );
         if let Some(h) = &self.hidden {
             exp.hidden = h.0.clone();
         }
@@ -171,13 +194,23 @@ impl ExperimentArgs {
 pub fn parse() -> Result<Cli, CliError> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             let _ = e.print();
             std::process::exit(0);
         }
         Err(e) => {
             let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
             Err(CliError::usage(first.trim_start_matches("error: ").to_string()))
         }
     }

@@ -42,7 +42,9 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         bar.set_length(state.total_steps);
         bar.set_position(state.steps.len() as u64);
         if let Some(last) = state.last_step() {
-            let acc = state.last_eval().map_or(String::from("–"), |e| format!("{:.1} %", e.test_accuracy * 100.0));
+            let acc = state
+                .last_eval()
+                .map_or(String::from("–"), |e| format!("{:.1} %", e.test_accuracy * 100.0));
             bar.set_message(format!("loss {:.4}  test {acc}", last.loss));
         }
         if export_err.is_none() {
@@ -86,7 +88,11 @@ pub fn table(s: &Summary) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2} %", v * 100.0));
-    let _ = writeln!(out, "ddlab run: {} · {} workers · {} all-reduce · {} · hidden {:?} · batch {}/worker", s.mode, s.workers, s.allreduce, s.dataset, s.hidden, s.batch);
+    let _ = writeln!(
+        out,
+        "ddlab run: {} · {} workers · {} all-reduce · {} · hidden {:?} · batch {}/worker",
+        s.mode, s.workers, s.allreduce, s.dataset, s.hidden, s.batch
+    );
     let _ = writeln!(out);
     let status = match s.diverged_step {
         Some(step) => format!("DIVERGED at step {step}"),
@@ -103,7 +109,11 @@ pub fn table(s: &Summary) -> String {
         ("samples/s", format!("{:.0}", s.samples_per_sec)),
         ("all-reduce bytes", human_bytes(s.allreduce_bytes as f64)),
         ("all-reduce time/step", format!("{:.3} ms", s.allreduce_ms)),
-        ("all-reduce busbw", s.allreduce_busbw_gbps.map_or("– (one worker)".into(), |b| format!("{b:.2} GB/s"))),
+        (
+            "all-reduce busbw",
+            s.allreduce_busbw_gbps
+                .map_or("– (one worker)".into(), |b| format!("{b:.2} GB/s")),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<22} {v}");

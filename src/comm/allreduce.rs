@@ -26,7 +26,12 @@ fn split_pair(buf: &mut [f32], out: std::ops::Range<usize>, into: std::ops::Rang
 
 /// Sum-all-reduce with the chosen algorithm. `scratch` is reused across calls (the tree
 /// needs one buffer-sized temporary).
-pub fn all_reduce_sum<T: Transport + ?Sized>(t: &mut T, algo: AllReduceAlgo, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+pub fn all_reduce_sum<T: Transport + ?Sized>(
+    t: &mut T,
+    algo: AllReduceAlgo,
+    buf: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
     if t.size() == 1 {
         return Ok(()); // one rank: nothing to do (llm.c's habit)
     }
@@ -49,13 +54,26 @@ fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
         let send_c = (rank + n - r) % n;
         let recv_c = (rank + 2 * n - r - 1) % n;
         let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
-        t.send_recv(right, out, Tag { chunk: send_c as u32, round: r as u32 }, left, into, Op::Add)?;
+        t.send_recv(
+            right,
+            out,
+            Tag {
+                chunk: send_c as u32,
+                round: r as u32,
+            },
+            left,
+            into,
+            Op::Add,
+        )?;
     }
     for r in 0..n - 1 {
         let send_c = (rank + 1 + n - r) % n;
         let recv_c = (rank + n - r) % n;
         let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
-        let tag = Tag { chunk: send_c as u32, round: (n - 1 + r) as u32 };
+        let tag = Tag {
+            chunk: send_c as u32,
+            round: (n - 1 + r) as u32,
+        };
         t.send_recv(right, out, tag, left, into, Op::Copy)?;
     }
     Ok(())
@@ -67,7 +85,10 @@ fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
 fn recursive_doubling<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
     let (n, rank) = (t.size(), t.rank());
     let p = 1usize << (usize::BITS - 1 - n.leading_zeros()); // largest power of two ≤ n
-    let whole = |round: usize| Tag { chunk: 0, round: round as u32 };
+    let whole = |round: usize| Tag {
+        chunk: 0,
+        round: round as u32,
+    };
     let extra = n > p;
     if rank >= p {
         t.send(rank - p, buf, whole(0))?;
@@ -146,7 +167,11 @@ pub struct Comm<T: Transport> {
 
 impl<T: Transport> Comm<T> {
     pub fn new(transport: T, algo: AllReduceAlgo) -> Self {
-        Comm { transport, algo, scratch: Vec::new() }
+        Comm {
+            transport,
+            algo,
+            scratch: Vec::new(),
+        }
     }
     pub fn algo(&self) -> AllReduceAlgo {
         self.algo

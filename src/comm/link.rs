@@ -16,15 +16,35 @@ pub struct Link {
 impl Link {
     /// Presets the lab offers: name, latency µs, Gbit/s.
     pub const PRESETS: [(&'static str, Link); 3] = [
-        ("infiniband-100g", Link { latency_us: 1.5, gbit_s: 100.0 }),
-        ("10gbe", Link { latency_us: 20.0, gbit_s: 10.0 }),
-        ("1gbe", Link { latency_us: 50.0, gbit_s: 1.0 }),
+        (
+            "infiniband-100g",
+            Link {
+                latency_us: 1.5,
+                gbit_s: 100.0,
+            },
+        ),
+        (
+            "10gbe",
+            Link {
+                latency_us: 20.0,
+                gbit_s: 10.0,
+            },
+        ),
+        (
+            "1gbe",
+            Link {
+                latency_us: 50.0,
+                gbit_s: 1.0,
+            },
+        ),
     ];
 
     /// Checks the numbers a user gave: latency ≥ 0 and finite, bandwidth > 0 and finite.
     pub fn new(latency_us: f64, gbit_s: f64) -> Result<Link, String> {
         if !(latency_us.is_finite() && latency_us >= 0.0) {
-            return Err(format!("latency must be a number of microseconds ≥ 0, got {latency_us}"));
+            return Err(format!(
+                "latency must be a number of microseconds ≥ 0, got {latency_us}"
+            ));
         }
         if !(gbit_s.is_finite() && gbit_s > 0.0) {
             return Err(format!("bandwidth must be a number of Gbit/s > 0, got {gbit_s}"));

@@ -122,9 +122,16 @@ impl ThreadTransport {
     /// (reading is bounded), so the slice is never read after we return.
     fn complete(&mut self, to: usize, seq: u64, tag: Tag, posted_ns: u64, bytes: usize) -> Result<()> {
         let slot = self.shared.slot(self.rank, to);
-        let waited = wait_until(&self.shared.abort, || slot.state.load(Ordering::Acquire) == state(seq, DONE));
+        let waited = wait_until(&self.shared.abort, || {
+            slot.state.load(Ordering::Acquire) == state(seq, DONE)
+        });
         if waited.is_err() {
-            let revoked = slot.state.compare_exchange(state(seq, POSTED), state(seq, REVOKED), Ordering::AcqRel, Ordering::Acquire);
+            let revoked = slot.state.compare_exchange(
+                state(seq, POSTED),
+                state(seq, REVOKED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
             if revoked.is_err() {
                 while slot.state.load(Ordering::Acquire) != state(seq, DONE) {
                     std::thread::yield_now();
@@ -153,9 +160,17 @@ impl ThreadTransport {
         self.received[from] = seq;
         let shared = &*self.shared;
         let slot = shared.slot(from, self.rank);
-        wait_until(&shared.abort, || slot.state.load(Ordering::Acquire) == state(seq, POSTED))?;
+        wait_until(&shared.abort, || {
+            slot.state.load(Ordering::Acquire) == state(seq, POSTED)
+        })?;
         let len = slot.len.load(Ordering::Relaxed);
-        assert_eq!(len, into.len(), "rank {from} sent {len} values, rank {} expected {}", self.rank, into.len());
+        assert_eq!(
+            len,
+            into.len(),
+            "rank {from} sent {len} values, rank {} expected {}",
+            self.rank,
+            into.len()
+        );
         if let Some(link) = shared.link {
             // The message occupies our incoming port for n/β, and arrives α later.
             let posted = slot.posted_ns.load(Ordering::Relaxed);
@@ -164,7 +179,16 @@ impl ThreadTransport {
             self.rx_free_ns = start + link.transfer_ns(bytes);
             wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns + link.latency_ns())?;
         }
-        if slot.state.compare_exchange(state(seq, POSTED), state(seq, TAKEN), Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if slot
+            .state
+            .compare_exchange(
+                state(seq, POSTED),
+                state(seq, TAKEN),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
             return Err(CommError::Aborted); // the sender revoked it
         }
         let ptr = slot.ptr.load(Ordering::Relaxed);
@@ -223,7 +247,9 @@ impl Transport for ThreadTransport {
             shared.barrier_generation.fetch_add(1, Ordering::AcqRel);
             return Ok(());
         }
-        wait_until(&shared.abort, || shared.barrier_generation.load(Ordering::Acquire) != generation)
+        wait_until(&shared.abort, || {
+            shared.barrier_generation.load(Ordering::Acquire) != generation
+        })
     }
 
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {

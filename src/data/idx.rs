@@ -10,17 +10,27 @@ use super::{DataError, Result};
 fn read_gz(path: &Path) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::Missing { path: path.to_owned() },
-        _ => DataError::Io { path: path.to_owned(), source: e },
+        _ => DataError::Io {
+            path: path.to_owned(),
+            source: e,
+        },
     })?;
     let mut bytes = Vec::new();
     flate2::read::GzDecoder::new(file)
         .read_to_end(&mut bytes)
-        .map_err(|e| DataError::Io { path: path.to_owned(), source: e })?;
+        .map_err(|e| DataError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
     Ok(bytes)
 }
 
 fn header(bytes: &[u8], path: &Path, magic: u32, dims: usize) -> Result<Vec<usize>> {
-    let bad = |why: String| DataError::Format { path: path.to_owned(), what: "IDX", why };
+    let bad = |why: String| DataError::Format {
+        path: path.to_owned(),
+        what: "IDX",
+        why,
+    };
     let word = |i: usize| -> Result<u32> {
         bytes
             .get(4 * i..4 * i + 4)

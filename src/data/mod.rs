@@ -24,7 +24,11 @@ pub enum DataError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid {what} file: {why}")]
-    Format { path: PathBuf, what: &'static str, why: String },
+    Format {
+        path: PathBuf,
+        what: &'static str,
+        why: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;
@@ -131,7 +135,10 @@ pub fn digits() -> Dataset {
     }
     let (mut train, mut test) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for (i, line) in rows.iter().enumerate() {
-        let values: Vec<u8> = line.split(',').map(|v| v.trim().parse().expect("embedded digits are integers")).collect();
+        let values: Vec<u8> = line
+            .split(',')
+            .map(|v| v.trim().parse().expect("embedded digits are integers"))
+            .collect();
         assert_eq!(values.len(), 65, "embedded digits row {i} has 64 pixels and a label");
         let half = if is_test[i] { &mut test } else { &mut train };
         half.0.extend(values[..64].iter().map(|&p| f32::from(p) / 16.0));
@@ -171,7 +178,15 @@ pub fn mnist(dir: &Path) -> Result<Dataset> {
     };
     check(&train_x, &train_y, "train-labels.idx1-ubyte.gz")?;
     check(&test_x, &test_y, "t10k-labels.idx1-ubyte.gz")?;
-    Ok(Dataset { kind: DatasetKind::Mnist, classes: 10, image: Some((cols, rows)), train_x, train_y, test_x, test_y })
+    Ok(Dataset {
+        kind: DatasetKind::Mnist,
+        classes: 10,
+        image: Some((cols, rows)),
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+    })
 }
 
 #[cfg(test)]
@@ -201,6 +216,9 @@ mod tests {
         for k in DatasetKind::ALL {
             assert_eq!(k.name().parse::<DatasetKind>().unwrap(), k);
         }
-        assert!("cifar".parse::<DatasetKind>().unwrap_err().contains("digits, mnist or spirals"));
+        assert!("cifar"
+            .parse::<DatasetKind>()
+            .unwrap_err()
+            .contains("digits, mnist or spirals"));
     }
 }

@@ -54,7 +54,12 @@ mod tests {
 
     #[test]
     fn shards_are_disjoint_within_an_epoch_and_reshuffled_across_epochs() {
-        let s = Sharder { train_len: 1000, workers: 4, batch: 16, seed: 9 };
+        let s = Sharder {
+            train_len: 1000,
+            workers: 4,
+            batch: 16,
+            seed: 9,
+        };
         let perm = s.permutation(0);
         let mut seen = HashSet::new();
         for step in 0..s.steps_per_epoch() {
@@ -71,8 +76,17 @@ mod tests {
 
     #[test]
     fn n_workers_see_what_one_worker_with_n_times_the_batch_sees() {
-        let n = Sharder { train_len: 500, workers: 3, batch: 8, seed: 1 };
-        let one = Sharder { workers: 1, batch: 24, ..n };
+        let n = Sharder {
+            train_len: 500,
+            workers: 3,
+            batch: 8,
+            seed: 1,
+        };
+        let one = Sharder {
+            workers: 1,
+            batch: 24,
+            ..n
+        };
         let perm = n.permutation(2);
         assert_eq!(perm, one.permutation(2));
         for step in 0..n.steps_per_epoch() {

@@ -15,7 +15,13 @@ pub fn matmul_into(c: &mut ArrayViewMut2<f32>, a: &ArrayView2<f32>, b: &ArrayVie
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "matmul inner dimensions differ: {:?} · {:?}", a.dim(), b.dim());
-    assert_eq!(c.dim(), (m, n), "matmul output shape {:?}, expected {:?}", c.dim(), (m, n));
+    assert_eq!(
+        c.dim(),
+        (m, n),
+        "matmul output shape {:?}, expected {:?}",
+        c.dim(),
+        (m, n)
+    );
     if m == 0 || n == 0 {
         return;
     }

@@ -14,10 +14,18 @@ pub struct BatchScore {
 
 impl BatchScore {
     pub fn mean_loss(&self) -> f64 {
-        if self.samples == 0 { 0.0 } else { self.loss_sum / self.samples as f64 }
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.samples as f64
+        }
     }
     pub fn accuracy(&self) -> f64 {
-        if self.samples == 0 { 0.0 } else { self.correct as f64 / self.samples as f64 }
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.samples as f64
+        }
     }
     pub fn add(&mut self, other: BatchScore) {
         self.loss_sum += other.loss_sum;
@@ -41,7 +49,10 @@ pub fn softmax_cross_entropy(
     let (batch, classes) = logits.dim();
     assert_eq!(labels.len(), batch, "one label per row of logits");
     let inv_batch = 1.0 / batch as f32;
-    let mut score = BatchScore { samples: batch, ..BatchScore::default() };
+    let mut score = BatchScore {
+        samples: batch,
+        ..BatchScore::default()
+    };
     let logits = logits.as_standard_layout();
     let z_all = logits.as_slice().expect("standard layout");
     for (i, z) in z_all.chunks_exact(classes).enumerate() {

@@ -53,7 +53,11 @@ impl Mlp {
         let mut layers = Vec::with_capacity(sizes.len() - 1);
         let mut offset = 0;
         for pair in sizes.windows(2) {
-            let layer = LayerShape { fan_in: pair[0], fan_out: pair[1], offset };
+            let layer = LayerShape {
+                fan_in: pair[0],
+                fan_out: pair[1],
+                offset,
+            };
             offset += layer.len();
             layers.push(layer);
         }
@@ -117,12 +121,20 @@ impl Mlp {
     pub fn forward<'w>(&self, params: &[f32], x: &ArrayView2<f32>, ws: &'w mut Workspace) -> ArrayView2<'w, f32> {
         let batch = x.nrows();
         assert_eq!(x.ncols(), self.inputs(), "input width");
-        assert!(batch <= ws.max_batch, "batch {batch} exceeds the workspace's {}", ws.max_batch);
+        assert!(
+            batch <= ws.max_batch,
+            "batch {batch} exceeds the workspace's {}",
+            ws.max_batch
+        );
         let last = self.layers.len() - 1;
         for l in 0..self.layers.len() {
             let (w, b) = self.views(params, l);
             let (before, after) = ws.acts.split_at_mut(l);
-            let input = if l == 0 { x.view() } else { act_view(&before[l - 1], batch, self.sizes[l]) };
+            let input = if l == 0 {
+                x.view()
+            } else {
+                act_view(&before[l - 1], batch, self.sizes[l])
+            };
             let width = self.sizes[l + 1];
             // z = h · W : (B, in) · (in, out) -> (B, out)
             matmul_into(&mut act_view_mut(&mut after[0], batch, width), &input, &w, false);
@@ -156,11 +168,17 @@ impl Mlp {
     pub fn backward(&self, params: &[f32], x: &ArrayView2<f32>, ws: &mut Workspace, grads: &mut [f32]) {
         assert_eq!(grads.len(), self.num_params());
         let batch = x.nrows();
-        let Workspace { acts, d_cur, d_prev, .. } = ws;
+        let Workspace {
+            acts, d_cur, d_prev, ..
+        } = ws;
         for l in (0..self.layers.len()).rev() {
             let (fan_in, fan_out) = (self.layers[l].fan_in, self.layers[l].fan_out);
             let d_z = act_view(d_cur, batch, fan_out);
-            let input = if l == 0 { x.view() } else { act_view(&acts[l - 1], batch, fan_in) };
+            let input = if l == 0 {
+                x.view()
+            } else {
+                act_view(&acts[l - 1], batch, fan_in)
+            };
             let (mut d_w, d_b) = self.views_mut(grads, l);
             // d_W = hᵀ · d_z : (in, B) · (B, out) -> (in, out)
             matmul_into(&mut d_w, &input.t(), &d_z, false);
@@ -328,7 +346,9 @@ mod tests {
         let mut grads = vec![0.0; mlp.num_params()];
         mlp.loss_and_grad(&params, &x.view(), &y, &mut ws, &mut grads);
         let numeric = numeric_grad(&mlp, &params, &x, &y);
-        let biggest = (0..grads.len()).max_by(|&a, &b| grads[a].abs().total_cmp(&grads[b].abs())).unwrap();
+        let biggest = (0..grads.len())
+            .max_by(|&a, &b| grads[a].abs().total_cmp(&grads[b].abs()))
+            .unwrap();
         grads[biggest] *= 1.5;
         let result = std::panic::catch_unwind(|| check_close("tampered", &grads, &numeric, 2e-3, 2e-2));
         assert!(result.is_err());
@@ -344,7 +364,11 @@ mod tests {
     #[test]
     fn init_is_seeded() {
         let mlp = Mlp::new(8, &[8], 3);
-        let (mut a, mut b, mut c) = (vec![0.0; mlp.num_params()], vec![0.0; mlp.num_params()], vec![0.0; mlp.num_params()]);
+        let (mut a, mut b, mut c) = (
+            vec![0.0; mlp.num_params()],
+            vec![0.0; mlp.num_params()],
+            vec![0.0; mlp.num_params()],
+        );
         mlp.init(&mut a, 1);
         mlp.init(&mut b, 1);
         mlp.init(&mut c, 2);

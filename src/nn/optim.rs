@@ -12,7 +12,11 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(num_params: usize, momentum: f32, weight_decay: f32) -> Self {
-        Sgd { momentum, weight_decay, velocity: vec![0.0; num_params] }
+        Sgd {
+            momentum,
+            weight_decay,
+            velocity: vec![0.0; num_params],
+        }
     }
 
     /// One update with learning rate `lr`; `grads` is the (averaged) gradient.

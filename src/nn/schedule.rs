@@ -69,7 +69,12 @@ mod tests {
 
     #[test]
     fn linear_scaling_multiplies_by_workers_and_warmup_ramps_to_it() {
-        let s = LrSchedule { base: 0.1, scaling: LrScaling::Linear, workers: 8, warmup: 4 };
+        let s = LrSchedule {
+            base: 0.1,
+            scaling: LrScaling::Linear,
+            workers: 8,
+            warmup: 4,
+        };
         assert!((s.target() - 0.8).abs() < 1e-6);
         assert!((s.at(0) - 0.2).abs() < 1e-6);
         assert!((s.at(1) - 0.4).abs() < 1e-6);
@@ -79,7 +84,12 @@ mod tests {
 
     #[test]
     fn no_scaling_and_no_warmup_is_constant() {
-        let s = LrSchedule { base: 0.05, scaling: LrScaling::None, workers: 8, warmup: 0 };
+        let s = LrSchedule {
+            base: 0.05,
+            scaling: LrScaling::None,
+            workers: 8,
+            warmup: 0,
+        };
         assert_eq!(s.at(0), 0.05);
         assert_eq!(s.at(1000), 0.05);
     }

@@ -35,7 +35,11 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { detail: false, start_paused: false, visual_capacity: 1 << 16 }
+        SessionOptions {
+            detail: false,
+            start_paused: false,
+            visual_capacity: 1 << 16,
+        }
     }
 }
 
@@ -68,8 +72,25 @@ impl Session {
         exp.check_against(data.train_len())?;
         let gate = Arc::new(Gate::new(exp.workers, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
-        let engine = train::spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate), EngineOptions { detail: options.detail, initial_params });
-        Ok(Session { exp, data, gate, stream, engine: Some(engine), state: RunState::default(), final_params: None })
+        let engine = train::spawn(
+            &exp,
+            Arc::clone(&data),
+            sink,
+            Arc::clone(&gate),
+            EngineOptions {
+                detail: options.detail,
+                initial_params,
+            },
+        );
+        Ok(Session {
+            exp,
+            data,
+            gate,
+            stream,
+            engine: Some(engine),
+            state: RunState::default(),
+            final_params: None,
+        })
     }
 
     pub fn experiment(&self) -> &Experiment {
@@ -146,7 +167,9 @@ impl Session {
     /// Reads events until the run ends; returns how it ended.
     pub fn run_to_end(&mut self, mut f: impl FnMut(&Event)) -> Outcome {
         while !self.poll_timeout(Duration::from_millis(50), &mut f) {}
-        self.state.outcome.clone().unwrap_or(Outcome::Failed { message: "the engine ended without a result".into() })
+        self.state.outcome.clone().unwrap_or(Outcome::Failed {
+            message: "the engine ended without a result".into(),
+        })
     }
 }
 

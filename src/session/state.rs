@@ -65,7 +65,12 @@ pub struct RunState {
 impl RunState {
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::Started { workers, params, steps_per_epoch, total_steps } => {
+            Event::Started {
+                workers,
+                params,
+                steps_per_epoch,
+                total_steps,
+            } => {
                 self.workers = *workers;
                 self.params = *params;
                 self.steps_per_epoch = *steps_per_epoch;
@@ -87,7 +92,13 @@ impl RunState {
                     self.combine(&reports);
                 }
             }
-            Event::Eval { step, epoch, test_loss, test_accuracy, t_ns } => self.evals.push(EvalRecord {
+            Event::Eval {
+                step,
+                epoch,
+                test_loss,
+                test_accuracy,
+                t_ns,
+            } => self.evals.push(EvalRecord {
                 step: *step,
                 epoch: *epoch,
                 test_loss: *test_loss,
@@ -118,7 +129,11 @@ impl RunState {
             lr: first.lr,
             samples: before + samples as u64,
             t_ns: reports.iter().map(|r| r.end_ns).max().unwrap_or(0),
-            allreduce_ns: reports.iter().map(|r| r.phase_ns[Phase::AllReduce.index()]).max().unwrap_or(0),
+            allreduce_ns: reports
+                .iter()
+                .map(|r| r.phase_ns[Phase::AllReduce.index()])
+                .max()
+                .unwrap_or(0),
             bytes_sent: reports.iter().map(|r| r.bytes_sent).sum(),
         });
     }

@@ -79,7 +79,15 @@ impl Summary {
             phase_ms: state
                 .per_worker
                 .iter()
-                .map(|w| w.phase_ns.map(|ns| if w.steps == 0 { 0.0 } else { ns as f64 / w.steps as f64 / 1e6 }))
+                .map(|w| {
+                    w.phase_ns.map(|ns| {
+                        if w.steps == 0 {
+                            0.0
+                        } else {
+                            ns as f64 / w.steps as f64 / 1e6
+                        }
+                    })
+                })
                 .collect(),
             allreduce_bytes: state.per_worker.iter().map(|w| w.bytes_sent).sum(),
             allreduce_ms: allreduce_ns / 1e6,

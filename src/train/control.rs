@@ -48,7 +48,10 @@ impl Gate {
         Gate {
             running: AtomicBool::new(!start_paused),
             used: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            state: Mutex::new(GateState { mode: if start_paused { Mode::Paused } else { Mode::Running }, granted: 0 }),
+            state: Mutex::new(GateState {
+                mode: if start_paused { Mode::Paused } else { Mode::Running },
+                granted: 0,
+            }),
             changed: Condvar::new(),
         }
     }
@@ -97,7 +100,8 @@ impl Gate {
         }
         let mut s = self.lock();
         loop {
-            let granted = s.mode == Mode::Running || (s.mode == Mode::Paused && used.load(Ordering::Acquire) < s.granted);
+            let granted =
+                s.mode == Mode::Running || (s.mode == Mode::Paused && used.load(Ordering::Acquire) < s.granted);
             if s.mode == Mode::Stopped {
                 return Err(Stopped);
             }

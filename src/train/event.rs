@@ -60,25 +60,57 @@ pub enum Outcome {
     Stopped,
     /// The loss of `worker` became NaN, infinite or absurdly large at `step` (see
     /// `train::diverged`).
-    Diverged { step: u64, worker: usize },
-    Failed { message: String },
+    Diverged {
+        step: u64,
+        worker: usize,
+    },
+    Failed {
+        message: String,
+    },
 }
 
 /// Everything a run tells the world. Times are ns since the run started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    Started { workers: usize, params: usize, steps_per_epoch: u64, total_steps: u64 },
+    Started {
+        workers: usize,
+        params: usize,
+        steps_per_epoch: u64,
+        total_steps: u64,
+    },
     /// A phase one worker went through (visual: may be coalesced under load).
-    Phase { worker: usize, step: u64, phase: Phase, start_ns: u64, end_ns: u64 },
+    Phase {
+        worker: usize,
+        step: u64,
+        phase: Phase,
+        start_ns: u64,
+        end_ns: u64,
+    },
     /// A message of an all-reduce (visual).
-    Transfer { step: u64, transfer: Transfer },
+    Transfer {
+        step: u64,
+        transfer: Transfer,
+    },
     /// The training samples a worker works on in this step (visual).
-    Batch { worker: usize, step: u64, indices: Vec<u32> },
+    Batch {
+        worker: usize,
+        step: u64,
+        indices: Vec<u32>,
+    },
     WorkerStep(WorkerStep),
     /// Test-set score of the replicas' parameters after `step` steps.
-    Eval { step: u64, epoch: u64, test_loss: f64, test_accuracy: f64, t_ns: u64 },
-    Finished { outcome: Outcome, t_ns: u64 },
+    Eval {
+        step: u64,
+        epoch: u64,
+        test_loss: f64,
+        test_accuracy: f64,
+        t_ns: u64,
+    },
+    Finished {
+        outcome: Outcome,
+        t_ns: u64,
+    },
 }
 
 impl Event {

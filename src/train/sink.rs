@@ -30,7 +30,18 @@ pub fn event_channel(visual_capacity: usize) -> (EventSink, EventStream) {
     let (mt, mr) = crossbeam_channel::unbounded();
     let (vt, vr) = crossbeam_channel::bounded(visual_capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
-    (EventSink { metrics: mt, visual: vt, dropped: Arc::clone(&dropped) }, EventStream { metrics: mr, visual: vr, dropped })
+    (
+        EventSink {
+            metrics: mt,
+            visual: vt,
+            dropped: Arc::clone(&dropped),
+        },
+        EventStream {
+            metrics: mr,
+            visual: vr,
+            dropped,
+        },
+    )
 }
 
 impl EventSink {

@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use ndarray::{Array2, ArrayView2};
 
 use super::{Event, EventSink, Gate, Outcome, Phase, WorkerStep};
-use crate::comm::{thread_group, AbortHandle, Clock, Collective, Comm, CommError, ThreadTransport, Transfer, Transport};
+use crate::comm::{
+    thread_group, AbortHandle, Clock, Collective, Comm, CommError, ThreadTransport, Transfer, Transport,
+};
 use crate::config::Experiment;
 use crate::data::{Dataset, Sharder};
 use crate::nn::{l2_norm, LrSchedule, Mlp, Sgd, Workspace};
@@ -50,7 +52,9 @@ impl EngineHandle {
     fn join_inner(&mut self) -> Outcome {
         match self.join.take().map(JoinHandle::join) {
             Some(Ok(outcome)) => outcome,
-            Some(Err(_)) => Outcome::Failed { message: "the engine thread panicked".into() },
+            Some(Err(_)) => Outcome::Failed {
+                message: "the engine thread panicked".into(),
+            },
             None => Outcome::Stopped,
         }
     }
@@ -85,14 +89,22 @@ struct Ctx<'a> {
 enum WorkerEnd {
     Done,
     Stopped,
-    Diverged { step: u64 },
+    Diverged {
+        step: u64,
+    },
     /// Released from a collective because another worker stopped.
     Aborted,
     Panicked(String),
 }
 
 /// Starts a sync run of `exp` on `data` (already validated) on threads.
-pub fn spawn(exp: &Experiment, data: Arc<Dataset>, sink: EventSink, gate: Arc<Gate>, options: EngineOptions) -> EngineHandle {
+pub fn spawn(
+    exp: &Experiment,
+    data: Arc<Dataset>,
+    sink: EventSink,
+    gate: Arc<Gate>,
+    options: EngineOptions,
+) -> EngineHandle {
     let exp = exp.clone();
     let clock = Clock::start();
     let group = thread_group(exp.workers, clock, exp.link, options.detail);
@@ -103,7 +115,11 @@ pub fn spawn(exp: &Experiment, data: Arc<Dataset>, sink: EventSink, gate: Arc<Ga
         .name("ddlab-engine".into())
         .spawn(move || run(&exp, &data, sink, &gate, clock, group, &options, &out))
         .expect("the OS can start a thread");
-    EngineHandle { join: Some(join), abort, final_params }
+    EngineHandle {
+        join: Some(join),
+        abort,
+        final_params,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -118,16 +134,38 @@ fn run(
     final_params: &Mutex<Option<Vec<f32>>>,
 ) -> Outcome {
     let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
-    let sharder = Sharder { train_len: data.train_len(), workers: exp.workers, batch: exp.batch, seed: exp.seed };
+    let sharder = Sharder {
+        train_len: data.train_len(),
+        workers: exp.workers,
+        batch: exp.batch,
+        seed: exp.seed,
+    };
     let total_steps = exp.total_steps(sharder.steps_per_epoch());
-    let schedule = LrSchedule { base: exp.lr, scaling: exp.lr_scaling, workers: exp.workers, warmup: exp.warmup };
+    let schedule = LrSchedule {
+        base: exp.lr,
+        scaling: exp.lr_scaling,
+        workers: exp.workers,
+        warmup: exp.warmup,
+    };
     sink.send(Event::Started {
         workers: exp.workers,
         params: mlp.num_params(),
         steps_per_epoch: sharder.steps_per_epoch(),
         total_steps,
     });
-    let ctx = Ctx { exp, data, mlp, sharder, schedule, total_steps, sink: sink.clone(), gate, clock, options, final_params };
+    let ctx = Ctx {
+        exp,
+        data,
+        mlp,
+        sharder,
+        schedule,
+        total_steps,
+        sink: sink.clone(),
+        gate,
+        clock,
+        options,
+        final_params,
+    };
     let (eval_tx, eval_rx) = crossbeam_channel::unbounded::<(u64, Vec<f32>, u64)>();
 
     let ends: Vec<WorkerEnd> = std::thread::scope(|s| {
@@ -154,43 +192,92 @@ fn run(
             })
             .collect();
         drop(eval_tx);
-        let ends = workers.into_iter().map(|h| h.join().unwrap_or(WorkerEnd::Panicked("unknown".into()))).collect();
+        let ends = workers
+            .into_iter()
+            .map(|h| h.join().unwrap_or(WorkerEnd::Panicked("unknown".into())))
+            .collect();
         let _ = evaluator.join();
         ends
     });
 
-    let outcome = if let Some(step) = ends.iter().filter_map(|e| if let WorkerEnd::Diverged { step } = e { Some(*step) } else { None }).min() {
-        let worker = ends.iter().position(|e| *e == WorkerEnd::Diverged { step }).unwrap_or(0);
+    let outcome = if let Some(step) = ends
+        .iter()
+        .filter_map(|e| {
+            if let WorkerEnd::Diverged { step } = e {
+                Some(*step)
+            } else {
+                None
+            }
+        })
+        .min()
+    {
+        let worker = ends
+            .iter()
+            .position(|e| *e == WorkerEnd::Diverged { step })
+            .unwrap_or(0);
         Outcome::Diverged { step, worker }
-    } else if let Some((w, msg)) = ends.iter().enumerate().find_map(|(w, e)| if let WorkerEnd::Panicked(m) = e { Some((w, m)) } else { None }) {
-        Outcome::Failed { message: format!("worker {w} failed: {msg}") }
-    } else if ends.iter().any(|e| *e == WorkerEnd::Stopped) || gate.is_stopped() {
+    } else if let Some((w, msg)) = ends.iter().enumerate().find_map(|(w, e)| {
+        if let WorkerEnd::Panicked(m) = e {
+            Some((w, m))
+        } else {
+            None
+        }
+    }) {
+        Outcome::Failed {
+            message: format!("worker {w} failed: {msg}"),
+        }
+    } else if ends.contains(&WorkerEnd::Stopped) || gate.is_stopped() {
         Outcome::Stopped
     } else if ends.iter().all(|e| *e == WorkerEnd::Done) {
         Outcome::Completed
     } else {
-        Outcome::Failed { message: "a worker left its collective unexpectedly".into() }
+        Outcome::Failed {
+            message: "a worker left its collective unexpectedly".into(),
+        }
     };
-    sink.send(Event::Finished { outcome: outcome.clone(), t_ns: clock.ns() });
+    sink.send(Event::Finished {
+        outcome: outcome.clone(),
+        t_ns: clock.ns(),
+    });
     outcome
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Runs `f` as `phase` of `step`: waits at the gate first, times it, reports it.
-fn phase<T>(ctx: &Ctx, rank: usize, step: u64, phase: Phase, phase_ns: &mut [u64; Phase::COUNT], f: impl FnOnce() -> T) -> Result<T, WorkerEnd> {
+fn phase<T>(
+    ctx: &Ctx,
+    rank: usize,
+    step: u64,
+    phase: Phase,
+    phase_ns: &mut [u64; Phase::COUNT],
+    f: impl FnOnce() -> T,
+) -> Result<T, WorkerEnd> {
     ctx.gate.pass(rank).map_err(|_| WorkerEnd::Stopped)?;
     let start_ns = ctx.clock.ns();
     let out = f();
     let end_ns = ctx.clock.ns();
     phase_ns[phase.index()] = end_ns - start_ns;
-    ctx.sink.send(Event::Phase { worker: rank, step, phase, start_ns, end_ns });
+    ctx.sink.send(Event::Phase {
+        worker: rank,
+        step,
+        phase,
+        start_ns,
+        end_ns,
+    });
     Ok(out)
 }
 
-fn worker(ctx: &Ctx, mut comm: Comm<ThreadTransport>, eval_tx: &crossbeam_channel::Sender<(u64, Vec<f32>, u64)>) -> WorkerEnd {
+fn worker(
+    ctx: &Ctx,
+    mut comm: Comm<ThreadTransport>,
+    eval_tx: &crossbeam_channel::Sender<(u64, Vec<f32>, u64)>,
+) -> WorkerEnd {
     let mut params = vec![0.0f32; ctx.mlp.num_params()];
     let end = match worker_loop(ctx, &mut comm, &mut params, eval_tx) {
         Ok(()) => WorkerEnd::Done,
@@ -244,7 +331,11 @@ fn worker_loop(
             *label = data.train_y[i as usize];
         }
         if ctx.options.detail {
-            ctx.sink.send(Event::Batch { worker: rank, step, indices: indices.to_vec() });
+            ctx.sink.send(Event::Batch {
+                worker: rank,
+                step,
+                indices: indices.to_vec(),
+            });
         }
         let xv: ArrayView2<f32> = x.view();
         let mut phase_ns = [0u64; Phase::COUNT];
@@ -256,10 +347,15 @@ fn worker_loop(
         if diverged(score.mean_loss(), data.classes) {
             return Err(WorkerEnd::Diverged { step });
         }
-        phase(ctx, rank, step, Phase::Backward, &mut phase_ns, || mlp.backward(params, &xv, &mut ws, &mut grads))?;
+        phase(ctx, rank, step, Phase::Backward, &mut phase_ns, || {
+            mlp.backward(params, &xv, &mut ws, &mut grads)
+        })?;
         let grad_norm = l2_norm(&grads);
         let bytes_before = comm.bytes_sent();
-        phase(ctx, rank, step, Phase::AllReduce, &mut phase_ns, || comm.all_reduce_mean(&mut grads))?.map_err(comm_err)?;
+        phase(ctx, rank, step, Phase::AllReduce, &mut phase_ns, || {
+            comm.all_reduce_mean(&mut grads)
+        })?
+        .map_err(comm_err)?;
         let bytes_sent = comm.bytes_sent() - bytes_before;
         if ctx.options.detail {
             comm.drain_transfers(&mut transfers);
@@ -269,7 +365,9 @@ fn worker_loop(
         }
         let grad_norm_reduced = l2_norm(&grads);
         let lr = ctx.schedule.at(step);
-        phase(ctx, rank, step, Phase::Update, &mut phase_ns, || sgd.step(params, &grads, lr))?;
+        phase(ctx, rank, step, Phase::Update, &mut phase_ns, || {
+            sgd.step(params, &grads, lr)
+        })?;
 
         let end_ns = ctx.clock.ns();
         ctx.sink.send(Event::WorkerStep(WorkerStep {
@@ -308,7 +406,9 @@ fn evaluate_loop(ctx: &Ctx, rx: crossbeam_channel::Receiver<(u64, Vec<f32>, u64)
     let mut ws = Workspace::new(&ctx.mlp, 512);
     let steps_per_epoch = ctx.sharder.steps_per_epoch();
     for (step, params, t_ns) in rx {
-        let score = ctx.mlp.evaluate(&params, &ctx.data.test_x.view(), &ctx.data.test_y, &mut ws);
+        let score = ctx
+            .mlp
+            .evaluate(&params, &ctx.data.test_x.view(), &ctx.data.test_y, &mut ws);
         ctx.sink.send(Event::Eval {
             step,
             epoch: step / steps_per_epoch,

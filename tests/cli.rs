@@ -1,0 +1,238 @@
+//! The `ddlab` binary as a user meets it: exit codes, one-line errors, exports.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn ddlab() -> Command {
+    Command::cargo_bin("ddlab").expect("the binary is built")
+}
+
+/// Bad input: exit code 2 and exactly one line on stderr that names the flag.
+fn refuses(args: &[&str], flag: &str, allowed: &str) {
+    let out = ddlab().arg("run").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: one line, got {stderr:?}"
+    );
+    assert!(stderr.contains(flag), "{args:?}: should name {flag}: {stderr}");
+    assert!(
+        stderr.contains(allowed),
+        "{args:?}: should say what is allowed ({allowed}): {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_flag_values_get_one_sentence_and_exit_code_2() {
+    refuses(&["--workers", "0"], "--workers", "1 to 256");
+    refuses(&["--workers", "100000"], "--workers", "1 to 256");
+    refuses(&["--batch", "0"], "--batch", "1 to 65536");
+    refuses(&["--lr", "-1"], "--lr", "> 0");
+    refuses(&["--lr=-1"], "--lr", "> 0");
+    refuses(&["--hidden", "abc"], "--hidden", "64,32");
+    refuses(&["--mode", "nonsense"], "--mode", "use sync");
+    refuses(&["--link", "1,0"], "--link", "Gbit/s > 0");
+    refuses(&["--allreduce", "star"], "--allreduce", "ring, tree or naive");
+    refuses(&["--dataset", "cifar"], "--dataset", "digits, mnist or spirals");
+    refuses(&["--workers", "64", "--batch", "64"], "--batch", "fewer workers");
+    refuses(&["--steps", "5", "--epochs", "2"], "--steps", "cannot be used with");
+    refuses(
+        &["--json", "/nonexistent-dir/out.json"],
+        "--json",
+        "/nonexistent-dir/out.json",
+    );
+}
+
+#[test]
+fn a_diverging_run_says_so_and_exits_3() {
+    let out = ddlab().args(["run", "--lr", "1e6", "--steps", "50"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.contains("DIVERGED at step"), "{stdout}");
+    assert!(
+        stderr.contains("diverged at step") && stderr.contains("lower --lr"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn run_writes_json_lines_csv_and_a_chrome_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, csv, trace) = (
+        dir.path().join("m.jsonl"),
+        dir.path().join("m.csv"),
+        dir.path().join("t.json"),
+    );
+    ddlab()
+        .args([
+            "run",
+            "--workers",
+            "3",
+            "--steps",
+            "40",
+            "--eval-every",
+            "20",
+            "--allreduce",
+            "tree",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--trace")
+        .arg(&trace)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("test accuracy").and(predicate::str::contains("worker 2")));
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = lines.iter().filter(|l| l["kind"] == "step").count();
+    let evals = lines.iter().filter(|l| l["kind"] == "eval").count();
+    assert_eq!((steps, evals), (40, 2));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["kind"], "summary");
+    for key in [
+        "test_accuracy",
+        "final_loss",
+        "steps",
+        "steps_per_sec",
+        "samples_per_sec",
+        "diverged",
+        "workers",
+        "mode",
+    ] {
+        assert!(!summary[key].is_null(), "summary lacks {key}: {summary}");
+    }
+    assert_eq!(summary["steps"], 40);
+    assert_eq!(summary["workers"], 3);
+    assert_eq!(summary["mode"], "sync");
+    assert_eq!(summary["diverged"], false);
+
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 41, "a header and one row per step");
+    assert!(csv.starts_with("step,epoch,loss"));
+
+    let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let slices: Vec<&serde_json::Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    assert_eq!(slices.len(), 40 * 3 * 4, "every phase of every worker is a slice");
+    let tids: std::collections::BTreeSet<i64> = slices.iter().map(|e| e["tid"].as_i64().unwrap()).collect();
+    assert_eq!(tids.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+}
+
+#[test]
+fn spirals_and_a_deeper_net_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("s.jsonl");
+    ddlab()
+        .args([
+            "run",
+            "--dataset",
+            "spirals",
+            "--hidden",
+            "64,32",
+            "--workers",
+            "2",
+            "--epochs",
+            "60",
+            "-q",
+            "--json",
+        ])
+        .arg(&json)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "spirals test accuracy {acc}");
+}
+
+#[test]
+fn missing_mnist_files_get_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ddlab()
+        .env("DDLAB_ASSETS", dir.path())
+        .args(["run", "--dataset", "mnist", "--steps", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MNIST file") && stderr.contains("DDLAB_ASSETS"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+}
+
+#[test]
+fn mnist_trains_from_the_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("m.jsonl");
+    ddlab()
+        .args([
+            "run",
+            "--dataset",
+            "mnist",
+            "--workers",
+            "2",
+            "--batch",
+            "64",
+            "--steps",
+            "150",
+            "-q",
+            "--json",
+        ])
+        .arg(&json)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&json).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.85, "MNIST test accuracy after 150 steps: {acc}");
+}
+
+#[test]
+fn bench_quick_writes_the_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    ddlab()
+        .args(["bench", "--quick", "--json"])
+        .arg(&json)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("busbw"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["step_us"].as_f64().unwrap() > 0.0);
+    assert!(v["memcpy_gbps"].as_f64().unwrap() > 0.0);
+    let rows = v["allreduce"].as_array().unwrap();
+    assert_eq!(rows.len(), 3 * 2 * 2, "3 algorithms × N ∈ {{2, 4}} × 2 sizes");
+    for row in rows {
+        for key in ["algorithm", "workers", "bytes", "time_us", "algbw_gbps", "busbw_gbps"] {
+            assert!(!row[key].is_null(), "{key} missing in {row}");
+        }
+        let (n, alg, bus) = (
+            row["workers"].as_f64().unwrap(),
+            row["algbw_gbps"].as_f64().unwrap(),
+            row["busbw_gbps"].as_f64().unwrap(),
+        );
+        assert!((bus - alg * 2.0 * (n - 1.0) / n).abs() < 1e-9 * bus.max(1.0));
+    }
+}
+
+#[test]
+fn no_subcommand_points_to_run() {
+    ddlab().assert().code(2).stderr(predicate::str::contains("ddlab run"));
+}
