@@ -7,7 +7,7 @@ use ddlab::comm::AllReduceAlgo;
 use ddlab::config::{Experiment, Length};
 use ddlab::data::{digits, Dataset};
 use ddlab::session::{Session, SessionOptions};
-use ddlab::train::{Control, Event, Outcome, Phase};
+use ddlab::train::{CollectiveKind, Control, Event, Outcome, Phase};
 
 fn train(exp: Experiment, data: &Arc<Dataset>) -> Session {
     let mut s =
@@ -290,4 +290,47 @@ fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
         );
     }
     assert_eq!(st.steps.last().unwrap().samples, 30 * 4 * 32);
+}
+
+#[test]
+fn detail_mode_reports_every_transfer_and_every_batch() {
+    let data = Arc::new(digits());
+    let exp = Experiment {
+        workers: 4,
+        length: Length::Steps(5),
+        allreduce: AllReduceAlgo::Naive,
+        ..Default::default()
+    };
+    let options = SessionOptions {
+        detail: true,
+        ..Default::default()
+    };
+    let mut s = Session::start_with_data(exp, data, options, None).unwrap();
+    let (mut transfers, mut batches, mut broadcasts) = (Vec::new(), 0, 0);
+    s.run_to_end(|e| match e {
+        Event::Transfer {
+            step,
+            collective: CollectiveKind::AllReduce,
+            transfer,
+        } => transfers.push((*step, *transfer)),
+        Event::Transfer {
+            collective: CollectiveKind::Broadcast,
+            ..
+        } => broadcasts += 1,
+        Event::Batch { indices, .. } => {
+            assert_eq!(indices.len(), 32);
+            batches += 1;
+        }
+        _ => {}
+    });
+    assert_eq!(batches, 5 * 4);
+    assert_eq!(broadcasts, 3, "a binomial tree over 4 ranks sends 3 messages");
+    // naive: 3 sends to the root and 3 sends back, per step
+    assert_eq!(transfers.len(), 5 * 6);
+    for step in 0..5 {
+        let to_root = transfers.iter().filter(|(s, t)| *s == step && t.to == 0).count();
+        let from_root = transfers.iter().filter(|(s, t)| *s == step && t.from == 0).count();
+        assert_eq!((to_root, from_root), (3, 3));
+    }
+    assert_eq!(s.dropped_events(), 0);
 }

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::CliError;
-use crate::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm};
+use crate::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm, Transport};
 use crate::nn::{Mlp, Sgd, Workspace};
 
 #[derive(Debug, Args)]
@@ -93,15 +93,19 @@ pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
     }
 }
 
-/// Mean time of one all-reduce of `bytes` across `workers` threads.
+const TRIALS: usize = 5;
+
+/// Time of one all-reduce of `bytes` across `workers` threads: the median of five trials,
+/// each the mean over many calls, timed by its slowest rank.
 pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget: Duration) -> AllReduceBench {
     let len = bytes / 4;
     let group = thread_group(workers, Clock::start(), None, false);
-    let times: Vec<f64> = std::thread::scope(|s| {
+    let times: Vec<Vec<f64>> = std::thread::scope(|s| {
         let handles: Vec<_> = group
             .into_iter()
             .map(|t| {
                 s.spawn(move || {
+                    crate::comm::pin_to_core(t.rank());
                     let mut comm = Comm::new(t, algo);
                     let mut buf = vec![0.0f32; len]; // zeros stay zeros: no overflow to inf over thousands of sums
                     let mut once = || comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
@@ -113,22 +117,28 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
                     let mut iters =
                         [(budget.as_secs_f64() / t0.elapsed().as_secs_f64().max(1e-9)).clamp(3.0, 2000.0) as f32];
                     comm.broadcast(&mut iters, 0).expect("broadcast");
-                    comm.barrier().expect("barrier");
-                    let start = Instant::now();
-                    for _ in 0..iters[0] as usize {
-                        comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
-                    }
-                    start.elapsed().as_secs_f64() / iters[0] as f64
+                    // Several trials, so that a burst of noise from elsewhere on the
+                    // machine spoils one trial rather than the figure.
+                    let per_trial = (iters[0] as usize).div_ceil(TRIALS).max(1);
+                    (0..TRIALS)
+                        .map(|_| {
+                            comm.barrier().expect("barrier");
+                            let start = Instant::now();
+                            for _ in 0..per_trial {
+                                comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
+                            }
+                            start.elapsed().as_secs_f64() / per_trial as f64
+                        })
+                        .collect::<Vec<f64>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("benchmark thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("benchmark thread")).collect()
     });
-    // The collective is done when the slowest rank is done.
-    let t = times.into_iter().fold(0.0, f64::max);
+    // A trial is done when its slowest rank is done; report the median trial.
+    let mut trials: Vec<f64> = (0..TRIALS).map(|i| times.iter().map(|r| r[i]).fold(0.0, f64::max)).collect();
+    trials.sort_by(f64::total_cmp);
+    let t = trials[TRIALS / 2];
     let algbw = bytes as f64 / t / 1e9;
     let n = workers as f64;
     AllReduceBench {
@@ -198,7 +208,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     for m in &memcpy {
         say!(
             "  {:>10}: {:>7.2} GB/s",
-            super::run::human_bytes(m.bytes as f64),
+            super::run::binary_bytes(m.bytes),
             m.gbps
         );
     }
@@ -221,7 +231,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
                     "  {:<6} {:>3} {:>10} {:>12.1} {:>11.2} {:>11.2}",
                     r.algorithm,
                     r.workers,
-                    super::run::human_bytes(r.bytes as f64),
+                    super::run::binary_bytes(r.bytes),
                     r.time_us,
                     r.algbw_gbps,
                     r.busbw_gbps

@@ -134,6 +134,15 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
+/// Sizes in binary units (a 4 MiB buffer is 4194304 bytes).
+pub fn binary_bytes(b: usize) -> String {
+    match b {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
 pub fn human_bytes(b: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = b;

@@ -6,6 +6,7 @@
 //! [`Transfer`]s for the lab to animate.
 
 mod allreduce;
+mod kernels;
 mod link;
 mod threads;
 mod wait;
@@ -144,5 +145,15 @@ impl Clock {
     }
     pub fn ns(&self) -> u64 {
         self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// Pins the calling thread to core `rank % cores`, as MPI launchers bind ranks. Otherwise
+/// the OS may start every worker on the core of the thread that spawned them, and
+/// workers that take turns through one core spend rounds waiting for each other. Best
+/// effort: where pinning is not possible, nothing happens.
+pub fn pin_to_core(rank: usize) {
+    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+        core_affinity::set_for_current(cores[rank % cores.len()]);
     }
 }

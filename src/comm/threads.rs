@@ -197,7 +197,7 @@ impl ThreadTransport {
         // unchanged while we read. It never overlaps `into`: that is our own buffer.
         let msg = unsafe { std::slice::from_raw_parts(ptr, len) };
         match op {
-            Op::Add => into.iter_mut().zip(msg).for_each(|(a, &b)| *a += b),
+            Op::Add => super::kernels::add_assign(into, msg),
             Op::Copy => into.copy_from_slice(msg),
         }
         slot.state.store(state(seq, DONE), Ordering::Release);

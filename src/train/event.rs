@@ -30,6 +30,16 @@ impl Phase {
     }
 }
 
+/// Which collective a message belonged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveKind {
+    /// The initial broadcast of rank 0's parameters to every replica.
+    Broadcast,
+    /// A step's gradient all-reduce.
+    AllReduce,
+}
+
 /// One worker's account of one step. Per-step metrics are never dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStep {
@@ -87,9 +97,10 @@ pub enum Event {
         start_ns: u64,
         end_ns: u64,
     },
-    /// A message of an all-reduce (visual).
+    /// A message of a collective (visual).
     Transfer {
         step: u64,
+        collective: CollectiveKind,
         transfer: Transfer,
     },
     /// The training samples a worker works on in this step (visual).

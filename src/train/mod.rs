@@ -7,6 +7,6 @@ mod sink;
 mod sync;
 
 pub use control::{Control, Gate, Stopped};
-pub use event::{Event, Outcome, Phase, WorkerStep};
+pub use event::{CollectiveKind, Event, Outcome, Phase, WorkerStep};
 pub use sink::{event_channel, EventSink, EventStream};
 pub use sync::{diverged, spawn, EngineHandle, EngineOptions};

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use ndarray::{Array2, ArrayView2};
 
-use super::{Event, EventSink, Gate, Outcome, Phase, WorkerStep};
+use super::{CollectiveKind, Event, EventSink, Gate, Outcome, Phase, WorkerStep};
 use crate::comm::{
     thread_group, AbortHandle, Clock, Collective, Comm, CommError, ThreadTransport, Transfer, Transport,
 };
@@ -180,6 +180,7 @@ fn run(
                     .name(format!("ddlab-worker-{}", transport.rank()))
                     .spawn_scoped(s, move || {
                         crate::nn::flush_denormals();
+                        crate::comm::pin_to_core(transport.rank());
                         let comm = Comm::new(transport, ctx.exp.allreduce);
                         let end = catch_unwind(AssertUnwindSafe(|| worker(ctx, comm, &eval_tx)))
                             .unwrap_or_else(|p| WorkerEnd::Panicked(panic_message(&p)));
@@ -310,13 +311,14 @@ fn worker_loop(
         }
     }
     comm.broadcast(params, 0).map_err(comm_err)?;
+    let mut transfers: Vec<Transfer> = Vec::new();
+    report_transfers(ctx, comm, &mut transfers, 0, CollectiveKind::Broadcast);
     let mut grads = vec![0.0f32; mlp.num_params()];
     let mut ws = Workspace::new(mlp, exp.batch);
     let mut sgd = Sgd::new(mlp.num_params(), exp.momentum, exp.weight_decay);
     let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
     let mut labels = vec![0u8; exp.batch];
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
-    let mut transfers: Vec<Transfer> = Vec::new();
     let steps_per_epoch = ctx.sharder.steps_per_epoch();
 
     for step in 0..ctx.total_steps {
@@ -357,12 +359,7 @@ fn worker_loop(
         })?
         .map_err(comm_err)?;
         let bytes_sent = comm.bytes_sent() - bytes_before;
-        if ctx.options.detail {
-            comm.drain_transfers(&mut transfers);
-            for transfer in transfers.drain(..) {
-                ctx.sink.send(Event::Transfer { step, transfer });
-            }
-        }
+        report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
         let grad_norm_reduced = l2_norm(&grads);
         let lr = ctx.schedule.at(step);
         phase(ctx, rank, step, Phase::Update, &mut phase_ns, || {
@@ -391,6 +388,26 @@ fn worker_loop(
         }
     }
     Ok(())
+}
+
+/// Sends the messages the last collective moved as events (in detail mode).
+fn report_transfers(
+    ctx: &Ctx,
+    comm: &mut Comm<ThreadTransport>,
+    buf: &mut Vec<Transfer>,
+    step: u64,
+    collective: CollectiveKind,
+) {
+    if ctx.options.detail {
+        comm.drain_transfers(buf);
+        for transfer in buf.drain(..) {
+            ctx.sink.send(Event::Transfer {
+                step,
+                collective,
+                transfer,
+            });
+        }
+    }
 }
 
 /// A loss that is NaN, infinite, or over 100 times that of guessing uniformly
