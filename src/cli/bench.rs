@@ -133,10 +133,15 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("benchmark thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread"))
+            .collect()
     });
     // A trial is done when its slowest rank is done; report the median trial.
-    let mut trials: Vec<f64> = (0..TRIALS).map(|i| times.iter().map(|r| r[i]).fold(0.0, f64::max)).collect();
+    let mut trials: Vec<f64> = (0..TRIALS)
+        .map(|i| times.iter().map(|r| r[i]).fold(0.0, f64::max))
+        .collect();
     trials.sort_by(f64::total_cmp);
     let t = trials[TRIALS / 2];
     let algbw = bytes as f64 / t / 1e9;
@@ -206,11 +211,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     say!("\nmemcpy, one thread");
     let memcpy: Vec<MemcpyBench> = [4 << 20, 64 << 20].iter().map(|&b| bench_memcpy(b, budget)).collect();
     for m in &memcpy {
-        say!(
-            "  {:>10}: {:>7.2} GB/s",
-            super::run::binary_bytes(m.bytes),
-            m.gbps
-        );
+        say!("  {:>10}: {:>7.2} GB/s", super::run::binary_bytes(m.bytes), m.gbps);
     }
     say!("\nall-reduce across threads (algbw = bytes/time, busbw = algbw·2(N−1)/N)");
     say!(

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::wait::{wait_for_clock, wait_until};
+use super::wait::{wait_for_clock, wait_until, Doorbell};
 use super::{Clock, CommError, Link, Op, Result, Tag, Transfer, Transport};
 
 // Slot state = sequence number << 2 | phase.
@@ -24,6 +24,8 @@ fn state(seq: u64, phase: u64) -> u64 {
 /// One direction of one pair of ranks.
 struct Slot {
     state: AtomicU64,
+    /// Rung on every change of `state`; both the sender and the receiver wait on it.
+    bell: Doorbell,
     ptr: AtomicPtr<f32>,
     len: AtomicUsize,
     posted_ns: AtomicU64,
@@ -36,6 +38,7 @@ struct Shared {
     abort: AtomicBool,
     barrier_count: AtomicUsize,
     barrier_generation: AtomicU64,
+    barrier_bell: Doorbell,
     clock: Clock,
     link: Option<Link>,
 }
@@ -43,6 +46,15 @@ struct Shared {
 impl Shared {
     fn slot(&self, from: usize, to: usize) -> &Slot {
         &self.slots[from * self.size + to]
+    }
+
+    /// Sets the abort flag and wakes every sleeper, so that each sees it.
+    fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        for slot in &self.slots {
+            slot.bell.ring();
+        }
+        self.barrier_bell.ring();
     }
 }
 
@@ -69,6 +81,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
         slots: (0..size * size)
             .map(|_| Slot {
                 state: AtomicU64::new(state(0, DONE)),
+                bell: Doorbell::default(),
                 ptr: AtomicPtr::new(std::ptr::null_mut()),
                 len: AtomicUsize::new(0),
                 posted_ns: AtomicU64::new(0),
@@ -77,6 +90,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
         abort: AtomicBool::new(false),
         barrier_count: AtomicUsize::new(0),
         barrier_generation: AtomicU64::new(0),
+        barrier_bell: Doorbell::default(),
         clock,
         link,
     });
@@ -97,7 +111,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
 impl ThreadTransport {
     /// Makes every wait in this group fail at once: for a worker that stops early.
     pub fn abort_group(&self) {
-        self.shared.abort.store(true, Ordering::Relaxed);
+        self.shared.abort();
     }
 
     /// A handle that can abort the group from outside (e.g. the session on stop).
@@ -114,6 +128,7 @@ impl ThreadTransport {
         slot.len.store(data.len(), Ordering::Relaxed);
         slot.posted_ns.store(now, Ordering::Relaxed);
         slot.state.store(state(seq, POSTED), Ordering::Release);
+        slot.bell.ring();
         (seq, now)
     }
 
@@ -122,7 +137,7 @@ impl ThreadTransport {
     /// (reading is bounded), so the slice is never read after we return.
     fn complete(&mut self, to: usize, seq: u64, tag: Tag, posted_ns: u64, bytes: usize) -> Result<()> {
         let slot = self.shared.slot(self.rank, to);
-        let waited = wait_until(&self.shared.abort, || {
+        let waited = wait_until(&self.shared.abort, &slot.bell, || {
             slot.state.load(Ordering::Acquire) == state(seq, DONE)
         });
         if waited.is_err() {
@@ -160,7 +175,7 @@ impl ThreadTransport {
         self.received[from] = seq;
         let shared = &*self.shared;
         let slot = shared.slot(from, self.rank);
-        wait_until(&shared.abort, || {
+        wait_until(&shared.abort, &slot.bell, || {
             slot.state.load(Ordering::Acquire) == state(seq, POSTED)
         })?;
         let len = slot.len.load(Ordering::Relaxed);
@@ -201,6 +216,7 @@ impl ThreadTransport {
             Op::Copy => into.copy_from_slice(msg),
         }
         slot.state.store(state(seq, DONE), Ordering::Release);
+        slot.bell.ring();
         Ok(())
     }
 }
@@ -211,7 +227,7 @@ pub struct AbortHandle(Arc<Shared>);
 
 impl AbortHandle {
     pub fn abort(&self) {
-        self.0.abort.store(true, Ordering::Relaxed);
+        self.0.abort();
     }
 }
 
@@ -245,9 +261,10 @@ impl Transport for ThreadTransport {
         if shared.barrier_count.fetch_add(1, Ordering::AcqRel) + 1 == shared.size {
             shared.barrier_count.store(0, Ordering::Relaxed);
             shared.barrier_generation.fetch_add(1, Ordering::AcqRel);
+            shared.barrier_bell.ring();
             return Ok(());
         }
-        wait_until(&shared.abort, || {
+        wait_until(&shared.abort, &shared.barrier_bell, || {
             shared.barrier_generation.load(Ordering::Acquire) != generation
         })
     }

@@ -1,23 +1,41 @@
-//! How a thread waits for another: spin briefly, then yield, then sleep.
+//! How a thread waits for another: spin briefly, yield a little, then block.
 //!
 //! Pure spinning collapses when workers outnumber cores (the spinner burns the slice the
-//! worker it waits for needs); pure sleeping adds tens of microseconds to every message.
+//! worker it waits for needs), and inside a virtual machine even yielding keeps the
+//! virtual CPU busy while its sibling may be the one descheduled. So after a short spin
+//! and a few yields a waiter sleeps on a futex ([`Doorbell`]) until the state it waits
+//! for changes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Clock, CommError, Result};
 
 /// Spin this many times first: a partner that is running answers within a microsecond.
-const SPINS: u32 = 100;
-/// Then yield the core (to the worker we wait for, when workers outnumber cores) for up to
-/// this long before sleeping: a step's all-reduce round rarely takes longer.
-const YIELD_FOR: Duration = Duration::from_millis(2);
-/// Then nap: a paused run or a straggler should not burn a core.
-const NAP: Duration = Duration::from_micros(100);
+const SPINS: u32 = 200;
+/// Then yield the core for up to this long (cheap when workers outnumber cores).
+const YIELD_FOR: Duration = Duration::from_micros(20);
 
-/// Waits until `ready()` holds; fails with `Aborted` as soon as `abort` is set.
-pub fn wait_until(abort: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result<()> {
+/// A futex word that changes whenever the state a waiter may wait for changes.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    rings: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+impl Doorbell {
+    /// Call after changing the watched state: wakes whoever sleeps on it.
+    pub fn ring(&self) {
+        self.rings.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            atomic_wait::wake_all(&self.rings);
+        }
+    }
+}
+
+/// Waits until `ready()` holds, sleeping on `bell` once spinning did not pay; fails with
+/// `Aborted` as soon as `abort` is set (abort rings every bell).
+pub fn wait_until(abort: &AtomicBool, bell: &Doorbell, mut ready: impl FnMut() -> bool) -> Result<()> {
     for _ in 0..SPINS {
         if ready() {
             return Ok(());
@@ -29,14 +47,21 @@ pub fn wait_until(abort: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result
         if ready() {
             return Ok(());
         }
-        if abort.load(Ordering::Relaxed) {
+        if abort.load(Ordering::SeqCst) {
             return Err(CommError::Aborted);
         }
         if start.elapsed() < YIELD_FOR {
             std::thread::yield_now();
-        } else {
-            std::thread::sleep(NAP);
+            continue;
         }
+        // Announce ourselves, then look once more: a ring after this point wakes us, a
+        // ring before it changed `rings` (so the futex returns at once) or `ready()`.
+        bell.sleepers.fetch_add(1, Ordering::SeqCst);
+        let seen = bell.rings.load(Ordering::SeqCst);
+        if !ready() && !abort.load(Ordering::SeqCst) {
+            atomic_wait::wait(&bell.rings, seen);
+        }
+        bell.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
