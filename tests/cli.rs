@@ -236,3 +236,33 @@ fn bench_quick_writes_the_documented_json() {
 fn no_subcommand_points_to_run() {
     ddlab().assert().code(2).stderr(predicate::str::contains("ddlab run"));
 }
+
+#[test]
+fn ctrl_c_stops_the_run_and_keeps_the_exports_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("i.jsonl");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+        .args(["run", "--steps", "100000000", "-q", "--json"])
+        .arg(&json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has trained a little (the file fills as it goes).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&json).map_or(0, |t| t.lines().count()) < 10 {
+        assert!(std::time::Instant::now() < deadline, "the run wrote nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&json).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["kind"], "summary");
+    assert_eq!(summary["outcome"], "stopped");
+    assert!(summary["steps"].as_u64().unwrap() >= 5);
+}

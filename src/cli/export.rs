@@ -149,6 +149,10 @@ impl Exports {
             }
         }
         self.evals_written = state.evals.len();
+        // Flush as we go: what was measured survives a crash or a kill.
+        for out in [&mut self.json, &mut self.csv, &mut self.trace].into_iter().flatten() {
+            out.w.flush().map_err(|e| out.failed(e))?;
+        }
         Ok(())
     }
 

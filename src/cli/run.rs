@@ -1,6 +1,8 @@
 //! `ddlab run`: one experiment, headless.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -31,8 +33,18 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             .expect("a valid template"),
     );
 
+    // Ctrl-C stops the run at the next phase and still writes the summary and exports.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+
     let mut export_err = None;
+    let mut stopping = false;
     loop {
+        if interrupted.load(Ordering::SeqCst) && !stopping {
+            stopping = true;
+            session.control(crate::train::Control::Stop);
+        }
         let over = session.poll_timeout(REDRAW, |event| {
             if export_err.is_none() {
                 export_err = exports.on_event(event).err();
@@ -70,6 +82,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         let _ = std::io::stdout().write_all(table(&summary).as_bytes());
     }
     match session.state().outcome.clone() {
+        Some(Outcome::Stopped) if stopping => Err(CliError { code: 130, message: "interrupted: the summary and exports cover the steps done".into() }),
         Some(Outcome::Completed) | Some(Outcome::Stopped) => Ok(()),
         Some(Outcome::Diverged { step, worker }) => Err(CliError {
             code: 3,
