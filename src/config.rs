@@ -14,38 +14,101 @@ pub const MAX_WORKERS: usize = 256;
 
 /// How workers combine their gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum Mode {
     /// Forward, backward, all-reduce (mean), update; everyone in step.
     #[default]
     Sync,
+    /// Parameter server: pull, forward, backward, push; the server applies each gradient
+    /// as it arrives; nobody waits (Dean et al. 2012, DistBelief).
+    Async,
+    /// Stale synchronous parallel: async, but no worker runs more than K steps ahead of
+    /// the slowest (Ho et al. 2013).
+    Ssp(u32),
+    /// Sync through the parameter server that applies the mean of the first N−B
+    /// gradients of each step and drops the rest (Chen et al. 2016).
+    Backup(usize),
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Sync => "sync",
-        }
+    /// Whether the mode runs through a parameter server (rather than an all-reduce).
+    pub fn uses_server(self) -> bool {
+        !matches!(self, Mode::Sync)
     }
 }
 
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let number = |v: &str, what: &str| {
+            v.parse::<u32>().map_err(|_| {
+                format!(
+                    "'{s}': {what} must be a whole number ≥ 0, like {}",
+                    &s[..s.len() - v.len()]
+                )
+            })
+        };
         match s {
             "sync" => Ok(Mode::Sync),
-            "async" | "ps" => Err(format!("mode '{s}' (parameter server) is not built yet: use sync")),
-            _ if s.starts_with("ssp:") || s.starts_with("backup:") => {
-                Err(format!("mode '{s}' is not built yet: use sync"))
+            "async" => Ok(Mode::Async),
+            _ => {
+                if let Some(k) = s.strip_prefix("ssp:") {
+                    Ok(Mode::Ssp(number(k, "the staleness bound K")?))
+                } else if let Some(b) = s.strip_prefix("backup:") {
+                    Ok(Mode::Backup(number(b, "the number of backup workers B")? as usize))
+                } else {
+                    Err(format!("unknown mode '{s}': use sync, async, ssp:K or backup:B"))
+                }
             }
-            _ => Err(format!("unknown mode '{s}': use sync")),
         }
     }
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Mode::Sync => f.write_str("sync"),
+            Mode::Async => f.write_str("async"),
+            Mode::Ssp(k) => write!(f, "ssp:{k}"),
+            Mode::Backup(b) => write!(f, "backup:{b}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Mode> for String {
+    fn from(m: Mode) -> String {
+        m.to_string()
+    }
+}
+
+/// A worker whose compute is made `factor` times slower.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Straggler {
+    pub worker: usize,
+    pub factor: f32,
+}
+
+impl std::str::FromStr for Straggler {
+    type Err = String;
+    /// `W:F`, e.g. `2:4` makes worker 2 four times slower.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = format!("'{s}': expected WORKER:FACTOR such as 2:4 (worker 2, four times slower)");
+        let (w, f) = s.split_once(':').ok_or_else(|| usage.clone())?;
+        let worker = w.trim().parse::<usize>().map_err(|_| usage.clone())?;
+        let factor = f.trim().parse::<f32>().map_err(|_| usage.clone())?;
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(format!(
+                "'{s}': the factor must be a number ≥ 1 (1 = not slowed), got {f}"
+            ));
+        }
+        Ok(Straggler { worker, factor })
     }
 }
 
@@ -85,8 +148,11 @@ pub struct Experiment {
     pub warmup: u64,
     /// 30 epochs of digits at 4 × 32: about 330 steps, a few seconds.
     pub length: Length,
-    /// Emulated network between workers; none = shared memory at full speed.
+    /// Emulated network between workers (and the parameter server); none = shared
+    /// memory at full speed.
     pub link: Option<Link>,
+    /// Workers made slower on purpose, to watch who waits for whom.
+    pub stragglers: Vec<Straggler>,
     pub seed: u64,
     /// Test-set accuracy every this many steps (and at the end).
     pub eval_every: u64,
@@ -108,6 +174,7 @@ impl Default for Experiment {
             warmup: 0,
             length: Length::Epochs(30),
             link: None,
+            stragglers: Vec::new(),
             seed: 1,
             eval_every: 25,
         }
@@ -184,6 +251,37 @@ impl Experiment {
         }
         if let Some(link) = self.link {
             Link::new(link.latency_us, link.gbit_s).map_err(|e| bad("link", e))?;
+        }
+        match self.mode {
+            Mode::Backup(b) if b >= self.workers => {
+                return Err(bad(
+                    "mode",
+                    format!(
+                        "backup:{b} would drop every gradient of {} workers: use backup:B with B < {}",
+                        self.workers, self.workers
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        for s in &self.stragglers {
+            if s.worker >= self.workers {
+                return Err(bad(
+                    "straggler",
+                    format!(
+                        "worker {} does not exist with {} workers: use 0 to {}",
+                        s.worker,
+                        self.workers,
+                        self.workers - 1
+                    ),
+                ));
+            }
+            if !(s.factor.is_finite() && s.factor >= 1.0) {
+                return Err(bad(
+                    "straggler",
+                    format!("factor {} is not allowed: use a number ≥ 1", s.factor),
+                ));
+            }
         }
         Ok(())
     }
@@ -284,8 +382,32 @@ mod tests {
     }
 
     #[test]
-    fn modes_not_built_yet_say_so() {
-        assert!("async".parse::<Mode>().unwrap_err().contains("not built yet"));
-        assert!("nonsense".parse::<Mode>().unwrap_err().contains("use sync"));
+    fn modes_parse_and_print_back() {
+        for m in ["sync", "async", "ssp:0", "ssp:3", "backup:1"] {
+            assert_eq!(m.parse::<Mode>().unwrap().to_string(), m);
+        }
+        assert!("nonsense"
+            .parse::<Mode>()
+            .unwrap_err()
+            .contains("use sync, async, ssp:K or backup:B"));
+        assert!("ssp:-1".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
+        assert!("backup:x".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
+    }
+
+    #[test]
+    fn backup_must_leave_a_gradient_and_stragglers_must_exist() {
+        let e = Experiment {
+            workers: 4,
+            mode: Mode::Backup(4),
+            ..Default::default()
+        };
+        assert!(e.validate().unwrap_err().to_string().contains("B < 4"));
+        let e = Experiment {
+            workers: 4,
+            stragglers: vec!["9:2".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(e.validate().unwrap_err().to_string().contains("use 0 to 3"));
+        assert!("1:0".parse::<Straggler>().unwrap_err().contains("≥ 1"));
     }
 }

@@ -210,7 +210,7 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
     .into_iter()
     .enumerate()
     {
-        s.control(Control::StepPhase);
+        s.control(Control::StepPhase).unwrap();
         collect(&mut s, &mut phases, Duration::from_millis(300));
         assert_eq!(phases.len(), 3 * (i + 1), "after {} steps: {phases:?}", i + 1);
         let mut workers: Vec<usize> = phases[3 * i..]
@@ -225,7 +225,7 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
     }
     assert_eq!(s.state().steps.len(), 1, "one whole step is done");
 
-    s.control(Control::Stop);
+    s.control(Control::Stop).unwrap();
     assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped);
 }
 
@@ -237,10 +237,10 @@ fn pause_and_resume_continue_to_completion() {
         ..Default::default()
     };
     let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
-    s.control(Control::Pause);
+    s.control(Control::Pause).unwrap();
     assert!(s.is_paused());
     std::thread::sleep(Duration::from_millis(50));
-    s.control(Control::Resume);
+    s.control(Control::Resume).unwrap();
     assert_eq!(s.run_to_end(|_| {}), Outcome::Completed);
     assert_eq!(s.state().steps.len(), 200);
 }
@@ -257,7 +257,7 @@ fn stop_releases_workers_waiting_in_a_slow_all_reduce() {
     let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = std::time::Instant::now();
-    s.control(Control::Stop);
+    s.control(Control::Stop).unwrap();
     assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped);
     assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
 }

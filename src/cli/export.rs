@@ -85,8 +85,22 @@ impl Exports {
             return Ok(());
         }
         match event {
-            Event::Started { workers, .. } => {
+            Event::Started { .. } => {
                 self.trace_event(json!({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "ddlab run"}}))?;
+            }
+            Event::Segment {
+                index,
+                mode,
+                workers,
+                t_ns,
+                ..
+            } => {
+                if *index > 0 {
+                    self.trace_event(json!({
+                        "name": format!("switch to {mode} × {workers}"), "cat": "switch", "ph": "i", "s": "g",
+                        "pid": 1, "tid": 0, "ts": *t_ns as f64 / 1e3,
+                    }))?;
+                }
                 for w in 0..*workers {
                     self.trace_event(json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": w, "args": {"name": format!("worker {w}")}}))?;
                 }

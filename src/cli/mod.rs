@@ -87,7 +87,7 @@ pub struct ExperimentArgs {
     /// Number of data-parallel workers (threads), 1 to 256.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// How workers combine gradients: sync.
+    /// How workers combine gradients: sync, async, ssp:K or backup:B.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
     /// All-reduce algorithm: ring, tree or naive.
@@ -127,6 +127,9 @@ pub struct ExperimentArgs {
     /// (infiniband-100g, 10gbe, 1gbe).
     #[arg(long, value_name = "LAT_US,GBIT_S")]
     pub link: Option<Link>,
+    /// Make worker W's compute F times slower (W:F, e.g. 2:4); may be given several times.
+    #[arg(long, value_name = "W:F")]
+    pub straggler: Vec<crate::config::Straggler>,
     /// Seed for initialisation and shuffling.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -175,6 +178,9 @@ impl ExperimentArgs {
         }
         if let Some(link) = self.link {
             exp.link = Some(link);
+        }
+        if !self.straggler.is_empty() {
+            exp.stragglers = self.straggler.clone();
         }
         if let Some(s) = self.steps {
             exp.length = Length::Steps(s);

@@ -29,7 +29,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}")
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} samples  {msg}")
             .expect("a valid template"),
     );
 
@@ -43,7 +43,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     loop {
         if interrupted.load(Ordering::SeqCst) && !stopping {
             stopping = true;
-            session.control(crate::train::Control::Stop);
+            let _ = session.control(crate::train::Control::Stop);
         }
         let over = session.poll_timeout(REDRAW, |event| {
             if export_err.is_none() {
@@ -51,8 +51,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             }
         });
         let state = session.state();
-        bar.set_length(state.total_steps);
-        bar.set_position(state.steps.len() as u64);
+        bar.set_length(state.total_samples);
+        bar.set_position(state.samples());
         if let Some(last) = state.last_step() {
             let acc = state
                 .last_eval()
@@ -63,7 +63,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             export_err = exports.sync(state).err();
         }
         if let Some(e) = export_err.take() {
-            session.control(crate::train::Control::Stop);
+            let _ = session.control(crate::train::Control::Stop);
             while !session.poll(|_| {}) {}
             bar.finish_and_clear();
             return Err(e);
@@ -124,23 +124,35 @@ pub fn table(s: &Summary) -> String {
         ("all-reduce time/step", format!("{:.3} ms", s.allreduce_ms)),
         (
             "all-reduce busbw",
-            s.allreduce_busbw_gbps
-                .map_or("– (one worker)".into(), |b| format!("{b:.2} GB/s")),
+            s.allreduce_busbw_gbps.map_or("–".into(), |b| format!("{b:.2} GB/s")),
         ),
+        ("idle", format!("{:.1} % of worker time", s.idle_fraction * 100.0)),
+        (
+            "staleness",
+            s.staleness_mean.map_or("–".into(), |m| {
+                format!("mean {m:.2}, max {}", s.staleness_max.unwrap_or(0))
+            }),
+        ),
+        ("dropped gradients", s.dropped_gradients.to_string()),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<22} {v}");
     }
     let _ = writeln!(out);
-    let _ = write!(out, "  {:<8}", "ms/step");
-    for p in Phase::ALL {
+    // Only the phases this run went through (sync: no pull/push; async: no all-reduce).
+    let used: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|p| s.phase_ms.iter().any(|ms| ms[p.index()] > 0.0))
+        .collect();
+    let _ = write!(out, "  {:<9}", "ms/step");
+    for p in &used {
         let _ = write!(out, " {:>11}", p.name());
     }
     let _ = writeln!(out);
     for (w, ms) in s.phase_ms.iter().enumerate() {
-        let _ = write!(out, "  {:<8}", format!("worker {w}"));
-        for v in ms {
-            let _ = write!(out, " {v:>11.4}");
+        let _ = write!(out, "  {:<9}", format!("worker {w}"));
+        for p in &used {
+            let _ = write!(out, " {:>11.4}", ms[p.index()]);
         }
         let _ = writeln!(out);
     }

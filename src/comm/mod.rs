@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
 pub use link::Link;
 pub use threads::{thread_group, AbortHandle, ThreadTransport};
+pub use wait::precise_sleep;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommError {
@@ -133,6 +134,8 @@ pub trait Transport: Send {
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>);
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;
+    /// Nanoseconds this rank has spent waiting for other ranks since it was created.
+    fn waited_ns(&self) -> u64;
 }
 
 /// Monotonic nanoseconds since a run started; every event and transfer uses one clock.

@@ -70,6 +70,7 @@ pub struct ThreadTransport {
     recording: bool,
     transfers: Vec<Transfer>,
     bytes_sent: u64,
+    waited_ns: u64,
 }
 
 /// Makes the `size` ends of a new group; hand one to each worker thread. `link` emulates
@@ -104,6 +105,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
             recording: record,
             transfers: Vec::new(),
             bytes_sent: 0,
+            waited_ns: 0,
         })
         .collect()
 }
@@ -137,9 +139,11 @@ impl ThreadTransport {
     /// (reading is bounded), so the slice is never read after we return.
     fn complete(&mut self, to: usize, seq: u64, tag: Tag, posted_ns: u64, bytes: usize) -> Result<()> {
         let slot = self.shared.slot(self.rank, to);
+        let t0 = self.shared.clock.ns();
         let waited = wait_until(&self.shared.abort, &slot.bell, || {
             slot.state.load(Ordering::Acquire) == state(seq, DONE)
         });
+        self.waited_ns += self.shared.clock.ns() - t0;
         if waited.is_err() {
             let revoked = slot.state.compare_exchange(
                 state(seq, POSTED),
@@ -175,9 +179,12 @@ impl ThreadTransport {
         self.received[from] = seq;
         let shared = &*self.shared;
         let slot = shared.slot(from, self.rank);
-        wait_until(&shared.abort, &slot.bell, || {
+        let t0 = shared.clock.ns();
+        let waited = wait_until(&shared.abort, &slot.bell, || {
             slot.state.load(Ordering::Acquire) == state(seq, POSTED)
-        })?;
+        });
+        self.waited_ns += shared.clock.ns() - t0;
+        waited?;
         let len = slot.len.load(Ordering::Relaxed);
         assert_eq!(
             len,
@@ -275,5 +282,9 @@ impl Transport for ThreadTransport {
 
     fn bytes_sent(&self) -> u64 {
         self.bytes_sent
+    }
+
+    fn waited_ns(&self) -> u64 {
+        self.waited_ns
     }
 }

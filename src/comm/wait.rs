@@ -84,3 +84,16 @@ pub fn wait_for_clock(abort: &AtomicBool, clock: &Clock, deadline_ns: u64) -> Re
         }
     }
 }
+
+/// Sleeps for `d` more precisely than `thread::sleep` alone (which overshoots by tens of
+/// microseconds): sleeps most of it, then yields until the time is up.
+pub fn precise_sleep(d: Duration) {
+    const SLACK: Duration = Duration::from_micros(120);
+    let until = Instant::now() + d;
+    if d > SLACK {
+        std::thread::sleep(d - SLACK);
+    }
+    while Instant::now() < until {
+        std::thread::yield_now();
+    }
+}

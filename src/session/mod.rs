@@ -7,10 +7,10 @@ mod summary;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use state::{EvalRecord, RunState, StepRecord, WorkerTotals};
+pub use state::{EvalRecord, RunState, SegmentRecord, StepRecord, WorkerTotals, STALENESS_BUCKETS};
 pub use summary::Summary;
 
-use crate::config::{ConfigError, Experiment};
+use crate::config::{ConfigError, Experiment, Straggler};
 use crate::data::{DataError, Dataset};
 use crate::train::{self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Outcome};
 
@@ -70,7 +70,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         exp.validate()?;
         exp.check_against(data.train_len())?;
-        let gate = Arc::new(Gate::new(exp.workers, options.start_paused));
+        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
         let engine = train::spawn(
             &exp,
@@ -118,13 +118,34 @@ impl Session {
         self.final_params.clone()
     }
 
-    pub fn control(&mut self, control: Control) {
-        self.gate.apply(control);
-        if control == Control::Stop {
-            if let Some(engine) = &self.engine {
-                engine.abort(); // release workers waiting in a collective
-            }
+    /// Sends a control to the run. Mode, worker-count and straggler changes are checked
+    /// first, as flags are: a bad one is refused with the same one-sentence error.
+    pub fn control(&mut self, control: Control) -> Result<(), ConfigError> {
+        let (mode, workers) = self
+            .state
+            .current()
+            .map_or((self.exp.mode, self.exp.workers), |s| (s.mode, s.workers));
+        let check = |mode, workers, stragglers: Vec<Straggler>| {
+            let next = Experiment {
+                mode,
+                workers,
+                stragglers,
+                ..self.exp.clone()
+            };
+            next.validate()?;
+            next.check_against(self.data.train_len())
+        };
+        match control {
+            Control::SetMode(m) => check(m, workers, Vec::new())?,
+            Control::SetWorkers(n) => check(mode, n, Vec::new())?,
+            Control::Straggler { worker, factor } => check(mode, workers, vec![Straggler { worker, factor }])?,
+            _ => {}
         }
+        self.gate.apply(control);
+        if let Some(engine) = &self.engine {
+            engine.control(control);
+        }
+        Ok(())
     }
 
     /// Applies every waiting event to the state, handing each to `f` too. Returns true
@@ -155,10 +176,9 @@ impl Session {
 
     fn finish_if(&mut self, over: bool) -> bool {
         if over {
-            if let Some(engine) = self.engine.take() {
-                let params = engine.final_params_handle();
+            if let Some(mut engine) = self.engine.take() {
                 engine.join();
-                self.final_params = params.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.final_params = engine.final_params();
             }
         }
         over

@@ -4,30 +4,41 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::config::Mode;
 use crate::train::{Event, Outcome, Phase, WorkerStep};
 
-/// One step of the whole run, combined from every worker's report.
+/// Staleness values above this share the histogram's last bucket.
+pub const STALENESS_BUCKETS: usize = 64;
+
+/// One record of the run's progress. In sync mode: one step, combined from every
+/// worker's report. With a parameter server: one push (applied, or dropped in backup
+/// mode).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
+    /// The update this record belongs to (0-based).
     pub step: u64,
     pub epoch: u64,
-    /// Mean loss over the global batch.
+    /// Which worker pushed (parameter-server modes); `None` for a combined sync step.
+    pub worker: Option<usize>,
+    /// Mean loss over the batch (the global batch in sync mode).
     pub loss: f64,
-    /// Accuracy on the global batch (before the update).
+    /// Accuracy on that batch (before the update).
     pub batch_accuracy: f64,
     /// Mean over workers of ‖own gradient‖.
     pub grad_norm: f64,
-    /// ‖averaged gradient‖, the one every replica applied.
+    /// ‖averaged gradient‖, the one the parameters moved by.
     pub grad_norm_reduced: f64,
     pub lr: f32,
-    /// Samples processed by all workers together, up to and including this step.
+    /// Samples processed by all workers together, up to and including this record.
     pub samples: u64,
-    /// When the last worker finished this step.
+    /// When the last worker finished this step (or the push arrived).
     pub t_ns: u64,
-    /// The slowest worker's all-reduce time in this step.
+    /// The slowest worker's all-reduce time in this step (sync).
     pub allreduce_ns: u64,
-    /// Bytes all workers sent in this step's all-reduce.
+    /// Bytes all workers sent for this record.
     pub bytes_sent: u64,
+    pub staleness: Option<u64>,
+    pub dropped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,59 +50,91 @@ pub struct EvalRecord {
     pub t_ns: u64,
 }
 
+/// Where a segment (one mode and worker count) began.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentRecord {
+    pub index: usize,
+    pub mode: Mode,
+    pub workers: usize,
+    pub update: u64,
+    pub samples: u64,
+    pub t_ns: u64,
+}
+
 /// Running totals of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct WorkerTotals {
     pub steps: u64,
     pub phase_ns: [u64; Phase::COUNT],
+    pub idle_ns: u64,
     pub bytes_sent: u64,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RunState {
-    pub workers: usize,
     pub params: usize,
-    pub steps_per_epoch: u64,
-    pub total_steps: u64,
+    pub total_samples: u64,
+    pub train_len: usize,
+    pub segments: Vec<SegmentRecord>,
     pub steps: Vec<StepRecord>,
     pub evals: Vec<EvalRecord>,
     pub per_worker: Vec<WorkerTotals>,
+    /// Applied gradients by staleness (the last bucket holds everything larger).
+    pub staleness_histogram: Vec<u64>,
+    pub staleness_max: u64,
+    pub dropped_gradients: u64,
     pub outcome: Option<Outcome>,
     pub finished_ns: Option<u64>,
-    /// Worker reports of steps not every worker has reported yet.
+    /// Worker reports of sync steps not every worker has reported yet.
     pending: BTreeMap<u64, Vec<WorkerStep>>,
 }
 
 impl RunState {
+    /// The mode and worker count now running.
+    pub fn current(&self) -> Option<&SegmentRecord> {
+        self.segments.last()
+    }
+    pub fn workers(&self) -> usize {
+        self.current().map_or(0, |s| s.workers)
+    }
+    pub fn mode(&self) -> Mode {
+        self.current().map_or(Mode::Sync, |s| s.mode)
+    }
+
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::Started {
-                workers,
                 params,
-                steps_per_epoch,
-                total_steps,
+                total_samples,
+                train_len,
             } => {
-                self.workers = *workers;
                 self.params = *params;
-                self.steps_per_epoch = *steps_per_epoch;
-                self.total_steps = *total_steps;
-                self.per_worker = vec![WorkerTotals::default(); *workers];
+                self.total_samples = *total_samples;
+                self.train_len = *train_len;
+                self.staleness_histogram = vec![0; STALENESS_BUCKETS];
             }
-            Event::WorkerStep(ws) => {
-                if let Some(t) = self.per_worker.get_mut(ws.worker) {
-                    t.steps += 1;
-                    t.bytes_sent += ws.bytes_sent;
-                    for (acc, ns) in t.phase_ns.iter_mut().zip(ws.phase_ns) {
-                        *acc += ns;
-                    }
+            Event::Segment {
+                index,
+                mode,
+                workers,
+                update,
+                samples,
+                t_ns,
+            } => {
+                self.pending.clear(); // a switch ends the segment on a whole step
+                if self.per_worker.len() < *workers {
+                    self.per_worker.resize(*workers, WorkerTotals::default());
                 }
-                let reports = self.pending.entry(ws.step).or_default();
-                reports.push(ws.clone());
-                if reports.len() == self.workers {
-                    let reports = self.pending.remove(&ws.step).unwrap_or_default();
-                    self.combine(&reports);
-                }
+                self.segments.push(SegmentRecord {
+                    index: *index,
+                    mode: *mode,
+                    workers: *workers,
+                    update: *update,
+                    samples: *samples,
+                    t_ns: *t_ns,
+                });
             }
+            Event::WorkerStep(ws) => self.worker_step(ws),
             Event::Eval {
                 step,
                 epoch,
@@ -113,7 +156,40 @@ impl RunState {
         }
     }
 
-    fn combine(&mut self, reports: &[WorkerStep]) {
+    fn worker_step(&mut self, ws: &WorkerStep) {
+        if self.per_worker.len() <= ws.worker {
+            self.per_worker.resize(ws.worker + 1, WorkerTotals::default());
+        }
+        let t = &mut self.per_worker[ws.worker];
+        t.steps += 1;
+        t.bytes_sent += ws.bytes_sent;
+        t.idle_ns += ws.idle_ns;
+        for (acc, ns) in t.phase_ns.iter_mut().zip(ws.phase_ns) {
+            *acc += ns;
+        }
+        if let Some(s) = ws.staleness.filter(|_| !ws.dropped) {
+            if self.staleness_histogram.is_empty() {
+                self.staleness_histogram = vec![0; STALENESS_BUCKETS];
+            }
+            self.staleness_histogram[(s as usize).min(STALENESS_BUCKETS - 1)] += 1;
+            self.staleness_max = self.staleness_max.max(s);
+        }
+        self.dropped_gradients += u64::from(ws.dropped);
+
+        if self.mode().uses_server() {
+            self.push_record(std::slice::from_ref(ws), Some(ws.worker));
+            return;
+        }
+        let workers = self.workers();
+        let reports = self.pending.entry(ws.step).or_default();
+        reports.push(ws.clone());
+        if reports.len() == workers {
+            let reports = self.pending.remove(&ws.step).unwrap_or_default();
+            self.push_record(&reports, None);
+        }
+    }
+
+    fn push_record(&mut self, reports: &[WorkerStep], worker: Option<usize>) {
         let samples: usize = reports.iter().map(|r| r.samples).sum();
         let loss_sum: f64 = reports.iter().map(|r| r.loss * r.samples as f64).sum();
         let correct: usize = reports.iter().map(|r| r.correct).sum();
@@ -122,6 +198,7 @@ impl RunState {
         self.steps.push(StepRecord {
             step: first.step,
             epoch: first.epoch,
+            worker,
             loss: loss_sum / samples.max(1) as f64,
             batch_accuracy: correct as f64 / samples.max(1) as f64,
             grad_norm: reports.iter().map(|r| r.grad_norm).sum::<f64>() / reports.len() as f64,
@@ -135,6 +212,8 @@ impl RunState {
                 .max()
                 .unwrap_or(0),
             bytes_sent: reports.iter().map(|r| r.bytes_sent).sum(),
+            staleness: first.staleness,
+            dropped: first.dropped,
         });
     }
 
@@ -147,8 +226,42 @@ impl RunState {
     pub fn last_eval(&self) -> Option<&EvalRecord> {
         self.evals.last()
     }
-    /// Seconds from the start to the last completed step.
+    /// Updates applied to the parameters so far.
+    pub fn updates(&self) -> u64 {
+        self.steps
+            .iter()
+            .filter(|s| !s.dropped)
+            .map(|s| s.step + 1)
+            .max()
+            .unwrap_or(0)
+    }
+    /// Samples processed so far.
+    pub fn samples(&self) -> u64 {
+        self.steps.last().map_or(0, |s| s.samples)
+    }
+    /// Seconds from the start to the last record.
     pub fn elapsed_s(&self) -> f64 {
         self.steps.last().map_or(0.0, |s| s.t_ns as f64 / 1e9)
+    }
+    /// Mean staleness of the applied gradients (parameter-server modes).
+    pub fn staleness_mean(&self) -> Option<f64> {
+        let n: u64 = self.staleness_histogram.iter().sum();
+        (n > 0).then(|| {
+            let total: u64 = self
+                .staleness_histogram
+                .iter()
+                .enumerate()
+                .map(|(s, &c)| s as u64 * c)
+                .sum();
+            total as f64 / n as f64
+        })
+    }
+    /// Share of the workers' time spent waiting for each other.
+    pub fn idle_fraction(&self) -> f64 {
+        let busy_ns = self.elapsed_s() * 1e9 * self.per_worker.iter().filter(|w| w.steps > 0).count() as f64;
+        if busy_ns <= 0.0 {
+            return 0.0;
+        }
+        self.per_worker.iter().map(|w| w.idle_ns as f64).sum::<f64>() / busy_ns
     }
 }

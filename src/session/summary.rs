@@ -19,6 +19,7 @@ pub struct Summary {
     pub hidden: Vec<usize>,
     pub batch: usize,
     pub params: usize,
+    /// Updates applied to the parameters (sync steps, or server updates).
     pub steps: u64,
     pub samples: u64,
     pub elapsed_s: f64,
@@ -36,14 +37,24 @@ pub struct Summary {
     /// algbw = gradient bytes / time, busbw = algbw · 2(N−1)/N (nccl-tests).
     pub allreduce_ms: f64,
     pub allreduce_busbw_gbps: Option<f64>,
+    /// Parameter-server modes: staleness of the applied gradients.
+    pub staleness_mean: Option<f64>,
+    pub staleness_max: Option<u64>,
+    pub staleness_histogram: Vec<u64>,
+    /// Backup mode: gradients that arrived after their step closed.
+    pub dropped_gradients: u64,
+    /// Share of the workers' time spent waiting for each other.
+    pub idle_fraction: f64,
+    /// Mode switches during the run (0 = the run kept one mode and worker count).
+    pub switches: usize,
 }
 
 impl Summary {
     pub fn new(exp: &Experiment, state: &RunState) -> Summary {
-        let steps = state.steps.len() as u64;
+        let steps = state.updates();
         let elapsed_s = state.elapsed_s();
         let per_sec = |n: f64| if elapsed_s > 0.0 { n / elapsed_s } else { 0.0 };
-        let samples = state.last_step().map_or(0, |s| s.samples);
+        let samples = state.samples();
         let (outcome, diverged_step) = match &state.outcome {
             Some(Outcome::Completed) => ("completed", None),
             Some(Outcome::Stopped) => ("stopped", None),
@@ -51,18 +62,24 @@ impl Summary {
             Some(Outcome::Failed { .. }) => ("failed", None),
             None => ("running", None),
         };
-        let allreduce_ns = state.steps.iter().map(|s| s.allreduce_ns as f64).sum::<f64>() / steps.max(1) as f64;
-        let n = state.workers as f64;
+        let sync_steps: Vec<_> = state.steps.iter().filter(|s| s.worker.is_none()).collect();
+        let allreduce_ns =
+            sync_steps.iter().map(|s| s.allreduce_ns as f64).sum::<f64>() / sync_steps.len().max(1) as f64;
+        let workers = state.workers();
+        let n = workers as f64;
         let grad_bytes = state.params as f64 * 4.0;
-        let busbw = (state.workers > 1 && allreduce_ns > 0.0).then(|| grad_bytes / allreduce_ns * 2.0 * (n - 1.0) / n);
+        let busbw = (workers > 1 && allreduce_ns > 0.0 && !state.mode().uses_server() && state.segments.len() == 1)
+            .then(|| grad_bytes / allreduce_ns * 2.0 * (n - 1.0) / n);
+        let hist = &state.staleness_histogram;
+        let last_nonzero = hist.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
         let final_loss = state.last_step().map(|s| s.loss).filter(|l| l.is_finite());
         Summary {
             kind: "summary",
             outcome,
             diverged: diverged_step.is_some(),
             diverged_step,
-            mode: exp.mode.to_string(),
-            workers: state.workers,
+            mode: state.mode().to_string(),
+            workers,
             allreduce: exp.allreduce.to_string(),
             dataset: exp.dataset.to_string(),
             hidden: exp.hidden.clone(),
@@ -92,6 +109,12 @@ impl Summary {
             allreduce_bytes: state.per_worker.iter().map(|w| w.bytes_sent).sum(),
             allreduce_ms: allreduce_ns / 1e6,
             allreduce_busbw_gbps: busbw, // bytes/ns = GB/s
+            staleness_mean: state.staleness_mean(),
+            staleness_max: state.staleness_mean().map(|_| state.staleness_max),
+            staleness_histogram: hist[..last_nonzero].to_vec(),
+            dropped_gradients: state.dropped_gradients,
+            idle_fraction: state.idle_fraction(),
+            switches: state.segments.len().saturating_sub(1),
         }
     }
 }

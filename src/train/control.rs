@@ -5,7 +5,7 @@ use std::sync::{Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Control {
     Pause,
@@ -13,6 +13,15 @@ pub enum Control {
     /// Let every worker go through one more phase, then pause again.
     StepPhase,
     Stop,
+    /// Switch the mode at the next step boundary, keeping parameters and optimizer state.
+    SetMode(crate::config::Mode),
+    /// Change the number of workers at the next step boundary (re-shards the data).
+    SetWorkers(usize),
+    /// Make one worker's compute `factor` times slower from now on (1 = normal speed).
+    Straggler {
+        worker: usize,
+        factor: f32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +85,7 @@ impl Gate {
                 s.granted += 1;
             }
             Control::Stop => s.mode = Mode::Stopped,
+            // The engine applies these; the gate only governs pausing.
             _ => {}
         }
         self.running.store(s.mode == Mode::Running, Ordering::Release);

@@ -12,10 +12,24 @@ pub enum Phase {
     Backward,
     AllReduce,
     Update,
+    /// Fetch the parameters from the parameter server.
+    Pull,
+    /// Send the gradient to the parameter server (which applies it).
+    Push,
+    /// Idle: blocked by the SSP bound, or waiting for a backup step to close.
+    Wait,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Forward, Phase::Backward, Phase::AllReduce, Phase::Update];
+    pub const ALL: [Phase; 7] = [
+        Phase::Forward,
+        Phase::Backward,
+        Phase::AllReduce,
+        Phase::Update,
+        Phase::Pull,
+        Phase::Push,
+        Phase::Wait,
+    ];
     pub const COUNT: usize = Self::ALL.len();
     pub fn index(self) -> usize {
         self as usize
@@ -26,6 +40,9 @@ impl Phase {
             Phase::Backward => "backward",
             Phase::AllReduce => "all-reduce",
             Phase::Update => "update",
+            Phase::Pull => "pull",
+            Phase::Push => "push",
+            Phase::Wait => "wait",
         }
     }
 }
@@ -44,7 +61,12 @@ pub enum CollectiveKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStep {
     pub worker: usize,
+    /// The update this report belongs to: in sync mode the global step; with a parameter
+    /// server the server's version after this push (for a dropped gradient, the version
+    /// that closed without it).
     pub step: u64,
+    /// This worker's own iteration count within the current segment.
+    pub iteration: u64,
     pub epoch: u64,
     /// Mean loss over this worker's batch.
     pub loss: f64,
@@ -57,8 +79,15 @@ pub struct WorkerStep {
     pub lr: f32,
     /// Nanoseconds this step spent in each phase, indexed by `Phase::index`.
     pub phase_ns: [u64; Phase::COUNT],
-    /// Bytes this worker sent during this step's all-reduce.
+    /// Bytes this worker sent during this step's all-reduce (or push and pull).
     pub bytes_sent: u64,
+    /// Time blocked waiting for other workers (inside the all-reduce, for the SSP bound,
+    /// or for a backup step to close).
+    pub idle_ns: u64,
+    /// Parameter server only: server version at apply − version pulled.
+    pub staleness: Option<u64>,
+    /// Backup mode: the step closed before this gradient arrived, so it was dropped.
+    pub dropped: bool,
     pub end_ns: u64,
 }
 
@@ -83,11 +112,21 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    Started {
+    /// A stretch of the run with one mode and worker count begins (at the start, and at
+    /// every switch): `update` and `samples` count what the run did before it.
+    Segment {
+        index: usize,
+        mode: crate::config::Mode,
         workers: usize,
+        update: u64,
+        samples: u64,
+        t_ns: u64,
+    },
+    /// The run begins: the model's size and how many samples it will process in all.
+    Started {
         params: usize,
-        steps_per_epoch: u64,
-        total_steps: u64,
+        total_samples: u64,
+        train_len: usize,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {

@@ -1,0 +1,473 @@
+//! The engine driver: a run is a sequence of segments, each with one mode and worker
+//! count. A switch (mode or workers) ends the segment at a step boundary and starts the
+//! next from the same parameters and optimizer state, so the curves continue.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+
+use super::{Control, Event, EventSink, Gate, Outcome, Phase};
+use crate::comm::Clock;
+use crate::config::{Experiment, Length, Mode, MAX_WORKERS};
+use crate::data::{Dataset, Sharder};
+use crate::nn::{LrSchedule, Mlp, Workspace};
+
+/// Knobs for how a run reports, not what it computes.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Emit per-message `Transfer` and per-worker `Batch` events (for the lab's views).
+    pub detail: bool,
+    /// Start from these parameters instead of a fresh initialisation.
+    pub initial_params: Option<Vec<f32>>,
+}
+
+/// What front ends change while a run goes, shared with the running segment.
+pub(super) struct Live {
+    aborted: AtomicBool,
+    /// Releases whoever the running segment has blocked (collectives, the server).
+    aborter: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    switch_requested: AtomicBool,
+    /// (mode, workers) for the next segment.
+    next: Mutex<(Mode, usize)>,
+    /// Compute slow-down per worker, as f32 bits (1.0 = normal).
+    stragglers: Vec<AtomicU32>,
+}
+
+impl Live {
+    fn new(exp: &Experiment) -> Live {
+        let live = Live {
+            aborted: AtomicBool::new(false),
+            aborter: Mutex::new(None),
+            switch_requested: AtomicBool::new(false),
+            next: Mutex::new((exp.mode, exp.workers)),
+            stragglers: (0..MAX_WORKERS).map(|_| AtomicU32::new(1.0f32.to_bits())).collect(),
+        };
+        for s in &exp.stragglers {
+            live.stragglers[s.worker].store(s.factor.to_bits(), Ordering::Relaxed);
+        }
+        live
+    }
+
+    pub(super) fn straggler(&self, worker: usize) -> f32 {
+        f32::from_bits(self.stragglers[worker].load(Ordering::Relaxed))
+    }
+
+    pub(super) fn switch_requested(&self) -> bool {
+        self.switch_requested.load(Ordering::SeqCst)
+    }
+
+    /// Segments call this first: `f` releases their blocked threads on abort.
+    pub(super) fn set_aborter(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let mut slot = self.aborter.lock().unwrap_or_else(|e| e.into_inner());
+        if self.aborted.load(Ordering::SeqCst) {
+            f();
+        }
+        *slot = Some(f);
+    }
+
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        if let Some(f) = self.aborter.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            f();
+        }
+    }
+}
+
+/// A running engine: send it controls, join it.
+pub struct EngineHandle {
+    join: Option<JoinHandle<Outcome>>,
+    live: Arc<Live>,
+    final_params: Arc<Mutex<Option<Vec<f32>>>>,
+}
+
+impl EngineHandle {
+    /// Applies the controls that change the computation (mode, workers, stragglers) and
+    /// releases blocked workers on Stop. Pausing is the gate's business. The caller has
+    /// validated the values.
+    pub fn control(&self, control: Control) {
+        match control {
+            Control::Stop => self.live.abort(),
+            Control::SetMode(mode) => {
+                self.live.next.lock().unwrap_or_else(|e| e.into_inner()).0 = mode;
+                self.live.switch_requested.store(true, Ordering::SeqCst);
+            }
+            Control::SetWorkers(n) => {
+                self.live.next.lock().unwrap_or_else(|e| e.into_inner()).1 = n;
+                self.live.switch_requested.store(true, Ordering::SeqCst);
+            }
+            Control::Straggler { worker, factor } => {
+                if let Some(s) = self.live.stragglers.get(worker) {
+                    s.store(factor.max(1.0).to_bits(), Ordering::Relaxed);
+                }
+            }
+            Control::Pause | Control::Resume | Control::StepPhase => {}
+        }
+    }
+
+    /// Waits for the run to end (again: returns `Stopped` once joined).
+    pub fn join(&mut self) -> Outcome {
+        self.join_inner()
+    }
+
+    /// The replicas' parameters when the run ended; `None` while it runs.
+    pub fn final_params(&self) -> Option<Vec<f32>> {
+        self.final_params.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn join_inner(&mut self) -> Outcome {
+        match self.join.take().map(JoinHandle::join) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(_)) => Outcome::Failed {
+                message: "the engine thread panicked".into(),
+            },
+            None => Outcome::Stopped,
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if self.join.is_some() {
+            self.live.abort();
+            let _ = self.join_inner();
+        }
+    }
+}
+
+/// A parameter snapshot to score: (updates done, samples done, parameters, when).
+pub(super) type EvalJob = (u64, u64, Vec<f32>, u64);
+
+/// What every segment of a run shares.
+pub(super) struct RunCtx<'a> {
+    pub exp: &'a Experiment,
+    pub data: &'a Dataset,
+    pub mlp: Mlp,
+    pub sink: EventSink,
+    pub gate: &'a Gate,
+    pub clock: Clock,
+    pub options: &'a EngineOptions,
+    pub live: &'a Live,
+    /// The run ends when the workers have processed this many samples.
+    pub total_samples: u64,
+    /// Taken (closed) when the run ends, so that the evaluator finishes.
+    eval_tx: Mutex<Option<Sender<EvalJob>>>,
+}
+
+impl RunCtx<'_> {
+    /// The LR rule for `workers` workers.
+    pub fn schedule(&self, workers: usize) -> LrSchedule {
+        LrSchedule {
+            base: self.exp.lr,
+            scaling: self.exp.lr_scaling,
+            workers,
+            warmup: self.exp.warmup,
+        }
+    }
+
+    /// How segment `index` with `workers` workers shards the data.
+    pub fn sharder(&self, index: usize, workers: usize) -> Sharder {
+        Sharder {
+            train_len: self.data.train_len(),
+            workers,
+            batch: self.exp.batch,
+            seed: self.exp.seed.wrapping_add(index as u64),
+        }
+    }
+
+    /// Asks for the test score of `params` after `updates` updates and `samples` samples
+    /// (scored on the evaluator's thread: the caller never waits for it).
+    pub fn evaluate(&self, updates: u64, samples: u64, params: &[f32], t_ns: u64) {
+        if let Some(tx) = self.eval_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send((updates, samples, params.to_vec(), t_ns));
+        }
+    }
+
+    pub fn should_evaluate(&self, updates: u64) -> bool {
+        updates % self.exp.eval_every == 0
+    }
+
+    /// Runs `f` as `phase` of `step` for `worker`: waits at the gate first, times it,
+    /// reports it.
+    pub fn phase<T>(
+        &self,
+        worker: usize,
+        step: u64,
+        phase: Phase,
+        phase_ns: &mut [u64; Phase::COUNT],
+        f: impl FnOnce() -> T,
+    ) -> Result<T, SegEnd> {
+        self.gate.pass(worker).map_err(|_| SegEnd::Stopped)?;
+        let start_ns = self.clock.ns();
+        let out = f();
+        let end_ns = self.clock.ns();
+        phase_ns[phase.index()] += end_ns - start_ns;
+        self.sink.send(Event::Phase {
+            worker,
+            step,
+            phase,
+            start_ns,
+            end_ns,
+        });
+        Ok(out)
+    }
+
+    /// Sleeps as long as worker `worker`'s straggler factor says, given the compute time
+    /// it just spent: a factor F makes its compute F times as long.
+    pub fn straggle(&self, worker: usize, compute_ns: u64) {
+        let factor = self.live.straggler(worker);
+        if factor > 1.0 {
+            let extra = (f64::from(factor) - 1.0) * compute_ns as f64;
+            crate::comm::precise_sleep(std::time::Duration::from_nanos(extra as u64));
+        }
+    }
+}
+
+/// One segment: a mode and a worker count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Segment {
+    pub index: usize,
+    pub mode: Mode,
+    pub workers: usize,
+}
+
+/// Where a segment starts and where it left things.
+#[derive(Debug, Clone)]
+pub(super) struct SegState {
+    pub params: Vec<f32>,
+    pub velocity: Vec<f32>,
+    /// Updates applied to the parameters so far (the LR schedule's step).
+    pub updates: u64,
+    pub samples: u64,
+}
+
+/// How a segment (or one worker's part of it) ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum SegEnd {
+    Completed,
+    /// A mode or worker-count switch was requested: start the next segment.
+    Switch,
+    Stopped,
+    Diverged {
+        step: u64,
+        worker: usize,
+    },
+    /// Released from a wait because another worker ended.
+    Aborted,
+    Failed(String),
+}
+
+impl SegEnd {
+    /// The end of a whole segment from its workers' ends: a divergence or failure wins,
+    /// then a stop, then a switch.
+    pub fn combine(ends: &[SegEnd]) -> SegEnd {
+        if let Some(d) = ends
+            .iter()
+            .filter(|e| matches!(e, SegEnd::Diverged { .. }))
+            .min_by_key(|e| match e {
+                SegEnd::Diverged { step, .. } => *step,
+                _ => u64::MAX,
+            })
+        {
+            return d.clone();
+        }
+        if let Some(f) = ends.iter().find(|e| matches!(e, SegEnd::Failed(_))) {
+            return f.clone();
+        }
+        if ends.contains(&SegEnd::Stopped) {
+            return SegEnd::Stopped;
+        }
+        if ends.contains(&SegEnd::Switch) {
+            return SegEnd::Switch;
+        }
+        if ends.iter().all(|e| *e == SegEnd::Completed || *e == SegEnd::Aborted) && ends.contains(&SegEnd::Completed) {
+            return SegEnd::Completed;
+        }
+        if !ends.is_empty() && ends.iter().all(|e| *e == SegEnd::Aborted) {
+            return SegEnd::Aborted; // released from their waits by a Stop
+        }
+        SegEnd::Failed("a worker left its collective unexpectedly".into())
+    }
+}
+
+/// Runs a worker body, turning a panic into a failure (and releasing the others).
+pub(super) fn guarded(rank: usize, release: &(dyn Fn() + Sync), body: impl FnOnce() -> SegEnd) -> SegEnd {
+    crate::nn::flush_denormals();
+    crate::comm::pin_to_core(rank);
+    let end = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        SegEnd::Failed(format!("worker {rank} failed: {msg}"))
+    });
+    if end != SegEnd::Completed {
+        release(); // nobody may wait for us forever
+    }
+    end
+}
+
+/// A loss that is NaN, infinite, or over 100 times that of guessing uniformly
+/// (100 · ln C nats): no run comes back from there, it only thrashes at chance accuracy
+/// (an LR of 1e6 on digits reaches 1e29 while staying finite in f32).
+pub fn diverged(mean_loss: f64, classes: usize) -> bool {
+    !mean_loss.is_finite() || mean_loss > 100.0 * (classes as f64).ln()
+}
+
+/// Samples the whole run processes: `--steps` counts steps of the first segment's global
+/// batch, `--epochs` whole global batches per pass over the training set.
+pub fn total_samples(exp: &Experiment, train_len: usize) -> u64 {
+    let global = (exp.workers * exp.batch) as u64;
+    match exp.length {
+        Length::Steps(s) => s * global,
+        Length::Epochs(e) => e * (train_len as u64 / global.max(1)) * global,
+    }
+}
+
+/// Starts a run of `exp` on `data` (already validated) on threads.
+pub fn spawn(
+    exp: &Experiment,
+    data: Arc<Dataset>,
+    sink: EventSink,
+    gate: Arc<Gate>,
+    options: EngineOptions,
+) -> EngineHandle {
+    let exp = exp.clone();
+    let live = Arc::new(Live::new(&exp));
+    let final_params = Arc::new(Mutex::new(None));
+    let (live2, out) = (Arc::clone(&live), Arc::clone(&final_params));
+    let join = std::thread::Builder::new()
+        .name("ddlab-engine".into())
+        .spawn(move || run(&exp, &data, sink, &gate, &live2, &options, &out))
+        .expect("the OS can start a thread");
+    EngineHandle {
+        join: Some(join),
+        live,
+        final_params,
+    }
+}
+
+fn run(
+    exp: &Experiment,
+    data: &Dataset,
+    sink: EventSink,
+    gate: &Gate,
+    live: &Live,
+    options: &EngineOptions,
+    final_params: &Mutex<Option<Vec<f32>>>,
+) -> Outcome {
+    let clock = Clock::start();
+    let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
+    let total = total_samples(exp, data.train_len());
+    sink.send(Event::Started {
+        params: mlp.num_params(),
+        total_samples: total,
+        train_len: data.train_len(),
+    });
+    let mut params = vec![0.0f32; mlp.num_params()];
+    match &options.initial_params {
+        Some(p) => params.copy_from_slice(p),
+        None => mlp.init(&mut params, exp.seed),
+    }
+    let mut state = SegState {
+        velocity: vec![0.0; params.len()],
+        params,
+        updates: 0,
+        samples: 0,
+    };
+    let (eval_tx, eval_rx) = crossbeam_channel::unbounded::<EvalJob>();
+    let ctx = RunCtx {
+        exp,
+        data,
+        mlp,
+        sink: sink.clone(),
+        gate,
+        clock,
+        options,
+        live,
+        total_samples: total,
+        eval_tx: Mutex::new(Some(eval_tx)),
+    };
+
+    let outcome = std::thread::scope(|s| {
+        let ctx = &ctx;
+        let evaluator = s.spawn(move || evaluate_loop(ctx, eval_rx));
+        let mut segment = Segment {
+            index: 0,
+            mode: exp.mode,
+            workers: exp.workers,
+        };
+        let outcome = loop {
+            sink.send(Event::Segment {
+                index: segment.index,
+                mode: segment.mode,
+                workers: segment.workers,
+                update: state.updates,
+                samples: state.samples,
+                t_ns: clock.ns(),
+            });
+            let end = if segment.mode.uses_server() {
+                super::ps::run_segment(ctx, segment, &mut state)
+            } else {
+                super::sync::run_segment(ctx, segment, &mut state)
+            };
+            match end {
+                SegEnd::Switch if !live.aborted.load(Ordering::SeqCst) => {
+                    live.switch_requested.store(false, Ordering::SeqCst);
+                    let (mode, workers) = *live.next.lock().unwrap_or_else(|e| e.into_inner());
+                    segment = Segment {
+                        index: segment.index + 1,
+                        mode,
+                        workers,
+                    };
+                }
+                SegEnd::Switch | SegEnd::Stopped => break Outcome::Stopped,
+                SegEnd::Aborted if live.aborted.load(Ordering::SeqCst) => break Outcome::Stopped,
+                SegEnd::Aborted => {
+                    break Outcome::Failed {
+                        message: "the workers were released from their collectives without a stop".into(),
+                    }
+                }
+                SegEnd::Completed => break Outcome::Completed,
+                SegEnd::Diverged { step, worker } => break Outcome::Diverged { step, worker },
+                SegEnd::Failed(message) => break Outcome::Failed { message },
+            }
+        };
+        // The final score, unless the last periodic evaluation already was of these
+        // parameters.
+        if outcome == Outcome::Completed && !ctx.should_evaluate(state.updates) {
+            ctx.evaluate(state.updates, state.samples, &state.params, clock.ns());
+        }
+        ctx.eval_tx.lock().unwrap_or_else(|e| e.into_inner()).take(); // the evaluator may end
+        let _ = evaluator.join();
+        outcome
+    });
+    *final_params.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.params);
+    sink.send(Event::Finished {
+        outcome: outcome.clone(),
+        t_ns: clock.ns(),
+    });
+    outcome
+}
+
+/// Scores parameter snapshots on the test set as they come.
+fn evaluate_loop(ctx: &RunCtx, rx: crossbeam_channel::Receiver<EvalJob>) {
+    crate::nn::flush_denormals();
+    let mut ws = Workspace::new(&ctx.mlp, 512);
+    let epoch_samples = ctx.data.train_len().max(1) as u64;
+    for (updates, samples, params, t_ns) in rx {
+        let score = ctx
+            .mlp
+            .evaluate(&params, &ctx.data.test_x.view(), &ctx.data.test_y, &mut ws);
+        ctx.sink.send(Event::Eval {
+            step: updates,
+            epoch: samples / epoch_samples,
+            test_loss: score.mean_loss(),
+            test_accuracy: score.accuracy(),
+            t_ns,
+        });
+    }
+}

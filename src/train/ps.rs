@@ -1,0 +1,332 @@
+//! Parameter-server engines on threads: async, SSP and backup workers.
+//!
+//! The server holds the master parameters and the optimizer state. Each worker loops:
+//! pull (parameters and their version) → forward → backward → push (gradient). With
+//! `--link`, every pull and push of the whole parameter vector crosses the server's one
+//! link, one at a time: the bottleneck a real parameter server has.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use ndarray::Array2;
+
+use super::engine::{diverged, guarded, RunCtx, SegEnd, SegState, Segment};
+use super::{Event, Phase, WorkerStep};
+use crate::comm::{precise_sleep, Link};
+use crate::config::Mode;
+use crate::nn::{l2_norm, Sgd, Workspace};
+
+struct ServerState {
+    params: Vec<f32>,
+    sgd: Sgd,
+    /// Updates applied so far in the whole run.
+    version: u64,
+    /// Samples whose gradients reached the server (applied or dropped).
+    samples_done: u64,
+    /// Backup mode: the sum and count of the gradients of the open step.
+    sum: Vec<f32>,
+    count: usize,
+    /// Iterations each worker has completed (for the SSP bound).
+    finished: Vec<u64>,
+    /// Set when any worker leaves: waiters wake up and leave too.
+    closed: bool,
+}
+
+struct Server {
+    mode: Mode,
+    workers: usize,
+    state: Mutex<ServerState>,
+    changed: Condvar,
+    /// The server's network link: one transfer at a time.
+    nic: Mutex<()>,
+    link: Option<Link>,
+    /// Samples handed out to workers so far; the budget check.
+    claimed: AtomicU64,
+}
+
+impl Server {
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Moves `bytes` over the server's link (with an emulated link: α + bytes/β, one
+    /// transfer at a time).
+    fn transfer(&self, bytes: usize) {
+        if let Some(link) = self.link {
+            let _nic = self.nic.lock().unwrap_or_else(|e| e.into_inner());
+            precise_sleep(link.message_time(bytes));
+        }
+    }
+
+    /// Blocks while `blocked` holds (and the server is open); returns whether it is open.
+    fn wait_while(&self, mut blocked: impl FnMut(&ServerState) -> bool) -> bool {
+        let mut st = self.lock();
+        while !st.closed && blocked(&st) {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        !st.closed
+    }
+}
+
+/// Runs one parameter-server segment from `state`; leaves the server's parameters and
+/// optimizer state in `state`.
+pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> SegEnd {
+    let p = ctx.mlp.num_params();
+    let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
+    sgd.set_velocity(&state.velocity);
+    let server = std::sync::Arc::new(Server {
+        mode: seg.mode,
+        workers: seg.workers,
+        state: Mutex::new(ServerState {
+            params: state.params.clone(),
+            sgd,
+            version: state.updates,
+            samples_done: state.samples,
+            sum: vec![0.0; p],
+            count: 0,
+            finished: vec![0; seg.workers],
+            closed: false,
+        }),
+        changed: Condvar::new(),
+        nic: Mutex::new(()),
+        link: ctx.exp.link,
+        claimed: AtomicU64::new(state.samples),
+    });
+    ctx.live.set_aborter(Box::new({
+        let server = std::sync::Arc::clone(&server);
+        move || server.close()
+    }));
+    let ends: Vec<SegEnd> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..seg.workers)
+            .map(|rank| {
+                let server = &*server;
+                std::thread::Builder::new()
+                    .name(format!("ddlab-worker-{rank}"))
+                    .spawn_scoped(s, move || {
+                        guarded(rank, &|| server.close(), || {
+                            let end = worker(ctx, seg, server, rank);
+                            server.close(); // whoever leaves first releases the waiters
+                            end
+                        })
+                    })
+                    .expect("the OS can start a thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(SegEnd::Failed("a worker thread died".into())))
+            .collect()
+    });
+    let st = server.lock();
+    state.params.copy_from_slice(&st.params);
+    state.velocity.copy_from_slice(st.sgd.velocity());
+    state.updates = st.version;
+    state.samples = st.samples_done;
+    SegEnd::combine(&ends)
+}
+
+fn worker(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> SegEnd {
+    match worker_loop(ctx, seg, server, rank) {
+        Ok(()) => SegEnd::Completed,
+        Err(end) => end,
+    }
+}
+
+fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Result<(), SegEnd> {
+    let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
+    let p = mlp.num_params();
+    let bytes = p * std::mem::size_of::<f32>();
+    let batch = exp.batch as u64;
+    let sharder = ctx.sharder(seg.index, seg.workers);
+    let schedule = ctx.schedule(seg.workers);
+    let steps_per_epoch = sharder.steps_per_epoch();
+    let mut params = vec![0.0f32; p];
+    let mut grads = vec![0.0f32; p];
+    let mut ws = Workspace::new(mlp, exp.batch);
+    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
+    let mut labels = vec![0u8; exp.batch];
+    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
+    // Backup mode: the step this worker's last gradient counted towards.
+    let mut counted_in: Option<u64> = None;
+
+    for i in 0.. {
+        if ctx.live.switch_requested() {
+            return Err(SegEnd::Switch);
+        }
+        if server.claimed.fetch_add(batch, Ordering::SeqCst) + batch > ctx.total_samples {
+            return Ok(());
+        }
+        let mut phase_ns = [0u64; Phase::COUNT];
+
+        // Wait: for the SSP bound, or for the backup step we contributed to to close.
+        let wait_start = ctx.clock.ns();
+        let open = match server.mode {
+            Mode::Ssp(k) => server.wait_while(|st| st.finished.iter().min().copied().unwrap_or(0) + u64::from(k) < i),
+            Mode::Backup(_) => match counted_in {
+                Some(round) => server.wait_while(|st| st.version <= round),
+                None => true,
+            },
+            _ => true,
+        };
+        let idle_ns = ctx.clock.ns() - wait_start;
+        if idle_ns > 0 && server.mode != Mode::Async {
+            phase_ns[Phase::Wait.index()] = idle_ns;
+            ctx.sink.send(Event::Phase {
+                worker: rank,
+                step: server.lock().version,
+                phase: Phase::Wait,
+                start_ns: wait_start,
+                end_ns: wait_start + idle_ns,
+            });
+        }
+        if !open {
+            return Err(SegEnd::Aborted);
+        }
+
+        // next_batch: this worker's shard, at its own pace.
+        let shard_epoch = i / steps_per_epoch;
+        if perm.0 != shard_epoch {
+            perm = (shard_epoch, sharder.permutation(shard_epoch));
+        }
+        let indices = sharder.batch(&perm.1, i % steps_per_epoch, rank);
+        for (row, (&s, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
+            x.row_mut(row).assign(&data.train_x.row(s as usize));
+            *label = data.train_y[s as usize];
+        }
+        let xv = x.view();
+
+        // pull: the server's parameters and their version.
+        let pulled = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
+            let version = {
+                let st = server.lock();
+                params.copy_from_slice(&st.params);
+                st.version
+            };
+            server.transfer(bytes);
+            version
+        })?;
+        // Let the other workers take their turn between our pull and our push, as they
+        // would on devices of their own: when workers outnumber cores, this is what makes
+        // them interleave (staleness ≈ N−1) instead of each running many iterations in
+        // one time slice. With a core per worker it returns at once.
+        std::thread::yield_now();
+        if ctx.options.detail {
+            ctx.sink.send(Event::Batch {
+                worker: rank,
+                step: pulled,
+                indices: indices.to_vec(),
+            });
+        }
+        let score = ctx.phase(rank, pulled, Phase::Forward, &mut phase_ns, || {
+            mlp.forward(&params, &xv, &mut ws);
+            mlp.loss(&labels, &mut ws)
+        })?;
+        if diverged(score.mean_loss(), data.classes) {
+            return Err(SegEnd::Diverged {
+                step: pulled,
+                worker: rank,
+            });
+        }
+        let forward_ns = phase_ns[Phase::Forward.index()];
+        ctx.phase(rank, pulled, Phase::Backward, &mut phase_ns, || {
+            let t0 = std::time::Instant::now();
+            mlp.backward(&params, &xv, &mut ws, &mut grads);
+            ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
+        })?;
+        let grad_norm = l2_norm(&grads);
+
+        // push: the server applies the gradient (or, in backup mode, counts or drops it).
+        let pushed = ctx.phase(rank, pulled, Phase::Push, &mut phase_ns, || {
+            server.transfer(bytes);
+            let mut st = server.lock();
+            let lr = schedule.at(st.version);
+            let mut out = Pushed {
+                step: pulled,
+                staleness: None,
+                dropped: false,
+                lr,
+                reduced_norm: grad_norm,
+                snapshot: None,
+            };
+            let before = st.version;
+            match server.mode {
+                Mode::Backup(b) => {
+                    if st.version == pulled {
+                        let st = &mut *st;
+                        st.sum.iter_mut().zip(&grads).for_each(|(s, &g)| *s += g);
+                        st.count += 1;
+                        counted_in = Some(pulled);
+                        out.staleness = Some(0);
+                        if st.count == server.workers - b {
+                            // The first N−B gradients are in: apply their mean.
+                            let inv = 1.0 / st.count as f32;
+                            st.sum.iter_mut().for_each(|s| *s *= inv);
+                            out.reduced_norm = l2_norm(&st.sum);
+                            st.sgd.step(&mut st.params, &st.sum, lr);
+                            st.sum.fill(0.0);
+                            st.count = 0;
+                            st.version += 1;
+                        }
+                    } else {
+                        out.dropped = true; // the step closed without us
+                        counted_in = None;
+                    }
+                }
+                _ => {
+                    let st = &mut *st;
+                    out.staleness = Some(st.version - pulled);
+                    st.sgd.step(&mut st.params, &grads, lr);
+                    st.version += 1;
+                    out.step = st.version - 1;
+                }
+            }
+            st.samples_done += batch;
+            st.finished[rank] += 1;
+            if st.version > before && ctx.should_evaluate(st.version) {
+                out.snapshot = Some((st.version, st.samples_done, st.params.clone()));
+            }
+            drop(st);
+            server.changed.notify_all();
+            out
+        })?;
+
+        let end_ns = ctx.clock.ns();
+        if let Some((updates, samples, snapshot)) = pushed.snapshot {
+            ctx.evaluate(updates, samples, &snapshot, end_ns);
+        }
+        ctx.sink.send(Event::WorkerStep(WorkerStep {
+            worker: rank,
+            step: pushed.step,
+            iteration: i,
+            epoch: server.lock().samples_done / data.train_len() as u64,
+            loss: score.mean_loss(),
+            correct: score.correct,
+            samples: score.samples,
+            grad_norm,
+            grad_norm_reduced: pushed.reduced_norm,
+            lr: pushed.lr,
+            phase_ns,
+            bytes_sent: bytes as u64,
+            idle_ns,
+            staleness: pushed.staleness,
+            dropped: pushed.dropped,
+            end_ns,
+        }));
+    }
+    Ok(())
+}
+
+/// What a push did, for the worker's report.
+struct Pushed {
+    step: u64,
+    staleness: Option<u64>,
+    dropped: bool,
+    lr: f32,
+    reduced_norm: f64,
+    snapshot: Option<(u64, u64, Vec<f32>)>,
+}
