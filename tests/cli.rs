@@ -44,6 +44,47 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
         "--json",
         "/nonexistent-dir/out.json",
     );
+    refuses(&["--mode", "ssp:-1"], "--mode", "whole number ≥ 0");
+    refuses(&["--mode", "backup:4", "--workers", "4"], "--mode", "B < 4");
+    refuses(&["--straggler", "9:2", "--workers", "4"], "--straggler", "use 0 to 3");
+    refuses(&["--straggler", "1:0"], "--straggler", "≥ 1");
+}
+
+#[test]
+fn compare_runs_every_mode_on_the_same_samples_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("c.json");
+    ddlab()
+        .args([
+            "compare",
+            "--modes",
+            "sync,async,ssp:1,backup:1",
+            "--workers",
+            "4",
+            "--epochs",
+            "3",
+            "--json",
+        ])
+        .arg(&json)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("backup:1").and(predicate::str::contains("time to 90%")));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["sync", "async", "ssp:1", "backup:1"]);
+    let samples: Vec<u64> = rows.iter().map(|r| r["samples"].as_u64().unwrap()).collect();
+    // the same budget for every mode (backup counts dropped gradients as processed too)
+    assert!(samples.iter().all(|&s| s == samples[0]), "{samples:?}");
+    assert!(rows[0]["staleness_mean"].is_null(), "sync has no staleness");
+    assert!(rows[1]["staleness_mean"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn compare_refuses_a_bad_mode_before_running_anything() {
+    let out = ddlab().args(["compare", "--modes", "sync,warp"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode 'warp'"));
 }
 
 #[test]

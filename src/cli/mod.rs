@@ -9,6 +9,7 @@ macro_rules! say {
 }
 
 pub mod bench;
+pub mod compare;
 pub mod export;
 pub mod run;
 
@@ -59,6 +60,9 @@ pub struct Cli {
 pub enum Command {
     /// Train headless: a progress bar, a summary table, and optional exports.
     Run(Box<RunArgs>),
+    /// The same experiment under several modes, one table: accuracy, time to target,
+    /// throughput, staleness, idle time.
+    Compare(Box<compare::CompareArgs>),
     /// Fixed benchmarks: µs per training step, all-reduce bandwidth, memcpy ceiling.
     Bench(bench::BenchArgs),
 }

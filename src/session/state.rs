@@ -120,6 +120,7 @@ impl RunState {
                 update,
                 samples,
                 t_ns,
+                ..
             } => {
                 self.pending.clear(); // a switch ends the segment on a whole step
                 if self.per_worker.len() < *workers {

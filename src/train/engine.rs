@@ -304,8 +304,11 @@ pub(super) fn guarded(rank: usize, release: &(dyn Fn() + Sync), body: impl FnOnc
             .unwrap_or_else(|| "panic".into());
         SegEnd::Failed(format!("worker {rank} failed: {msg}"))
     });
-    if end != SegEnd::Completed {
-        release(); // nobody may wait for us forever
+    // Completed and Switch are ends every worker reaches at the same step; anything else
+    // must release the others, or they would wait for us forever. (Releasing on a switch
+    // would abort peers still finishing the very all-reduce that carried the flag.)
+    if !matches!(end, SegEnd::Completed | SegEnd::Switch) {
+        release();
     }
     end
 }
@@ -407,6 +410,7 @@ fn run(
                 workers: segment.workers,
                 update: state.updates,
                 samples: state.samples,
+                params_hash: super::event::params_hash(&state.params),
                 t_ns: clock.ns(),
             });
             let end = if segment.mode.uses_server() {

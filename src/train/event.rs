@@ -88,6 +88,9 @@ pub struct WorkerStep {
     pub staleness: Option<u64>,
     /// Backup mode: the step closed before this gradient arrived, so it was dropped.
     pub dropped: bool,
+    /// Parameter server only: how many iterations this worker was ahead of the slowest
+    /// one when it pulled (SSP keeps this ≤ K).
+    pub lead: u64,
     pub end_ns: u64,
 }
 
@@ -120,6 +123,9 @@ pub enum Event {
         workers: usize,
         update: u64,
         samples: u64,
+        /// Fingerprint of the parameters the segment starts from (see `params_hash`):
+        /// across a switch they are exactly those the last segment ended with.
+        params_hash: u64,
         t_ns: u64,
     },
     /// The run begins: the model's size and how many samples it will process in all.
@@ -168,4 +174,15 @@ impl Event {
     pub fn is_visual(&self) -> bool {
         matches!(self, Event::Phase { .. } | Event::Transfer { .. } | Event::Batch { .. })
     }
+}
+
+/// FNV-1a over the bit patterns of `params`: equal hashes mean bit-identical parameters
+/// (up to the odds of a 64-bit collision).
+pub fn params_hash(params: &[f32]) -> u64 {
+    params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        v.to_bits()
+            .to_le_bytes()
+            .iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    })
 }

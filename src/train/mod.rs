@@ -13,5 +13,5 @@ mod sync;
 
 pub use control::{Control, Gate, Stopped};
 pub use engine::{diverged, spawn, total_samples, EngineHandle, EngineOptions};
-pub use event::{CollectiveKind, Event, Outcome, Phase, WorkerStep};
+pub use event::{params_hash, CollectiveKind, Event, Outcome, Phase, WorkerStep};
 pub use sink::{event_channel, EventSink, EventStream};

@@ -26,8 +26,11 @@ struct ServerState {
     /// Backup mode: the sum and count of the gradients of the open step.
     sum: Vec<f32>,
     count: usize,
-    /// Iterations each worker has completed (for the SSP bound).
+    /// Iterations each worker has completed (for the SSP bound); `u64::MAX` once a worker
+    /// has spent its share of the budget, so that it holds nobody back.
     finished: Vec<u64>,
+    /// Workers still training (a backup step needs min(N−B, active) gradients).
+    active: usize,
     /// Set when any worker leaves: waiters wake up and leave too.
     closed: bool,
 }
@@ -90,6 +93,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
             sum: vec![0.0; p],
             count: 0,
             finished: vec![0; seg.workers],
+            active: seg.workers,
             closed: false,
         }),
         changed: Condvar::new(),
@@ -110,7 +114,16 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
                     .spawn_scoped(s, move || {
                         guarded(rank, &|| server.close(), || {
                             let end = worker(ctx, seg, server, rank);
-                            server.close(); // whoever leaves first releases the waiters
+                            if end == SegEnd::Completed {
+                                // The budget is spent: stop holding the others back.
+                                let mut st = server.lock();
+                                let lr = ctx.schedule(seg.workers).at(st.version);
+                                st.leave(rank, server.mode, server.workers, lr);
+                                drop(st);
+                                server.changed.notify_all();
+                            } else {
+                                server.close(); // release every waiter: the segment is over
+                            }
                             end
                         })
                     })
@@ -201,14 +214,14 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         let xv = x.view();
 
         // pull: the server's parameters and their version.
-        let pulled = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
-            let version = {
+        let (pulled, lead) = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
+            let (version, lead) = {
                 let st = server.lock();
                 params.copy_from_slice(&st.params);
-                st.version
+                (st.version, i - st.finished.iter().min().copied().unwrap_or(0).min(i))
             };
             server.transfer(bytes);
-            version
+            (version, lead)
         })?;
         // Let the other workers take their turn between our pull and our push, as they
         // would on devices of their own: when workers outnumber cores, this is what makes
@@ -241,62 +254,24 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         let grad_norm = l2_norm(&grads);
 
         // push: the server applies the gradient (or, in backup mode, counts or drops it).
-        let pushed = ctx.phase(rank, pulled, Phase::Push, &mut phase_ns, || {
+        let (pushed, lr, snapshot) = ctx.phase(rank, pulled, Phase::Push, &mut phase_ns, || {
             server.transfer(bytes);
             let mut st = server.lock();
             let lr = schedule.at(st.version);
-            let mut out = Pushed {
-                step: pulled,
-                staleness: None,
-                dropped: false,
-                lr,
-                reduced_norm: grad_norm,
-                snapshot: None,
-            };
             let before = st.version;
-            match server.mode {
-                Mode::Backup(b) => {
-                    if st.version == pulled {
-                        let st = &mut *st;
-                        st.sum.iter_mut().zip(&grads).for_each(|(s, &g)| *s += g);
-                        st.count += 1;
-                        counted_in = Some(pulled);
-                        out.staleness = Some(0);
-                        if st.count == server.workers - b {
-                            // The first N−B gradients are in: apply their mean.
-                            let inv = 1.0 / st.count as f32;
-                            st.sum.iter_mut().for_each(|s| *s *= inv);
-                            out.reduced_norm = l2_norm(&st.sum);
-                            st.sgd.step(&mut st.params, &st.sum, lr);
-                            st.sum.fill(0.0);
-                            st.count = 0;
-                            st.version += 1;
-                        }
-                    } else {
-                        out.dropped = true; // the step closed without us
-                        counted_in = None;
-                    }
-                }
-                _ => {
-                    let st = &mut *st;
-                    out.staleness = Some(st.version - pulled);
-                    st.sgd.step(&mut st.params, &grads, lr);
-                    st.version += 1;
-                    out.step = st.version - 1;
-                }
-            }
+            let pushed = st.push(server.mode, server.workers, pulled, &grads, lr);
             st.samples_done += batch;
             st.finished[rank] += 1;
-            if st.version > before && ctx.should_evaluate(st.version) {
-                out.snapshot = Some((st.version, st.samples_done, st.params.clone()));
-            }
+            let snapshot = (st.version > before && ctx.should_evaluate(st.version))
+                .then(|| (st.version, st.samples_done, st.params.clone()));
             drop(st);
             server.changed.notify_all();
-            out
+            (pushed, lr, snapshot)
         })?;
+        counted_in = (!pushed.dropped).then_some(pulled);
 
         let end_ns = ctx.clock.ns();
-        if let Some((updates, samples, snapshot)) = pushed.snapshot {
+        if let Some((updates, samples, snapshot)) = snapshot {
             ctx.evaluate(updates, samples, &snapshot, end_ns);
         }
         ctx.sink.send(Event::WorkerStep(WorkerStep {
@@ -308,13 +283,14 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             correct: score.correct,
             samples: score.samples,
             grad_norm,
-            grad_norm_reduced: pushed.reduced_norm,
-            lr: pushed.lr,
+            grad_norm_reduced: pushed.reduced_norm.unwrap_or(grad_norm),
+            lr,
             phase_ns,
             bytes_sent: bytes as u64,
             idle_ns,
             staleness: pushed.staleness,
             dropped: pushed.dropped,
+            lead,
             end_ns,
         }));
     }
@@ -322,11 +298,132 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
 }
 
 /// What a push did, for the worker's report.
+#[derive(Debug, Clone, PartialEq)]
 struct Pushed {
+    /// The update it belongs to (0-based).
     step: u64,
+    /// Server version at apply − version pulled (for gradients that were used).
     staleness: Option<u64>,
+    /// Backup mode: the step had closed; the gradient was thrown away.
     dropped: bool,
-    lr: f32,
-    reduced_norm: f64,
-    snapshot: Option<(u64, u64, Vec<f32>)>,
+    /// ‖applied gradient‖ when this push applied an average of several (backup mode).
+    reduced_norm: Option<f64>,
+}
+
+impl ServerState {
+    /// Takes a gradient computed on parameters of version `pulled`. Async and SSP apply it
+    /// at once; backup mode adds it to the open step if it is for that step (applying
+    /// the mean once N−B are in) and drops it otherwise.
+    fn push(&mut self, mode: Mode, workers: usize, pulled: u64, grads: &[f32], lr: f32) -> Pushed {
+        match mode {
+            Mode::Backup(_) if self.version != pulled => Pushed {
+                step: pulled,
+                staleness: None,
+                dropped: true, // the step closed without us
+                reduced_norm: None,
+            },
+            Mode::Backup(b) => {
+                self.sum.iter_mut().zip(grads).for_each(|(s, &g)| *s += g);
+                self.count += 1;
+                Pushed {
+                    step: pulled,
+                    staleness: Some(0),
+                    dropped: false,
+                    reduced_norm: self.close_step_if_full(workers - b, lr),
+                }
+            }
+            _ => {
+                let staleness = self.version - pulled;
+                self.sgd.step(&mut self.params, grads, lr);
+                self.version += 1;
+                Pushed {
+                    step: self.version - 1,
+                    staleness: Some(staleness),
+                    dropped: false,
+                    reduced_norm: None,
+                }
+            }
+        }
+    }
+}
+
+impl ServerState {
+    /// Backup mode: once the open step holds min(`needed`, active workers) gradients,
+    /// applies their mean; returns its norm if it did.
+    fn close_step_if_full(&mut self, needed: usize, lr: f32) -> Option<f64> {
+        if self.count == 0 || self.count < needed.min(self.active) {
+            return None;
+        }
+        let inv = 1.0 / self.count as f32;
+        self.sum.iter_mut().for_each(|s| *s *= inv);
+        let norm = l2_norm(&self.sum);
+        self.sgd.step(&mut self.params, &self.sum, lr);
+        self.sum.fill(0.0);
+        self.count = 0;
+        self.version += 1;
+        Some(norm)
+    }
+
+    /// Worker `rank` has spent its share of the budget and leaves.
+    fn leave(&mut self, rank: usize, mode: Mode, workers: usize, lr: f32) {
+        self.finished[rank] = u64::MAX;
+        self.active -= 1;
+        if let Mode::Backup(b) = mode {
+            self.close_step_if_full(workers - b, lr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(workers: usize) -> ServerState {
+        ServerState {
+            params: vec![0.0; 2],
+            sgd: Sgd::new(2, 0.0, 0.0),
+            version: 0,
+            samples_done: 0,
+            sum: vec![0.0; 2],
+            count: 0,
+            finished: vec![0; workers],
+            active: workers,
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn async_staleness_follows_a_scripted_schedule() {
+        // Three workers pull version 0, then push in turn; w0 pulls again in between.
+        let mut st = server(3);
+        let g = |v: f32| [v, -v];
+        let mut staleness = Vec::new();
+        let mut push = |st: &mut ServerState, pulled, v| {
+            let p = st.push(Mode::Async, 3, pulled, &g(v), 0.5);
+            staleness.push(p.staleness.unwrap());
+            p.step
+        };
+        assert_eq!(push(&mut st, 0, 1.0), 0); // w0: fresh
+        assert_eq!(push(&mut st, 0, 2.0), 1); // w1: one update behind
+        let w0_pulled = st.version; // w0 pulls version 2
+        assert_eq!(push(&mut st, 0, 4.0), 2); // w2: two behind
+        push(&mut st, w0_pulled, 8.0); // w0: one behind (version 3 − 2)
+        assert_eq!(staleness, vec![0, 1, 2, 1]);
+        assert_eq!(st.version, 4);
+        // Every gradient was applied with lr 0.5: p = −0.5 · (1 + 2 + 4 + 8).
+        assert_eq!(st.params, vec![-7.5, 7.5]);
+    }
+
+    #[test]
+    fn backup_applies_the_mean_of_the_first_n_minus_b_and_drops_the_rest() {
+        let mut st = server(3);
+        let a = st.push(Mode::Backup(1), 3, 0, &[2.0, 0.0], 1.0);
+        assert_eq!((a.dropped, st.version), (false, 0), "one of two: the step stays open");
+        let b = st.push(Mode::Backup(1), 3, 0, &[4.0, 2.0], 1.0);
+        assert_eq!((b.dropped, st.version), (false, 1), "two of two: applied");
+        assert_eq!(st.params, vec![-3.0, -1.0], "the mean of exactly two gradients");
+        let late = st.push(Mode::Backup(1), 3, 0, &[100.0, 100.0], 1.0);
+        assert!(late.dropped);
+        assert_eq!(st.params, vec![-3.0, -1.0], "a dropped gradient changes nothing");
+    }
 }

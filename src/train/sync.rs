@@ -199,6 +199,7 @@ impl<'a> Worker<'a> {
                 idle_ns,
                 staleness: None,
                 dropped: false,
+                lead: 0,
                 end_ns,
             }));
             let updates = step + 1;

@@ -1,0 +1,191 @@
+//! The parameter-server modes, stragglers and live switches, through the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ddlab::config::{Experiment, Length, Mode, Straggler};
+use ddlab::data::digits;
+use ddlab::session::{Session, SessionOptions};
+use ddlab::train::{params_hash, Control, Event, Outcome, WorkerStep};
+
+fn run(exp: Experiment) -> (Session, Vec<WorkerStep>) {
+    let mut s = Session::start_with_data(exp, Arc::new(digits()), SessionOptions::default(), None).unwrap();
+    let mut reports = Vec::new();
+    let outcome = s.run_to_end(|e| {
+        if let Event::WorkerStep(w) = e {
+            reports.push(w.clone());
+        }
+    });
+    assert_eq!(outcome, Outcome::Completed);
+    (s, reports)
+}
+
+fn straggling(mode: Mode) -> Experiment {
+    Experiment {
+        workers: 4,
+        mode,
+        stragglers: vec![Straggler { worker: 3, factor: 4.0 }],
+        length: Length::Steps(60),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ssp_never_lets_a_worker_get_more_than_k_iterations_ahead() {
+    for k in [0u32, 1, 3] {
+        let (_, reports) = run(straggling(Mode::Ssp(k)));
+        let worst = reports.iter().map(|r| r.lead).max().unwrap();
+        assert!(
+            worst <= u64::from(k),
+            "ssp:{k}: a worker pulled {worst} iterations ahead of the slowest"
+        );
+    }
+    // The check can fail: without the bound, the fast workers run far ahead.
+    let (_, reports) = run(straggling(Mode::Async));
+    assert!(reports.iter().map(|r| r.lead).max().unwrap() > 3);
+}
+
+#[test]
+fn backup_averages_exactly_n_minus_b_gradients_per_step_and_counts_the_dropped() {
+    let (s, reports) = run(straggling(Mode::Backup(1)));
+    let last = reports.iter().filter(|r| !r.dropped).map(|r| r.step).max().unwrap();
+    // Every step took exactly N − B = 3 gradients, except the last couple: once the
+    // budget is spent, leaving workers no longer count towards the N − B.
+    for step in 0..last.saturating_sub(2) {
+        let used = reports.iter().filter(|r| !r.dropped && r.step == step).count();
+        assert_eq!(used, 3, "step {step}");
+    }
+    let dropped = reports.iter().filter(|r| r.dropped).count() as u64;
+    assert!(dropped > 0, "the 4× straggler is late");
+    assert_eq!(s.summary().dropped_gradients, dropped);
+}
+
+#[test]
+fn async_records_staleness_for_every_applied_gradient() {
+    let (s, reports) = run(Experiment {
+        workers: 4,
+        mode: Mode::Async,
+        length: Length::Steps(50),
+        ..Default::default()
+    });
+    assert!(reports.iter().all(|r| r.staleness.is_some()));
+    let summary = s.summary();
+    assert_eq!(summary.steps, 4 * 50, "one server update per push");
+    let hist_total: u64 = summary.staleness_histogram.iter().sum();
+    assert_eq!(hist_total, 200);
+    assert!(summary.staleness_mean.unwrap() > 0.0);
+}
+
+/// Starts `exp`, sends `control` once `after` records arrived, runs to the end.
+fn switch_during(exp: Experiment, after: usize, control: Control) -> (Session, Vec<Event>) {
+    let mut s = Session::start_with_data(exp, Arc::new(digits()), SessionOptions::default(), None).unwrap();
+    let mut events = Vec::new();
+    let mut sent = false;
+    loop {
+        let over = s.poll_timeout(Duration::from_millis(5), |e| {
+            if !e.is_visual() {
+                events.push(e.clone());
+            }
+        });
+        if !sent && s.state().steps.len() >= after {
+            s.control(control).unwrap();
+            sent = true;
+        }
+        if over {
+            break;
+        }
+    }
+    (s, events)
+}
+
+#[test]
+fn a_mode_switch_keeps_the_parameters_bit_identical() {
+    let base = Experiment {
+        workers: 4,
+        length: Length::Steps(400),
+        ..Default::default()
+    };
+    let (s, events) = switch_during(base.clone(), 20, Control::SetMode(Mode::Async));
+    let segments: Vec<(Mode, u64, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Segment {
+                mode,
+                update,
+                params_hash,
+                ..
+            } => Some((*mode, *update, *params_hash)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    let (mode, switched_at, hash) = segments[1];
+    assert_eq!(mode, Mode::Async);
+    assert!(switched_at >= 20);
+    assert_eq!(s.state().segments[1].mode, Mode::Async);
+
+    // The same sync run stopped after exactly that many steps ends with the same bits.
+    let (plain, _) = run(Experiment {
+        length: Length::Steps(switched_at),
+        ..base
+    });
+    assert_eq!(params_hash(&plain.final_params().unwrap()), hash);
+}
+
+#[test]
+fn changing_the_worker_count_mid_run_continues_to_the_end() {
+    let exp = Experiment {
+        workers: 4,
+        length: Length::Epochs(10),
+        ..Default::default()
+    };
+    let total = ddlab::train::total_samples(&exp, 1438);
+    let (s, _) = switch_during(exp, 10, Control::SetWorkers(2));
+    let st = s.state();
+    assert_eq!(st.outcome, Some(Outcome::Completed));
+    assert_eq!(st.segments.iter().map(|g| g.workers).collect::<Vec<_>>(), vec![4, 2]);
+    // the switch landed on a whole step and the budget was spent (to within one step)
+    assert!(
+        total - st.samples() < 2 * 32,
+        "total {total}, done {}, segments {:?}",
+        st.samples(),
+        st.segments
+    );
+    assert!(st.last_eval().unwrap().test_accuracy > 0.9);
+}
+
+#[test]
+fn bad_live_controls_are_refused_with_the_flag_sentence() {
+    let exp = Experiment {
+        workers: 4,
+        length: Length::Steps(100_000),
+        ..Default::default()
+    };
+    let mut s = Session::start_with_data(exp, Arc::new(digits()), SessionOptions::default(), None).unwrap();
+    let e = s.control(Control::SetMode(Mode::Backup(4))).unwrap_err().to_string();
+    assert!(e.contains("B < 4"), "{e}");
+    let e = s
+        .control(Control::Straggler { worker: 9, factor: 2.0 })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("use 0 to 3"), "{e}");
+    let e = s.control(Control::SetWorkers(0)).unwrap_err().to_string();
+    assert!(e.contains("--workers"), "{e}");
+    s.control(Control::Stop).unwrap();
+    assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped);
+}
+
+#[test]
+fn stop_ends_a_parameter_server_run_even_while_workers_wait() {
+    for mode in [Mode::Async, Mode::Ssp(0), Mode::Backup(1)] {
+        let exp = Experiment {
+            mode,
+            length: Length::Steps(1_000_000),
+            ..straggling(mode)
+        };
+        let mut s = Session::start_with_data(exp, Arc::new(digits()), SessionOptions::default(), None).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.control(Control::Stop).unwrap();
+        assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped, "{mode}");
+    }
+}
