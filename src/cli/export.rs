@@ -131,7 +131,10 @@ impl Exports {
 
     /// Writes the steps and evaluations the state has gained since the last call.
     pub fn sync(&mut self, state: &RunState) -> Result<(), CliError> {
-        for rec in &state.steps[self.steps_written..] {
+        // Records the state made since the last call are the last ones it holds (exports
+        // run with the full history, but count from the total to be safe).
+        let new = (state.steps_total as usize - self.steps_written).min(state.steps.len());
+        for rec in &state.steps[state.steps.len() - new..] {
             if let Some(json) = &mut self.json {
                 let mut v = serde_json::to_value(rec).expect("records serialise");
                 v["kind"] = json!("step");
@@ -154,7 +157,7 @@ impl Exports {
                 ))?;
             }
         }
-        self.steps_written = state.steps.len();
+        self.steps_written = state.steps_total as usize;
         for rec in &state.evals[self.evals_written..] {
             if let Some(json) = &mut self.json {
                 let mut v = serde_json::to_value(rec).expect("records serialise");

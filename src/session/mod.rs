@@ -31,6 +31,9 @@ pub struct SessionOptions {
     pub start_paused: bool,
     /// Visual events buffered before they are dropped.
     pub visual_capacity: usize,
+    /// Bound on the step and eval records kept (see `RunState::history_limit`); `None`
+    /// keeps all (exports need all).
+    pub history_limit: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -39,6 +42,7 @@ impl Default for SessionOptions {
             detail: false,
             start_paused: false,
             visual_capacity: 1 << 16,
+            history_limit: None,
         }
     }
 }
@@ -88,7 +92,7 @@ impl Session {
             gate,
             stream,
             engine: Some(engine),
-            state: RunState::default(),
+            state: RunState::with_history_limit(options.history_limit),
             final_params: None,
         })
     }

@@ -56,6 +56,9 @@ pub struct SegmentRecord {
     pub index: usize,
     pub mode: Mode,
     pub workers: usize,
+    pub allreduce: crate::comm::AllReduceAlgo,
+    pub link: Option<crate::comm::Link>,
+    pub lr_scaling: crate::nn::LrScaling,
     pub update: u64,
     pub samples: u64,
     pub t_ns: u64,
@@ -72,6 +75,12 @@ pub struct WorkerTotals {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunState {
+    /// Keep at most about this many step and eval records (None: all). Past it, the
+    /// older half is thinned to every other record, so a long run keeps its whole shape
+    /// at a coarser grain in bounded memory (the TUI); exports need every record (None).
+    pub history_limit: Option<usize>,
+    /// Records ever made, including those thinned away.
+    pub steps_total: u64,
     pub params: usize,
     pub total_samples: u64,
     pub train_len: usize,
@@ -90,6 +99,13 @@ pub struct RunState {
 }
 
 impl RunState {
+    pub fn with_history_limit(history_limit: Option<usize>) -> RunState {
+        RunState {
+            history_limit,
+            ..RunState::default()
+        }
+    }
+
     /// The mode and worker count now running.
     pub fn current(&self) -> Option<&SegmentRecord> {
         self.segments.last()
@@ -117,6 +133,9 @@ impl RunState {
                 index,
                 mode,
                 workers,
+                allreduce,
+                link,
+                lr_scaling,
                 update,
                 samples,
                 t_ns,
@@ -130,6 +149,9 @@ impl RunState {
                     index: *index,
                     mode: *mode,
                     workers: *workers,
+                    allreduce: *allreduce,
+                    link: *link,
+                    lr_scaling: *lr_scaling,
                     update: *update,
                     samples: *samples,
                     t_ns: *t_ns,
@@ -142,13 +164,18 @@ impl RunState {
                 test_loss,
                 test_accuracy,
                 t_ns,
-            } => self.evals.push(EvalRecord {
-                step: *step,
-                epoch: *epoch,
-                test_loss: *test_loss,
-                test_accuracy: *test_accuracy,
-                t_ns: *t_ns,
-            }),
+            } => {
+                self.evals.push(EvalRecord {
+                    step: *step,
+                    epoch: *epoch,
+                    test_loss: *test_loss,
+                    test_accuracy: *test_accuracy,
+                    t_ns: *t_ns,
+                });
+                if let Some(limit) = self.history_limit {
+                    thin(&mut self.evals, limit);
+                }
+            }
             Event::Finished { outcome, t_ns } => {
                 self.outcome = Some(outcome.clone());
                 self.finished_ns = Some(*t_ns);
@@ -216,6 +243,10 @@ impl RunState {
             staleness: first.staleness,
             dropped: first.dropped,
         });
+        self.steps_total += 1;
+        if let Some(limit) = self.history_limit {
+            thin(&mut self.steps, limit);
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -264,5 +295,31 @@ impl RunState {
             return 0.0;
         }
         self.per_worker.iter().map(|w| w.idle_ns as f64).sum::<f64>() / busy_ns
+    }
+}
+
+/// Past `limit` records, drops every other record of the older half.
+fn thin<T>(records: &mut Vec<T>, limit: usize) {
+    if records.len() <= limit.max(4) {
+        return;
+    }
+    let half = records.len() / 2;
+    let mut i = 0;
+    records.retain(|_| {
+        i += 1;
+        i > half || i % 2 == 0
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thinning_keeps_the_recent_half_whole() {
+        let mut v: Vec<u32> = (0..11).collect();
+        super::thin(&mut v, 10);
+        assert_eq!(v, vec![1, 3, 5, 6, 7, 8, 9, 10]);
+        let mut v: Vec<u32> = (0..5).collect();
+        super::thin(&mut v, 10);
+        assert_eq!(v.len(), 5);
     }
 }

@@ -22,6 +22,16 @@ pub enum Control {
         worker: usize,
         factor: f32,
     },
+    /// Switch the all-reduce algorithm at the next step.
+    SetAllReduce(crate::comm::AllReduceAlgo),
+    /// Switch the emulated link (None = shared memory) at the next step.
+    SetLink(Option<crate::comm::Link>),
+    /// Switch the LR scaling rule at the next step.
+    SetLrScaling(crate::nn::LrScaling),
+    /// Hold every phase at least this long, so that a person can follow it (0 = off).
+    SlowMotion {
+        ms: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +52,8 @@ struct GateState {
 #[derive(Debug)]
 pub struct Gate {
     running: AtomicBool,
+    /// Slow motion: nanoseconds to hold before each phase (0 = full speed).
+    slow_ns: AtomicU64,
     /// Phases each worker has entered; only that worker writes its own counter.
     used: Vec<AtomicU64>,
     state: Mutex<GateState>,
@@ -56,6 +68,7 @@ impl Gate {
     pub fn new(workers: usize, start_paused: bool) -> Self {
         Gate {
             running: AtomicBool::new(!start_paused),
+            slow_ns: AtomicU64::new(0),
             used: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             state: Mutex::new(GateState {
                 mode: if start_paused { Mode::Paused } else { Mode::Running },
@@ -85,6 +98,7 @@ impl Gate {
                 s.granted += 1;
             }
             Control::Stop => s.mode = Mode::Stopped,
+            Control::SlowMotion { ms } => self.slow_ns.store(u64::from(ms) * 1_000_000, Ordering::Relaxed),
             // The engine applies these; the gate only governs pausing.
             _ => {}
         }
@@ -104,6 +118,10 @@ impl Gate {
     /// paused (unless a StepPhase grant is left), fails once stopped.
     pub fn pass(&self, worker: usize) -> Result<(), Stopped> {
         let used = &self.used[worker];
+        let slow = self.slow_ns.load(Ordering::Relaxed);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(slow));
+        }
         if self.running.load(Ordering::Acquire) {
             used.fetch_add(1, Ordering::AcqRel);
             return Ok(());

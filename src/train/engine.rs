@@ -10,10 +10,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 use super::{Control, Event, EventSink, Gate, Outcome, Phase};
-use crate::comm::Clock;
+use crate::comm::{AllReduceAlgo, Clock, Link};
 use crate::config::{Experiment, Length, Mode, MAX_WORKERS};
 use crate::data::{Dataset, Sharder};
-use crate::nn::{LrSchedule, Mlp, Workspace};
+use crate::nn::{LrSchedule, LrScaling, Mlp, Workspace};
 
 /// Knobs for how a run reports, not what it computes.
 #[derive(Debug, Clone, Default)]
@@ -30,8 +30,8 @@ pub(super) struct Live {
     /// Releases whoever the running segment has blocked (collectives, the server).
     aborter: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     switch_requested: AtomicBool,
-    /// (mode, workers) for the next segment.
-    next: Mutex<(Mode, usize)>,
+    /// Settings for the next segment (its index is set when it starts).
+    next: Mutex<Segment>,
     /// Compute slow-down per worker, as f32 bits (1.0 = normal).
     stragglers: Vec<AtomicU32>,
 }
@@ -42,7 +42,7 @@ impl Live {
             aborted: AtomicBool::new(false),
             aborter: Mutex::new(None),
             switch_requested: AtomicBool::new(false),
-            next: Mutex::new((exp.mode, exp.workers)),
+            next: Mutex::new(Segment::first(exp)),
             stragglers: (0..MAX_WORKERS).map(|_| AtomicU32::new(1.0f32.to_bits())).collect(),
         };
         for s in &exp.stragglers {
@@ -90,21 +90,24 @@ impl EngineHandle {
     pub fn control(&self, control: Control) {
         match control {
             Control::Stop => self.live.abort(),
-            Control::SetMode(mode) => {
-                self.live.next.lock().unwrap_or_else(|e| e.into_inner()).0 = mode;
-                self.live.switch_requested.store(true, Ordering::SeqCst);
-            }
-            Control::SetWorkers(n) => {
-                self.live.next.lock().unwrap_or_else(|e| e.into_inner()).1 = n;
-                self.live.switch_requested.store(true, Ordering::SeqCst);
-            }
+            Control::SetMode(mode) => self.switch(|s| s.mode = mode),
+            Control::SetWorkers(n) => self.switch(|s| s.workers = n),
+            Control::SetAllReduce(a) => self.switch(|s| s.allreduce = a),
+            Control::SetLink(link) => self.switch(|s| s.link = link),
+            Control::SetLrScaling(r) => self.switch(|s| s.lr_scaling = r),
             Control::Straggler { worker, factor } => {
                 if let Some(s) = self.live.stragglers.get(worker) {
                     s.store(factor.max(1.0).to_bits(), Ordering::Relaxed);
                 }
             }
-            Control::Pause | Control::Resume | Control::StepPhase => {}
+            Control::Pause | Control::Resume | Control::StepPhase | Control::SlowMotion { .. } => {}
         }
+    }
+
+    /// Changes the next segment's settings and asks for a switch at the next step.
+    fn switch(&self, change: impl FnOnce(&mut Segment)) {
+        change(&mut self.live.next.lock().unwrap_or_else(|e| e.into_inner()));
+        self.live.switch_requested.store(true, Ordering::SeqCst);
     }
 
     /// Waits for the run to end (again: returns `Stopped` once joined).
@@ -157,12 +160,12 @@ pub(super) struct RunCtx<'a> {
 }
 
 impl RunCtx<'_> {
-    /// The LR rule for `workers` workers.
-    pub fn schedule(&self, workers: usize) -> LrSchedule {
+    /// The LR rule of segment `seg`.
+    pub fn schedule(&self, seg: &Segment) -> LrSchedule {
         LrSchedule {
             base: self.exp.lr,
-            scaling: self.exp.lr_scaling,
-            workers,
+            scaling: seg.lr_scaling,
+            workers: seg.workers,
             warmup: self.exp.warmup,
         }
     }
@@ -225,12 +228,28 @@ impl RunCtx<'_> {
     }
 }
 
-/// One segment: a mode and a worker count.
+/// One segment: the settings a switch can change, fixed for its duration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Segment {
     pub index: usize,
     pub mode: Mode,
     pub workers: usize,
+    pub allreduce: AllReduceAlgo,
+    pub link: Option<Link>,
+    pub lr_scaling: LrScaling,
+}
+
+impl Segment {
+    fn first(exp: &Experiment) -> Segment {
+        Segment {
+            index: 0,
+            mode: exp.mode,
+            workers: exp.workers,
+            allreduce: exp.allreduce,
+            link: exp.link,
+            lr_scaling: exp.lr_scaling,
+        }
+    }
 }
 
 /// Where a segment starts and where it left things.
@@ -398,16 +417,15 @@ fn run(
     let outcome = std::thread::scope(|s| {
         let ctx = &ctx;
         let evaluator = s.spawn(move || evaluate_loop(ctx, eval_rx));
-        let mut segment = Segment {
-            index: 0,
-            mode: exp.mode,
-            workers: exp.workers,
-        };
+        let mut segment = Segment::first(exp);
         let outcome = loop {
             sink.send(Event::Segment {
                 index: segment.index,
                 mode: segment.mode,
                 workers: segment.workers,
+                allreduce: segment.allreduce,
+                link: segment.link,
+                lr_scaling: segment.lr_scaling,
                 update: state.updates,
                 samples: state.samples,
                 params_hash: super::event::params_hash(&state.params),
@@ -421,11 +439,10 @@ fn run(
             match end {
                 SegEnd::Switch if !live.aborted.load(Ordering::SeqCst) => {
                     live.switch_requested.store(false, Ordering::SeqCst);
-                    let (mode, workers) = *live.next.lock().unwrap_or_else(|e| e.into_inner());
+                    let next = *live.next.lock().unwrap_or_else(|e| e.into_inner());
                     segment = Segment {
                         index: segment.index + 1,
-                        mode,
-                        workers,
+                        ..next
                     };
                 }
                 SegEnd::Switch | SegEnd::Stopped => break Outcome::Stopped,

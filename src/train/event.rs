@@ -121,6 +121,9 @@ pub enum Event {
         index: usize,
         mode: crate::config::Mode,
         workers: usize,
+        allreduce: crate::comm::AllReduceAlgo,
+        link: Option<crate::comm::Link>,
+        lr_scaling: crate::nn::LrScaling,
         update: u64,
         samples: u64,
         /// Fingerprint of the parameters the segment starts from (see `params_hash`):

@@ -98,7 +98,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
         }),
         changed: Condvar::new(),
         nic: Mutex::new(()),
-        link: ctx.exp.link,
+        link: seg.link,
         claimed: AtomicU64::new(state.samples),
     });
     ctx.live.set_aborter(Box::new({
@@ -117,7 +117,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
                             if end == SegEnd::Completed {
                                 // The budget is spent: stop holding the others back.
                                 let mut st = server.lock();
-                                let lr = ctx.schedule(seg.workers).at(st.version);
+                                let lr = ctx.schedule(&seg).at(st.version);
                                 st.leave(rank, server.mode, server.workers, lr);
                                 drop(st);
                                 server.changed.notify_all();
@@ -156,7 +156,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     let bytes = p * std::mem::size_of::<f32>();
     let batch = exp.batch as u64;
     let sharder = ctx.sharder(seg.index, seg.workers);
-    let schedule = ctx.schedule(seg.workers);
+    let schedule = ctx.schedule(&seg);
     let steps_per_epoch = sharder.steps_per_epoch();
     let mut params = vec![0.0f32; p];
     let mut grads = vec![0.0f32; p];

@@ -17,7 +17,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     let n = seg.workers;
     let global_batch = (n * ctx.exp.batch) as u64;
     let steps = ctx.total_samples.saturating_sub(state.samples) / global_batch;
-    let group = thread_group(n, ctx.clock, ctx.exp.link, ctx.options.detail);
+    let group = thread_group(n, ctx.clock, seg.link, ctx.options.detail);
     let abort = group[0].abort_handle();
     ctx.live.set_aborter(Box::new({
         let abort = abort.clone();
@@ -36,7 +36,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
                     .spawn_scoped(s, move || {
                         let rank = transport.rank();
                         guarded(rank, &move || release.abort(), || {
-                            let mut comm = Comm::new(transport, ctx.exp.allreduce);
+                            let mut comm = Comm::new(transport, seg.allreduce);
                             let mut worker = Worker::new(ctx, seg, start, rank);
                             let end = worker.run(&mut comm, steps).err().unwrap_or(SegEnd::Completed);
                             if rank == 0 {
@@ -118,7 +118,7 @@ impl<'a> Worker<'a> {
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
 
         let sharder = ctx.sharder(self.seg.index, self.seg.workers);
-        let schedule = ctx.schedule(self.seg.workers);
+        let schedule = ctx.schedule(&self.seg);
         let steps_per_epoch = sharder.steps_per_epoch();
         let global_batch = (self.seg.workers * exp.batch) as u64;
         let mut ws = Workspace::new(mlp, exp.batch);
