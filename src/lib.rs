@@ -2,7 +2,8 @@
 //!
 //! Layers, each using only the ones below it (see DESIGN.md):
 //! `nn` and `data` (numbers) → `comm` (transport) → `train` (engines) → `session` (the
-//! one door for front ends) → `cli` (headless front ends: run, bench).
+//! one door for front ends) → `cli` (headless front ends: run, compare, bench) and
+//! `tui` (the lab).
 
 pub mod cli;
 pub mod comm;
@@ -11,3 +12,4 @@ pub mod data;
 pub mod nn;
 pub mod session;
 pub mod train;
+pub mod tui;

@@ -58,6 +58,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the lab straight into free play with this experiment.
+    Lab(Box<ExperimentArgs>),
     /// Train headless: a progress bar, a summary table, and optional exports.
     Run(Box<RunArgs>),
     /// The same experiment under several modes, one table: accuracy, time to target,

@@ -66,6 +66,19 @@ pub enum AllReduceAlgo {
 
 impl AllReduceAlgo {
     pub const ALL: [AllReduceAlgo; 3] = [AllReduceAlgo::Ring, AllReduceAlgo::Tree, AllReduceAlgo::Naive];
+
+    /// Rounds of messages one all-reduce takes across `n` ranks (0 for one rank).
+    pub fn rounds(self, n: usize) -> usize {
+        if n <= 1 {
+            return 0;
+        }
+        let log2 = (usize::BITS - 1 - n.leading_zeros()) as usize; // of the largest power of two ≤ n
+        match self {
+            AllReduceAlgo::Ring => 2 * (n - 1),
+            AllReduceAlgo::Tree => log2 + if n.is_power_of_two() { 0 } else { 2 },
+            AllReduceAlgo::Naive => 2,
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             AllReduceAlgo::Ring => "ring",

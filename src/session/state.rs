@@ -307,17 +307,17 @@ fn thin<T>(records: &mut Vec<T>, limit: usize) {
     let mut i = 0;
     records.retain(|_| {
         i += 1;
-        i > half || i % 2 == 0
+        i > half || i % 2 == 1 // the older half keeps every other record, the first included
     });
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn thinning_keeps_the_recent_half_whole() {
+    fn thinning_keeps_the_first_record_and_the_recent_half_whole() {
         let mut v: Vec<u32> = (0..11).collect();
         super::thin(&mut v, 10);
-        assert_eq!(v, vec![1, 3, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(v, vec![0, 2, 4, 5, 6, 7, 8, 9, 10]);
         let mut v: Vec<u32> = (0..5).collect();
         super::thin(&mut v, 10);
         assert_eq!(v.len(), 5);

@@ -13,7 +13,7 @@ use super::{Control, Event, EventSink, Gate, Outcome, Phase};
 use crate::comm::{AllReduceAlgo, Clock, Link};
 use crate::config::{Experiment, Length, Mode, MAX_WORKERS};
 use crate::data::{Dataset, Sharder};
-use crate::nn::{LrSchedule, LrScaling, Mlp, Workspace};
+use crate::nn::{LrScaling, LrSchedule, Mlp, Workspace};
 
 /// Knobs for how a run reports, not what it computes.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,154 @@
+//! The collective view: in sync mode the messages of the latest all-reduce round (ring,
+//! tree or naive) as they really moved; with a parameter server, who pulled which version
+//! and how stale each applied gradient was.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Sparkline, Widget, Wrap};
+
+use super::app::Lab;
+use super::theme::Theme;
+use crate::cli::run::human_bytes;
+use crate::comm::AllReduceAlgo;
+
+pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    if lab.current_mode().uses_server() {
+        server(lab, theme, area, buf)
+    } else {
+        all_reduce(lab, theme, area, buf)
+    }
+}
+
+fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let n = lab.current_workers();
+    let algo = lab.state().current().map_or(lab.exp.allreduce, |s| s.allreduce);
+    let rounds = algo.rounds(n);
+    let title = format!(" {algo} all-reduce · {n} workers · {rounds} rounds ");
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(title, theme.title()));
+    let inner = block.inner(area);
+    block.render(area, buf);
+
+    let mut lines = Vec::new();
+    if n == 1 {
+        lines.push(Line::styled("one worker: nothing to all-reduce", theme.dim()));
+    }
+    // The latest step that has messages, and within it the latest round.
+    if let Some(&(step, _)) = lab.view.transfers.back() {
+        let in_step: Vec<_> = lab
+            .view
+            .transfers
+            .iter()
+            .filter(|(s, _)| *s == step)
+            .map(|(_, t)| *t)
+            .collect();
+        let round = in_step.iter().map(|t| t.round).max().unwrap_or(0);
+        let phase = match algo {
+            AllReduceAlgo::Ring if (round as usize) < n - 1 => "reduce-scatter: add the incoming chunk to your own",
+            AllReduceAlgo::Ring => "all-gather: pass the finished chunks on",
+            AllReduceAlgo::Tree => "recursive doubling: swap with your partner, add",
+            AllReduceAlgo::Naive if round == 0 => "everyone sends its whole gradient to worker 0",
+            AllReduceAlgo::Naive => "worker 0 sends the sum back to everyone",
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("step {step} · round {}/{rounds} · ", round + 1), theme.title()),
+            Span::raw(phase),
+        ]));
+        let mut moved: Vec<_> = in_step.iter().filter(|t| t.round == round).collect();
+        moved.sort_by_key(|t| (t.from, t.to));
+        for t in moved.iter().take(inner.height.saturating_sub(3) as usize) {
+            let what = if algo == AllReduceAlgo::Ring {
+                format!("chunk {}", t.chunk)
+            } else {
+                "whole gradient".into()
+            };
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!("  w{:<2} ──{}──▶ w{:<2}", t.from, human_bytes(t.bytes as f64), t.to),
+                    theme.phase(crate::train::Phase::AllReduce),
+                ),
+                Span::styled(
+                    format!("  {what} · {:.1} µs", (t.end_ns - t.start_ns) as f64 / 1e3),
+                    theme.dim(),
+                ),
+            ]));
+        }
+        if moved.len() + 3 > inner.height as usize {
+            lines.push(Line::styled(
+                format!("  … {} messages in this round", moved.len()),
+                theme.dim(),
+            ));
+        }
+        let total: u64 = in_step.iter().map(|t| t.bytes).sum();
+        lines.push(Line::styled(
+            format!(
+                "this step moved {} in {} messages",
+                human_bytes(total as f64),
+                in_step.len()
+            ),
+            theme.dim(),
+        ));
+    } else if n > 1 {
+        lines.push(Line::styled("waiting for the first all-reduce…", theme.dim()));
+    }
+    Paragraph::new(lines).wrap(Wrap { trim: true }).render(inner, buf);
+}
+
+fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let st = lab.state();
+    let version = st.updates();
+    let block = Block::default().borders(Borders::ALL).title(Span::styled(
+        format!(" parameter server · {} · version {version} ", lab.current_mode()),
+        theme.title(),
+    ));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let mut lines = Vec::new();
+    let rows = inner.height.saturating_sub(3) as usize;
+    for (w, report) in lab.view.reports.iter().enumerate().take(rows) {
+        let Some(r) = report else { continue };
+        let what = if r.dropped {
+            Span::styled("gradient DROPPED: its step had closed".to_string(), theme.warn())
+        } else {
+            Span::raw(format!("pushed, staleness {}", r.staleness.unwrap_or(0)))
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("  w{w:<2} "), theme.phase(crate::train::Phase::Push)),
+            what,
+            Span::styled(format!(" · {} ahead of the slowest", r.lead), theme.dim()),
+        ]));
+    }
+    let mean = st.staleness_mean().map_or("–".into(), |m| format!("{m:.2}"));
+    lines.push(Line::styled(
+        format!(
+            "staleness mean {mean}, max {} · dropped {}",
+            st.staleness_max, st.dropped_gradients
+        ),
+        theme.dim(),
+    ));
+    let text_h = (lines.len() as u16).min(inner.height);
+    Paragraph::new(lines).render(
+        Rect {
+            height: text_h,
+            ..inner
+        },
+        buf,
+    );
+    // The staleness histogram below the text, when there is room.
+    if inner.height > text_h + 1 {
+        let last = st.staleness_histogram.iter().rposition(|&c| c > 0).map_or(1, |i| i + 1);
+        let hist: Vec<u64> = st.staleness_histogram[..last.min(st.staleness_histogram.len())].to_vec();
+        let spark_area = Rect {
+            y: inner.y + text_h,
+            height: inner.height - text_h,
+            width: (hist.len() as u16).min(inner.width),
+            ..inner
+        };
+        Sparkline::default()
+            .data(&hist)
+            .style(theme.phase(crate::train::Phase::Push))
+            .render(spark_area, buf);
+    }
+}

@@ -1,0 +1,162 @@
+//! Curves: training loss and test accuracy, against time or samples processed, with the
+//! kept ghosts of earlier runs faded behind.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::symbols::Marker;
+use ratatui::text::Span;
+use ratatui::widgets::{Axis as ChartAxis, Block, Borders, Chart, Dataset, GraphType, Widget};
+
+use super::app::{Axis, Lab};
+use super::theme::Theme;
+
+fn x_of(axis: Axis, t_s: f64, samples: f64) -> f64 {
+    match axis {
+        Axis::Time => t_s,
+        Axis::Samples => samples,
+    }
+}
+
+pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let st = lab.state();
+    let axis = lab.axis;
+    let loss: Vec<(f64, f64)> = st
+        .steps
+        .iter()
+        .map(|s| (x_of(axis, s.t_ns as f64 / 1e9, s.samples as f64), s.loss.min(10.0)))
+        .collect();
+    // An evaluation after `step` updates: place it at the samples of that update.
+    let samples_at = |t_ns: u64| {
+        st.steps
+            .iter()
+            .find(|s| s.t_ns >= t_ns)
+            .map_or(st.samples() as f64, |s| s.samples as f64)
+    };
+    let acc: Vec<(f64, f64)> = st
+        .evals
+        .iter()
+        .map(|e| (x_of(axis, e.t_ns as f64 / 1e9, samples_at(e.t_ns)), e.test_accuracy))
+        .collect();
+    let ghosts_loss: Vec<Vec<(f64, f64)>> = lab
+        .ghosts
+        .iter()
+        .map(|g| {
+            g.loss
+                .iter()
+                .map(|&(t, s, l)| (x_of(axis, t, s), l.min(10.0)))
+                .collect()
+        })
+        .collect();
+    let ghosts_acc: Vec<Vec<(f64, f64)>> = lab
+        .ghosts
+        .iter()
+        .map(|g| g.accuracy.iter().map(|&(t, s, a)| (x_of(axis, t, s), a)).collect())
+        .collect();
+
+    let x_max = loss
+        .iter()
+        .chain(ghosts_loss.iter().flatten())
+        .map(|p| p.0)
+        .fold(1e-9, f64::max);
+    let loss_max = loss
+        .iter()
+        .chain(ghosts_loss.iter().flatten())
+        .map(|p| p.1)
+        .fold(0.5, f64::max);
+    let x_title = match axis {
+        Axis::Time => "seconds",
+        Axis::Samples => "samples",
+    };
+    let x_labels = vec![Span::raw("0"), Span::raw(format_x(axis, x_max))];
+
+    let [top, bottom] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+
+    let mut sets = Vec::new();
+    for (g, pts) in lab.ghosts.iter().zip(&ghosts_loss) {
+        sets.push(
+            Dataset::default()
+                .name(g.label.clone())
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Line)
+                .style(theme.ghost())
+                .data(pts),
+        );
+    }
+    sets.push(
+        Dataset::default()
+            .name("loss")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(theme.loss())
+            .data(&loss),
+    );
+    let last_loss = loss.last().map_or("–".into(), |p| format!("{:.3}", p.1));
+    Chart::new(sets)
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(format!(" training loss {last_loss} "), theme.title())),
+        )
+        .x_axis(
+            ChartAxis::default()
+                .bounds([0.0, x_max])
+                .labels(x_labels.clone())
+                .style(theme.dim()),
+        )
+        .y_axis(
+            ChartAxis::default()
+                .bounds([0.0, loss_max])
+                .labels(vec![Span::raw("0"), Span::raw(format!("{loss_max:.1}"))])
+                .style(theme.dim()),
+        )
+        .render(top, buf);
+
+    let mut sets = Vec::new();
+    for (g, pts) in lab.ghosts.iter().zip(&ghosts_acc) {
+        sets.push(
+            Dataset::default()
+                .name(g.label.clone())
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Line)
+                .style(theme.ghost())
+                .data(pts),
+        );
+    }
+    sets.push(
+        Dataset::default()
+            .name("test acc")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(theme.accuracy())
+            .data(&acc),
+    );
+    let last_acc = acc.last().map_or("–".into(), |p| format!("{:.1} %", p.1 * 100.0));
+    Chart::new(sets)
+        .block(Block::default().borders(Borders::ALL).title(Span::styled(
+            format!(" test accuracy {last_acc} · x: {x_title} "),
+            theme.title(),
+        )))
+        .x_axis(
+            ChartAxis::default()
+                .bounds([0.0, x_max])
+                .labels(x_labels)
+                .style(theme.dim()),
+        )
+        .y_axis(
+            ChartAxis::default()
+                .bounds([0.0, 1.0])
+                .labels(vec![Span::raw("0"), Span::raw("100%")])
+                .style(theme.dim()),
+        )
+        .render(bottom, buf);
+}
+
+fn format_x(axis: Axis, x: f64) -> String {
+    match axis {
+        Axis::Time if x < 1.0 => format!("{:.1} ms", x * 1e3),
+        Axis::Time => format!("{x:.1} s"),
+        Axis::Samples if x >= 1e6 => format!("{:.1}M", x / 1e6),
+        Axis::Samples if x >= 1e3 => format!("{:.0}k", x / 1e3),
+        Axis::Samples => format!("{x:.0}"),
+    }
+}

@@ -1,0 +1,252 @@
+//! The one key table: it maps keys to actions, and it renders the footer and the help,
+//! so that neither can drift from the bindings (ratatui's demo2 does the same).
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Everything a person can ask of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    TogglePause,
+    StepPhase,
+    SlowMotion,
+    CycleMode,
+    MoreWorkers,
+    FewerWorkers,
+    CycleAllReduce,
+    CycleLink,
+    SelectWorker,
+    ToggleStraggler,
+    CycleLrRule,
+    Restart,
+    KeepGhost,
+    ToggleAxis,
+    Help,
+    Quit,
+    // Home screen
+    Up,
+    Down,
+    Enter,
+}
+
+pub struct Binding {
+    pub key: KeyCode,
+    /// How the key is written in the footer and the help.
+    pub label: &'static str,
+    pub action: Action,
+    /// A few words for the footer.
+    pub short: &'static str,
+    /// One line for the help.
+    pub help: &'static str,
+    /// Shown in the footer (the rest only in the help).
+    pub footer: bool,
+}
+
+const fn bind(
+    key: KeyCode,
+    label: &'static str,
+    action: Action,
+    short: &'static str,
+    help: &'static str,
+    footer: bool,
+) -> Binding {
+    Binding {
+        key,
+        label,
+        action,
+        short,
+        help,
+        footer,
+    }
+}
+
+/// The lab's keys. `space`, `n`, `m`, `+`/`-`, `?` and `q` are fixed: lessons name them.
+pub const LAB_KEYS: &[Binding] = &[
+    bind(
+        KeyCode::Char(' '),
+        "space",
+        Action::TogglePause,
+        "pause",
+        "pause / resume training",
+        true,
+    ),
+    bind(
+        KeyCode::Char('n'),
+        "n",
+        Action::StepPhase,
+        "next phase",
+        "step mode: run one more phase of every worker, then halt",
+        true,
+    ),
+    bind(
+        KeyCode::Char('z'),
+        "z",
+        Action::SlowMotion,
+        "slow",
+        "slow motion: hold every phase 0 / 20 / 200 ms so that you can follow it",
+        true,
+    ),
+    bind(
+        KeyCode::Char('m'),
+        "m",
+        Action::CycleMode,
+        "mode",
+        "cycle the training mode: sync → async → ssp:2 → backup:1",
+        true,
+    ),
+    bind(
+        KeyCode::Char('+'),
+        "+",
+        Action::MoreWorkers,
+        "workers",
+        "one more worker (keeps the parameters)",
+        true,
+    ),
+    bind(
+        KeyCode::Char('-'),
+        "-",
+        Action::FewerWorkers,
+        "",
+        "one worker fewer (keeps the parameters)",
+        false,
+    ),
+    bind(
+        KeyCode::Char('a'),
+        "a",
+        Action::CycleAllReduce,
+        "all-reduce",
+        "cycle the all-reduce algorithm: ring → tree → naive",
+        true,
+    ),
+    bind(
+        KeyCode::Char('l'),
+        "l",
+        Action::CycleLink,
+        "link",
+        "cycle the emulated link: none → 100 Gb/s InfiniBand → 10 GbE → 1 GbE",
+        true,
+    ),
+    bind(
+        KeyCode::Char('w'),
+        "w",
+        Action::SelectWorker,
+        "",
+        "select the next worker (for the straggler key and the explanation)",
+        false,
+    ),
+    bind(
+        KeyCode::Char('s'),
+        "s",
+        Action::ToggleStraggler,
+        "straggler",
+        "make the selected worker 4× slower, or normal again",
+        true,
+    ),
+    bind(
+        KeyCode::Char('r'),
+        "r",
+        Action::CycleLrRule,
+        "",
+        "cycle the LR rule: constant → linear scaling by the worker count",
+        false,
+    ),
+    bind(
+        KeyCode::Char('R'),
+        "R",
+        Action::Restart,
+        "",
+        "restart from fresh parameters with the current settings",
+        false,
+    ),
+    bind(
+        KeyCode::Char('c'),
+        "c",
+        Action::KeepGhost,
+        "",
+        "keep the current curves as a faded ghost to compare the next run with",
+        false,
+    ),
+    bind(
+        KeyCode::Char('x'),
+        "x",
+        Action::ToggleAxis,
+        "",
+        "curves against time ↔ against samples processed",
+        false,
+    ),
+    bind(
+        KeyCode::Char('?'),
+        "?",
+        Action::Help,
+        "help",
+        "show / hide this help",
+        true,
+    ),
+    bind(
+        KeyCode::Char('q'),
+        "q",
+        Action::Quit,
+        "quit",
+        "quit (also Ctrl-C); the terminal is restored",
+        true,
+    ),
+];
+
+pub const HOME_KEYS: &[Binding] = &[
+    bind(KeyCode::Up, "↑", Action::Up, "", "previous item", false),
+    bind(KeyCode::Down, "↓", Action::Down, "", "next item", false),
+    bind(
+        KeyCode::Enter,
+        "enter",
+        Action::Enter,
+        "open",
+        "open the selected item",
+        true,
+    ),
+    bind(
+        KeyCode::Char('?'),
+        "?",
+        Action::Help,
+        "help",
+        "show / hide this help",
+        true,
+    ),
+    bind(KeyCode::Char('q'), "q", Action::Quit, "quit", "quit", true),
+];
+
+/// The action a key asks for in a table; Ctrl-C always quits.
+pub fn action(table: &[Binding], key: KeyEvent) -> Option<Action> {
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        return Some(Action::Quit);
+    }
+    table.iter().find(|b| b.key == key.code).map(|b| b.action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_lab_binding_reaches_its_action_and_keys_are_unique() {
+        let mut seen = HashSet::new();
+        for b in LAB_KEYS {
+            assert!(seen.insert(b.key), "{} is bound twice", b.label);
+            let ev = KeyEvent::new(b.key, KeyModifiers::NONE);
+            assert_eq!(action(LAB_KEYS, ev), Some(b.action), "{}", b.label);
+        }
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(action(LAB_KEYS, ctrl_c), Some(Action::Quit));
+    }
+
+    #[test]
+    fn the_fixed_keys_are_where_lessons_say() {
+        let find = |c: char| action(LAB_KEYS, KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+        assert_eq!(find(' '), Some(Action::TogglePause));
+        assert_eq!(find('n'), Some(Action::StepPhase));
+        assert_eq!(find('m'), Some(Action::CycleMode));
+        assert_eq!(find('+'), Some(Action::MoreWorkers));
+        assert_eq!(find('-'), Some(Action::FewerWorkers));
+        assert_eq!(find('?'), Some(Action::Help));
+        assert_eq!(find('q'), Some(Action::Quit));
+    }
+}

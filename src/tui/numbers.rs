@@ -1,0 +1,80 @@
+//! The numbers panel: throughput, bandwidth, idle time, staleness, and what just changed.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
+
+use super::app::Lab;
+use super::theme::Theme;
+use crate::session::RunState;
+
+/// Rates over the records of the last `window_s` seconds of run time.
+pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
+    let Some(last) = st.steps.last() else { return (0.0, 0.0) };
+    let t_end = last.t_ns as f64 / 1e9;
+    let first = st
+        .steps
+        .iter()
+        .rev()
+        .take_while(|s| t_end - s.t_ns as f64 / 1e9 <= window_s)
+        .last()
+        .unwrap_or(last);
+    let dt = t_end - first.t_ns as f64 / 1e9;
+    if dt <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let updates = last.step.saturating_sub(first.step) as f64;
+    let samples = (last.samples - first.samples) as f64;
+    (updates / dt, samples / dt)
+}
+
+pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let st = lab.state();
+    let (steps_s, samples_s) = recent_rates(st, 1.0);
+    let n = lab.current_workers() as f64;
+    let mut lines = vec![Line::from(vec![
+        Span::styled("steps/s ", theme.dim()),
+        Span::raw(format!("{steps_s:<9.0}")),
+        Span::styled("samples/s ", theme.dim()),
+        Span::raw(format!("{samples_s:.0}")),
+    ])];
+    if lab.current_mode().uses_server() {
+        let mean = st.staleness_mean().map_or("–".into(), |m| format!("{m:.2}"));
+        lines.push(Line::from(vec![
+            Span::styled("staleness ", theme.dim()),
+            Span::raw(format!("mean {mean} max {} ", st.staleness_max)),
+            Span::styled("dropped ", theme.dim()),
+            Span::raw(st.dropped_gradients.to_string()),
+        ]));
+    } else if let Some(last) = st.steps.iter().rev().find(|s| s.worker.is_none() && s.allreduce_ns > 0) {
+        // busbw of the latest all-reduce: gradient bytes / time · 2(N−1)/N (nccl-tests)
+        let bytes = st.params as f64 * 4.0;
+        let busbw = bytes / last.allreduce_ns as f64 * 2.0 * (n - 1.0) / n;
+        lines.push(Line::from(vec![
+            Span::styled("all-reduce ", theme.dim()),
+            Span::raw(format!(
+                "{:.3} ms · busbw {busbw:.2} GB/s",
+                last.allreduce_ns as f64 / 1e6
+            )),
+        ]));
+    }
+    lines.push(Line::from(vec![
+        Span::styled("idle ", theme.dim()),
+        Span::raw(format!("{:.0} % of worker time", st.idle_fraction() * 100.0)),
+    ]));
+    if let Some(e) = &lab.error {
+        lines.push(Line::styled(e.clone(), theme.bad()));
+    }
+    for m in lab.messages.iter().rev() {
+        lines.push(Line::styled(m.clone(), theme.warn()));
+    }
+    Paragraph::new(lines)
+        .wrap(Wrap { trim: true })
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(" numbers ", theme.title())),
+        )
+        .render(area, buf);
+}

@@ -1,0 +1,232 @@
+//! The pure view: draws the app into a frame. Nothing here changes state.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
+use ratatui::Frame;
+
+use super::app::{Lab, LINKS};
+use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
+use super::theme::Theme;
+use super::{App, Screen, HOME_ITEMS};
+use crate::nn::LrScaling;
+
+/// Smaller than this, the lab shows a message instead of squeezed panels.
+pub const MIN_SIZE: (u16, u16) = (60, 18);
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    render(app, area, frame.buffer_mut());
+}
+
+/// Draws `app` into `buf` (the same function drives the terminal and the tests).
+pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
+    let theme = &app.theme;
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let text = format!(
+            "The terminal is {}×{}; ddlab needs at least {}×{}. Enlarge the window (or make the font smaller) — the lab carries on meanwhile.",
+            area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+        );
+        Paragraph::new(text)
+            .wrap(Wrap { trim: true })
+            .style(theme.warn())
+            .render(area, buf);
+        return;
+    }
+    match (&app.screen, &app.lab) {
+        (Screen::Lab, Some(lab)) => lab_screen(lab, theme, area, buf),
+        _ => home(app, theme, area, buf),
+    }
+    if app.help {
+        let keys = if app.screen == Screen::Lab { LAB_KEYS } else { HOME_KEYS };
+        help(keys, theme, area, buf);
+    }
+}
+
+/// The footer: the table's footer keys that fit in `width`, always ending with help and
+/// quit (so that a narrow terminal still says how to get out).
+fn footer(keys: &[Binding], theme: &Theme, width: u16) -> Line<'static> {
+    let entry = |b: &Binding| (b.label.chars().count() + b.short.chars().count() + 3) as u16;
+    let last: Vec<&Binding> = keys
+        .iter()
+        .filter(|b| matches!(b.action, Action::Help | Action::Quit))
+        .collect();
+    let mut room = width.saturating_sub(last.iter().map(|b| entry(b)).sum());
+    let mut shown: Vec<&Binding> = Vec::new();
+    for b in keys
+        .iter()
+        .filter(|b| b.footer && !last.iter().any(|l| std::ptr::eq(*l, *b)))
+    {
+        if entry(b) > room {
+            break;
+        }
+        room -= entry(b);
+        shown.push(b);
+    }
+    shown.extend(last);
+    let mut spans = Vec::new();
+    for b in shown {
+        spans.push(Span::styled(b.label, theme.key()));
+        spans.push(Span::raw(format!(" {}  ", b.short)));
+    }
+    Line::from(spans)
+}
+
+fn help(keys: &[Binding], theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let w = area.width.min(86);
+    let h = (keys.len() as u16 + 4).min(area.height);
+    let r = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    };
+    Clear.render(r, buf);
+    let mut lines: Vec<Line> = keys
+        .iter()
+        .map(|b| {
+            Line::from(vec![
+                Span::styled(format!("{:>7}  ", b.label), theme.key()),
+                Span::raw(b.help),
+            ])
+        })
+        .collect();
+    lines.push(Line::styled("  ? or Esc closes this help", theme.dim()));
+    Paragraph::new(lines)
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(" keys ", theme.title())),
+        )
+        .render(r, buf);
+}
+
+fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let [title, body, foot] =
+        Layout::vertical([Constraint::Length(4), Constraint::Min(5), Constraint::Length(1)]).areas(area);
+    Paragraph::new(vec![
+        Line::styled(
+            "ddlab — a lab for data-parallel distributed deep learning",
+            theme.title(),
+        ),
+        Line::styled(
+            "Watch forward, backward, all-reduce and update happen on N workers while a real network trains.",
+            theme.dim(),
+        ),
+    ])
+    .wrap(Wrap { trim: true })
+    .block(Block::default().borders(Borders::BOTTOM))
+    .render(title, buf);
+    let lines: Vec<Line> = HOME_ITEMS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, about))| {
+            let style = if i == app.home_selected {
+                theme.selected()
+            } else {
+                ratatui::style::Style::default()
+            };
+            Line::from(vec![
+                Span::styled(format!("  {name:<12}"), style),
+                Span::styled(format!("  {about}"), theme.dim()),
+            ])
+        })
+        .collect();
+    Paragraph::new(lines).render(
+        body.inner(ratatui::layout::Margin {
+            horizontal: 1,
+            vertical: 1,
+        }),
+        buf,
+    );
+    Paragraph::new(footer(HOME_KEYS, theme, foot.width)).render(foot, buf);
+}
+
+fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let st = lab.state();
+    let seg = st.current();
+    let mode = lab.current_mode();
+    let n = lab.current_workers();
+    let algo = seg.map_or(lab.exp.allreduce, |s| s.allreduce);
+    let link = seg.map_or(lab.exp.link, |s| s.link);
+    let rule = seg.map_or(lab.exp.lr_scaling, |s| s.lr_scaling);
+    let link_text = match link {
+        None => "link: shared memory".to_string(),
+        Some(l) => {
+            let name = LINKS.iter().find(|(_, x)| *x == Some(l)).map_or("custom", |(n, _)| n);
+            format!("link: {name} ({l}) EMULATED")
+        }
+    };
+    let lr_text = match rule {
+        LrScaling::None => format!("LR {}", lab.exp.lr),
+        LrScaling::Linear => format!("LR {}×{n}", lab.exp.lr),
+    };
+    let (state, style) = if let Some(step) = lab.diverged_at() {
+        (format!("DIVERGED at step {step}"), theme.bad())
+    } else if lab.is_finished() {
+        ("finished".to_string(), theme.good())
+    } else if lab.stepping {
+        ("stepping (n)".to_string(), theme.warn())
+    } else if lab.paused {
+        ("paused".to_string(), theme.warn())
+    } else if lab.slow_ms > 0 {
+        (format!("slow motion {} ms", lab.slow_ms), theme.good())
+    } else {
+        ("running".to_string(), theme.good())
+    };
+    let epoch = st.last_step().map_or(0, |s| s.epoch);
+    let algo_text = if mode.uses_server() {
+        "parameter server".to_string()
+    } else {
+        format!("{algo} all-reduce")
+    };
+    let line = Line::from(vec![
+        Span::styled("ddlab ", theme.title()),
+        Span::raw(format!(
+            "threads · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
+            st.updates()
+        )),
+        Span::styled(state, style),
+    ]);
+    Paragraph::new(line).wrap(Wrap { trim: true }).render(area, buf);
+}
+
+fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let header_h = if area.width >= 150 { 1 } else { 2 };
+    // Tall enough for one digit image (half-blocks: two pixel rows a line) and its label.
+    let digit_rows = lab
+        .data
+        .image
+        .map_or(1, |(_, h)| (if h > 16 { h / 2 } else { h } as u16).div_ceil(2) + 1);
+    let explain_h = if area.height >= 28 { (digit_rows + 2).max(6) } else { 5 };
+    let [head, body, bottom, foot] = Layout::vertical([
+        Constraint::Length(header_h),
+        Constraint::Min(8),
+        Constraint::Length(explain_h),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    header(lab, theme, head, buf);
+
+    let [left, right] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(body);
+    let timeline_h = (lab.current_workers() as u16 + 3).min(left.height / 2).max(4);
+    let [timeline, collective] = Layout::vertical([Constraint::Length(timeline_h), Constraint::Min(3)]).areas(left);
+    super::timeline::render(lab, theme, timeline, buf);
+    super::collective::render(lab, theme, collective, buf);
+    let numbers_h = 7.min(right.height / 2);
+    let [curves, numbers] = Layout::vertical([Constraint::Min(6), Constraint::Length(numbers_h)]).areas(right);
+    super::curves::render(lab, theme, curves, buf);
+    super::numbers::render(lab, theme, numbers, buf);
+
+    let digits_w = match lab.data.image {
+        Some((w, _)) if w > 16 => 15 * 4 + 2,
+        Some(_) => 9 * 6 + 2,
+        None => 26,
+    }
+    .min(bottom.width / 2);
+    let [explain, digits] = Layout::horizontal([Constraint::Min(20), Constraint::Length(digits_w)]).areas(bottom);
+    super::explain::render(lab, theme, explain, buf);
+    super::digits::render(lab, theme, digits, buf);
+    Paragraph::new(footer(LAB_KEYS, theme, foot.width)).render(foot, buf);
+}
