@@ -293,7 +293,9 @@ fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
 }
 
 #[test]
-fn detail_mode_reports_every_transfer_and_every_batch() {
+fn detail_mode_reports_every_transfer_and_every_batch_of_a_slow_step() {
+    // At full speed detail is sampled (a step every 20 ms at most); in slow motion every
+    // step is slower than that, so every step is reported whole.
     let data = Arc::new(digits());
     let exp = Experiment {
         workers: 4,
@@ -303,9 +305,12 @@ fn detail_mode_reports_every_transfer_and_every_batch() {
     };
     let options = SessionOptions {
         detail: true,
+        start_paused: true,
         ..Default::default()
     };
     let mut s = Session::start_with_data(exp, data, options, None).unwrap();
+    s.control(Control::SlowMotion { ms: 6 }).unwrap();
+    s.control(Control::Resume).unwrap();
     let (mut transfers, mut batches, mut broadcasts) = (Vec::new(), 0, 0);
     s.run_to_end(|e| match e {
         Event::Transfer {
@@ -333,4 +338,35 @@ fn detail_mode_reports_every_transfer_and_every_batch() {
         assert_eq!((to_root, from_root), (3, 3));
     }
     assert_eq!(s.dropped_events(), 0);
+}
+
+#[test]
+fn at_full_speed_detail_is_sampled_but_every_sampled_step_is_whole() {
+    let data = Arc::new(digits());
+    let exp = Experiment {
+        workers: 3,
+        length: Length::Steps(3000),
+        ..Default::default()
+    };
+    let options = SessionOptions {
+        detail: true,
+        ..Default::default()
+    };
+    let mut s = Session::start_with_data(exp, data, options, None).unwrap();
+    let mut per_step: std::collections::BTreeMap<u64, usize> = Default::default();
+    s.run_to_end(|e| {
+        if let Event::Transfer {
+            step,
+            collective: CollectiveKind::AllReduce,
+            ..
+        } = e
+        {
+            *per_step.entry(*step).or_default() += 1;
+        }
+    });
+    assert!(per_step.len() < 3000, "every step was detailed");
+    assert!(
+        per_step.values().all(|&n| n == 3 * 4),
+        "ring with 3 workers: 3 × 2(N−1) messages: {per_step:?}"
+    );
 }

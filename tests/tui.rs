@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use ddlab::comm::{AllReduceAlgo, Transfer};
 use ddlab::config::{Experiment, Mode};
 use ddlab::data::digits;
-use ddlab::nn::LrScaling;
-use ddlab::train::{CollectiveKind, Event, Outcome, Phase, WorkerStep};
+use ddlab::train::{Event, Outcome, Phase};
 use ddlab::tui::app::Lab;
+use ddlab::tui::demo::{report, segment, sync_lab};
 use ddlab::tui::keys::{Action, LAB_KEYS};
 use ddlab::tui::theme::Theme;
 use ddlab::tui::{view, App, Screen};
@@ -31,120 +30,6 @@ fn text(app: &App, w: u16, h: u16) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn segment(mode: Mode, workers: usize) -> Event {
-    Event::Segment {
-        index: 0,
-        mode,
-        workers,
-        allreduce: AllReduceAlgo::Ring,
-        link: None,
-        lr_scaling: LrScaling::None,
-        update: 0,
-        samples: 0,
-        params_hash: 0,
-        t_ns: 0,
-    }
-}
-
-fn report(worker: usize, step: u64, end_ns: u64, staleness: Option<u64>) -> WorkerStep {
-    WorkerStep {
-        worker,
-        step,
-        iteration: step,
-        epoch: 0,
-        loss: 2.0 / (1.0 + step as f64),
-        correct: 10 + step as usize,
-        samples: 32,
-        grad_norm: 0.8,
-        grad_norm_reduced: 0.4,
-        lr: 0.1,
-        phase_ns: [10_000, 20_000, 30_000, 5_000, 0, 0, 0],
-        bytes_sent: 1000,
-        idle_ns: 3_000,
-        staleness,
-        dropped: false,
-        lead: staleness.map_or(0, |_| 1),
-        end_ns,
-    }
-}
-
-/// A sync run of `workers` workers, `steps` steps scripted phase by phase; the last
-/// step stops inside the all-reduce when `mid_all_reduce`.
-fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
-    let data = Arc::new(digits());
-    let exp = Experiment {
-        workers,
-        ..Default::default()
-    };
-    let mut lab = Lab::replay(exp, data);
-    lab.apply(&Event::Started {
-        params: 9610,
-        total_samples: 42240,
-        train_len: 1438,
-    });
-    lab.apply(&segment(Mode::Sync, workers));
-    let step_ns = 100_000u64;
-    for step in 0..steps {
-        let t = step * step_ns;
-        for w in 0..workers {
-            lab.apply(&Event::Batch {
-                worker: w,
-                step,
-                indices: (0..32).map(|i| (w * 32 + i) as u32).collect(),
-            });
-            let slow = if w == workers - 1 { 10_000 } else { 0 };
-            let phases = [
-                (Phase::Forward, t, t + 20_000 + slow),
-                (Phase::Backward, t + 20_000 + slow, t + 50_000 + slow),
-                (Phase::AllReduce, t + 50_000 + slow, t + 90_000),
-                (Phase::Update, t + 90_000, t + 95_000),
-            ];
-            let last_step = step + 1 == steps;
-            for (phase, start_ns, end_ns) in phases {
-                lab.apply(&Event::Phase {
-                    worker: w,
-                    step,
-                    phase,
-                    start_ns,
-                    end_ns,
-                });
-                if last_step && mid_all_reduce && phase == Phase::AllReduce {
-                    break;
-                }
-            }
-            if !(last_step && mid_all_reduce) {
-                lab.apply(&Event::WorkerStep(report(w, step, t + 95_000, None)));
-            }
-        }
-        for w in 0..workers {
-            let transfer = Transfer {
-                from: w,
-                to: (w + 1) % workers,
-                chunk: ((w + workers - 1) % workers) as u32,
-                round: 0,
-                bytes: 9_600,
-                start_ns: t + 60_000,
-                end_ns: t + 64_000,
-            };
-            lab.apply(&Event::Transfer {
-                step,
-                collective: CollectiveKind::AllReduce,
-                transfer,
-            });
-        }
-        if step % 5 == 4 {
-            lab.apply(&Event::Eval {
-                step: step + 1,
-                epoch: 0,
-                test_loss: 0.5,
-                test_accuracy: 0.5 + step as f64 / 40.0,
-                t_ns: t + 95_000,
-            });
-        }
-    }
-    lab
 }
 
 fn app_with(lab: Lab) -> App {

@@ -59,6 +59,35 @@ pub struct BenchReport {
     pub memcpy_gbps: f64,
     pub memcpy: Vec<MemcpyBench>,
     pub allreduce: Vec<AllReduceBench>,
+    /// Median milliseconds to draw one lab frame of 16 workers at 200×60.
+    pub tui_frame_ms: f64,
+}
+
+/// Median ms to render the lab with `workers` scripted workers into a `w`×`h` buffer.
+pub fn bench_frame(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
+    use crate::tui::{demo::sync_lab, theme::Theme, view, App, Screen};
+    // A long run: the curves hold thousands of records, as after minutes of training.
+    let lab = sync_lab(workers, 3000, false);
+    let data = std::sync::Arc::clone(&lab.data);
+    let app = App::new(
+        Screen::Lab,
+        Some(lab),
+        crate::config::Experiment::default(),
+        data,
+        Theme { color: true },
+    );
+    let area = ratatui::layout::Rect::new(0, 0, w, h);
+    let mut times: Vec<f64> = (0..frames)
+        .map(|_| {
+            let mut buf = ratatui::buffer::Buffer::empty(area);
+            let t = Instant::now();
+            view::render(&app, area, &mut buf);
+            std::hint::black_box(&buf);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// Median and minimum µs of one training step of an MLP with `sizes`.
@@ -241,12 +270,15 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
             }
         }
     }
+    let tui_frame_ms = bench_frame(16, (200, 60), if args.quick { 10 } else { 200 });
+    say!("\nlab frame, 16 workers, 200×60: {tui_frame_ms:.2} ms (median)");
     let report = BenchReport {
         step_us: steps[0].median_us,
         steps,
         memcpy_gbps: memcpy[0].gbps,
         memcpy,
         allreduce,
+        tui_frame_ms,
     };
     if let Some(file) = out {
         serde_json::to_writer_pretty(file, &report)

@@ -12,7 +12,8 @@ use super::{CliError, RunArgs};
 use crate::session::{Session, SessionError, SessionOptions, Summary};
 use crate::train::{Outcome, Phase};
 
-const REDRAW: Duration = Duration::from_millis(100);
+/// How often the headless loop drains the event stream (and the bar redraws).
+const POLL: Duration = Duration::from_millis(10);
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let exp = args.experiment.experiment();
@@ -45,7 +46,9 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             stopping = true;
             let _ = session.control(crate::train::Control::Stop);
         }
-        let over = session.poll_timeout(REDRAW, |event| {
+        // Drain, then sleep: never block on the channel (see `Session::run_to_end`).
+        std::thread::sleep(POLL);
+        let over = session.poll(|event| {
             if export_err.is_none() {
                 export_err = exports.on_event(event).err();
             }

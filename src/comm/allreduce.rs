@@ -182,6 +182,9 @@ impl<T: Transport> Comm<T> {
     pub fn transport(&self) -> &T {
         &self.transport
     }
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
     pub fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {
         self.transport.drain_transfers(out);
     }

@@ -145,6 +145,8 @@ pub trait Transport: Send {
     fn barrier(&mut self) -> Result<()>;
     /// Moves the transfers recorded since the last call into `out` (when recording).
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>);
+    /// Starts or stops recording transfers.
+    fn set_recording(&mut self, on: bool);
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;
     /// Nanoseconds this rank has spent waiting for other ranks since it was created.

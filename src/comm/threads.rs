@@ -280,6 +280,10 @@ impl Transport for ThreadTransport {
         out.append(&mut self.transfers);
     }
 
+    fn set_recording(&mut self, on: bool) {
+        self.recording = on;
+    }
+
     fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }

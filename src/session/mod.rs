@@ -47,6 +47,9 @@ impl Default for SessionOptions {
     }
 }
 
+/// How long readers sleep between drains of the event stream.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
 pub struct Session {
     exp: Experiment,
     data: Arc<Dataset>,
@@ -166,7 +169,9 @@ impl Session {
         }
     }
 
-    /// As `poll`, but waits up to `timeout` for the first event.
+    /// As `poll`, but waits up to `timeout` for the first event. (Blocking on the
+    /// channel costs the senders a wake-up each; loops that read continuously should
+    /// prefer `poll` and a short sleep.)
     pub fn poll_timeout(&mut self, timeout: Duration, mut f: impl FnMut(&Event)) -> bool {
         match self.stream.next_timeout(timeout) {
             Ok(event) => {
@@ -188,9 +193,13 @@ impl Session {
         over
     }
 
-    /// Reads events until the run ends; returns how it ended.
+    /// Reads events until the run ends; returns how it ended. It drains what is there
+    /// and then sleeps a little, rather than blocking on the channel: a blocked reader
+    /// would make every worker's send a wake-up system call.
     pub fn run_to_end(&mut self, mut f: impl FnMut(&Event)) -> Outcome {
-        while !self.poll_timeout(Duration::from_millis(50), &mut f) {}
+        while !self.poll(&mut f) {
+            std::thread::sleep(IDLE_POLL);
+        }
         self.state.outcome.clone().unwrap_or(Outcome::Failed {
             message: "the engine ended without a result".into(),
         })

@@ -44,6 +44,8 @@ pub struct StepRecord {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalRecord {
     pub step: u64,
+    /// Samples processed when the parameters were taken.
+    pub samples: u64,
     pub epoch: u64,
     pub test_loss: f64,
     pub test_accuracy: f64,
@@ -160,6 +162,7 @@ impl RunState {
             Event::WorkerStep(ws) => self.worker_step(ws),
             Event::Eval {
                 step,
+                samples,
                 epoch,
                 test_loss,
                 test_accuracy,
@@ -167,6 +170,7 @@ impl RunState {
             } => {
                 self.evals.push(EvalRecord {
                     step: *step,
+                    samples: *samples,
                     epoch: *epoch,
                     test_loss: *test_loss,
                     test_accuracy: *test_accuracy,

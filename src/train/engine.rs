@@ -485,6 +485,7 @@ fn evaluate_loop(ctx: &RunCtx, rx: crossbeam_channel::Receiver<EvalJob>) {
             .evaluate(&params, &ctx.data.test_x.view(), &ctx.data.test_y, &mut ws);
         ctx.sink.send(Event::Eval {
             step: updates,
+            samples,
             epoch: samples / epoch_samples,
             test_loss: score.mean_loss(),
             test_accuracy: score.accuracy(),

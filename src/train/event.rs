@@ -161,6 +161,8 @@ pub enum Event {
     /// Test-set score of the replicas' parameters after `step` steps.
     Eval {
         step: u64,
+        /// Samples processed when the parameters were taken.
+        samples: u64,
         epoch: u64,
         test_loss: f64,
         test_accuracy: f64,

@@ -166,6 +166,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
     // Backup mode: the step this worker's last gradient counted towards.
     let mut counted_in: Option<u64> = None;
+    let mut last_batch_ns = 0u64;
 
     for i in 0.. {
         if ctx.live.switch_requested() {
@@ -228,7 +229,8 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         // them interleave (staleness ≈ N−1) instead of each running many iterations in
         // one time slice. With a core per worker it returns at once.
         std::thread::yield_now();
-        if ctx.options.detail {
+        if ctx.options.detail && ctx.clock.ns() >= last_batch_ns + super::sync::DETAIL_EVERY_NS {
+            last_batch_ns = ctx.clock.ns();
             ctx.sink.send(Event::Batch {
                 worker: rank,
                 step: pulled,

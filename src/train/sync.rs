@@ -67,6 +67,10 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     SegEnd::combine(&ends)
 }
 
+/// At most one step in this long is reported in detail (a step of its own when steps are
+/// slower, as in slow motion and step mode).
+pub(super) const DETAIL_EVERY_NS: u64 = 20_000_000;
+
 /// What rank 0 (whose replica equals everyone's) leaves behind.
 struct Rank0End {
     params: Vec<f32>,
@@ -82,8 +86,8 @@ struct Worker<'a> {
     first_update: u64,
     first_samples: u64,
     params: Vec<f32>,
-    /// The gradient, plus one last element: the switch flag, all-reduced with it so that
-    /// every replica agrees on the step at which a switch happens.
+    /// The gradient, plus two flags all-reduced with it so that every replica agrees on
+    /// them: [p] asks for a switch after this step, [p+1] for detail in the next one.
     grads: Vec<f32>,
     sgd: Sgd,
     steps_done: u64,
@@ -102,7 +106,7 @@ impl<'a> Worker<'a> {
             first_samples: start.samples,
             // Rank 0 holds the parameters; the others receive them by broadcast below.
             params: if rank == 0 { start.params.clone() } else { vec![0.0; p] },
-            grads: vec![0.0; p + 1],
+            grads: vec![0.0; p + 2],
             sgd,
             steps_done: 0,
         }
@@ -125,6 +129,8 @@ impl<'a> Worker<'a> {
         let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
         let mut labels = vec![0u8; exp.batch];
         let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
+        let mut detail = ctx.options.detail;
+        let mut last_detail_ns = 0u64;
 
         for local in 0..steps {
             let step = self.first_update + local;
@@ -140,7 +146,7 @@ impl<'a> Worker<'a> {
                 x.row_mut(row).assign(&data.train_x.row(i as usize));
                 *label = data.train_y[i as usize];
             }
-            if ctx.options.detail {
+            if detail {
                 ctx.sink.send(Event::Batch {
                     worker: rank,
                     step,
@@ -166,6 +172,14 @@ impl<'a> Worker<'a> {
             })?;
             let grad_norm = l2_norm(&grads[..p]);
             grads[p] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
+            // Detail (batches, messages) for a step every DETAIL_EVERY at most: a screen
+            // cannot show more, and every step at full speed would cost training time.
+            // Rank 0 decides; the all-reduce tells everyone, so all report the same steps.
+            grads[p + 1] = 0.0;
+            if rank == 0 && ctx.options.detail && (local == 0 || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS) {
+                grads[p + 1] = 1.0;
+                last_detail_ns = ctx.clock.ns();
+            }
             let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
             ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
                 comm.all_reduce_mean(grads)
@@ -174,6 +188,8 @@ impl<'a> Worker<'a> {
             let bytes_sent = comm.bytes_sent() - bytes_before;
             let idle_ns = comm.transport().waited_ns() - waited_before;
             report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
+            detail = grads[p + 1] > 0.0;
+            comm.transport_mut().set_recording(detail);
             let grad_norm_reduced = l2_norm(&grads[..p]);
             let lr = schedule.at(step);
             let sgd = &mut self.sgd;

@@ -141,7 +141,7 @@ impl Ghost {
             accuracy: state
                 .evals
                 .iter()
-                .map(|e| (e.t_ns as f64 / 1e9, e.step as f64, e.test_accuracy))
+                .map(|e| (e.t_ns as f64 / 1e9, e.samples as f64, e.test_accuracy))
                 .collect(),
         }
     }

@@ -25,17 +25,10 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .iter()
         .map(|s| (x_of(axis, s.t_ns as f64 / 1e9, s.samples as f64), s.loss.min(10.0)))
         .collect();
-    // An evaluation after `step` updates: place it at the samples of that update.
-    let samples_at = |t_ns: u64| {
-        st.steps
-            .iter()
-            .find(|s| s.t_ns >= t_ns)
-            .map_or(st.samples() as f64, |s| s.samples as f64)
-    };
     let acc: Vec<(f64, f64)> = st
         .evals
         .iter()
-        .map(|e| (x_of(axis, e.t_ns as f64 / 1e9, samples_at(e.t_ns)), e.test_accuracy))
+        .map(|e| (x_of(axis, e.t_ns as f64 / 1e9, e.samples as f64), e.test_accuracy))
         .collect();
     let ghosts_loss: Vec<Vec<(f64, f64)>> = lab
         .ghosts

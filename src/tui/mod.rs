@@ -6,6 +6,7 @@
 pub mod app;
 mod collective;
 mod curves;
+pub mod demo;
 pub mod digits;
 mod explain;
 pub mod keys;
