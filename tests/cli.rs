@@ -3,6 +3,12 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+/// The last line of a `--json` export: the summary object.
+fn summary_of(json: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(json).unwrap();
+    serde_json::from_str(text.lines().last().expect("a summary line")).unwrap()
+}
+
 fn ddlab() -> Command {
     Command::cargo_bin("ddlab").expect("the binary is built")
 }
@@ -195,8 +201,7 @@ fn spirals_and_a_deeper_net_train() {
         .arg(&json)
         .assert()
         .success();
-    let text = std::fs::read_to_string(&json).unwrap();
-    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let summary = summary_of(&json);
     let acc = summary["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.9, "spirals test accuracy {acc}");
 }
@@ -239,8 +244,7 @@ fn mnist_trains_from_the_assets() {
         .arg(&json)
         .assert()
         .success();
-    let text = std::fs::read_to_string(&json).unwrap();
-    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let summary = summary_of(&json);
     let acc = summary["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.85, "MNIST test accuracy after 150 steps: {acc}");
 }
@@ -301,8 +305,7 @@ fn ctrl_c_stops_the_run_and_keeps_the_exports_with_a_summary() {
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&json).unwrap();
-    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let summary = summary_of(&json);
     assert_eq!(summary["kind"], "summary");
     assert_eq!(summary["outcome"], "stopped");
     assert!(summary["steps"].as_u64().unwrap() >= 5);

@@ -206,10 +206,8 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     // Open the output first: a bad path should fail before a minute of measuring.
     let out = args
         .json
-        .as_ref()
-        .map(|p| {
-            std::fs::File::create(p).map_err(|e| CliError::usage(format!("--json: cannot write {}: {e}", p.display())))
-        })
+        .as_deref()
+        .map(|p| super::create_output("json", p))
         .transpose()?;
     let (step_iters, budget) = if args.quick {
         (200, Duration::from_millis(10))

@@ -76,10 +76,8 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
     }
     let out = args
         .json
-        .as_ref()
-        .map(|p| {
-            std::fs::File::create(p).map_err(|e| CliError::usage(format!("--json: cannot write {}: {e}", p.display())))
-        })
+        .as_deref()
+        .map(|p| super::create_output("json", p))
         .transpose()?;
 
     let data =

@@ -1,7 +1,6 @@
 //! Exports of a run: JSON lines, CSV, and a Chrome trace. Written as the run goes, so a
 //! crash loses at most the buffered tail.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -14,13 +13,12 @@ use crate::train::Event;
 struct Out {
     path: PathBuf,
     flag: &'static str,
-    w: BufWriter<File>,
+    w: BufWriter<std::fs::File>,
 }
 
 impl Out {
     fn create(flag: &'static str, path: &Path) -> Result<Out, CliError> {
-        let file = File::create(path)
-            .map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))?;
+        let file = super::create_output(flag, path)?;
         Ok(Out {
             path: path.to_owned(),
             flag,

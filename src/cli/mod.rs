@@ -45,6 +45,12 @@ impl CliError {
     }
 }
 
+/// Creates an output file named by `--flag`, or says in one sentence why it cannot.
+/// Front ends call it before any work, so that a bad path fails at once.
+pub fn create_output(flag: &str, path: &std::path::Path) -> Result<std::fs::File, CliError> {
+    std::fs::File::create(path).map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ddlab",

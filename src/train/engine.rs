@@ -311,25 +311,48 @@ impl SegEnd {
     }
 }
 
-/// Runs a worker body, turning a panic into a failure (and releasing the others).
-pub(super) fn guarded(rank: usize, release: &(dyn Fn() + Sync), body: impl FnOnce() -> SegEnd) -> SegEnd {
-    crate::nn::flush_denormals();
-    crate::comm::pin_to_core(rank);
-    let end = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
-        SegEnd::Failed(format!("worker {rank} failed: {msg}"))
-    });
-    // Completed and Switch are ends every worker reaches at the same step; anything else
-    // must release the others, or they would wait for us forever. (Releasing on a switch
-    // would abort peers still finishing the very all-reduce that carried the flag.)
-    if !matches!(end, SegEnd::Completed | SegEnd::Switch) {
-        release();
-    }
-    end
+/// Runs one worker thread per input (`ddlab-worker-R`, pinned to a core, subnormals
+/// flushed) and returns how each ended. A panic becomes a failure; any end but
+/// Completed or Switch calls `release`, so that nobody waits for the others forever.
+/// (Completed and Switch are ends every worker reaches at the same step; releasing then
+/// would abort peers still finishing the very all-reduce that carried the flag.)
+pub(super) fn run_workers<T: Send>(
+    inputs: Vec<T>,
+    release: &(dyn Fn() + Sync),
+    body: impl Fn(usize, T) -> SegEnd + Sync,
+) -> Vec<SegEnd> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(rank, input)| {
+                let body = &body;
+                std::thread::Builder::new()
+                    .name(format!("ddlab-worker-{rank}"))
+                    .spawn_scoped(s, move || {
+                        crate::nn::flush_denormals();
+                        crate::comm::pin_to_core(rank);
+                        let end = catch_unwind(AssertUnwindSafe(|| body(rank, input))).unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "panic".into());
+                            SegEnd::Failed(format!("worker {rank} failed: {msg}"))
+                        });
+                        if !matches!(end, SegEnd::Completed | SegEnd::Switch) {
+                            release();
+                        }
+                        end
+                    })
+                    .expect("the OS can start a thread")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(SegEnd::Failed("a worker thread died".into())))
+            .collect()
+    })
 }
 
 /// A loss that is NaN, infinite, or over 100 times that of guessing uniformly

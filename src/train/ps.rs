@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use ndarray::Array2;
 
-use super::engine::{diverged, guarded, RunCtx, SegEnd, SegState, Segment};
+use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{Event, Phase, WorkerStep};
 use crate::comm::{precise_sleep, Link};
 use crate::config::Mode;
@@ -105,35 +105,20 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
         let server = std::sync::Arc::clone(&server);
         move || server.close()
     }));
-    let ends: Vec<SegEnd> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..seg.workers)
-            .map(|rank| {
-                let server = &*server;
-                std::thread::Builder::new()
-                    .name(format!("ddlab-worker-{rank}"))
-                    .spawn_scoped(s, move || {
-                        guarded(rank, &|| server.close(), || {
-                            let end = worker(ctx, seg, server, rank);
-                            if end == SegEnd::Completed {
-                                // The budget is spent: stop holding the others back.
-                                let mut st = server.lock();
-                                let lr = ctx.schedule(&seg).at(st.version);
-                                st.leave(rank, server.mode, server.workers, lr);
-                                drop(st);
-                                server.changed.notify_all();
-                            } else {
-                                server.close(); // release every waiter: the segment is over
-                            }
-                            end
-                        })
-                    })
-                    .expect("the OS can start a thread")
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(SegEnd::Failed("a worker thread died".into())))
-            .collect()
+    let server = &*server;
+    let ends = run_workers(vec![(); seg.workers], &|| server.close(), |rank, ()| {
+        let end = worker(ctx, seg, server, rank);
+        if end == SegEnd::Completed {
+            // The budget is spent: stop holding the others back.
+            let mut st = server.lock();
+            let lr = ctx.schedule(&seg).at(st.version);
+            st.leave(rank, server.mode, server.workers, lr);
+            drop(st);
+            server.changed.notify_all();
+        } else {
+            server.close(); // release every waiter: the segment is over
+        }
+        end
     });
     let st = server.lock();
     state.params.copy_from_slice(&st.params);

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use ndarray::Array2;
 
-use super::engine::{diverged, guarded, RunCtx, SegEnd, SegState, Segment};
+use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{CollectiveKind, Event, Phase, WorkerStep};
 use crate::comm::{thread_group, Collective, Comm, ThreadTransport, Transfer, Transport};
 use crate::nn::{l2_norm, Sgd, Workspace};
@@ -25,38 +25,19 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     }));
     let start: &SegState = state;
     let out: Mutex<Option<Rank0End>> = Mutex::new(None);
-    let ends: Vec<SegEnd> = std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .into_iter()
-            .map(|transport| {
-                let release = abort.clone();
-                let out = &out;
-                std::thread::Builder::new()
-                    .name(format!("ddlab-worker-{}", transport.rank()))
-                    .spawn_scoped(s, move || {
-                        let rank = transport.rank();
-                        guarded(rank, &move || release.abort(), || {
-                            let mut comm = Comm::new(transport, seg.allreduce);
-                            let mut worker = Worker::new(ctx, seg, start, rank);
-                            let end = worker.run(&mut comm, steps).err().unwrap_or(SegEnd::Completed);
-                            if rank == 0 {
-                                let done = worker.steps_done;
-                                *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rank0End {
-                                    velocity: worker.sgd.velocity().to_vec(),
-                                    params: worker.params,
-                                    steps: done,
-                                });
-                            }
-                            end
-                        })
-                    })
-                    .expect("the OS can start a thread")
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(SegEnd::Failed("a worker thread died".into())))
-            .collect()
+    let release = abort.clone();
+    let ends = run_workers(group, &move || release.abort(), |rank, transport| {
+        let mut comm = Comm::new(transport, seg.allreduce);
+        let mut worker = Worker::new(ctx, seg, start, rank);
+        let end = worker.run(&mut comm, steps).err().unwrap_or(SegEnd::Completed);
+        if rank == 0 {
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rank0End {
+                velocity: worker.sgd.velocity().to_vec(),
+                steps: worker.steps_done,
+                params: worker.params,
+            });
+        }
+        end
     });
     if let Some(end) = out.into_inner().unwrap_or_else(|e| e.into_inner()) {
         state.params = end.params;

@@ -64,84 +64,92 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
 
     let [top, bottom] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
 
-    let mut sets = Vec::new();
-    for (g, pts) in lab.ghosts.iter().zip(&ghosts_loss) {
-        sets.push(
-            Dataset::default()
-                .name(g.label.clone())
-                .marker(Marker::Dot)
-                .graph_type(GraphType::Line)
-                .style(theme.ghost())
-                .data(pts),
-        );
-    }
-    sets.push(
-        Dataset::default()
-            .name("loss")
-            .marker(Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(theme.loss())
-            .data(&loss),
-    );
     let last_loss = loss.last().map_or("–".into(), |p| format!("{:.3}", p.1));
-    Chart::new(sets)
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(Span::styled(format!(" training loss {last_loss} "), theme.title())),
-        )
-        .x_axis(
-            ChartAxis::default()
-                .bounds([0.0, x_max])
-                .labels(x_labels.clone())
-                .style(theme.dim()),
-        )
-        .y_axis(
-            ChartAxis::default()
-                .bounds([0.0, loss_max])
-                .labels(vec![Span::raw("0"), Span::raw(format!("{loss_max:.1}"))])
-                .style(theme.dim()),
-        )
-        .render(top, buf);
+    let loss_chart = Plot {
+        title: format!(" training loss {last_loss} "),
+        name: "loss",
+        style: theme.loss(),
+        points: &loss,
+        ghosts: &ghosts_loss,
+        y_max: loss_max,
+        y_top_label: format!("{loss_max:.1}"),
+    };
+    loss_chart.render(lab, theme, [0.0, x_max], &x_labels, top, buf);
+    let last_acc = acc.last().map_or("–".into(), |p| format!("{:.1} %", p.1 * 100.0));
+    let acc_chart = Plot {
+        title: format!(" test accuracy {last_acc} · x: {x_title} "),
+        name: "test acc",
+        style: theme.accuracy(),
+        points: &acc,
+        ghosts: &ghosts_acc,
+        y_max: 1.0,
+        y_top_label: "100%".into(),
+    };
+    acc_chart.render(lab, theme, [0.0, x_max], &x_labels, bottom, buf);
+}
 
-    let mut sets = Vec::new();
-    for (g, pts) in lab.ghosts.iter().zip(&ghosts_acc) {
+/// One chart: the live curve over the ghosts' faded ones.
+struct Plot<'a> {
+    title: String,
+    name: &'static str,
+    style: ratatui::style::Style,
+    points: &'a [(f64, f64)],
+    ghosts: &'a [Vec<(f64, f64)>],
+    y_max: f64,
+    y_top_label: String,
+}
+
+impl Plot<'_> {
+    fn render(
+        self,
+        lab: &Lab,
+        theme: &Theme,
+        x_bounds: [f64; 2],
+        x_labels: &[Span<'static>],
+        area: Rect,
+        buf: &mut Buffer,
+    ) {
+        let mut sets: Vec<Dataset> = lab
+            .ghosts
+            .iter()
+            .zip(self.ghosts)
+            .map(|(g, pts)| {
+                Dataset::default()
+                    .name(g.label.clone())
+                    .marker(Marker::Dot)
+                    .graph_type(GraphType::Line)
+                    .style(theme.ghost())
+                    .data(pts)
+            })
+            .collect();
         sets.push(
             Dataset::default()
-                .name(g.label.clone())
-                .marker(Marker::Dot)
+                .name(self.name)
+                .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
-                .style(theme.ghost())
-                .data(pts),
+                .style(self.style)
+                .data(self.points),
         );
+        Chart::new(sets)
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(Span::styled(self.title, theme.title())),
+            )
+            .x_axis(
+                ChartAxis::default()
+                    .bounds(x_bounds)
+                    .labels(x_labels.to_vec())
+                    .style(theme.dim()),
+            )
+            .y_axis(
+                ChartAxis::default()
+                    .bounds([0.0, self.y_max])
+                    .labels(vec![Span::raw("0"), Span::raw(self.y_top_label)])
+                    .style(theme.dim()),
+            )
+            .render(area, buf);
     }
-    sets.push(
-        Dataset::default()
-            .name("test acc")
-            .marker(Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(theme.accuracy())
-            .data(&acc),
-    );
-    let last_acc = acc.last().map_or("–".into(), |p| format!("{:.1} %", p.1 * 100.0));
-    Chart::new(sets)
-        .block(Block::default().borders(Borders::ALL).title(Span::styled(
-            format!(" test accuracy {last_acc} · x: {x_title} "),
-            theme.title(),
-        )))
-        .x_axis(
-            ChartAxis::default()
-                .bounds([0.0, x_max])
-                .labels(x_labels)
-                .style(theme.dim()),
-        )
-        .y_axis(
-            ChartAxis::default()
-                .bounds([0.0, 1.0])
-                .labels(vec![Span::raw("0"), Span::raw("100%")])
-                .style(theme.dim()),
-        )
-        .render(bottom, buf);
 }
 
 fn format_x(axis: Axis, x: f64) -> String {
