@@ -6,7 +6,7 @@ use std::time::Duration;
 use ddlab::config::{Experiment, Length, Mode, Straggler};
 use ddlab::data::digits;
 use ddlab::session::{Session, SessionOptions};
-use ddlab::train::{params_hash, Control, Event, Outcome, WorkerStep};
+use ddlab::train::{params_hash, Control, Event, Outcome, Phase, WorkerStep};
 
 fn run(exp: Experiment) -> (Session, Vec<WorkerStep>) {
     let mut s = Session::start_with_data(exp, Arc::new(digits()), SessionOptions::default(), None).unwrap();
@@ -188,4 +188,45 @@ fn stop_ends_a_parameter_server_run_even_while_workers_wait() {
         s.control(Control::Stop).unwrap();
         assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped, "{mode}");
     }
+}
+
+#[test]
+fn the_parameter_servers_link_serialises_every_pull_and_push() {
+    // 2 ms per message on one server link: 3 workers × 10 iterations × (pull + push) =
+    // 60 messages one after another, so at least 120 ms — whatever the workers overlap.
+    let link = ddlab::comm::Link::new(2000.0, 1000.0).unwrap();
+    let exp = Experiment {
+        workers: 3,
+        mode: Mode::Async,
+        link: Some(link),
+        length: Length::Steps(10), // 10 × 3 × 32 samples = 10 iterations per worker
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let (s, reports) = run(exp);
+    assert_eq!(reports.len(), 30);
+    let per_message = link.message_time(s.state().params * 4);
+    assert!(
+        t0.elapsed() >= per_message * 60,
+        "{:?} < 60 × {per_message:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_straggler_waits_in_proportion_to_its_own_compute() {
+    // Worker 1 at 5×: it sleeps 4× its measured forward+backward inside its backward
+    // phase, so its backward time is at least 4× its forward time (a lower bound: sleep
+    // never returns early).
+    let (s, _) = run(Experiment {
+        workers: 2,
+        stragglers: vec![Straggler { worker: 1, factor: 5.0 }],
+        length: Length::Steps(30),
+        ..Default::default()
+    });
+    let w = &s.state().per_worker;
+    let (fwd, bwd) = (Phase::Forward.index(), Phase::Backward.index());
+    assert!(w[1].phase_ns[bwd] >= 4 * w[1].phase_ns[fwd], "{:?}", w[1].phase_ns);
+    let summary = s.summary();
+    assert_eq!(summary.worker_steps_per_sec.len(), 2);
 }

@@ -44,6 +44,7 @@ pub struct Exports {
     trace_events: usize,
     steps_written: usize,
     evals_written: usize,
+    segments_written: usize,
 }
 
 impl Exports {
@@ -56,6 +57,7 @@ impl Exports {
             trace_events: 0,
             steps_written: 0,
             evals_written: 0,
+            segments_written: 0,
         };
         if let Some(csv) = &mut exports.csv {
             csv.line(
@@ -164,6 +166,15 @@ impl Exports {
             }
         }
         self.evals_written = state.evals.len();
+        // Where each switch happened (the first segment is the start).
+        for seg in &state.segments[self.segments_written..] {
+            if let Some(json) = &mut self.json {
+                let mut v = serde_json::to_value(seg).expect("records serialise");
+                v["kind"] = json!("segment");
+                json.line(&v.to_string())?;
+            }
+        }
+        self.segments_written = state.segments.len();
         // Flush as we go: what was measured survives a crash or a kill.
         for out in [&mut self.json, &mut self.csv, &mut self.trace].into_iter().flatten() {
             out.w.flush().map_err(|e| out.failed(e))?;

@@ -147,13 +147,14 @@ pub fn table(s: &Summary) -> String {
         .into_iter()
         .filter(|p| s.phase_ms.iter().any(|ms| ms[p.index()] > 0.0))
         .collect();
-    let _ = write!(out, "  {:<9}", "ms/step");
+    let _ = write!(out, "  {:<9} {:>9}", "ms/step", "steps/s");
     for p in &used {
         let _ = write!(out, " {:>11}", p.name());
     }
     let _ = writeln!(out);
     for (w, ms) in s.phase_ms.iter().enumerate() {
-        let _ = write!(out, "  {:<9}", format!("worker {w}"));
+        let rate = s.worker_steps_per_sec.get(w).copied().unwrap_or(0.0);
+        let _ = write!(out, "  {:<9} {rate:>9.1}", format!("worker {w}"));
         for p in &used {
             let _ = write!(out, " {:>11.4}", ms[p.index()]);
         }

@@ -28,8 +28,10 @@ pub struct Summary {
     pub final_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
-    /// Mean milliseconds per step in each phase, per worker: [forward, backward,
-    /// all-reduce, update].
+    /// Steps (or pushes) per second of each worker: a straggler shows here.
+    pub worker_steps_per_sec: Vec<f64>,
+    /// Mean milliseconds per step in each phase, per worker, in `Phase::ALL` order:
+    /// [forward, backward, all-reduce, update, pull, push, wait].
     pub phase_ms: Vec<[f64; Phase::COUNT]>,
     /// Bytes sent by all workers in all all-reduces.
     pub allreduce_bytes: u64,
@@ -93,6 +95,7 @@ impl Summary {
             final_loss,
             test_accuracy: state.last_eval().map(|e| e.test_accuracy),
             test_loss: state.last_eval().map(|e| e.test_loss),
+            worker_steps_per_sec: state.per_worker.iter().map(|w| per_sec(w.steps as f64)).collect(),
             phase_ms: state
                 .per_worker
                 .iter()
