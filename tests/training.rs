@@ -370,3 +370,38 @@ fn at_full_speed_detail_is_sampled_but_every_sampled_step_is_whole() {
         "ring with 3 workers: 3 × 2(N−1) messages: {per_step:?}"
     );
 }
+
+#[test]
+fn the_alpha_beta_model_is_a_lower_bound_of_the_emulated_communication() {
+    // Ring and tree wait at least α + bytes/β per round on an emulated link, so the
+    // measured communication can only exceed the model; the summary reports both.
+    let data = Arc::new(digits());
+    for algo in [AllReduceAlgo::Ring, AllReduceAlgo::Tree] {
+        let exp = Experiment {
+            workers: 3,
+            allreduce: algo,
+            link: Some(ddlab::comm::Link::new(200.0, 1.0).unwrap()),
+            length: Length::Steps(5),
+            ..Default::default()
+        };
+        let s = train(exp, &data);
+        let summary = s.summary();
+        let model = summary.allreduce_model_ms.expect("a model with a link");
+        assert!(model > 0.5, "{algo}: 200 µs per round: {model} ms");
+        assert!(
+            summary.allreduce_comm_ms >= model,
+            "{algo}: {} < {model}",
+            summary.allreduce_comm_ms
+        );
+        assert!(s.state().steps.iter().all(|r| r.allreduce_model_ns.is_some()));
+    }
+    // Without a link there is nothing to model.
+    let s = train(
+        Experiment {
+            length: Length::Steps(3),
+            ..Default::default()
+        },
+        &data,
+    );
+    assert_eq!(s.summary().allreduce_model_ms, None);
+}

@@ -124,7 +124,16 @@ pub fn table(s: &Summary) -> String {
         ("steps/s", format!("{:.1}", s.steps_per_sec)),
         ("samples/s", format!("{:.0}", s.samples_per_sec)),
         ("all-reduce bytes", human_bytes(s.allreduce_bytes as f64)),
-        ("all-reduce time/step", format!("{:.3} ms", s.allreduce_ms)),
+        (
+            "all-reduce time/step",
+            match s.allreduce_model_ms {
+                Some(m) => format!(
+                    "{:.3} ms; communication {:.3} ms, α-β model {m:.3} ms",
+                    s.allreduce_ms, s.allreduce_comm_ms
+                ),
+                None => format!("{:.3} ms", s.allreduce_ms),
+            },
+        ),
         (
             "all-reduce busbw",
             s.allreduce_busbw_gbps.map_or("–".into(), |b| format!("{b:.2} GB/s")),

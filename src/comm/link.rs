@@ -65,6 +65,26 @@ impl Link {
     }
 }
 
+/// The α-β cost model of one all-reduce of `bytes` across `n` ranks over `link`:
+/// rounds·α + (bytes on the busiest link)·β, with β = 1/bandwidth.
+///
+/// | algorithm | rounds | bytes on the busiest link |
+/// |---|---|---|
+/// | ring | 2(N−1) | 2(N−1)·B/N (each rank sends every chunk but its own, twice) |
+/// | tree (recursive doubling) | ⌊log₂N⌋ (+2 when N is not a power of two) | rounds·B |
+/// | naive | 2(N−1) (rank 0 takes one message at a time) | 2(N−1)·B (all through rank 0) |
+pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> std::time::Duration {
+    use super::AllReduceAlgo::*;
+    let rounds = algo.rounds(n) as f64;
+    let b = bytes as f64;
+    let busiest = match algo {
+        Ring => rounds * b / n.max(1) as f64,
+        Tree | Naive => rounds * b,
+    };
+    let ns = rounds * link.latency_us * 1e3 + busiest * 8.0 / link.gbit_s;
+    std::time::Duration::from_nanos(ns as u64)
+}
+
 impl std::str::FromStr for Link {
     type Err = String;
     /// `latency_us,gbit_s`, e.g. `20,10` for a 10 GbE-like link, or a preset name.
@@ -94,6 +114,30 @@ mod tests {
         let link: Link = "10,8".parse().unwrap();
         // 1 MB at 8 Gbit/s = 1 ms, plus 10 µs
         assert_eq!(link.message_time(1_000_000), Duration::from_micros(1010));
+    }
+
+    #[test]
+    fn alpha_beta_model_of_the_three_algorithms() {
+        use crate::comm::AllReduceAlgo;
+        let link = Link::new(10.0, 8.0).unwrap(); // α = 10 µs, 1 byte = 1 ns
+        let mb = 1_000_000;
+        // ring, N=4: 6 rounds · 10 µs + 6 · 250 KB · 1 ns = 60 µs + 1.5 ms
+        assert_eq!(
+            alpha_beta(AllReduceAlgo::Ring, 4, mb, &link),
+            Duration::from_micros(1560)
+        );
+        // tree, N=4: 2 rounds · (10 µs + 1 ms)
+        assert_eq!(
+            alpha_beta(AllReduceAlgo::Tree, 4, mb, &link),
+            Duration::from_micros(2020)
+        );
+        // naive, N=4: 6 messages of 1 MB through rank 0
+        assert_eq!(
+            alpha_beta(AllReduceAlgo::Naive, 4, mb, &link),
+            Duration::from_micros(6060)
+        );
+        // one rank: nothing to do
+        assert_eq!(alpha_beta(AllReduceAlgo::Ring, 1, mb, &link), Duration::ZERO);
     }
 
     #[test]

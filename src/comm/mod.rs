@@ -16,7 +16,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
-pub use link::Link;
+pub use link::{alpha_beta, Link};
 pub use threads::{thread_group, AbortHandle, ThreadTransport};
 pub use wait::precise_sleep;
 

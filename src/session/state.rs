@@ -35,6 +35,11 @@ pub struct StepRecord {
     pub t_ns: u64,
     /// The slowest worker's all-reduce time in this step (sync).
     pub allreduce_ns: u64,
+    /// The quickest worker's all-reduce time: the one that arrived last and waited for
+    /// nobody, so about the communication alone.
+    pub allreduce_comm_ns: u64,
+    /// What the α-β model predicts for the communication (sync over an emulated link).
+    pub allreduce_model_ns: Option<u64>,
     /// Bytes all workers sent for this record.
     pub bytes_sent: u64,
     pub staleness: Option<u64>,
@@ -221,6 +226,15 @@ impl RunState {
         }
     }
 
+    /// The α-β model's time for one all-reduce of the gradient in the current segment.
+    pub fn allreduce_model(&self) -> Option<std::time::Duration> {
+        let seg = self.current().filter(|s| !s.mode.uses_server())?;
+        let link = seg.link.as_ref()?;
+        // The gradient, plus the two flags the engine all-reduces with it.
+        let bytes = (self.params + 2) * std::mem::size_of::<f32>();
+        Some(crate::comm::alpha_beta(seg.allreduce, seg.workers, bytes, link))
+    }
+
     fn push_record(&mut self, reports: &[WorkerStep], worker: Option<usize>) {
         let samples: usize = reports.iter().map(|r| r.samples).sum();
         let loss_sum: f64 = reports.iter().map(|r| r.loss * r.samples as f64).sum();
@@ -243,6 +257,16 @@ impl RunState {
                 .map(|r| r.phase_ns[Phase::AllReduce.index()])
                 .max()
                 .unwrap_or(0),
+            allreduce_comm_ns: reports
+                .iter()
+                .map(|r| r.phase_ns[Phase::AllReduce.index()])
+                .min()
+                .unwrap_or(0),
+            allreduce_model_ns: worker
+                .is_none()
+                .then(|| self.allreduce_model())
+                .flatten()
+                .map(|d| d.as_nanos() as u64),
             bytes_sent: reports.iter().map(|r| r.bytes_sent).sum(),
             staleness: first.staleness,
             dropped: first.dropped,

@@ -38,6 +38,10 @@ pub struct Summary {
     /// Mean all-reduce time per step (slowest worker), and its bus bandwidth:
     /// algbw = gradient bytes / time, busbw = algbw · 2(N−1)/N (nccl-tests).
     pub allreduce_ms: f64,
+    /// Mean all-reduce time of the worker that waited least (about the communication).
+    pub allreduce_comm_ms: f64,
+    /// The α-β model's prediction for that communication (with an emulated link).
+    pub allreduce_model_ms: Option<f64>,
     pub allreduce_busbw_gbps: Option<f64>,
     /// Parameter-server modes: staleness of the applied gradients.
     pub staleness_mean: Option<f64>,
@@ -111,6 +115,13 @@ impl Summary {
                 .collect(),
             allreduce_bytes: state.per_worker.iter().map(|w| w.bytes_sent).sum(),
             allreduce_ms: allreduce_ns / 1e6,
+            allreduce_comm_ms: sync_steps.iter().map(|s| s.allreduce_comm_ns as f64).sum::<f64>()
+                / sync_steps.len().max(1) as f64
+                / 1e6,
+            allreduce_model_ms: (!sync_steps.is_empty())
+                .then(|| state.allreduce_model())
+                .flatten()
+                .map(|d| d.as_secs_f64() * 1e3),
             allreduce_busbw_gbps: busbw, // bytes/ns = GB/s
             staleness_mean: state.staleness_mean(),
             staleness_max: state.staleness_mean().map(|_| state.staleness_max),
