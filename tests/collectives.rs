@@ -193,3 +193,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_algorithm_takes_at_least_what_the_alpha_beta_model_says() {
+    // Everyone starts together (a barrier), so the emulated link can only be slower than
+    // the model: each round waits α + bytes/β (naive at N=2: one message each way).
+    let link = Link::new(300.0, 2.0).unwrap();
+    let len = 20_000;
+    for (algo, n) in [
+        (AllReduceAlgo::Ring, 2),
+        (AllReduceAlgo::Ring, 4),
+        (AllReduceAlgo::Tree, 2),
+        (AllReduceAlgo::Tree, 4),
+        (AllReduceAlgo::Naive, 2),
+    ] {
+        let times = on_group(n, algo, Some(link), |c| {
+            let mut buf = vec![1.0; len];
+            c.barrier().unwrap();
+            let t0 = std::time::Instant::now();
+            c.all_reduce_sum(&mut buf).unwrap();
+            t0.elapsed()
+        });
+        let model = ddlab::comm::alpha_beta(algo, n, len * 4, &link);
+        let slowest = times.into_iter().max().unwrap();
+        assert!(slowest >= model, "{algo} N={n}: {slowest:?} < model {model:?}");
+    }
+}

@@ -35,8 +35,8 @@ pub struct StepRecord {
     pub t_ns: u64,
     /// The slowest worker's all-reduce time in this step (sync).
     pub allreduce_ns: u64,
-    /// The quickest worker's all-reduce time: the one that arrived last and waited for
-    /// nobody, so about the communication alone.
+    /// The all-reduce's own time: from the last worker's arrival to the last worker's
+    /// finish (the waiting for late workers left out).
     pub allreduce_comm_ns: u64,
     /// What the α-β model predicts for the communication (sync over an emulated link).
     pub allreduce_model_ns: Option<u64>,
@@ -257,11 +257,15 @@ impl RunState {
                 .map(|r| r.phase_ns[Phase::AllReduce.index()])
                 .max()
                 .unwrap_or(0),
-            allreduce_comm_ns: reports
-                .iter()
-                .map(|r| r.phase_ns[Phase::AllReduce.index()])
-                .min()
-                .unwrap_or(0),
+            allreduce_comm_ns: {
+                let last_in = reports.iter().map(|r| r.allreduce_start_ns).max().unwrap_or(0);
+                let last_out = reports
+                    .iter()
+                    .map(|r| r.allreduce_start_ns + r.phase_ns[Phase::AllReduce.index()])
+                    .max()
+                    .unwrap_or(0);
+                last_out.saturating_sub(last_in)
+            },
             allreduce_model_ns: worker
                 .is_none()
                 .then(|| self.allreduce_model())

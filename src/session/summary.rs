@@ -38,7 +38,7 @@ pub struct Summary {
     /// Mean all-reduce time per step (slowest worker), and its bus bandwidth:
     /// algbw = gradient bytes / time, busbw = algbw · 2(N−1)/N (nccl-tests).
     pub allreduce_ms: f64,
-    /// Mean all-reduce time of the worker that waited least (about the communication).
+    /// Mean time of the all-reduce itself: last arrival to last finish.
     pub allreduce_comm_ms: f64,
     /// The α-β model's prediction for that communication (with an emulated link).
     pub allreduce_model_ms: Option<f64>,

@@ -91,6 +91,8 @@ pub struct WorkerStep {
     /// Parameter server only: how many iterations this worker was ahead of the slowest
     /// one when it pulled (SSP keeps this ≤ K).
     pub lead: u64,
+    /// Sync only: when this worker entered the all-reduce.
+    pub allreduce_start_ns: u64,
     pub end_ns: u64,
 }
 

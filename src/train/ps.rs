@@ -278,6 +278,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             staleness: pushed.staleness,
             dropped: pushed.dropped,
             lead,
+            allreduce_start_ns: 0,
             end_ns,
         }));
     }

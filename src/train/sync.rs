@@ -162,7 +162,9 @@ impl<'a> Worker<'a> {
                 last_detail_ns = ctx.clock.ns();
             }
             let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+            let mut allreduce_start_ns = 0;
             ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
+                allreduce_start_ns = ctx.clock.ns();
                 comm.all_reduce_mean(grads)
             })?
             .map_err(|_| SegEnd::Aborted)?;
@@ -197,6 +199,7 @@ impl<'a> Worker<'a> {
                 staleness: None,
                 dropped: false,
                 lead: 0,
+                allreduce_start_ns,
                 end_ns,
             }));
             let updates = step + 1;
