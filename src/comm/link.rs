@@ -75,11 +75,12 @@ impl Link {
 /// | naive | 2(N−1) (rank 0 takes one message at a time) | 2(N−1)·B (all through rank 0) |
 pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> std::time::Duration {
     use super::AllReduceAlgo::*;
-    let rounds = algo.rounds(n) as f64;
     let b = bytes as f64;
-    let busiest = match algo {
-        Ring => rounds * b / n.max(1) as f64,
-        Tree | Naive => rounds * b,
+    let (rounds, busiest) = match algo {
+        Ring => (algo.rounds(n) as f64, algo.rounds(n) as f64 * b / n.max(1) as f64),
+        Tree => (algo.rounds(n) as f64, algo.rounds(n) as f64 * b),
+        // Rank 0 takes N−1 messages in, then sends N−1 out, one at a time.
+        Naive => (2.0 * n.saturating_sub(1) as f64, 2.0 * n.saturating_sub(1) as f64 * b),
     };
     let ns = rounds * link.latency_us * 1e3 + busiest * 8.0 / link.gbit_s;
     std::time::Duration::from_nanos(ns as u64)
