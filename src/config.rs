@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{AllReduceAlgo, Link};
+use crate::comm::{AllReduceAlgo, Link, Wire};
 use crate::data::DatasetKind;
 use crate::nn::LrScaling;
 
@@ -153,6 +153,8 @@ pub struct Experiment {
     pub link: Option<Link>,
     /// Workers made slower on purpose, to watch who waits for whom.
     pub stragglers: Vec<Straggler>,
+    /// Gradients on the wire: f32, or f16/bf16 to halve the bytes (sums stay in f32).
+    pub grad_dtype: Wire,
     pub seed: u64,
     /// Test-set accuracy every this many steps (and at the end).
     pub eval_every: u64,
@@ -175,6 +177,7 @@ impl Default for Experiment {
             length: Length::Epochs(30),
             link: None,
             stragglers: Vec::new(),
+            grad_dtype: Wire::F32,
             seed: 1,
             eval_every: 25,
         }

@@ -54,6 +54,7 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--mode", "backup:4", "--workers", "4"], "--mode", "B < 4");
     refuses(&["--straggler", "9:2", "--workers", "4"], "--straggler", "use 0 to 3");
     refuses(&["--straggler", "1:0"], "--straggler", "≥ 1");
+    refuses(&["--grad-dtype", "f8"], "--grad-dtype", "f32, f16 or bf16");
 }
 
 #[test]

@@ -219,3 +219,65 @@ fn every_algorithm_takes_at_least_what_the_alpha_beta_model_says() {
         assert!(slowest >= model, "{algo} N={n}: {slowest:?} < model {model:?}");
     }
 }
+
+#[test]
+fn sixteen_bit_gradients_halve_the_bytes_keep_replicas_identical_and_sum_in_f32() {
+    use ddlab::comm::{Transport, Wire};
+    let len = 10_007;
+    let value = |rank: usize, i: usize| ((rank * 131 + i * 7) as f32 * 0.0137).sin() * 3.0;
+    for wire in [Wire::F16, Wire::Bf16] {
+        for algo in AllReduceAlgo::ALL {
+            for n in [2, 3, 4, 5, 8] {
+                let results = on_group(n, algo, None, |c| {
+                    let mut buf: Vec<f32> = (0..len).map(|i| value(c.rank(), i)).collect();
+                    // as the engine does: parameters first (exact), then 16-bit gradients
+                    let mut params = vec![c.rank() as f32 + 0.1; 3];
+                    c.broadcast(&mut params, 0).unwrap();
+                    let before = c.bytes_sent();
+                    c.transport_mut().set_wire(wire);
+                    c.all_reduce_sum(&mut buf).unwrap();
+                    (buf, c.bytes_sent() - before, params)
+                });
+                let f32_bytes = on_group(n, algo, None, |c| {
+                    let mut buf = vec![0.0f32; len];
+                    c.all_reduce_sum(&mut buf).unwrap();
+                    c.bytes_sent()
+                });
+                for (rank, (buf, bytes, params)) in results.iter().enumerate() {
+                    assert_eq!(params, &vec![0.1; 3], "parameters travel exactly");
+                    assert_eq!(2 * bytes, f32_bytes[rank], "{wire} {algo} N={n}: half the bytes");
+                    assert!(
+                        buf.iter().zip(&results[0].0).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{wire} {algo} N={n}: replicas differ"
+                    );
+                }
+                // Each hop rounds once to 8 (bf16) or 11 (f16) significant bits.
+                let tol = if wire == Wire::F16 { 2e-3 } else { 2e-2 } * n as f32;
+                for (i, &got) in results[0].0.iter().enumerate() {
+                    let want: f32 = (0..n).map(|r| value(r, i)).sum();
+                    assert!(
+                        (got - want).abs() <= tol * 3.0,
+                        "{wire} {algo} N={n} [{i}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_overflow_becomes_infinity_never_a_silent_nan() {
+    use ddlab::comm::{Transport, Wire};
+    for algo in AllReduceAlgo::ALL {
+        let results = on_group(2, algo, None, |c| {
+            c.transport_mut().set_wire(Wire::F16);
+            let mut buf = vec![40_000.0f32, 1.0];
+            c.all_reduce_sum(&mut buf).unwrap();
+            buf
+        });
+        for r in results {
+            assert!(r[0].is_infinite() && !r[0].is_nan(), "{algo}: {r:?}");
+            assert_eq!(r[1], 2.0);
+        }
+    }
+}

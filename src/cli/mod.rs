@@ -142,6 +142,9 @@ pub struct ExperimentArgs {
     /// Make worker W's compute F times slower (W:F, e.g. 2:4); may be given several times.
     #[arg(long, value_name = "W:F")]
     pub straggler: Vec<crate::config::Straggler>,
+    /// Gradients on the wire: f32, f16 or bf16 (half the bytes; sums stay in f32).
+    #[arg(long, value_name = "TYPE")]
+    pub grad_dtype: Option<crate::comm::Wire>,
     /// Seed for initialisation and shuffling.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -183,7 +186,8 @@ impl ExperimentArgs {
             lr_scaling,
             warmup,
             seed,
-            eval_every
+            eval_every,
+            grad_dtype
         );
         if let Some(h) = &self.hidden {
             exp.hidden = h.0.clone();

@@ -66,6 +66,9 @@ fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
             Op::Add,
         )?;
     }
+    // Rank i now holds the full sum of chunk i+1. The others will receive it rounded to
+    // the wire format: keep the same rounded values here, so replicas stay identical.
+    t.quantize(&mut buf[chunk(rank + 1)]);
     for r in 0..n - 1 {
         let send_c = (rank + 1 + n - r) % n;
         let recv_c = (rank + n - r) % n;
@@ -90,7 +93,10 @@ fn recursive_doubling<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], scratch
         round: round as u32,
     };
     let extra = n > p;
+    // Every exchange: round our buffer to the wire format first, so that what we keep is
+    // what the partner receives (a + b on one side equals b + a on the other).
     if rank >= p {
+        t.quantize(buf);
         t.send(rank - p, buf, whole(0))?;
         return t.recv(rank - p, buf, Op::Copy);
     }
@@ -103,12 +109,16 @@ fn recursive_doubling<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], scratch
     let mut mask = 1;
     while mask < p {
         let partner = rank ^ mask;
+        t.quantize(buf);
         t.send_recv(partner, buf, whole(round), partner, scratch, Op::Copy)?;
         // mine + theirs on one side, theirs + mine on the other: the same float.
         buf.iter_mut().zip(scratch.iter()).for_each(|(a, &b)| *a += b);
         mask <<= 1;
         round += 1;
     }
+    // The result on the wire format's grid everywhere: what a folded-in rank receives
+    // below is then exactly what every rank here keeps.
+    t.quantize(buf);
     if extra && rank + p < n {
         t.send(rank + p, buf, whole(round))?;
     }
@@ -123,6 +133,7 @@ fn naive<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
         for from in 1..n {
             t.recv(from, buf, Op::Add)?;
         }
+        t.quantize(buf); // keep what the others will receive
         for to in 1..n {
             t.send(to, buf, Tag { chunk: 0, round: 1 })?;
         }
@@ -204,7 +215,12 @@ impl<T: Transport> Collective for Comm<T> {
         all_reduce_sum(&mut self.transport, self.algo, buf, &mut self.scratch)
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
-        broadcast(&mut self.transport, buf, root)
+        // Parameters travel exactly, whatever format gradients use.
+        let wire = self.transport.wire();
+        self.transport.set_wire(crate::comm::Wire::F32);
+        let result = broadcast(&mut self.transport, buf, root);
+        self.transport.set_wire(wire);
+        result
     }
     fn barrier(&mut self) -> Result<()> {
         self.transport.barrier()

@@ -10,6 +10,7 @@ mod kernels;
 mod link;
 mod threads;
 mod wait;
+mod wire;
 
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
 pub use link::{alpha_beta, Link};
 pub use threads::{thread_group, AbortHandle, ThreadTransport};
 pub use wait::precise_sleep;
+pub use wire::Wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommError {
@@ -147,6 +149,19 @@ pub trait Transport: Send {
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>);
     /// Starts or stops recording transfers.
     fn set_recording(&mut self, on: bool);
+    /// The format values travel in (set for gradients; broadcasts always use f32).
+    fn wire(&self) -> Wire {
+        Wire::F32
+    }
+    fn set_wire(&mut self, _wire: Wire) {}
+    /// Rounds `buf` to what it would be after a trip over the wire, so that a rank can
+    /// keep exactly the values the others receive (replicas stay bit-identical).
+    fn quantize(&self, buf: &mut [f32]) {
+        let wire = self.wire();
+        if wire != Wire::F32 {
+            buf.iter_mut().for_each(|v| *v = wire.round(*v));
+        }
+    }
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;
     /// Nanoseconds this rank has spent waiting for other ranks since it was created.

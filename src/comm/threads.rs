@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 
 use super::wait::{wait_for_clock, wait_until, Doorbell};
-use super::{Clock, CommError, Link, Op, Result, Tag, Transfer, Transport};
+use super::{Clock, CommError, Link, Op, Result, Tag, Transfer, Transport, Wire};
 
 // Slot state = sequence number << 2 | phase.
 const POSTED: u64 = 0;
@@ -26,7 +26,8 @@ struct Slot {
     state: AtomicU64,
     /// Rung on every change of `state`; both the sender and the receiver wait on it.
     bell: Doorbell,
-    ptr: AtomicPtr<f32>,
+    /// The message: f32 values, or 16-bit ones when the group's wire format says so.
+    ptr: AtomicPtr<u8>,
     len: AtomicUsize,
     posted_ns: AtomicU64,
 }
@@ -71,6 +72,9 @@ pub struct ThreadTransport {
     transfers: Vec<Transfer>,
     bytes_sent: u64,
     waited_ns: u64,
+    wire: Wire,
+    /// Encoded 16-bit messages, one per destination: alive until the receiver is done.
+    staging: Vec<Vec<u16>>,
 }
 
 /// Makes the `size` ends of a new group; hand one to each worker thread. `link` emulates
@@ -106,6 +110,8 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
             transfers: Vec::new(),
             bytes_sent: 0,
             waited_ns: 0,
+            wire: Wire::F32,
+            staging: vec![Vec::new(); size],
         })
         .collect()
 }
@@ -126,7 +132,16 @@ impl ThreadTransport {
         self.sent[to] = seq;
         let slot = self.shared.slot(self.rank, to);
         let now = self.shared.clock.ns();
-        slot.ptr.store(data.as_ptr().cast_mut(), Ordering::Relaxed);
+        let ptr = match self.wire {
+            Wire::F32 => data.as_ptr().cast::<u8>(),
+            wire => {
+                let staged = &mut self.staging[to];
+                staged.clear();
+                staged.extend(data.iter().map(|&v| wire.encode(v)));
+                staged.as_ptr().cast::<u8>()
+            }
+        };
+        slot.ptr.store(ptr.cast_mut(), Ordering::Relaxed);
         slot.len.store(data.len(), Ordering::Relaxed);
         slot.posted_ns.store(now, Ordering::Relaxed);
         slot.state.store(state(seq, POSTED), Ordering::Release);
@@ -158,7 +173,7 @@ impl ThreadTransport {
             }
             return Err(CommError::Aborted);
         }
-        let bytes = (bytes * std::mem::size_of::<f32>()) as u64;
+        let bytes = (bytes * self.wire.bytes()) as u64;
         self.bytes_sent += bytes;
         if self.recording {
             self.transfers.push(Transfer {
@@ -196,7 +211,7 @@ impl ThreadTransport {
         if let Some(link) = shared.link {
             // The message occupies our incoming port for n/β, and arrives α later.
             let posted = slot.posted_ns.load(Ordering::Relaxed);
-            let bytes = len * std::mem::size_of::<f32>();
+            let bytes = len * self.wire.bytes();
             let start = posted.max(self.rx_free_ns);
             self.rx_free_ns = start + link.transfer_ns(bytes);
             wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns + link.latency_ns())?;
@@ -214,13 +229,26 @@ impl ThreadTransport {
             return Err(CommError::Aborted); // the sender revoked it
         }
         let ptr = slot.ptr.load(Ordering::Relaxed);
-        // SAFETY: the sender published a live slice of `len` floats and blocks until we
-        // mark the slot DONE (it cannot revoke after our TAKEN), so the slice is valid and
+        // SAFETY: the sender published a live buffer of `len` values in the group's wire
+        // format (every rank switches format at the same collective) and blocks until we
+        // mark the slot DONE (it cannot revoke after our TAKEN), so it is valid and
         // unchanged while we read. It never overlaps `into`: that is our own buffer.
-        let msg = unsafe { std::slice::from_raw_parts(ptr, len) };
-        match op {
-            Op::Add => super::kernels::add_assign(into, msg),
-            Op::Copy => into.copy_from_slice(msg),
+        match self.wire {
+            Wire::F32 => {
+                let msg = unsafe { std::slice::from_raw_parts(ptr.cast::<f32>(), len) };
+                match op {
+                    Op::Add => super::kernels::add_assign(into, msg),
+                    Op::Copy => into.copy_from_slice(msg),
+                }
+            }
+            wire => {
+                let msg = unsafe { std::slice::from_raw_parts(ptr.cast::<u16>(), len) };
+                // Sums stay in f32: only what travelled was rounded.
+                match op {
+                    Op::Add => into.iter_mut().zip(msg).for_each(|(a, &b)| *a += wire.decode(b)),
+                    Op::Copy => into.iter_mut().zip(msg).for_each(|(a, &b)| *a = wire.decode(b)),
+                }
+            }
         }
         slot.state.store(state(seq, DONE), Ordering::Release);
         slot.bell.ring();
@@ -282,6 +310,14 @@ impl Transport for ThreadTransport {
 
     fn set_recording(&mut self, on: bool) {
         self.recording = on;
+    }
+
+    fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    fn set_wire(&mut self, wire: Wire) {
+        self.wire = wire;
     }
 
     fn bytes_sent(&self) -> u64 {

@@ -139,6 +139,8 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
     let p = mlp.num_params();
     let bytes = p * std::mem::size_of::<f32>();
+    // Gradients may travel in 16 bits (parameters always in f32).
+    let grad_bytes = p * exp.grad_dtype.bytes();
     let batch = exp.batch as u64;
     let sharder = ctx.sharder(seg.index, seg.workers);
     let schedule = ctx.schedule(&seg);
@@ -238,11 +240,15 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             mlp.backward(&params, &xv, &mut ws, &mut grads);
             ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
         })?;
+        let wire = exp.grad_dtype;
+        if wire != crate::comm::Wire::F32 {
+            grads.iter_mut().for_each(|g| *g = wire.round(*g));
+        }
         let grad_norm = l2_norm(&grads);
 
         // push: the server applies the gradient (or, in backup mode, counts or drops it).
         let (pushed, lr, snapshot) = ctx.phase(rank, pulled, Phase::Push, &mut phase_ns, || {
-            server.transfer(bytes);
+            server.transfer(grad_bytes);
             let mut st = server.lock();
             let lr = schedule.at(st.version);
             let before = st.version;
@@ -273,7 +279,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             grad_norm_reduced: pushed.reduced_norm.unwrap_or(grad_norm),
             lr,
             phase_ns,
-            bytes_sent: bytes as u64,
+            bytes_sent: grad_bytes as u64,
             idle_ns,
             staleness: pushed.staleness,
             dropped: pushed.dropped,

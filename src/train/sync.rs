@@ -7,7 +7,7 @@ use ndarray::Array2;
 
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{CollectiveKind, Event, Phase, WorkerStep};
-use crate::comm::{thread_group, Collective, Comm, ThreadTransport, Transfer, Transport};
+use crate::comm::{thread_group, Collective, Comm, ThreadTransport, Transfer, Transport, Wire};
 use crate::nn::{l2_norm, Sgd, Workspace};
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
@@ -101,6 +101,7 @@ impl<'a> Worker<'a> {
         comm.broadcast(&mut self.params, 0).map_err(|_| SegEnd::Aborted)?;
         let mut transfers: Vec<Transfer> = Vec::new();
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
+        comm.transport_mut().set_wire(exp.grad_dtype);
 
         let sharder = ctx.sharder(self.seg.index, self.seg.workers);
         let schedule = ctx.schedule(&self.seg);
@@ -168,6 +169,13 @@ impl<'a> Worker<'a> {
                 comm.all_reduce_mean(grads)
             })?
             .map_err(|_| SegEnd::Aborted)?;
+            if exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
+                // Every replica holds the same result, so every worker stops here alike.
+                return Err(SegEnd::Failed(format!(
+                    "the f16 all-reduce produced an infinite gradient at step {step} (a value beyond {}, the largest f16 holds): use --grad-dtype bf16, which has f32's range, or a lower --lr",
+                    Wire::F16.max()
+                )));
+            }
             let bytes_sent = comm.bytes_sent() - bytes_before;
             let idle_ns = comm.transport().waited_ns() - waited_before;
             report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
