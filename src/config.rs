@@ -155,6 +155,10 @@ pub struct Experiment {
     pub stragglers: Vec<Straggler>,
     /// Gradients on the wire: f32, or f16/bf16 to halve the bytes (sums stay in f32).
     pub grad_dtype: Wire,
+    /// Emulated nodes the workers are grouped into (contiguous, as even as possible);
+    /// `link` joins nodes, `intra_link` the workers inside one.
+    pub nodes: usize,
+    pub intra_link: Option<Link>,
     pub seed: u64,
     /// Test-set accuracy every this many steps (and at the end).
     pub eval_every: u64,
@@ -178,6 +182,8 @@ impl Default for Experiment {
             link: None,
             stragglers: Vec::new(),
             grad_dtype: Wire::F32,
+            nodes: 1,
+            intra_link: None,
             seed: 1,
             eval_every: 25,
         }
@@ -254,6 +260,18 @@ impl Experiment {
         }
         if let Some(link) = self.link {
             Link::new(link.latency_us, link.gbit_s).map_err(|e| bad("link", e))?;
+        }
+        if let Some(link) = self.intra_link {
+            Link::new(link.latency_us, link.gbit_s).map_err(|e| bad("intra-link", e))?;
+        }
+        if self.nodes == 0 || self.nodes > self.workers {
+            return Err(bad(
+                "nodes",
+                format!(
+                    "{} is not allowed with {} workers: use 1 to {} nodes",
+                    self.nodes, self.workers, self.workers
+                ),
+            ));
         }
         match self.mode {
             Mode::Backup(b) if b >= self.workers => {

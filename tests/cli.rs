@@ -41,7 +41,11 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--hidden", "abc"], "--hidden", "64,32");
     refuses(&["--mode", "nonsense"], "--mode", "use sync");
     refuses(&["--link", "1,0"], "--link", "Gbit/s > 0");
-    refuses(&["--allreduce", "star"], "--allreduce", "ring, tree or naive");
+    refuses(
+        &["--allreduce", "star"],
+        "--allreduce",
+        "ring, tree, naive, hierarchical or 2d",
+    );
     refuses(&["--dataset", "cifar"], "--dataset", "digits, mnist or spirals");
     refuses(&["--workers", "64", "--batch", "64"], "--batch", "fewer workers");
     refuses(&["--steps", "5", "--epochs", "2"], "--steps", "cannot be used with");
@@ -55,6 +59,7 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--straggler", "9:2", "--workers", "4"], "--straggler", "use 0 to 3");
     refuses(&["--straggler", "1:0"], "--straggler", "≥ 1");
     refuses(&["--grad-dtype", "f8"], "--grad-dtype", "f32, f16 or bf16");
+    refuses(&["--nodes", "5", "--workers", "4"], "--nodes", "use 1 to 4 nodes");
 }
 
 #[test]

@@ -214,7 +214,7 @@ fn every_algorithm_takes_at_least_what_the_alpha_beta_model_says() {
             c.all_reduce_sum(&mut buf).unwrap();
             t0.elapsed()
         });
-        let model = ddlab::comm::alpha_beta(algo, n, len * 4, &link);
+        let model = ddlab::comm::alpha_beta(algo, n, len * 4, &link).unwrap();
         let slowest = times.into_iter().max().unwrap();
         assert!(slowest >= model, "{algo} N={n}: {slowest:?} < model {model:?}");
     }
@@ -278,6 +278,78 @@ fn f16_overflow_becomes_infinity_never_a_silent_nan() {
         for r in results {
             assert!(r[0].is_infinite() && !r[0].is_nan(), "{algo}: {r:?}");
             assert_eq!(r[1], 2.0);
+        }
+    }
+}
+
+/// As `on_group`, on ranks placed on `nodes` emulated nodes.
+fn on_nodes<R: Send>(
+    n: usize,
+    nodes: usize,
+    algo: AllReduceAlgo,
+    f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync,
+) -> Vec<R> {
+    let topology = ddlab::comm::Topology::nodes(n, nodes, None, None);
+    let group = ddlab::comm::thread_group_on(topology, Clock::start(), true);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .into_iter()
+            .map(|t| {
+                let f = &f;
+                s.spawn(move || f(&mut Comm::new(t, algo)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
+    })
+}
+
+#[test]
+fn node_aware_allreduces_match_the_sequential_sum_for_even_and_uneven_nodes() {
+    for algo in [AllReduceAlgo::Hierarchical, AllReduceAlgo::TwoD] {
+        for (n, nodes) in [
+            (1, 1),
+            (2, 1),
+            (2, 2),
+            (4, 2),
+            (5, 2),
+            (6, 3),
+            (7, 3),
+            (8, 2),
+            (8, 4),
+            (9, 4),
+            (10, 3),
+            (16, 4),
+        ] {
+            for len in [1, nodes, n - 1, n + 1, 1000, 4099] {
+                let len = len.max(1);
+                let results = on_nodes(n, nodes, algo, |c| {
+                    let mut buf: Vec<f32> = (0..len).map(|i| value(c.rank(), i)).collect();
+                    c.all_reduce_sum(&mut buf).unwrap();
+                    buf
+                });
+                let want: Vec<f32> = (0..len).map(|i| (0..n).map(|r| value(r, i)).sum()).collect();
+                for (rank, got) in results.iter().enumerate() {
+                    assert_eq!(got, &want, "{algo} N={n} nodes={nodes} len={len}: rank {rank}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn hierarchical_sends_only_the_leaders_across_nodes() {
+    // 8 ranks on 2 nodes: only ranks 0 and 4 (the leaders) talk across the node boundary.
+    let topology = ddlab::comm::Topology::nodes(8, 2, None, None);
+    let logs = on_nodes(8, 2, AllReduceAlgo::Hierarchical, |c| {
+        let mut buf = vec![1.0; 100];
+        c.all_reduce_sum(&mut buf).unwrap();
+        let mut log = Vec::new();
+        c.drain_transfers(&mut log);
+        log
+    });
+    for t in logs.iter().flatten() {
+        if topology.node_of[t.from] != topology.node_of[t.to] {
+            assert!([0, 4].contains(&t.from) && [0, 4].contains(&t.to), "{t:?}");
         }
     }
 }

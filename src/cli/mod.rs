@@ -102,7 +102,7 @@ pub struct ExperimentArgs {
     /// How workers combine gradients: sync, async, ssp:K or backup:B.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
-    /// All-reduce algorithm: ring, tree or naive.
+    /// All-reduce algorithm: ring, tree, naive, hierarchical or 2d.
     #[arg(long, value_name = "ALGO")]
     pub allreduce: Option<AllReduceAlgo>,
     /// Data set: digits (8×8, built in), mnist (28×28, from assets/), spirals (2-D).
@@ -142,6 +142,12 @@ pub struct ExperimentArgs {
     /// Make worker W's compute F times slower (W:F, e.g. 2:4); may be given several times.
     #[arg(long, value_name = "W:F")]
     pub straggler: Vec<crate::config::Straggler>,
+    /// Group the workers into M emulated nodes (for hierarchical and 2d all-reduce).
+    #[arg(long, value_name = "M")]
+    pub nodes: Option<usize>,
+    /// The link between workers of one node (--link is then the one between nodes).
+    #[arg(long, value_name = "LAT_US,GBIT_S")]
+    pub intra_link: Option<Link>,
     /// Gradients on the wire: f32, f16 or bf16 (half the bytes; sums stay in f32).
     #[arg(long, value_name = "TYPE")]
     pub grad_dtype: Option<crate::comm::Wire>,
@@ -187,8 +193,12 @@ impl ExperimentArgs {
             warmup,
             seed,
             eval_every,
-            grad_dtype
+            grad_dtype,
+            nodes
         );
+        if let Some(link) = self.intra_link {
+            exp.intra_link = Some(link);
+        }
         if let Some(h) = &self.hidden {
             exp.hidden = h.0.clone();
         }

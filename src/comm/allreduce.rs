@@ -39,6 +39,8 @@ pub fn all_reduce_sum<T: Transport + ?Sized>(
         AllReduceAlgo::Ring => ring(t, buf),
         AllReduceAlgo::Tree => recursive_doubling(t, buf, scratch),
         AllReduceAlgo::Naive => naive(t, buf),
+        AllReduceAlgo::Hierarchical => hierarchical(t, buf),
+        AllReduceAlgo::TwoD => two_dimensional(t, buf),
     }
 }
 
@@ -46,38 +48,163 @@ pub fn all_reduce_sum<T: Transport + ?Sized>(
 /// left), then all-gather (N−1 rounds: pass the finished chunks on). After the first
 /// phase rank i holds the full sum of chunk i+1; after the second, everybody holds all.
 fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
-    let (n, rank, len) = (t.size(), t.rank(), buf.len());
-    let right = (rank + 1) % n;
-    let left = (rank + n - 1) % n;
+    let all: Vec<usize> = (0..t.size()).collect();
+    ring_over(t, &all, buf, 0)
+}
+
+/// The ring over a subset of the ranks (`ranks`, in ring order; this rank among them),
+/// with rounds numbered from `first_round`.
+fn ring_over<T: Transport + ?Sized>(t: &mut T, ranks: &[usize], buf: &mut [f32], first_round: u32) -> Result<()> {
+    let n = ranks.len();
+    if n <= 1 {
+        return Ok(());
+    }
+    let me = ranks
+        .iter()
+        .position(|&r| r == t.rank())
+        .expect("this rank is in the ring");
+    let len = buf.len();
+    let right = ranks[(me + 1) % n];
+    let left = ranks[(me + n - 1) % n];
     let chunk = |c: usize| chunk_range(len, n, c % n);
     for r in 0..n - 1 {
-        let send_c = (rank + n - r) % n;
-        let recv_c = (rank + 2 * n - r - 1) % n;
-        let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
-        t.send_recv(
-            right,
-            out,
-            Tag {
-                chunk: send_c as u32,
-                round: r as u32,
-            },
-            left,
-            into,
-            Op::Add,
-        )?;
-    }
-    // Rank i now holds the full sum of chunk i+1. The others will receive it rounded to
-    // the wire format: keep the same rounded values here, so replicas stay identical.
-    t.quantize(&mut buf[chunk(rank + 1)]);
-    for r in 0..n - 1 {
-        let send_c = (rank + 1 + n - r) % n;
-        let recv_c = (rank + n - r) % n;
+        let send_c = (me + n - r) % n;
+        let recv_c = (me + 2 * n - r - 1) % n;
         let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
         let tag = Tag {
             chunk: send_c as u32,
-            round: (n - 1 + r) as u32,
+            round: first_round + r as u32,
+        };
+        t.send_recv(right, out, tag, left, into, Op::Add)?;
+    }
+    // This rank now holds the full sum of chunk me+1. The others will receive it rounded
+    // to the wire format: keep the same rounded values here, so replicas stay identical.
+    t.quantize(&mut buf[chunk(me + 1)]);
+    for r in 0..n - 1 {
+        let send_c = (me + 1 + n - r) % n;
+        let recv_c = (me + n - r) % n;
+        let (out, into) = split_pair(buf, chunk(send_c), chunk(recv_c));
+        let tag = Tag {
+            chunk: send_c as u32,
+            round: first_round + (n - 1 + r) as u32,
         };
         t.send_recv(right, out, tag, left, into, Op::Copy)?;
+    }
+    Ok(())
+}
+
+/// The ranks of each node, in rank order (nodes in the order of their first rank).
+fn nodes_of<T: Transport + ?Sized>(t: &T) -> Vec<Vec<usize>> {
+    let mut nodes: Vec<Vec<usize>> = Vec::new();
+    for r in 0..t.size() {
+        let node = t.node_of(r);
+        match nodes.iter_mut().find(|m| t.node_of(m[0]) == node) {
+            Some(members) => members.push(r),
+            None => nodes.push(vec![r]),
+        }
+    }
+    nodes
+}
+
+/// Hierarchical (ChainerMN's `hierarchical`): reduce inside each node to its first rank
+/// (the leader), ring all-reduce among the leaders, broadcast inside each node. Only
+/// the leaders cross the slow inter-node link.
+fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+    let rank = t.rank();
+    let nodes = nodes_of(t);
+    let members = nodes
+        .iter()
+        .find(|m| m.contains(&rank))
+        .expect("every rank is in a node")
+        .clone();
+    let leader = members[0];
+    let leaders: Vec<usize> = nodes.iter().map(|m| m[0]).collect();
+    let last_round = 1 + 2 * (leaders.len() as u32).saturating_sub(1);
+    if rank == leader {
+        for &m in &members[1..] {
+            t.recv(m, buf, Op::Add)?;
+        }
+        ring_over(t, &leaders, buf, 1)?;
+        t.quantize(buf); // keep what the members will receive
+        for &m in &members[1..] {
+            t.send(
+                m,
+                buf,
+                Tag {
+                    chunk: 0,
+                    round: last_round,
+                },
+            )?;
+        }
+        Ok(())
+    } else {
+        t.send(leader, buf, Tag { chunk: 0, round: 0 })?;
+        t.recv(leader, buf, Op::Copy)
+    }
+}
+
+/// Two-dimensional (ChainerMN's `two_dimensional`): split the buffer into S shards (S =
+/// the largest node's size) and give each member of a node its shards; reduce every shard
+/// inside the node to its owner, all-reduce each shard among its owners across the nodes
+/// (a ring per shard), then send every shard back inside the node. Works for uneven nodes.
+fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+    let rank = t.rank();
+    let nodes = nodes_of(t);
+    let members = nodes
+        .iter()
+        .find(|m| m.contains(&rank))
+        .expect("every rank is in a node")
+        .clone();
+    let shards = nodes.iter().map(Vec::len).max().unwrap_or(1);
+    let len = buf.len();
+    let owner = |node: &[usize], c: usize| node[c % node.len()];
+    // 1. intra-node reduce of every shard to its owner
+    for c in 0..shards {
+        let o = owner(&members, c);
+        let range = chunk_range(len, shards, c);
+        if rank == o {
+            for &m in members.iter().filter(|&&m| m != o) {
+                t.recv(m, &mut buf[range.clone()], Op::Add)?;
+            }
+        } else {
+            t.send(
+                o,
+                &buf[range],
+                Tag {
+                    chunk: c as u32,
+                    round: 0,
+                },
+            )?;
+        }
+    }
+    // 2. inter-node all-reduce of each shard among its owners
+    for c in 0..shards {
+        let owners: Vec<usize> = nodes.iter().map(|node| owner(node, c)).collect();
+        if owners.contains(&rank) {
+            let range = chunk_range(len, shards, c);
+            ring_over(t, &owners, &mut buf[range], 1)?;
+        }
+    }
+    // 3. intra-node broadcast of every shard from its owner
+    let last_round = 1 + 2 * (nodes.len() as u32).saturating_sub(1);
+    for c in 0..shards {
+        let o = owner(&members, c);
+        let range = chunk_range(len, shards, c);
+        if rank == o {
+            t.quantize(&mut buf[range.clone()]);
+            for &m in members.iter().filter(|&&m| m != o) {
+                t.send(
+                    m,
+                    &buf[range.clone()],
+                    Tag {
+                        chunk: c as u32,
+                        round: last_round,
+                    },
+                )?;
+            }
+        } else {
+            t.recv(o, &mut buf[range], Op::Copy)?;
+        }
     }
     Ok(())
 }

@@ -73,7 +73,10 @@ impl Link {
 /// | ring | 2(N−1) | 2(N−1)·B/N (each rank sends every chunk but its own, twice) |
 /// | tree (recursive doubling) | ⌊log₂N⌋ (+2 when N is not a power of two) | rounds·B |
 /// | naive | 2(N−1) (rank 0 takes one message at a time) | 2(N−1)·B (all through rank 0) |
-pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> std::time::Duration {
+///
+/// The node-aware algorithms (hierarchical, 2d) cross two kinds of link and have no
+/// model here yet: `None`.
+pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> Option<std::time::Duration> {
     use super::AllReduceAlgo::*;
     let b = bytes as f64;
     let (rounds, busiest) = match algo {
@@ -81,9 +84,10 @@ pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Lin
         Tree => (algo.rounds(n) as f64, algo.rounds(n) as f64 * b),
         // Rank 0 takes N−1 messages in, then sends N−1 out, one at a time.
         Naive => (2.0 * n.saturating_sub(1) as f64, 2.0 * n.saturating_sub(1) as f64 * b),
+        Hierarchical | TwoD => return None,
     };
     let ns = rounds * link.latency_us * 1e3 + busiest * 8.0 / link.gbit_s;
-    std::time::Duration::from_nanos(ns as u64)
+    Some(std::time::Duration::from_nanos(ns as u64))
 }
 
 impl std::str::FromStr for Link {
@@ -122,23 +126,16 @@ mod tests {
         use crate::comm::AllReduceAlgo;
         let link = Link::new(10.0, 8.0).unwrap(); // α = 10 µs, 1 byte = 1 ns
         let mb = 1_000_000;
+        let model = |algo, n| alpha_beta(algo, n, mb, &link).unwrap();
         // ring, N=4: 6 rounds · 10 µs + 6 · 250 KB · 1 ns = 60 µs + 1.5 ms
-        assert_eq!(
-            alpha_beta(AllReduceAlgo::Ring, 4, mb, &link),
-            Duration::from_micros(1560)
-        );
+        assert_eq!(model(AllReduceAlgo::Ring, 4), Duration::from_micros(1560));
         // tree, N=4: 2 rounds · (10 µs + 1 ms)
-        assert_eq!(
-            alpha_beta(AllReduceAlgo::Tree, 4, mb, &link),
-            Duration::from_micros(2020)
-        );
+        assert_eq!(model(AllReduceAlgo::Tree, 4), Duration::from_micros(2020));
         // naive, N=4: 6 messages of 1 MB through rank 0
-        assert_eq!(
-            alpha_beta(AllReduceAlgo::Naive, 4, mb, &link),
-            Duration::from_micros(6060)
-        );
+        assert_eq!(model(AllReduceAlgo::Naive, 4), Duration::from_micros(6060));
         // one rank: nothing to do
-        assert_eq!(alpha_beta(AllReduceAlgo::Ring, 1, mb, &link), Duration::ZERO);
+        assert_eq!(model(AllReduceAlgo::Ring, 1), Duration::ZERO);
+        assert_eq!(alpha_beta(AllReduceAlgo::Hierarchical, 4, mb, &link), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
 pub use link::{alpha_beta, Link};
-pub use threads::{thread_group, AbortHandle, ThreadTransport};
+pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
 pub use wait::precise_sleep;
 pub use wire::Wire;
 
@@ -64,10 +64,26 @@ pub enum AllReduceAlgo {
     /// Everyone sends to rank 0, which sums and sends the result back: 2(N−1) messages
     /// of the whole buffer through one rank.
     Naive,
+    /// Over nodes: reduce inside each node, ring among one leader per node, broadcast
+    /// inside each node (ChainerMN's hierarchical).
+    Hierarchical,
+    /// Over nodes: reduce-scatter inside each node, all-reduce each shard across nodes,
+    /// all-gather inside each node (ChainerMN's two-dimensional).
+    #[serde(rename = "2d")]
+    TwoD,
 }
 
 impl AllReduceAlgo {
-    pub const ALL: [AllReduceAlgo; 3] = [AllReduceAlgo::Ring, AllReduceAlgo::Tree, AllReduceAlgo::Naive];
+    /// Every algorithm (the flat ones first).
+    pub const ALL: [AllReduceAlgo; 5] = [
+        AllReduceAlgo::Ring,
+        AllReduceAlgo::Tree,
+        AllReduceAlgo::Naive,
+        AllReduceAlgo::Hierarchical,
+        AllReduceAlgo::TwoD,
+    ];
+    /// The algorithms that ignore nodes.
+    pub const FLAT: [AllReduceAlgo; 3] = [AllReduceAlgo::Ring, AllReduceAlgo::Tree, AllReduceAlgo::Naive];
 
     /// Rounds of messages one all-reduce takes across `n` ranks (0 for one rank).
     pub fn rounds(self, n: usize) -> usize {
@@ -79,6 +95,8 @@ impl AllReduceAlgo {
             AllReduceAlgo::Ring => 2 * (n - 1),
             AllReduceAlgo::Tree => log2 + if n.is_power_of_two() { 0 } else { 2 },
             AllReduceAlgo::Naive => 2,
+            // (with one node: a reduce, nothing across, a broadcast)
+            AllReduceAlgo::Hierarchical | AllReduceAlgo::TwoD => 2,
         }
     }
     pub fn name(self) -> &'static str {
@@ -86,6 +104,8 @@ impl AllReduceAlgo {
             AllReduceAlgo::Ring => "ring",
             AllReduceAlgo::Tree => "tree",
             AllReduceAlgo::Naive => "naive",
+            AllReduceAlgo::Hierarchical => "hierarchical",
+            AllReduceAlgo::TwoD => "2d",
         }
     }
 }
@@ -96,7 +116,7 @@ impl std::str::FromStr for AllReduceAlgo {
         AllReduceAlgo::ALL
             .into_iter()
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree or naive"))
+            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree, naive, hierarchical or 2d"))
     }
 }
 
@@ -154,6 +174,10 @@ pub trait Transport: Send {
         Wire::F32
     }
     fn set_wire(&mut self, _wire: Wire) {}
+    /// The (emulated) node a rank runs on; hierarchical algorithms group by it.
+    fn node_of(&self, _rank: usize) -> usize {
+        0
+    }
     /// Rounds `buf` to what it would be after a trip over the wire, so that a rank can
     /// keep exactly the values the others receive (replicas stay bit-identical).
     fn quantize(&self, buf: &mut [f32]) {

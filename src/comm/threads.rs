@@ -41,7 +41,7 @@ struct Shared {
     barrier_generation: AtomicU64,
     barrier_bell: Doorbell,
     clock: Clock,
-    link: Option<Link>,
+    topology: Topology,
 }
 
 impl Shared {
@@ -59,6 +59,49 @@ impl Shared {
     }
 }
 
+/// Where ranks run: which (emulated) node each rank is on, and the links between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// node_of[rank]
+    pub node_of: Vec<usize>,
+    /// Between ranks on different nodes (None: shared memory at full speed).
+    pub inter: Option<Link>,
+    /// Between ranks on the same node.
+    pub intra: Option<Link>,
+}
+
+impl Topology {
+    /// `size` ranks on one node, every pair joined by `link`.
+    pub fn flat(size: usize, link: Option<Link>) -> Topology {
+        Topology {
+            node_of: vec![0; size],
+            inter: link,
+            intra: link,
+        }
+    }
+
+    /// `size` ranks in `nodes` contiguous groups as even as possible (the first nodes
+    /// get one more rank when `size` is not a multiple of `nodes`).
+    pub fn nodes(size: usize, nodes: usize, inter: Option<Link>, intra: Option<Link>) -> Topology {
+        let nodes = nodes.clamp(1, size.max(1));
+        let (base, extra) = (size / nodes, size % nodes);
+        let mut node_of = Vec::with_capacity(size);
+        for node in 0..nodes {
+            let count = base + usize::from(node < extra);
+            node_of.extend(std::iter::repeat_n(node, count));
+        }
+        Topology { node_of, inter, intra }
+    }
+
+    pub fn link(&self, from: usize, to: usize) -> Option<Link> {
+        if self.node_of[from] == self.node_of[to] {
+            self.intra
+        } else {
+            self.inter
+        }
+    }
+}
+
 /// One rank's end of a group of threads.
 pub struct ThreadTransport {
     rank: usize,
@@ -66,8 +109,9 @@ pub struct ThreadTransport {
     /// Sequence numbers of the last message sent to / received from each rank.
     sent: Vec<u64>,
     received: Vec<u64>,
-    /// With an emulated link: when this rank's incoming port is free again.
-    rx_free_ns: u64,
+    /// With an emulated link: when this rank's incoming ports (intra-node, inter-node)
+    /// are free again.
+    rx_free_ns: [u64; 2],
     recording: bool,
     transfers: Vec<Transfer>,
     bytes_sent: u64,
@@ -80,6 +124,12 @@ pub struct ThreadTransport {
 /// Makes the `size` ends of a new group; hand one to each worker thread. `link` emulates
 /// a network between every pair; `record` keeps a [`Transfer`] per message.
 pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool) -> Vec<ThreadTransport> {
+    thread_group_on(Topology::flat(size, link), clock, record)
+}
+
+/// As `thread_group`, with ranks placed on emulated nodes.
+pub fn thread_group_on(topology: Topology, clock: Clock, record: bool) -> Vec<ThreadTransport> {
+    let size = topology.node_of.len();
     assert!(size >= 1, "a group has at least one rank");
     let shared = Arc::new(Shared {
         size,
@@ -97,7 +147,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
         barrier_generation: AtomicU64::new(0),
         barrier_bell: Doorbell::default(),
         clock,
-        link,
+        topology,
     });
     (0..size)
         .map(|rank| ThreadTransport {
@@ -105,7 +155,7 @@ pub fn thread_group(size: usize, clock: Clock, link: Option<Link>, record: bool)
             shared: Arc::clone(&shared),
             sent: vec![0; size],
             received: vec![0; size],
-            rx_free_ns: 0,
+            rx_free_ns: [0; 2],
             recording: record,
             transfers: Vec::new(),
             bytes_sent: 0,
@@ -208,13 +258,14 @@ impl ThreadTransport {
             self.rank,
             into.len()
         );
-        if let Some(link) = shared.link {
+        if let Some(link) = shared.topology.link(from, self.rank) {
             // The message occupies our incoming port for n/β, and arrives α later.
+            let port = usize::from(shared.topology.node_of[from] != shared.topology.node_of[self.rank]);
             let posted = slot.posted_ns.load(Ordering::Relaxed);
             let bytes = len * self.wire.bytes();
-            let start = posted.max(self.rx_free_ns);
-            self.rx_free_ns = start + link.transfer_ns(bytes);
-            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns + link.latency_ns())?;
+            let start = posted.max(self.rx_free_ns[port]);
+            self.rx_free_ns[port] = start + link.transfer_ns(bytes);
+            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns[port] + link.latency_ns())?;
         }
         if slot
             .state
@@ -318,6 +369,10 @@ impl Transport for ThreadTransport {
 
     fn set_wire(&mut self, wire: Wire) {
         self.wire = wire;
+    }
+
+    fn node_of(&self, rank: usize) -> usize {
+        self.shared.topology.node_of[rank]
     }
 
     fn bytes_sent(&self) -> u64 {

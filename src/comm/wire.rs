@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn representable_values_round_trip_exactly() {
         for w in [Wire::F16, Wire::Bf16] {
-            for v in [0.0f32, -0.0, 1.0, -2.5, 0.15625, 1024.0, -3.0e-2_f32.max(-0.03125)] {
+            for v in [0.0f32, -0.0, 1.0, -2.5, 0.15625, 1024.0, -0.03125] {
                 assert_eq!(w.round(v), v, "{w} {v}");
             }
         }

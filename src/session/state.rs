@@ -232,7 +232,7 @@ impl RunState {
         let link = seg.link.as_ref()?;
         // The gradient, plus the two flags the engine all-reduces with it.
         let bytes = (self.params + 2) * std::mem::size_of::<f32>();
-        Some(crate::comm::alpha_beta(seg.allreduce, seg.workers, bytes, link))
+        crate::comm::alpha_beta(seg.allreduce, seg.workers, bytes, link)
     }
 
     fn push_record(&mut self, reports: &[WorkerStep], worker: Option<usize>) {

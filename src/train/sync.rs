@@ -7,7 +7,7 @@ use ndarray::Array2;
 
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{CollectiveKind, Event, Phase, WorkerStep};
-use crate::comm::{thread_group, Collective, Comm, ThreadTransport, Transfer, Transport, Wire};
+use crate::comm::{thread_group_on, Collective, Comm, ThreadTransport, Topology, Transfer, Transport, Wire};
 use crate::nn::{l2_norm, Sgd, Workspace};
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
@@ -17,7 +17,14 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     let n = seg.workers;
     let global_batch = (n * ctx.exp.batch) as u64;
     let steps = ctx.total_samples.saturating_sub(state.samples) / global_batch;
-    let group = thread_group(n, ctx.clock, seg.link, ctx.options.detail);
+    // Without an intra-node link, workers of one node talk at the inter-node speed.
+    let intra = ctx.exp.intra_link.or(seg.link);
+    let nodes = ctx.exp.nodes.min(n);
+    let group = thread_group_on(
+        Topology::nodes(n, nodes, seg.link, intra),
+        ctx.clock,
+        ctx.options.detail,
+    );
     let abort = group[0].abort_handle();
     ctx.live.set_aborter(Box::new({
         let abort = abort.clone();

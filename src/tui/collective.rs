@@ -51,6 +51,8 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             AllReduceAlgo::Tree => "recursive doubling: swap with your partner, add",
             AllReduceAlgo::Naive if round == 0 => "everyone sends its whole gradient to worker 0",
             AllReduceAlgo::Naive => "worker 0 sends the sum back to everyone",
+            AllReduceAlgo::Hierarchical => "reduce in each node, ring among node leaders, broadcast in each node",
+            AllReduceAlgo::TwoD => "reduce-scatter in each node, all-reduce each shard across nodes, all-gather",
         };
         lines.push(Line::from(vec![
             Span::styled(format!("step {step} · round {}/{rounds} · ", round + 1), theme.title()),
