@@ -4,14 +4,12 @@
 use ddlab::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm, CommError, Link, Transfer};
 use proptest::prelude::*;
 
-/// Runs `f` on every rank of a fresh thread group and returns the ranks' results.
-fn on_group<R: Send>(
-    n: usize,
+/// Runs `f` on every rank of `group` (one thread each) and returns the ranks' results.
+fn on_ranks<R: Send>(
+    group: Vec<ddlab::comm::ThreadTransport>,
     algo: AllReduceAlgo,
-    link: Option<Link>,
     f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync,
 ) -> Vec<R> {
-    let group = thread_group(n, Clock::start(), link, true);
     std::thread::scope(|s| {
         let handles: Vec<_> = group
             .into_iter()
@@ -22,6 +20,16 @@ fn on_group<R: Send>(
             .collect();
         handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
     })
+}
+
+/// Runs `f` on every rank of a fresh thread group and returns the ranks' results.
+fn on_group<R: Send>(
+    n: usize,
+    algo: AllReduceAlgo,
+    link: Option<Link>,
+    f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync,
+) -> Vec<R> {
+    on_ranks(thread_group(n, Clock::start(), link, true), algo, f)
 }
 
 /// Integer-valued inputs: every partial sum is exact, so any order of reduction gives
@@ -290,17 +298,7 @@ fn on_nodes<R: Send>(
     f: impl Fn(&mut Comm<ddlab::comm::ThreadTransport>) -> R + Sync,
 ) -> Vec<R> {
     let topology = ddlab::comm::Topology::nodes(n, nodes, None, None);
-    let group = ddlab::comm::thread_group_on(topology, Clock::start(), true);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .into_iter()
-            .map(|t| {
-                let f = &f;
-                s.spawn(move || f(&mut Comm::new(t, algo)))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
-    })
+    on_ranks(ddlab::comm::thread_group_on(topology, Clock::start(), true), algo, f)
 }
 
 #[test]

@@ -93,8 +93,9 @@ fn ring_over<T: Transport + ?Sized>(t: &mut T, ranks: &[usize], buf: &mut [f32],
     Ok(())
 }
 
-/// The ranks of each node, in rank order (nodes in the order of their first rank).
-fn nodes_of<T: Transport + ?Sized>(t: &T) -> Vec<Vec<usize>> {
+/// The ranks of each node, in rank order (nodes in the order of their first rank), and
+/// the ranks of this rank's node.
+fn nodes_of<T: Transport + ?Sized>(t: &T) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut nodes: Vec<Vec<usize>> = Vec::new();
     for r in 0..t.size() {
         let node = t.node_of(r);
@@ -103,7 +104,12 @@ fn nodes_of<T: Transport + ?Sized>(t: &T) -> Vec<Vec<usize>> {
             None => nodes.push(vec![r]),
         }
     }
-    nodes
+    let mine = nodes
+        .iter()
+        .find(|m| m.contains(&t.rank()))
+        .expect("every rank is in a node")
+        .clone();
+    (nodes, mine)
 }
 
 /// Hierarchical (ChainerMN's `hierarchical`): reduce inside each node to its first rank
@@ -111,12 +117,7 @@ fn nodes_of<T: Transport + ?Sized>(t: &T) -> Vec<Vec<usize>> {
 /// the leaders cross the slow inter-node link.
 fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
     let rank = t.rank();
-    let nodes = nodes_of(t);
-    let members = nodes
-        .iter()
-        .find(|m| m.contains(&rank))
-        .expect("every rank is in a node")
-        .clone();
+    let (nodes, members) = nodes_of(t);
     let leader = members[0];
     let leaders: Vec<usize> = nodes.iter().map(|m| m[0]).collect();
     let last_round = 1 + 2 * (leaders.len() as u32).saturating_sub(1);
@@ -149,12 +150,7 @@ fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()>
 /// (a ring per shard), then send every shard back inside the node. Works for uneven nodes.
 fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
     let rank = t.rank();
-    let nodes = nodes_of(t);
-    let members = nodes
-        .iter()
-        .find(|m| m.contains(&rank))
-        .expect("every rank is in a node")
-        .clone();
+    let (nodes, members) = nodes_of(t);
     let shards = nodes.iter().map(Vec::len).max().unwrap_or(1);
     let len = buf.len();
     let owner = |node: &[usize], c: usize| node[c % node.len()];
