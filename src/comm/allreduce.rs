@@ -24,6 +24,30 @@ fn split_pair(buf: &mut [f32], out: std::ops::Range<usize>, into: std::ops::Rang
     }
 }
 
+/// Where a slice sits in the whole buffer: all-reducing gradient buckets one by one,
+/// chunks are cut as for the whole buffer, so that every element is reduced in the same
+/// order (and to the same bits) as in one all-reduce of everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub offset: usize,
+    pub total: usize,
+}
+
+impl Window {
+    pub fn whole(len: usize) -> Window {
+        Window { offset: 0, total: len }
+    }
+
+    /// Chunk `c` of `n` of the whole buffer, as a range of this window's slice of `len`
+    /// (empty when the chunk misses the window).
+    fn chunk(self, len: usize, n: usize, c: usize) -> std::ops::Range<usize> {
+        let whole = chunk_range(self.total, n, c % n);
+        let start = whole.start.clamp(self.offset, self.offset + len) - self.offset;
+        let end = whole.end.clamp(self.offset, self.offset + len) - self.offset;
+        start..end.max(start)
+    }
+}
+
 /// Sum-all-reduce with the chosen algorithm. `scratch` is reused across calls (the tree
 /// needs one buffer-sized temporary).
 pub fn all_reduce_sum<T: Transport + ?Sized>(
@@ -32,29 +56,47 @@ pub fn all_reduce_sum<T: Transport + ?Sized>(
     buf: &mut [f32],
     scratch: &mut Vec<f32>,
 ) -> Result<()> {
+    let whole = Window::whole(buf.len());
+    all_reduce_window(t, algo, buf, whole, scratch)
+}
+
+/// Sum-all-reduce of the part `window` of a larger buffer (a gradient bucket), with the
+/// results bit-identical to those of the whole buffer's all-reduce.
+pub fn all_reduce_window<T: Transport + ?Sized>(
+    t: &mut T,
+    algo: AllReduceAlgo,
+    buf: &mut [f32],
+    window: Window,
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
     if t.size() == 1 {
         return Ok(()); // one rank: nothing to do (llm.c's habit)
     }
     match algo {
-        AllReduceAlgo::Ring => ring(t, buf),
+        AllReduceAlgo::Ring => {
+            let all: Vec<usize> = (0..t.size()).collect();
+            ring_over(t, &all, buf, window, 0)
+        }
+        // Every element meets the same partners in the same order, wherever it sits.
         AllReduceAlgo::Tree => recursive_doubling(t, buf, scratch),
         AllReduceAlgo::Naive => naive(t, buf),
-        AllReduceAlgo::Hierarchical => hierarchical(t, buf),
-        AllReduceAlgo::TwoD => two_dimensional(t, buf),
+        AllReduceAlgo::Hierarchical => hierarchical(t, buf, window),
+        AllReduceAlgo::TwoD => two_dimensional(t, buf, window),
     }
 }
 
-/// Ring: reduce-scatter (N−1 rounds: pass chunk r−i to the right, add the one from the
-/// left), then all-gather (N−1 rounds: pass the finished chunks on). After the first
-/// phase rank i holds the full sum of chunk i+1; after the second, everybody holds all.
-fn ring<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
-    let all: Vec<usize> = (0..t.size()).collect();
-    ring_over(t, &all, buf, 0)
-}
-
-/// The ring over a subset of the ranks (`ranks`, in ring order; this rank among them),
-/// with rounds numbered from `first_round`.
-fn ring_over<T: Transport + ?Sized>(t: &mut T, ranks: &[usize], buf: &mut [f32], first_round: u32) -> Result<()> {
+/// Ring over a subset of the ranks (`ranks`, in ring order; this rank among them), with
+/// rounds numbered from `first_round`: reduce-scatter (N−1 rounds: pass chunk r−i to the
+/// right, add the one from the left), then all-gather (N−1 rounds: pass the finished
+/// chunks on). After the first phase rank i holds the full sum of chunk i+1; after the
+/// second, everybody holds all.
+fn ring_over<T: Transport + ?Sized>(
+    t: &mut T,
+    ranks: &[usize],
+    buf: &mut [f32],
+    window: Window,
+    first_round: u32,
+) -> Result<()> {
     let n = ranks.len();
     if n <= 1 {
         return Ok(());
@@ -66,7 +108,7 @@ fn ring_over<T: Transport + ?Sized>(t: &mut T, ranks: &[usize], buf: &mut [f32],
     let len = buf.len();
     let right = ranks[(me + 1) % n];
     let left = ranks[(me + n - 1) % n];
-    let chunk = |c: usize| chunk_range(len, n, c % n);
+    let chunk = |c: usize| window.chunk(len, n, c);
     for r in 0..n - 1 {
         let send_c = (me + n - r) % n;
         let recv_c = (me + 2 * n - r - 1) % n;
@@ -115,7 +157,7 @@ fn nodes_of<T: Transport + ?Sized>(t: &T) -> (Vec<Vec<usize>>, Vec<usize>) {
 /// Hierarchical (ChainerMN's `hierarchical`): reduce inside each node to its first rank
 /// (the leader), ring all-reduce among the leaders, broadcast inside each node. Only
 /// the leaders cross the slow inter-node link.
-fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], window: Window) -> Result<()> {
     let rank = t.rank();
     let (nodes, members) = nodes_of(t);
     let leader = members[0];
@@ -125,7 +167,7 @@ fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()>
         for &m in &members[1..] {
             t.recv(m, buf, Op::Add)?;
         }
-        ring_over(t, &leaders, buf, 1)?;
+        ring_over(t, &leaders, buf, window, 1)?;
         t.quantize(buf); // keep what the members will receive
         for &m in &members[1..] {
             t.send(
@@ -148,7 +190,7 @@ fn hierarchical<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()>
 /// the largest node's size) and give each member of a node its shards; reduce every shard
 /// inside the node to its owner, all-reduce each shard among its owners across the nodes
 /// (a ring per shard), then send every shard back inside the node. Works for uneven nodes.
-fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
+fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], window: Window) -> Result<()> {
     let rank = t.rank();
     let (nodes, members) = nodes_of(t);
     let shards = nodes.iter().map(Vec::len).max().unwrap_or(1);
@@ -157,7 +199,7 @@ fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<
     // 1. intra-node reduce of every shard to its owner
     for c in 0..shards {
         let o = owner(&members, c);
-        let range = chunk_range(len, shards, c);
+        let range = window.chunk(len, shards, c);
         if rank == o {
             for &m in members.iter().filter(|&&m| m != o) {
                 t.recv(m, &mut buf[range.clone()], Op::Add)?;
@@ -177,15 +219,21 @@ fn two_dimensional<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<
     for c in 0..shards {
         let owners: Vec<usize> = nodes.iter().map(|node| owner(node, c)).collect();
         if owners.contains(&rank) {
-            let range = chunk_range(len, shards, c);
-            ring_over(t, &owners, &mut buf[range], 1)?;
+            // The ring cuts the shard as it would cut the whole buffer's shard c.
+            let range = window.chunk(len, shards, c);
+            let shard = chunk_range(window.total, shards, c);
+            let inner = Window {
+                offset: (window.offset + range.start).saturating_sub(shard.start),
+                total: shard.len(),
+            };
+            ring_over(t, &owners, &mut buf[range], inner, 1)?;
         }
     }
     // 3. intra-node broadcast of every shard from its owner
     let last_round = 1 + 2 * (nodes.len() as u32).saturating_sub(1);
     for c in 0..shards {
         let o = owner(&members, c);
-        let range = chunk_range(len, shards, c);
+        let range = window.chunk(len, shards, c);
         if rank == o {
             t.quantize(&mut buf[range.clone()]);
             for &m in members.iter().filter(|&&m| m != o) {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use allreduce::{all_reduce_sum, broadcast, chunk_range, Comm};
+pub use allreduce::{all_reduce_sum, all_reduce_window, broadcast, chunk_range, Comm, Window};
 pub use link::{alpha_beta, Link};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
 pub use wait::precise_sleep;
