@@ -159,6 +159,11 @@ pub struct Experiment {
     /// `link` joins nodes, `intra_link` the workers inside one.
     pub nodes: usize,
     pub intra_link: Option<Link>,
+    /// All-reduce gradient buckets while backward still runs (sync mode).
+    pub overlap: bool,
+    /// Bucket size for `overlap`, in KB: layers are grouped, last first, until a bucket
+    /// holds at least this much.
+    pub bucket_kb: usize,
     pub seed: u64,
     /// Test-set accuracy every this many steps (and at the end).
     pub eval_every: u64,
@@ -184,6 +189,8 @@ impl Default for Experiment {
             grad_dtype: Wire::F32,
             nodes: 1,
             intra_link: None,
+            overlap: false,
+            bucket_kb: 64,
             seed: 1,
             eval_every: 25,
         }
@@ -263,6 +270,9 @@ impl Experiment {
         }
         if let Some(link) = self.intra_link {
             Link::new(link.latency_us, link.gbit_s).map_err(|e| bad("intra-link", e))?;
+        }
+        if self.bucket_kb == 0 {
+            return Err(bad("bucket-kb", "0 is not allowed: use a bucket of 1 KB or more"));
         }
         if self.nodes == 0 || self.nodes > self.workers {
             return Err(bad(

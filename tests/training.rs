@@ -406,3 +406,77 @@ fn runs_over_an_emulated_link_report_the_alpha_beta_model_beside_the_measurement
     );
     assert_eq!(s.summary().allreduce_model_ms, None);
 }
+
+#[test]
+fn overlap_and_every_bucket_size_give_bit_identical_parameters() {
+    let data = Arc::new(digits());
+    for algo in [
+        AllReduceAlgo::Ring,
+        AllReduceAlgo::Tree,
+        AllReduceAlgo::Naive,
+        AllReduceAlgo::TwoD,
+    ] {
+        let base = Experiment {
+            workers: 3,
+            hidden: vec![32, 16],
+            allreduce: algo,
+            length: Length::Steps(30),
+            ..Default::default()
+        };
+        let plain = train(base.clone(), &data).final_params().unwrap();
+        for bucket_kb in [1, 4, 1024] {
+            let overlapped = train(
+                Experiment {
+                    overlap: true,
+                    bucket_kb,
+                    ..base.clone()
+                },
+                &data,
+            )
+            .final_params()
+            .unwrap();
+            assert!(
+                plain.iter().zip(&overlapped).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{algo}, buckets of {bucket_kb} KB: parameters differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn with_overlap_all_reduce_slices_run_during_backward() {
+    // The last layer's bucket is all-reduced while backward still works on the first
+    // layers. (Worker 0 is made 3× slower, so its backward phase surely outlasts the
+    // communication thread's wake-up.)
+    let data = Arc::new(digits());
+    let exp = Experiment {
+        workers: 2,
+        hidden: vec![256, 256],
+        overlap: true,
+        bucket_kb: 1,
+        stragglers: vec![ddlab::config::Straggler { worker: 0, factor: 3.0 }],
+        link: Some(ddlab::comm::Link::new(300.0, 1.0).unwrap()),
+        length: Length::Steps(5),
+        ..Default::default()
+    };
+    let mut s = Session::start_with_data(exp, data, SessionOptions::default(), None).unwrap();
+    let mut spans: Vec<(usize, u64, Phase, u64, u64)> = Vec::new();
+    s.run_to_end(|e| {
+        if let Event::Phase {
+            worker,
+            step,
+            phase,
+            start_ns,
+            end_ns,
+        } = e
+        {
+            spans.push((*worker, *step, *phase, *start_ns, *end_ns));
+        }
+    });
+    let overlapping = spans.iter().filter(|a| a.0 == 0 && a.2 == Phase::AllReduce).any(|a| {
+        spans
+            .iter()
+            .any(|b| b.0 == a.0 && b.1 == a.1 && b.2 == Phase::Backward && a.3 < b.4 && a.3 >= b.3)
+    });
+    assert!(overlapping, "no all-reduce slice started inside a backward slice");
+}

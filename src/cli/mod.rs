@@ -148,6 +148,12 @@ pub struct ExperimentArgs {
     /// The link between workers of one node (--link is then the one between nodes).
     #[arg(long, value_name = "LAT_US,GBIT_S")]
     pub intra_link: Option<Link>,
+    /// All-reduce gradient buckets while backward still runs (sync mode).
+    #[arg(long)]
+    pub overlap: bool,
+    /// Gradient bucket size for --overlap, in KB.
+    #[arg(long, value_name = "K")]
+    pub bucket_kb: Option<usize>,
     /// Gradients on the wire: f32, f16 or bf16 (half the bytes; sums stay in f32).
     #[arg(long, value_name = "TYPE")]
     pub grad_dtype: Option<crate::comm::Wire>,
@@ -194,8 +200,12 @@ impl ExperimentArgs {
             seed,
             eval_every,
             grad_dtype,
-            nodes
+            nodes,
+            bucket_kb
         );
+        if self.overlap {
+            exp.overlap = true;
+        }
         if let Some(link) = self.intra_link {
             exp.intra_link = Some(link);
         }

@@ -166,6 +166,20 @@ impl Mlp {
     /// Backward pass after `forward` and `loss` on the same batch `x`. Writes the batch's
     /// gradient into `grads` (overwriting it: no zeroing pass is needed).
     pub fn backward(&self, params: &[f32], x: &ArrayView2<f32>, ws: &mut Workspace, grads: &mut [f32]) {
+        self.backward_with(params, x, ws, grads, |_, _| {});
+    }
+
+    /// `backward`, calling `layer_done(l, gradient of layer l)` as soon as layer l's
+    /// gradient is final (last layer first): what lets communication start during
+    /// backward (gradient buckets, as in PyTorch DDP and Horovod).
+    pub fn backward_with(
+        &self,
+        params: &[f32],
+        x: &ArrayView2<f32>,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        mut layer_done: impl FnMut(usize, &[f32]),
+    ) {
         assert_eq!(grads.len(), self.num_params());
         let batch = x.nrows();
         let Workspace {
@@ -187,6 +201,7 @@ impl Mlp {
             for row in d_cur[..batch * fan_out].chunks_exact(fan_out) {
                 d_b.iter_mut().zip(row).for_each(|(db, &dz)| *db += dz);
             }
+            layer_done(l, &grads[self.layers[l].range()]);
             if l > 0 {
                 let (w, _) = self.views(params, l);
                 let mut d_h = act_view_mut(d_prev, batch, fan_in);

@@ -7,6 +7,7 @@
 mod control;
 mod engine;
 mod event;
+mod overlap;
 mod ps;
 mod sink;
 mod sync;

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use ndarray::Array2;
 
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
+use super::overlap::Overlap;
 use super::{CollectiveKind, Event, Phase, WorkerStep};
 use crate::comm::{thread_group_on, Collective, Comm, ThreadTransport, Topology, Transfer, Transport, Wire};
 use crate::nn::{l2_norm, Sgd, Workspace};
@@ -59,6 +60,13 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
 /// slower, as in slow motion and step mode).
 pub(super) const DETAIL_EVERY_NS: u64 = 20_000_000;
 
+/// How a worker's gradient is all-reduced: in one piece after backward, or bucket by
+/// bucket during it on a communication thread (`--overlap`).
+enum Exchange<'o> {
+    Direct(&'o mut Comm<ThreadTransport>),
+    Overlap(&'o mut Overlap),
+}
+
 /// What rank 0 (whose replica equals everyone's) leaves behind.
 struct Rank0End {
     params: Vec<f32>,
@@ -101,14 +109,27 @@ impl<'a> Worker<'a> {
     }
 
     fn run(&mut self, comm: &mut Comm<ThreadTransport>, steps: u64) -> Result<(), SegEnd> {
-        let (ctx, rank) = (self.ctx, self.rank);
-        let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
-        let p = mlp.num_params();
+        let ctx = self.ctx;
         // Identical replicas: everyone receives rank 0's parameters.
         comm.broadcast(&mut self.params, 0).map_err(|_| SegEnd::Aborted)?;
         let mut transfers: Vec<Transfer> = Vec::new();
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
-        comm.transport_mut().set_wire(exp.grad_dtype);
+        comm.transport_mut().set_wire(ctx.exp.grad_dtype);
+        if ctx.exp.overlap && self.seg.workers > 1 {
+            std::thread::scope(|s| {
+                let mut overlap = Overlap::start(s, ctx, comm, self.rank, 2, ctx.options.detail);
+                self.train(Exchange::Overlap(&mut overlap), steps)
+            })
+        } else {
+            self.train(Exchange::Direct(comm), steps)
+        }
+    }
+
+    fn train(&mut self, mut exchange: Exchange, steps: u64) -> Result<(), SegEnd> {
+        let (ctx, rank) = (self.ctx, self.rank);
+        let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
+        let p = mlp.num_params();
+        let mut transfers: Vec<Transfer> = Vec::new();
 
         let sharder = ctx.sharder(self.seg.index, self.seg.workers);
         let schedule = ctx.schedule(&self.seg);
@@ -153,29 +174,55 @@ impl<'a> Worker<'a> {
             if diverged(score.mean_loss(), data.classes) {
                 return Err(SegEnd::Diverged { step, worker: rank });
             }
-            let forward_ns = phase_ns[Phase::Forward.index()];
-            ctx.phase(rank, step, Phase::Backward, &mut phase_ns, || {
-                let t0 = std::time::Instant::now();
-                mlp.backward(params, &xv, &mut ws, &mut grads[..p]);
-                ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
-            })?;
-            let grad_norm = l2_norm(&grads[..p]);
+            // The step's flags travel with the gradient (see `grads`): a switch after this
+            // step? Detail (batches, messages) for the next? Detail comes at most every
+            // DETAIL_EVERY: a screen cannot show more, and every step at full speed would
+            // cost training time. Rank 0 decides; the all-reduce tells everyone.
             grads[p] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
-            // Detail (batches, messages) for a step every DETAIL_EVERY at most: a screen
-            // cannot show more, and every step at full speed would cost training time.
-            // Rank 0 decides; the all-reduce tells everyone, so all report the same steps.
             grads[p + 1] = 0.0;
             if rank == 0 && ctx.options.detail && (local == 0 || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS) {
                 grads[p + 1] = 1.0;
                 last_detail_ns = ctx.clock.ns();
             }
-            let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+            let flags = [grads[p], grads[p + 1]];
+            let forward_ns = phase_ns[Phase::Forward.index()];
+            ctx.phase(rank, step, Phase::Backward, &mut phase_ns, || {
+                let t0 = std::time::Instant::now();
+                match &mut exchange {
+                    Exchange::Direct(_) => mlp.backward(params, &xv, &mut ws, &mut grads[..p]),
+                    Exchange::Overlap(overlap) => {
+                        let layers = mlp.layers();
+                        mlp.backward_with(params, &xv, &mut ws, &mut grads[..p], |l, g| {
+                            overlap.layer_done(l, g, layers[l].offset, &flags, step)
+                        })
+                    }
+                }
+                ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
+            })?;
             let mut allreduce_start_ns = 0;
-            ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
-                allreduce_start_ns = ctx.clock.ns();
-                comm.all_reduce_mean(grads)
-            })?
-            .map_err(|_| SegEnd::Aborted)?;
+            let (grad_norm, bytes_sent, idle_ns) = match &mut exchange {
+                Exchange::Direct(comm) => {
+                    let grad_norm = l2_norm(&grads[..p]);
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
+                        allreduce_start_ns = ctx.clock.ns();
+                        comm.all_reduce_mean(grads)
+                    })?
+                    .map_err(|_| SegEnd::Aborted)?;
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
+                Exchange::Overlap(overlap) => {
+                    // Our own gradient's norm: the buckets already in flight carry copies.
+                    let grad_norm = l2_norm(&grads[..p]);
+                    // Only what is left of the communication shows as the all-reduce phase.
+                    let (sent, waited) = ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
+                        allreduce_start_ns = ctx.clock.ns();
+                        overlap.finish(grads)
+                    })??;
+                    (grad_norm, sent, waited)
+                }
+            };
             if exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
                 // Every replica holds the same result, so every worker stops here alike.
                 return Err(SegEnd::Failed(format!(
@@ -183,11 +230,14 @@ impl<'a> Worker<'a> {
                     Wire::F16.max()
                 )));
             }
-            let bytes_sent = comm.bytes_sent() - bytes_before;
-            let idle_ns = comm.transport().waited_ns() - waited_before;
-            report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
             detail = grads[p + 1] > 0.0;
-            comm.transport_mut().set_recording(detail);
+            match &mut exchange {
+                Exchange::Direct(comm) => {
+                    report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
+                    comm.transport_mut().set_recording(detail);
+                }
+                Exchange::Overlap(overlap) => overlap.set_recording(detail),
+            }
             let grad_norm_reduced = l2_norm(&grads[..p]);
             let lr = schedule.at(step);
             let sgd = &mut self.sgd;
