@@ -171,6 +171,12 @@ fn bad_live_controls_are_refused_with_the_flag_sentence() {
     assert!(e.contains("use 0 to 3"), "{e}");
     let e = s.control(Control::SetWorkers(0)).unwrap_err().to_string();
     assert!(e.contains("--workers"), "{e}");
+    let no_bandwidth = ddlab::comm::Link {
+        latency_us: 1.0,
+        gbit_s: 0.0,
+    };
+    let e = s.control(Control::SetLink(Some(no_bandwidth))).unwrap_err().to_string();
+    assert!(e.contains("--link") && e.contains("Gbit/s > 0"), "{e}");
     s.control(Control::Stop).unwrap();
     assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub use state::{EvalRecord, RunState, SegmentRecord, StepRecord, WorkerTotals, STALENESS_BUCKETS};
 pub use summary::Summary;
 
+use crate::comm::Link;
 use crate::config::{ConfigError, Experiment, Straggler};
 use crate::data::{DataError, Dataset};
 use crate::train::{self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Outcome};
@@ -146,6 +147,9 @@ impl Session {
             Control::SetMode(m) => check(m, workers, Vec::new())?,
             Control::SetWorkers(n) => check(mode, n, Vec::new())?,
             Control::Straggler { worker, factor } => check(mode, workers, vec![Straggler { worker, factor }])?,
+            Control::SetLink(Some(link)) => {
+                Link::new(link.latency_us, link.gbit_s).map_err(|problem| ConfigError { flag: "link", problem })?;
+            }
             _ => {}
         }
         self.gate.apply(control);
