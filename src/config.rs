@@ -331,14 +331,6 @@ impl Experiment {
         }
         Ok(())
     }
-
-    /// Total steps, given the steps in one epoch.
-    pub fn total_steps(&self, steps_per_epoch: u64) -> u64 {
-        match self.length {
-            Length::Steps(s) => s,
-            Length::Epochs(e) => e * steps_per_epoch,
-        }
-    }
 }
 
 #[cfg(test)]

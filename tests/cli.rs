@@ -3,6 +3,20 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+/// Runs `ddlab run ARGS -q --json FILE`, expects success, returns the summary object.
+fn run_summary(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.jsonl");
+    ddlab()
+        .arg("run")
+        .args(args)
+        .args(["-q", "--json"])
+        .arg(&json)
+        .assert()
+        .success();
+    summary_of(&json)
+}
+
 /// The last line of a `--json` export: the summary object.
 fn summary_of(json: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(json).unwrap();
@@ -188,26 +202,16 @@ fn run_writes_json_lines_csv_and_a_chrome_trace() {
 
 #[test]
 fn spirals_and_a_deeper_net_train() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("s.jsonl");
-    ddlab()
-        .args([
-            "run",
-            "--dataset",
-            "spirals",
-            "--hidden",
-            "64,32",
-            "--workers",
-            "2",
-            "--epochs",
-            "60",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .assert()
-        .success();
-    let summary = summary_of(&json);
+    let summary = run_summary(&[
+        "--dataset",
+        "spirals",
+        "--hidden",
+        "64,32",
+        "--workers",
+        "2",
+        "--epochs",
+        "60",
+    ]);
     let acc = summary["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.9, "spirals test accuracy {acc}");
 }
@@ -231,26 +235,16 @@ fn missing_mnist_files_get_a_clear_error() {
 
 #[test]
 fn mnist_trains_from_the_assets() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("m.jsonl");
-    ddlab()
-        .args([
-            "run",
-            "--dataset",
-            "mnist",
-            "--workers",
-            "2",
-            "--batch",
-            "64",
-            "--steps",
-            "150",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .assert()
-        .success();
-    let summary = summary_of(&json);
+    let summary = run_summary(&[
+        "--dataset",
+        "mnist",
+        "--workers",
+        "2",
+        "--batch",
+        "64",
+        "--steps",
+        "150",
+    ]);
     let acc = summary["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.85, "MNIST test accuracy after 150 steps: {acc}");
 }
@@ -304,8 +298,9 @@ fn ctrl_c_stops_the_run_and_keeps_the_exports_with_a_summary() {
         assert!(std::time::Instant::now() < deadline, "the run wrote nothing");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's own `kill`: no procps package needed on a fresh machine.
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(killed.success());

@@ -358,9 +358,6 @@ impl<T: Transport> Comm<T> {
     pub fn algo(&self) -> AllReduceAlgo {
         self.algo
     }
-    pub fn set_algo(&mut self, algo: AllReduceAlgo) {
-        self.algo = algo;
-    }
     pub fn transport(&self) -> &T {
         &self.transport
     }

@@ -270,9 +270,6 @@ impl Workspace {
             d_prev: vec![0.0; max_batch * widest],
         }
     }
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
-    }
 }
 
 fn act_view(buf: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {

@@ -104,9 +104,6 @@ impl Session {
     pub fn experiment(&self) -> &Experiment {
         &self.exp
     }
-    pub fn dataset(&self) -> &Arc<Dataset> {
-        &self.data
-    }
     pub fn state(&self) -> &RunState {
         &self.state
     }

@@ -109,13 +109,13 @@ impl Overlap {
         let Some(staged) = self.staging[b].as_mut() else { return };
         let at = layer_offset - bucket.start;
         staged[at..at + layer_grads.len()].copy_from_slice(layer_grads);
-        if bucket.end > layer_offset + layer_grads.len() && b == 0 {
-            // the first bucket carries the flags after the last layer
-            let n = flags.len();
-            staged[bucket.len() - n..].copy_from_slice(flags);
-        }
         if self.closes[b] == l {
-            let data = self.staging[b].take().expect("staged");
+            let mut data = self.staging[b].take().expect("staged");
+            if b == 0 {
+                // The first bucket ends with the step's flags, after the last layer.
+                let n = data.len() - flags.len();
+                data[n..].copy_from_slice(flags);
+            }
             self.in_flight += 1;
             let _ = self.jobs.send(Job {
                 bucket: b,
