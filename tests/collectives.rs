@@ -222,10 +222,39 @@ fn every_algorithm_takes_at_least_what_the_alpha_beta_model_says() {
             c.all_reduce_sum(&mut buf).unwrap();
             t0.elapsed()
         });
-        let model = ddlab::comm::alpha_beta(algo, n, len * 4, &link).unwrap();
+        let model = ddlab::comm::alpha_beta(algo, n, len * 4, &link);
         let slowest = times.into_iter().max().unwrap();
         assert!(slowest >= model, "{algo} N={n}: {slowest:?} < model {model:?}");
     }
+}
+
+#[test]
+fn node_aware_algorithms_take_at_least_what_the_alpha_beta_model_says_and_beat_the_flat_ring() {
+    // 8 ranks on 2 emulated nodes: a slow link between nodes, a fast one inside.
+    let (inter, intra) = (Link::new(200.0, 1.0).unwrap(), Link::new(5.0, 40.0).unwrap());
+    let len = 50_000;
+    let mut slowest = std::collections::HashMap::new();
+    for algo in [AllReduceAlgo::Ring, AllReduceAlgo::Hierarchical, AllReduceAlgo::TwoD] {
+        let topology = ddlab::comm::Topology::nodes(8, 2, Some(inter), Some(intra));
+        let times = on_ranks(
+            ddlab::comm::thread_group_on(topology, Clock::start(), false),
+            algo,
+            |c| {
+                let mut buf = vec![1.0; len];
+                c.barrier().unwrap();
+                let t0 = std::time::Instant::now();
+                c.all_reduce_sum(&mut buf).unwrap();
+                t0.elapsed()
+            },
+        );
+        let model = ddlab::comm::alpha_beta_on(algo, 8, 2, len * 4, &inter, Some(&intra));
+        let t = times.into_iter().max().unwrap();
+        assert!(t >= model, "{algo}: {t:?} < model {model:?}");
+        slowest.insert(algo, t);
+    }
+    // The model says hierarchical moves 2·B/2 across nodes where the ring moves 14·B/8.
+    assert!(slowest[&AllReduceAlgo::Hierarchical] < slowest[&AllReduceAlgo::Ring], "{slowest:?}");
+    assert!(slowest[&AllReduceAlgo::TwoD] < slowest[&AllReduceAlgo::Ring], "{slowest:?}");
 }
 
 #[test]

@@ -64,6 +64,9 @@ fn lab_screen_async_with_staleness_at_120x40() {
         params: 9610,
         total_samples: 42240,
         train_len: 1438,
+        nodes: 1,
+        intra_link: None,
+        wire_bytes: 4,
     });
     lab.apply(&segment(Mode::Async, 3));
     for i in 0..30u64 {

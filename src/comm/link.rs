@@ -74,20 +74,68 @@ impl Link {
 /// | tree (recursive doubling) | ⌊log₂N⌋ (+2 when N is not a power of two) | rounds·B |
 /// | naive | 2(N−1) (rank 0 takes one message at a time) | 2(N−1)·B (all through rank 0) |
 ///
-/// The node-aware algorithms (hierarchical, 2d) cross two kinds of link and have no
-/// model here yet: `None`.
-pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> Option<std::time::Duration> {
+/// On one node every algorithm is priced on `link`; see [`alpha_beta_on`] for nodes.
+pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Link) -> Duration {
+    alpha_beta_on(algo, n, 1, bytes, link, Some(link))
+}
+
+/// The α-β model on `nodes` emulated nodes (ranks split as `Topology::nodes` splits them:
+/// the largest node holds k = ⌈N/M⌉), `inter` joining nodes and `intra` (None: free, shared
+/// memory) joining the ranks of one node. A stage's time is rounds·α + bytes·β on its link;
+/// an algorithm's is the sum of its stages.
+///
+/// | algorithm | stages |
+/// |---|---|
+/// | ring, tree, naive | as in [`alpha_beta`], every hop priced on the slower link when M > 1 |
+/// | hierarchical | intra reduce: 1 round, (k−1)·B into the leader; ring among the M leaders: 2(M−1) rounds, 2(M−1)·B/M; intra broadcast: k−1 rounds, (k−1)·B out of the leader |
+/// | 2d | intra reduce-scatter: k−1 rounds, (k−1)·B/k; M-ring of each B/k shard: 2(M−1) rounds, 2(M−1)·B/(kM); intra gather: k−1 rounds, (k−1)·B/k |
+///
+/// The emulated link serialises what reaches one rank and a send waits for its receiver,
+/// which is where the "rounds" of the intra stages come from.
+pub fn alpha_beta_on(
+    algo: super::AllReduceAlgo,
+    n: usize,
+    nodes: usize,
+    bytes: usize,
+    inter: &Link,
+    intra: Option<&Link>,
+) -> Duration {
     use super::AllReduceAlgo::*;
-    let b = bytes as f64;
-    let (rounds, busiest) = match algo {
-        Ring => (algo.rounds(n) as f64, algo.rounds(n) as f64 * b / n.max(1) as f64),
-        Tree => (algo.rounds(n) as f64, algo.rounds(n) as f64 * b),
-        // Rank 0 takes N−1 messages in, then sends N−1 out, one at a time.
-        Naive => (2.0 * n.saturating_sub(1) as f64, 2.0 * n.saturating_sub(1) as f64 * b),
-        Hierarchical | TwoD => return None,
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    let m = nodes.clamp(1, n);
+    let k = n.div_ceil(m) as f64;
+    let (b, nf, mf) = (bytes as f64, n as f64, m as f64);
+    let stage = |rounds: f64, busiest: f64, link: Option<&Link>| {
+        link.map_or(0.0, |l| rounds * l.latency_us * 1e3 + busiest * 8.0 / l.gbit_s)
     };
-    let ns = rounds * link.latency_us * 1e3 + busiest * 8.0 / link.gbit_s;
-    Some(std::time::Duration::from_nanos(ns as u64))
+    // The flat algorithms wait for the slowest hop of each round.
+    let flat = if m > 1 { Some(inter) } else { intra };
+    let ns = match algo {
+        Ring => {
+            let r = algo.rounds(n) as f64;
+            stage(r, r * b / nf, flat)
+        }
+        Tree => {
+            let r = algo.rounds(n) as f64;
+            stage(r, r * b, flat)
+        }
+        Naive => {
+            let r = 2.0 * (nf - 1.0);
+            stage(r, r * b, flat)
+        }
+        Hierarchical => {
+            let across = 2.0 * (mf - 1.0);
+            stage(1.0, (k - 1.0) * b, intra) + stage(across, across * b / mf, Some(inter)) + stage(k - 1.0, (k - 1.0) * b, intra)
+        }
+        TwoD => {
+            let (across, shard) = (2.0 * (mf - 1.0), b / k);
+            let within = stage(k - 1.0, (k - 1.0) * shard, intra);
+            within + stage(across, across * shard / mf, Some(inter)) + within
+        }
+    };
+    Duration::from_nanos(ns as u64)
 }
 
 impl std::str::FromStr for Link {
@@ -126,7 +174,7 @@ mod tests {
         use crate::comm::AllReduceAlgo;
         let link = Link::new(10.0, 8.0).unwrap(); // α = 10 µs, 1 byte = 1 ns
         let mb = 1_000_000;
-        let model = |algo, n| alpha_beta(algo, n, mb, &link).unwrap();
+        let model = |algo, n| alpha_beta(algo, n, mb, &link);
         // ring, N=4: 6 rounds · 10 µs + 6 · 250 KB · 1 ns = 60 µs + 1.5 ms
         assert_eq!(model(AllReduceAlgo::Ring, 4), Duration::from_micros(1560));
         // tree, N=4: 2 rounds · (10 µs + 1 ms)
@@ -135,7 +183,26 @@ mod tests {
         assert_eq!(model(AllReduceAlgo::Naive, 4), Duration::from_micros(6060));
         // one rank: nothing to do
         assert_eq!(model(AllReduceAlgo::Ring, 1), Duration::ZERO);
-        assert_eq!(alpha_beta(AllReduceAlgo::Hierarchical, 4, mb, &link), None);
+    }
+
+    #[test]
+    fn alpha_beta_model_over_nodes() {
+        use crate::comm::AllReduceAlgo::*;
+        let slow = Link::new(10.0, 8.0).unwrap(); // α = 10 µs, 1 byte = 1 ns
+        let fast = Link::new(1.0, 80.0).unwrap(); // α = 1 µs, 10 bytes = 1 ns
+        let mb = 1_000_000;
+        let on = |algo, n, m| alpha_beta_on(algo, n, m, mb, &slow, Some(&fast));
+        // 8 ranks on 2 nodes of 4. Flat ring: 14 rounds on the slow link, 14·125 KB.
+        assert_eq!(on(Ring, 8, 2), Duration::from_micros(14 * 10 + 1750));
+        // hierarchical: reduce (1 µs + 3 MB/10) + leaders' ring (2·10 µs + 1 MB) + broadcast (3 µs + 300 µs)
+        assert_eq!(on(Hierarchical, 8, 2), Duration::from_micros(301 + 1020 + 303));
+        // 2d: shards of 250 KB; within: 3 µs + 75 µs; across: 20 µs + 250 µs
+        assert_eq!(on(TwoD, 8, 2), Duration::from_micros(78 + 270 + 78));
+        // shared memory inside nodes: only the leaders' ring costs
+        assert_eq!(alpha_beta_on(Hierarchical, 8, 2, mb, &slow, None), Duration::from_micros(1020));
+        // one node: the flat model on the intra link
+        assert_eq!(on(Ring, 4, 1), alpha_beta(Ring, 4, mb, &fast));
+        assert!(on(TwoD, 8, 2) < on(Hierarchical, 8, 2) && on(Hierarchical, 8, 2) < on(Ring, 8, 2));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, all_reduce_window, broadcast, chunk_range, Comm, Window};
-pub use link::{alpha_beta, Link};
+pub use link::{alpha_beta, alpha_beta_on, Link};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
 pub use wait::precise_sleep;
 pub use wire::Wire;
@@ -51,7 +51,7 @@ pub trait Collective: Send {
 }
 
 /// Which all-reduce algorithm to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AllReduceAlgo {
     /// Reduce-scatter then all-gather around a ring: 2(N−1) rounds, each moving 1/N of

@@ -91,6 +91,10 @@ pub struct RunState {
     pub params: usize,
     pub total_samples: u64,
     pub train_len: usize,
+    /// Emulated nodes, the link inside them, and bytes per gradient value on the wire.
+    pub nodes: usize,
+    pub intra_link: Option<crate::comm::Link>,
+    pub wire_bytes: usize,
     pub segments: Vec<SegmentRecord>,
     pub steps: Vec<StepRecord>,
     pub evals: Vec<EvalRecord>,
@@ -130,7 +134,13 @@ impl RunState {
                 params,
                 total_samples,
                 train_len,
+                nodes,
+                intra_link,
+                wire_bytes,
             } => {
+                self.nodes = *nodes;
+                self.intra_link = *intra_link;
+                self.wire_bytes = *wire_bytes;
                 self.params = *params;
                 self.total_samples = *total_samples;
                 self.train_len = *train_len;
@@ -231,8 +241,17 @@ impl RunState {
         let seg = self.current().filter(|s| !s.mode.uses_server())?;
         let link = seg.link.as_ref()?;
         // The gradient, plus the two flags the engine all-reduces with it.
-        let bytes = (self.params + 2) * std::mem::size_of::<f32>();
-        crate::comm::alpha_beta(seg.allreduce, seg.workers, bytes, link)
+        let bytes = (self.params + 2) * self.wire_bytes.max(1);
+        // As the engine does: without an intra-node link, one node talks at the link's speed.
+        let intra = self.intra_link.as_ref().unwrap_or(link);
+        Some(crate::comm::alpha_beta_on(
+            seg.allreduce,
+            seg.workers,
+            self.nodes,
+            bytes,
+            link,
+            Some(intra),
+        ))
     }
 
     fn push_record(&mut self, reports: &[WorkerStep], worker: Option<usize>) {

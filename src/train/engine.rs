@@ -411,6 +411,9 @@ fn run(
         params: mlp.num_params(),
         total_samples: total,
         train_len: data.train_len(),
+        nodes: exp.nodes,
+        intra_link: exp.intra_link,
+        wire_bytes: exp.grad_dtype.bytes(),
     });
     let mut params = vec![0.0f32; mlp.num_params()];
     match &options.initial_params {

@@ -138,6 +138,14 @@ pub enum Event {
         params: usize,
         total_samples: u64,
         train_len: usize,
+        /// The emulated nodes and the link inside them (fixed for the run).
+        #[serde(default = "one")]
+        nodes: usize,
+        #[serde(default)]
+        intra_link: Option<crate::comm::Link>,
+        /// Bytes a gradient value takes on the wire (4, or 2 for f16/bf16).
+        #[serde(default = "four")]
+        wire_bytes: usize,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {
@@ -192,4 +200,11 @@ pub fn params_hash(params: &[f32]) -> u64 {
             .iter()
             .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
     })
+}
+
+fn one() -> usize {
+    1
+}
+fn four() -> usize {
+    4
 }

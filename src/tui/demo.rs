@@ -60,6 +60,9 @@ pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
         params: 9610,
         total_samples: 42240,
         train_len: 1438,
+        nodes: 1,
+        intra_link: None,
+        wire_bytes: 4,
     });
     lab.apply(&segment(Mode::Sync, workers));
     let step_ns = 100_000u64;

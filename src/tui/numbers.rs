@@ -49,7 +49,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         ]));
     } else if let Some(last) = st.steps.iter().rev().find(|s| s.worker.is_none() && s.allreduce_ns > 0) {
         // busbw of the latest all-reduce: gradient bytes / time · 2(N−1)/N (nccl-tests)
-        let bytes = st.params as f64 * 4.0;
+        let bytes = st.params as f64 * st.wire_bytes.max(1) as f64;
         let busbw = bytes / last.allreduce_ns as f64 * 2.0 * (n - 1.0) / n;
         lines.push(Line::from(vec![
             Span::styled("all-reduce ", theme.dim()),
@@ -58,6 +58,17 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 last.allreduce_ns as f64 / 1e6
             )),
         ]));
+        if let Some(model) = last.allreduce_model_ns {
+            // The model prices the messages; compare it with the communication alone.
+            lines.push(Line::from(vec![
+                Span::styled("α-β model ", theme.dim()),
+                Span::raw(format!(
+                    "{:.3} ms · measured comm {:.3} ms",
+                    model as f64 / 1e6,
+                    last.allreduce_comm_ns as f64 / 1e6
+                )),
+            ]));
+        }
     }
     lines.push(Line::from(vec![
         Span::styled("idle ", theme.dim()),
