@@ -12,6 +12,28 @@ use crate::nn::LrScaling;
 /// Most workers one run may have: beyond this, threads only thrash.
 pub const MAX_WORKERS: usize = 256;
 
+/// Where the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One thread per worker in this process.
+    #[default]
+    Threads,
+    /// One MPI rank per worker, launched by mpirun (cargo feature `mpi`).
+    Mpi,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "threads" => Ok(Backend::Threads),
+            "mpi" => Ok(Backend::Mpi),
+            _ => Err(format!("unknown backend '{s}': use threads or mpi")),
+        }
+    }
+}
+
 /// How workers combine their gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(try_from = "String", into = "String")]
@@ -124,6 +146,9 @@ pub enum Length {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Experiment {
+    /// Threads: no MPI needed.
+    #[serde(default)]
+    pub backend: Backend,
     /// 4 workers: enough to see a ring and a straggler, few enough for a laptop.
     pub workers: usize,
     pub mode: Mode,
@@ -172,6 +197,7 @@ pub struct Experiment {
 impl Default for Experiment {
     fn default() -> Self {
         Experiment {
+            backend: Backend::Threads,
             workers: 4,
             mode: Mode::Sync,
             allreduce: AllReduceAlgo::Ring,
@@ -270,6 +296,12 @@ impl Experiment {
         }
         if let Some(link) = self.intra_link {
             Link::new(link.latency_us, link.gbit_s).map_err(|e| bad("intra-link", e))?;
+        }
+        if self.allreduce == AllReduceAlgo::Mpi && self.backend != Backend::Mpi {
+            return Err(bad(
+                "allreduce",
+                "mpi is the MPI library's own all-reduce: use it with --backend mpi under mpirun, or choose ring, tree or naive",
+            ));
         }
         if self.bucket_kb == 0 {
             return Err(bad("bucket-kb", "0 is not allowed: use a bucket of 1 KB or more"));

@@ -5,6 +5,7 @@
 //! one door for front ends) → `cli` (headless front ends: run, compare, bench) and
 //! `tui` (the lab).
 
+pub mod check;
 pub mod cli;
 pub mod comm;
 pub mod config;

@@ -8,11 +8,14 @@ fn main() {
         Some(Command::Run(args)) => cli::run::run(&args),
         Some(Command::Compare(args)) => cli::compare::compare(&args),
         Some(Command::Bench(args)) => cli::bench::bench(&args),
+        Some(Command::Check(args)) => cli::check::check(&args),
         Some(Command::Lab(args)) => tui::run(tui::Start::Lab(args.experiment())),
         None => tui::run(tui::Start::Home(ddlab::config::Experiment::default())),
     });
     if let Err(e) = result {
-        eprintln!("ddlab: {}", e.message);
+        if !e.message.is_empty() {
+            eprintln!("ddlab: {}", e.message);
+        }
         std::process::exit(e.code);
     }
 }

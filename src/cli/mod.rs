@@ -9,6 +9,7 @@ macro_rules! say {
 }
 
 pub mod bench;
+pub mod check;
 pub mod compare;
 pub mod export;
 pub mod run;
@@ -73,6 +74,9 @@ pub enum Command {
     Compare(Box<compare::CompareArgs>),
     /// Fixed benchmarks: µs per training step, all-reduce bandwidth, memcpy ceiling.
     Bench(bench::BenchArgs),
+    /// Cluster sanity check: ranks, exact collectives, bandwidth, training equals one
+    /// rank. Standalone on threads, or under mpirun (feature mpi). Exit 0 when all pass.
+    Check(check::CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,13 +100,16 @@ pub struct RunArgs {
 /// The experiment flags, the same for every command (and keys of lesson files).
 #[derive(Debug, Args, Clone, Default)]
 pub struct ExperimentArgs {
+    /// Where workers run: threads (this process) or mpi (one rank each, under mpirun).
+    #[arg(long, value_name = "threads|mpi")]
+    pub backend: Option<crate::config::Backend>,
     /// Number of data-parallel workers (threads), 1 to 256.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// How workers combine gradients: sync, async, ssp:K or backup:B.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
-    /// All-reduce algorithm: ring, tree, naive, hierarchical or 2d.
+    /// All-reduce algorithm: ring, tree, naive, hierarchical, 2d, or mpi (the library's own).
     #[arg(long, value_name = "ALGO")]
     pub allreduce: Option<AllReduceAlgo>,
     /// Data set: digits (8×8, built in), mnist (28×28, from assets/), spirals (2-D).
@@ -187,6 +194,7 @@ impl ExperimentArgs {
             ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { exp.$field = v; } )* };
         }
         set!(
+            backend,
             workers,
             mode,
             allreduce,

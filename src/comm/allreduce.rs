@@ -82,6 +82,7 @@ pub fn all_reduce_window<T: Transport + ?Sized>(
         AllReduceAlgo::Naive => naive(t, buf),
         AllReduceAlgo::Hierarchical => hierarchical(t, buf, window),
         AllReduceAlgo::TwoD => two_dimensional(t, buf, window),
+        AllReduceAlgo::Mpi => t.library_all_reduce(buf),
     }
 }
 

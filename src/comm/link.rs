@@ -125,6 +125,11 @@ pub fn alpha_beta_on(
             let r = 2.0 * (nf - 1.0);
             stage(r, r * b, flat)
         }
+        // Priced as a ring: what large MPI all-reduces use.
+        Mpi => {
+            let r = Ring.rounds(n) as f64;
+            stage(r, r * b / nf, flat)
+        }
         Hierarchical => {
             let across = 2.0 * (mf - 1.0);
             stage(1.0, (k - 1.0) * b, intra) + stage(across, across * b / mf, Some(inter)) + stage(k - 1.0, (k - 1.0) * b, intra)

@@ -8,6 +8,8 @@
 mod allreduce;
 mod kernels;
 mod link;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod threads;
 mod wait;
 mod wire;
@@ -27,6 +29,9 @@ pub enum CommError {
     /// Another worker stopped (diverged, was stopped, or failed); nobody waits forever.
     #[error("the collective was aborted because another worker stopped")]
     Aborted,
+    /// The backend lacks what was asked of it.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, CommError>;
@@ -71,10 +76,12 @@ pub enum AllReduceAlgo {
     /// all-gather inside each node (ChainerMN's two-dimensional).
     #[serde(rename = "2d")]
     TwoD,
+    /// The MPI library's own `MPI_Allreduce` (`--backend mpi` only).
+    Mpi,
 }
 
 impl AllReduceAlgo {
-    /// Every algorithm (the flat ones first).
+    /// Every algorithm every backend has (the flat ones first); `Mpi` needs MPI.
     pub const ALL: [AllReduceAlgo; 5] = [
         AllReduceAlgo::Ring,
         AllReduceAlgo::Tree,
@@ -97,6 +104,8 @@ impl AllReduceAlgo {
             AllReduceAlgo::Naive => 2,
             // (with one node: a reduce, nothing across, a broadcast)
             AllReduceAlgo::Hierarchical | AllReduceAlgo::TwoD => 2,
+            // The library chooses; ring-like for large buffers.
+            AllReduceAlgo::Mpi => 2 * (n - 1),
         }
     }
     pub fn name(self) -> &'static str {
@@ -106,6 +115,7 @@ impl AllReduceAlgo {
             AllReduceAlgo::Naive => "naive",
             AllReduceAlgo::Hierarchical => "hierarchical",
             AllReduceAlgo::TwoD => "2d",
+            AllReduceAlgo::Mpi => "mpi",
         }
     }
 }
@@ -115,8 +125,9 @@ impl std::str::FromStr for AllReduceAlgo {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         AllReduceAlgo::ALL
             .into_iter()
+            .chain([AllReduceAlgo::Mpi])
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree, naive, hierarchical or 2d"))
+            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree, naive, hierarchical, 2d or mpi"))
     }
 }
 
@@ -185,6 +196,17 @@ pub trait Transport: Send {
         if wire != Wire::F32 {
             buf.iter_mut().for_each(|v| *v = wire.round(*v));
         }
+    }
+    /// The library's own all-reduce (sum, in place), where the backend has one.
+    fn library_all_reduce(&mut self, _buf: &mut [f32]) -> Result<()> {
+        Err(CommError::Unsupported(
+            "the mpi all-reduce needs the MPI backend: use --backend mpi under mpirun, or ring, tree or naive",
+        ))
+    }
+    /// The library's own all-reduce from `send` into `recv` (out of place).
+    fn library_all_reduce_into(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
+        self.library_all_reduce(recv)
     }
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;

@@ -53,6 +53,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             AllReduceAlgo::Naive => "worker 0 sends the sum back to everyone",
             AllReduceAlgo::Hierarchical => "reduce in each node, ring among node leaders, broadcast in each node",
             AllReduceAlgo::TwoD => "reduce-scatter in each node, all-reduce each shard across nodes, all-gather",
+            AllReduceAlgo::Mpi => "the MPI library's own all-reduce",
         };
         lines.push(Line::from(vec![
             Span::styled(format!("step {step} · round {}/{rounds} · ", round + 1), theme.title()),

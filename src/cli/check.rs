@@ -1,0 +1,246 @@
+//! `ddlab check`: the cluster sanity check. Standalone it checks N threads of this
+//! machine; under `mpirun` (feature `mpi`) it checks the ranks, one per process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::CliError;
+use crate::check::{self, CheckOptions, CheckReport, Fault, RankReport};
+use crate::comm::{thread_group, AllReduceAlgo, Clock};
+use crate::config::Backend;
+use crate::data::{Dataset, DatasetKind};
+use crate::session::{Session, SessionOptions};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Threads to check (standalone); under mpirun the ranks are the workers.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// threads, or mpi (the default under mpirun when built with --features mpi).
+    #[arg(long, value_name = "threads|mpi")]
+    pub backend: Option<Backend>,
+    /// All-reduce sizes, e.g. 4,64K,1M,64M (default 4 B to 64 MB by 16×).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Option<Vec<usize>>,
+    /// Sizes up to 4 MB and fewer repetitions: under 10 s on 2 ranks.
+    #[arg(long)]
+    pub quick: bool,
+    /// Write every figure as one JSON object.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Inject a fault to see the check catch it: corrupt:RANK or slow:RANK.
+    #[arg(long, value_name = "FAULT", hide = true)]
+    pub inject: Option<Fault>,
+}
+
+/// `4`, `64K`, `1M`, `64MB`, `2G`: bytes.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.strip_suffix('B').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1usize << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use bytes such as 4, 64K, 1M or 64M"))?;
+    let bytes = n.checked_mul(mult).filter(|&b| (4..=1 << 30).contains(&b));
+    bytes.ok_or_else(|| format!("'{s}' is out of range: use 4 bytes to 1G"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn options(args: &CheckArgs, mpi: bool) -> CheckOptions {
+    let mut algorithms = AllReduceAlgo::FLAT.to_vec();
+    if mpi {
+        algorithms.push(AllReduceAlgo::Mpi);
+    }
+    CheckOptions {
+        sizes: args.sizes.clone().unwrap_or_else(|| CheckOptions::default_sizes(args.quick)),
+        algorithms,
+        link_bytes: if args.quick { 1 << 20 } else { 4 << 20 },
+        train_steps: if args.quick { 20 } else { 60 },
+        quick: args.quick,
+        fault: args.inject,
+    }
+}
+
+/// The engine's own one-worker run with the N-times batch: what the ranks must equal.
+fn reference(n: usize, opts: &CheckOptions, data: Arc<Dataset>) -> Result<Vec<f32>, CliError> {
+    let mut exp = check::train_experiment(n, opts);
+    exp.batch *= n;
+    exp.workers = 1;
+    let mut session = Session::start_with_data(exp, data, SessionOptions::default(), None)
+        .map_err(|e| CliError::failure(format!("the one-rank reference run could not start: {e}")))?;
+    session.run_to_end(|_| {});
+    session
+        .final_params()
+        .ok_or_else(|| CliError::failure("the one-rank reference run left no parameters"))
+}
+
+fn finish(report: &CheckReport, args: &CheckArgs) -> Result<(), CliError> {
+    say!("{}", check::render(report, args.quick).trim_end());
+    if let Some(path) = &args.json {
+        let file = super::create_output("json", path)?;
+        serde_json::to_writer_pretty(file, report)
+            .map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(CliError::failure("the check failed (see the ✗ lines above)"))
+    }
+}
+
+pub fn check(args: &CheckArgs) -> Result<(), CliError> {
+    let under_launcher = launched_by_mpirun();
+    let backend = args.backend.unwrap_or(if under_launcher && cfg!(feature = "mpi") {
+        Backend::Mpi
+    } else {
+        Backend::Threads
+    });
+    if let Some(Fault::Corrupt(r) | Fault::Slow(r)) = args.inject {
+        if r >= crate::config::MAX_WORKERS {
+            return Err(CliError::usage(format!("--inject: there is no rank {r}")));
+        }
+    }
+    match backend {
+        Backend::Mpi => check_mpi(args),
+        Backend::Threads => {
+            if under_launcher {
+                return Err(CliError::usage(
+                    "ddlab check runs under mpirun but this ddlab was built without MPI: rebuild with `cargo build --release --features mpi`, or run `ddlab check` without mpirun to check this machine's threads",
+                ));
+            }
+            check_threads(args)
+        }
+    }
+}
+
+fn launched_by_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
+    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+    let n = args.workers.unwrap_or(cores.clamp(2, 8));
+    if n == 0 || n > 64 {
+        return Err(CliError::usage(format!(
+            "--workers {n} is not allowed: check 1 to 64 threads"
+        )));
+    }
+    let opts = options(args, false);
+    if let Some(Fault::Corrupt(r) | Fault::Slow(r)) = opts.fault {
+        if r >= n {
+            return Err(CliError::usage(format!("--inject: there is no rank {r} among {n}")));
+        }
+    }
+    let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| CliError::failure(e.to_string()))?);
+    let host = hostname();
+    let group = thread_group(n, Clock::start(), None, false);
+    let reports: Vec<Result<RankReport, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .into_iter()
+            .map(|mut t| {
+                let (opts, host, data) = (&opts, host.clone(), &data);
+                s.spawn(move || {
+                    let abort = t.abort_handle();
+                    let out = check::run_rank(&mut t, opts, host, data).map_err(|e| e.to_string());
+                    if out.is_err() {
+                        abort.abort();
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a checking thread panicked".into())))
+            .collect()
+    });
+    let reports: Vec<RankReport> = reports
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| CliError::failure(format!("the check could not finish: {e}")))?;
+    let reference = reference(n, &opts, data)?;
+    let report = check::judge("threads", &reports, &reference, opts.link_bytes, false, false);
+    finish(&report, args)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn check_mpi(_args: &CheckArgs) -> Result<(), CliError> {
+    Err(CliError::usage(
+        "this ddlab was built without MPI: rebuild with `cargo build --release --features mpi` (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang-dev), or use --backend threads",
+    ))
+}
+
+#[cfg(feature = "mpi")]
+fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
+    use crate::comm::mpi::{host_name, MpiWorld};
+    use crate::comm::Transport;
+
+    let world = MpiWorld::init().map_err(CliError::failure)?;
+    let mut t = world.transport(Clock::start());
+    let (rank, n) = (t.rank(), t.size());
+    let opts = options(args, true);
+    let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| CliError::failure(e.to_string()))?);
+    let report = check::run_rank(&mut t, &opts, host_name(), &data)
+        .map_err(|e| CliError::failure(format!("the check could not finish on rank {rank}: {e}")))?;
+    let bytes = serde_json::to_vec(&report).map_err(|e| CliError::failure(e.to_string()))?;
+    let gathered = t.gather_bytes(&bytes);
+    let mut verdict = vec![0u8];
+    let mut result = Ok(());
+    if let Some(all) = gathered {
+        let reports: Vec<RankReport> = all
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CliError::failure(format!("a rank's report was unreadable: {e}")))?;
+        let reference = reference(n, &opts, data)?;
+        let hostfile = std::env::vars().any(|(k, v)| k.to_ascii_lowercase().contains("hostfile") && !v.is_empty());
+        let report = check::judge("mpi", &reports, &reference, opts.link_bytes, true, hostfile);
+        result = finish(&report, args);
+        verdict[0] = u8::from(result.is_ok());
+    }
+    // Everyone leaves with rank 0's verdict.
+    t.broadcast_bytes(&mut verdict, 0);
+    if rank == 0 {
+        result
+    } else if verdict[0] == 1 {
+        Ok(())
+    } else {
+        Err(CliError {
+            code: 1,
+            message: String::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("4"), Ok(4));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert!(parse_size("0").unwrap_err().contains("out of range"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+    }
+}

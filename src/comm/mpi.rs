@@ -1,0 +1,274 @@
+//! The MPI backend (cargo feature `mpi`): one rank per process, launched by `mpirun`.
+//! The same ring, tree and naive algorithms run over MPI point-to-point messages, and
+//! [`AllReduceAlgo::Mpi`](super::AllReduceAlgo::Mpi) calls the library's own
+//! `MPI_Allreduce`.
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use mpi::Threading;
+
+use super::{Clock, Op, Result, Tag, Transfer, Transport, Wire};
+
+/// MPI, initialised once per process; dropping it finalises MPI.
+pub struct MpiWorld {
+    _universe: Universe,
+    threading: Threading,
+}
+
+/// True when this process was started by an MPI launcher (OpenMPI, MPICH, PMIx).
+pub fn launched_by_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+impl MpiWorld {
+    /// Initialises MPI asking for `MPI_THREAD_SERIALIZED`: the worker thread, not the
+    /// main one, makes the MPI calls, one at a time. Refuses a library that offers less.
+    pub fn init() -> std::result::Result<MpiWorld, String> {
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or("MPI was already initialised in this process")?;
+        if threading < Threading::Serialized {
+            return Err(format!(
+                "the MPI library offers only {threading:?} threading; ddlab needs Serialized: use an MPI built with thread support (OpenMPI and MPICH are)"
+            ));
+        }
+        Ok(MpiWorld {
+            _universe: universe,
+            threading,
+        })
+    }
+    pub fn threading(&self) -> Threading {
+        self.threading
+    }
+    /// A transport over the world communicator.
+    pub fn transport(&self, clock: Clock) -> MpiTransport {
+        MpiTransport::new(SimpleCommunicator::world(), clock)
+    }
+}
+
+/// This host's name as MPI reports it.
+pub fn host_name() -> String {
+    mpi::environment::processor_name().unwrap_or_else(|_| "?".into())
+}
+
+/// Stops every rank of the job at once (for a panicking or failing rank, so that nobody
+/// waits forever in a collective).
+pub fn abort_world(code: i32) -> ! {
+    SimpleCommunicator::world().abort(code)
+}
+
+/// One rank's end of the world communicator.
+pub struct MpiTransport {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    clock: Clock,
+    recording: bool,
+    transfers: Vec<Transfer>,
+    bytes_sent: u64,
+    waited_ns: u64,
+    wire: Wire,
+    scratch: Vec<f32>,
+    out16: Vec<u16>,
+    in16: Vec<u16>,
+}
+
+// SAFETY: an MPI communicator handle may be used from any thread under
+// MPI_THREAD_SERIALIZED (checked in `MpiWorld::init`) as long as calls never overlap;
+// a transport is owned by one thread at a time and is not `Sync`.
+unsafe impl Send for MpiTransport {}
+
+impl MpiTransport {
+    fn new(world: SimpleCommunicator, clock: Clock) -> MpiTransport {
+        MpiTransport {
+            rank: world.rank() as usize,
+            size: world.size() as usize,
+            world,
+            clock,
+            recording: false,
+            transfers: Vec::new(),
+            bytes_sent: 0,
+            waited_ns: 0,
+            wire: Wire::F32,
+            scratch: Vec::new(),
+            out16: Vec::new(),
+            in16: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, to: usize, tag: Tag, values: usize, start_ns: u64) {
+        let bytes = (values * self.wire.bytes()) as u64;
+        self.bytes_sent += bytes;
+        if self.recording {
+            self.transfers.push(Transfer {
+                from: self.rank,
+                to,
+                chunk: tag.chunk,
+                round: tag.round,
+                bytes,
+                start_ns,
+                end_ns: self.clock.ns(),
+            });
+        }
+    }
+
+    fn apply(into: &mut [f32], msg: impl Iterator<Item = f32>, op: Op) {
+        match op {
+            Op::Add => into.iter_mut().zip(msg).for_each(|(a, b)| *a += b),
+            Op::Copy => into.iter_mut().zip(msg).for_each(|(a, b)| *a = b),
+        }
+    }
+
+    /// Rank 0 gets every rank's bytes (in rank order); the others get `None`.
+    pub fn gather_bytes(&mut self, data: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let root = self.world.process_at_rank(0);
+        let len = data.len() as u64;
+        if self.rank == 0 {
+            let mut lens = vec![0u64; self.size];
+            root.gather_into_root(&len, &mut lens[..]);
+            let mut out = vec![data.to_vec()];
+            for (r, &l) in lens.iter().enumerate().skip(1) {
+                let mut buf = vec![0u8; l as usize];
+                self.world.process_at_rank(r as i32).receive_into(&mut buf[..]);
+                out.push(buf);
+            }
+            Some(out)
+        } else {
+            root.gather_into(&len);
+            root.send(data);
+            None
+        }
+    }
+
+    /// Every rank gets rank `root`'s bytes.
+    pub fn broadcast_bytes(&mut self, data: &mut Vec<u8>, root: usize) {
+        let root = self.world.process_at_rank(root as i32);
+        let mut len = data.len() as u64;
+        root.broadcast_into(&mut len);
+        data.resize(len as usize, 0);
+        root.broadcast_into(&mut data[..]);
+    }
+}
+
+impl Transport for MpiTransport {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn send(&mut self, to: usize, data: &[f32], tag: Tag) -> Result<()> {
+        let t0 = self.clock.ns();
+        let dest = self.world.process_at_rank(to as i32);
+        match self.wire {
+            Wire::F32 => dest.send(data),
+            wire => {
+                self.out16.clear();
+                self.out16.extend(data.iter().map(|&v| wire.encode(v)));
+                dest.send(&self.out16[..]);
+            }
+        }
+        self.record(to, tag, data.len(), t0);
+        Ok(())
+    }
+
+    fn recv(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        let t0 = self.clock.ns();
+        let src = self.world.process_at_rank(from as i32);
+        match (self.wire, op) {
+            (Wire::F32, Op::Copy) => {
+                src.receive_into(into);
+            }
+            (Wire::F32, Op::Add) => {
+                self.scratch.resize(into.len(), 0.0);
+                src.receive_into(&mut self.scratch[..]);
+                super::kernels::add_assign(into, &self.scratch);
+            }
+            (wire, op) => {
+                self.in16.resize(into.len(), 0);
+                src.receive_into(&mut self.in16[..]);
+                Self::apply(into, self.in16.iter().map(|&b| wire.decode(b)), op);
+            }
+        }
+        self.waited_ns += self.clock.ns() - t0;
+        Ok(())
+    }
+
+    fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        let t0 = self.clock.ns();
+        let dest = self.world.process_at_rank(to as i32);
+        let src = self.world.process_at_rank(from as i32);
+        match self.wire {
+            Wire::F32 => {
+                self.scratch.resize(into.len(), 0.0);
+                mpi::point_to_point::send_receive_into(out, &dest, &mut self.scratch[..], &src);
+                match op {
+                    Op::Add => super::kernels::add_assign(into, &self.scratch),
+                    Op::Copy => into.copy_from_slice(&self.scratch),
+                }
+            }
+            wire => {
+                self.out16.clear();
+                self.out16.extend(out.iter().map(|&v| wire.encode(v)));
+                self.in16.resize(into.len(), 0);
+                mpi::point_to_point::send_receive_into(&self.out16[..], &dest, &mut self.in16[..], &src);
+                Self::apply(into, self.in16.iter().map(|&b| wire.decode(b)), op);
+            }
+        }
+        self.waited_ns += self.clock.ns() - t0;
+        self.record(to, tag, out.len(), t0);
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        let t0 = self.clock.ns();
+        self.world.barrier();
+        self.waited_ns += self.clock.ns() - t0;
+        Ok(())
+    }
+
+    fn library_all_reduce(&mut self, buf: &mut [f32]) -> Result<()> {
+        // MPI_IN_PLACE is not portable through rsmpi: reduce from a copy.
+        let mut send = std::mem::take(&mut self.scratch);
+        send.clear();
+        send.extend_from_slice(buf);
+        let t0 = self.clock.ns();
+        self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        self.waited_ns += self.clock.ns() - t0;
+        self.bytes_sent += (buf.len() * 4) as u64;
+        self.scratch = send;
+        Ok(())
+    }
+
+    /// `MPI_Allreduce` from `send` into `recv` (out of place, as nccl-tests measures).
+    fn library_all_reduce_into(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        let t0 = self.clock.ns();
+        self.world.all_reduce_into(send, recv, SystemOperation::sum());
+        self.waited_ns += self.clock.ns() - t0;
+        self.bytes_sent += (send.len() * 4) as u64;
+        Ok(())
+    }
+
+    fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {
+        out.append(&mut self.transfers);
+    }
+    fn set_recording(&mut self, on: bool) {
+        self.recording = on;
+    }
+    fn wire(&self) -> Wire {
+        self.wire
+    }
+    fn set_wire(&mut self, wire: Wire) {
+        self.wire = wire;
+    }
+    fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+    fn waited_ns(&self) -> u64 {
+        self.waited_ns
+    }
+}
