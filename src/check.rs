@@ -428,7 +428,12 @@ pub fn judge(
     steps.push(Step {
         name: "ranks".into(),
         passed: true,
-        line: format!("{n} rank{} on {} host{}", if n == 1 { "" } else { "s" }, hosts.len(), if hosts.len() == 1 { "" } else { "s" }),
+        line: format!(
+            "{n} rank{} on {} host{}",
+            if n == 1 { "" } else { "s" },
+            hosts.len(),
+            if hosts.len() == 1 { "" } else { "s" }
+        ),
     });
 
     // Collectives.
@@ -474,12 +479,19 @@ pub fn judge(
                 time_us: slowest,
                 algbw_gbps: algbw,
                 busbw_gbps: if n > 1 { algbw * 2.0 * (nf - 1.0) / nf } else { 0.0 },
-                spread: if slowest > 0.0 { (slowest - fastest) / slowest } else { 0.0 },
+                spread: if slowest > 0.0 {
+                    (slowest - fastest) / slowest
+                } else {
+                    0.0
+                },
                 late_rank,
             });
         }
     }
-    let peak_busbw = bandwidth.iter().max_by(|a, b| a.busbw_gbps.total_cmp(&b.busbw_gbps)).cloned();
+    let peak_busbw = bandwidth
+        .iter()
+        .max_by(|a, b| a.busbw_gbps.total_cmp(&b.busbw_gbps))
+        .cloned();
     steps.push(Step {
         name: "bandwidth".into(),
         passed: true,
@@ -530,7 +542,12 @@ pub fn judge(
 
     // Training.
     let params = reports.first().map(|r| r.params.as_slice()).unwrap_or(&[]);
-    let norm = reference.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+    let norm = reference
+        .iter()
+        .map(|v| (*v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
     let diff = params
         .iter()
         .zip(reference)
@@ -538,7 +555,11 @@ pub fn judge(
         .sum::<f64>()
         .sqrt()
         / norm;
-    let diff = if params.len() == reference.len() { diff } else { f64::INFINITY };
+    let diff = if params.len() == reference.len() {
+        diff
+    } else {
+        f64::INFINITY
+    };
     let (first, last) = reports.first().map_or((0.0, 0.0), |r| (r.first_loss, r.last_loss));
     let falls = last < first;
     steps.push(Step {
@@ -630,7 +651,12 @@ pub fn render(report: &CheckReport, quick: bool) -> String {
             _ => {}
         }
     }
-    let failed: Vec<&str> = report.steps.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
+    let failed: Vec<&str> = report
+        .steps
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| s.name.as_str())
+        .collect();
     if failed.is_empty() {
         let _ = writeln!(s, "verdict: PASS — every check passed");
     } else {

@@ -64,9 +64,15 @@ fn a_slow_rank_shows_as_its_outgoing_link_and_fails_the_check() {
     let (code, stdout, report) = check(&["--workers", "3", "--inject", "slow:1", "--sizes", "4"]);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("✗ links"), "{stdout}");
-    assert!(stdout.contains("slow link: rank 1 (") && stdout.contains("→ rank 2"), "{stdout}");
+    assert!(
+        stdout.contains("slow link: rank 1 (") && stdout.contains("→ rank 2"),
+        "{stdout}"
+    );
     let links = report["links"].as_array().unwrap();
-    let slow = links.iter().min_by(|a, b| a["gbps"].as_f64().partial_cmp(&b["gbps"].as_f64()).unwrap()).unwrap();
+    let slow = links
+        .iter()
+        .min_by(|a, b| a["gbps"].as_f64().partial_cmp(&b["gbps"].as_f64()).unwrap())
+        .unwrap();
     assert_eq!((slow["from"].as_u64(), slow["to"].as_u64()), (Some(1), Some(2)));
 }
 
@@ -93,7 +99,11 @@ fn without_the_mpi_feature_the_mpi_backend_says_how_to_rebuild() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--features mpi"), "{stderr}");
     // and under a launcher without the feature, the same advice instead of N lone checks
-    let out = ddlab().args(["check"]).env("OMPI_COMM_WORLD_SIZE", "2").output().unwrap();
+    let out = ddlab()
+        .args(["check"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--features mpi"), "{stderr}");

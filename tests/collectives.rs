@@ -253,8 +253,14 @@ fn node_aware_algorithms_take_at_least_what_the_alpha_beta_model_says_and_beat_t
         slowest.insert(algo, t);
     }
     // The model says hierarchical moves 2·B/2 across nodes where the ring moves 14·B/8.
-    assert!(slowest[&AllReduceAlgo::Hierarchical] < slowest[&AllReduceAlgo::Ring], "{slowest:?}");
-    assert!(slowest[&AllReduceAlgo::TwoD] < slowest[&AllReduceAlgo::Ring], "{slowest:?}");
+    assert!(
+        slowest[&AllReduceAlgo::Hierarchical] < slowest[&AllReduceAlgo::Ring],
+        "{slowest:?}"
+    );
+    assert!(
+        slowest[&AllReduceAlgo::TwoD] < slowest[&AllReduceAlgo::Ring],
+        "{slowest:?}"
+    );
 }
 
 #[test]

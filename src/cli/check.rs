@@ -68,7 +68,10 @@ fn options(args: &CheckArgs, mpi: bool) -> CheckOptions {
         algorithms.push(AllReduceAlgo::Mpi);
     }
     CheckOptions {
-        sizes: args.sizes.clone().unwrap_or_else(|| CheckOptions::default_sizes(args.quick)),
+        sizes: args
+            .sizes
+            .clone()
+            .unwrap_or_else(|| CheckOptions::default_sizes(args.quick)),
         algorithms,
         link_bytes: if args.quick { 1 << 20 } else { 4 << 20 },
         train_steps: if args.quick { 20 } else { 60 },
@@ -127,6 +130,43 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
             check_threads(args)
         }
     }
+}
+
+/// Whether the launcher was given a list of hosts: an environment setting, or a hostfile
+/// flag on the command line of the process that started us (mpirun, or its proxy's
+/// parent under MPICH's hydra).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn hostfile_given() -> bool {
+    const FLAGS: [&str; 6] = [
+        "--hostfile",
+        "-hostfile",
+        "--machinefile",
+        "-machinefile",
+        "-f",
+        "--default-hostfile",
+    ];
+    if std::env::vars().any(|(k, v)| k.to_ascii_lowercase().contains("hostfile") && !v.is_empty()) {
+        return true;
+    }
+    let mut pid = std::process::id();
+    for _ in 0..3 {
+        let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        }) else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| {
+            FLAGS
+                .iter()
+                .any(|f| arg == f.as_bytes() || arg.starts_with(format!("{f}=").as_bytes()))
+        }) {
+            return true;
+        }
+        pid = ppid;
+    }
+    false
 }
 
 fn launched_by_mpirun() -> bool {
@@ -211,7 +251,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
             .collect::<Result<_, _>>()
             .map_err(|e| CliError::failure(format!("a rank's report was unreadable: {e}")))?;
         let reference = reference(n, &opts, data)?;
-        let hostfile = std::env::vars().any(|(k, v)| k.to_ascii_lowercase().contains("hostfile") && !v.is_empty());
+        let hostfile = hostfile_given();
         let report = check::judge("mpi", &reports, &reference, opts.link_bytes, true, hostfile);
         result = finish(&report, args);
         verdict[0] = u8::from(result.is_ok());

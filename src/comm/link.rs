@@ -132,7 +132,9 @@ pub fn alpha_beta_on(
         }
         Hierarchical => {
             let across = 2.0 * (mf - 1.0);
-            stage(1.0, (k - 1.0) * b, intra) + stage(across, across * b / mf, Some(inter)) + stage(k - 1.0, (k - 1.0) * b, intra)
+            stage(1.0, (k - 1.0) * b, intra)
+                + stage(across, across * b / mf, Some(inter))
+                + stage(k - 1.0, (k - 1.0) * b, intra)
         }
         TwoD => {
             let (across, shard) = (2.0 * (mf - 1.0), b / k);
@@ -204,7 +206,10 @@ mod tests {
         // 2d: shards of 250 KB; within: 3 µs + 75 µs; across: 20 µs + 250 µs
         assert_eq!(on(TwoD, 8, 2), Duration::from_micros(78 + 270 + 78));
         // shared memory inside nodes: only the leaders' ring costs
-        assert_eq!(alpha_beta_on(Hierarchical, 8, 2, mb, &slow, None), Duration::from_micros(1020));
+        assert_eq!(
+            alpha_beta_on(Hierarchical, 8, 2, mb, &slow, None),
+            Duration::from_micros(1020)
+        );
         // one node: the flat model on the intra link
         assert_eq!(on(Ring, 4, 1), alpha_beta(Ring, 4, mb, &fast));
         assert!(on(TwoD, 8, 2) < on(Hierarchical, 8, 2) && on(Hierarchical, 8, 2) < on(Ring, 8, 2));

@@ -127,7 +127,9 @@ impl std::str::FromStr for AllReduceAlgo {
             .into_iter()
             .chain([AllReduceAlgo::Mpi])
             .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown all-reduce algorithm '{s}': use ring, tree, naive, hierarchical, 2d or mpi"))
+            .ok_or_else(|| {
+                format!("unknown all-reduce algorithm '{s}': use ring, tree, naive, hierarchical, 2d or mpi")
+            })
     }
 }
 

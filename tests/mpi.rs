@@ -1,0 +1,83 @@
+//! The MPI backend through `mpirun` on the built binary (MPI can be initialised only
+//! once per process, so every test launches its own job). Needs `--features mpi` and an
+//! MPI installation: `.ci/run` installs OpenMPI and runs `cargo test --features mpi --test mpi`.
+#![cfg(feature = "mpi")]
+
+use std::process::{Command, Output};
+
+/// `mpirun -n N ddlab ARGS`, with what OpenMPI needs to run as root and oversubscribed,
+/// killed after two minutes rather than hanging a CI job.
+fn mpirun(n: usize, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["120", "mpirun", "-n", &n.to_string()])
+        .arg(assert_cmd::cargo::cargo_bin("ddlab"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .output()
+        .expect("mpirun is installed (apt-get install openmpi-bin libopenmpi-dev)")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_on_2_and_4_ranks_and_rank_0_alone_prints() {
+    for n in [2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("check.json");
+        let out = mpirun(n, &["check", "--quick", "--json", json.to_str().unwrap()]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "n={n}: {stdout}\n{stderr}");
+        assert!(stdout.contains(&format!("ddlab check: {n} ranks (mpi)")), "{stdout}");
+        assert_eq!(
+            stdout.matches("verdict: PASS").count(),
+            1,
+            "rank 0 alone prints: {stdout}"
+        );
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let ranks = report["ranks"].as_array().unwrap();
+        assert_eq!(ranks.len(), n);
+        // one process per rank
+        let pids: std::collections::BTreeSet<u64> = ranks.iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+        assert_eq!(pids.len(), n);
+        // the library's own all-reduce is measured and named `mpi`
+        assert!(report["bandwidth"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["algorithm"] == "mpi" && r["workers"] == n));
+        assert!(report["training_max_relative_diff"].as_f64().unwrap() <= 1e-5);
+    }
+}
+
+#[test]
+fn a_corrupting_rank_is_named_and_the_job_fails() {
+    let out = mpirun(2, &["check", "--quick", "--sizes", "64K", "--inject", "corrupt:1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("✗ collectives"), "{stdout}");
+    assert!(stdout.contains("on rank 1"), "{stdout}");
+    assert!(stdout.contains("element 8191"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn a_slow_rank_is_named_by_its_link_and_the_job_fails() {
+    let out = mpirun(4, &["check", "--quick", "--sizes", "4", "--inject", "slow:2"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("slow link: rank 2 ("), "{stdout}\n{stderr}");
+    assert!(stdout.contains("→ rank 3"), "{stdout}");
+}
+
+#[test]
+fn one_rank_under_mpirun_is_warned_about() {
+    let out = mpirun(1, &["check", "--quick", "--sizes", "4"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("world size is 1 under mpirun"), "{stdout}");
+}
