@@ -58,7 +58,7 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(
         &["--allreduce", "star"],
         "--allreduce",
-        "ring, tree, naive, hierarchical or 2d",
+        "ring, tree, naive, hierarchical, 2d or mpi",
     );
     refuses(&["--dataset", "cifar"], "--dataset", "digits, mnist or spirals");
     refuses(&["--workers", "64", "--batch", "64"], "--batch", "fewer workers");

@@ -231,7 +231,8 @@ fn every_algorithm_takes_at_least_what_the_alpha_beta_model_says() {
 #[test]
 fn node_aware_algorithms_take_at_least_what_the_alpha_beta_model_says_and_beat_the_flat_ring() {
     // 8 ranks on 2 emulated nodes: a slow link between nodes, a fast one inside.
-    let (inter, intra) = (Link::new(200.0, 1.0).unwrap(), Link::new(5.0, 40.0).unwrap());
+    // (Slow enough that the sleeps dwarf any scheduling noise of 8 threads on few cores.)
+    let (inter, intra) = (Link::new(2000.0, 0.2).unwrap(), Link::new(5.0, 40.0).unwrap());
     let len = 50_000;
     let mut slowest = std::collections::HashMap::new();
     for algo in [AllReduceAlgo::Ring, AllReduceAlgo::Hierarchical, AllReduceAlgo::TwoD] {

@@ -81,3 +81,98 @@ fn one_rank_under_mpirun_is_warned_about() {
     let (stdout, _) = text(&out);
     assert!(stdout.contains("world size is 1 under mpirun"), "{stdout}");
 }
+
+/// The summary object (last line) of a `--json` export.
+fn summary(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// Every step's loss, in order.
+fn losses(path: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn threads_run(n: usize, algo: &str, json: &std::path::Path) {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+        .args([
+            "run",
+            "-q",
+            "--steps",
+            "40",
+            "--allreduce",
+            algo,
+            "--workers",
+            &n.to_string(),
+            "--json",
+        ])
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn sync_over_mpi_equals_threads_for_every_algorithm_on_2_3_and_4_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in [2, 3, 4] {
+        for algo in ["ring", "tree", "naive", "mpi"] {
+            let mpi_json = dir.path().join(format!("mpi-{n}-{algo}.jsonl"));
+            let out = mpirun(
+                n,
+                &[
+                    "run",
+                    "--backend",
+                    "mpi",
+                    "--steps",
+                    "40",
+                    "--allreduce",
+                    algo,
+                    "--json",
+                    mpi_json.to_str().unwrap(),
+                ],
+            );
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "n={n} {algo}: {stdout}\n{stderr}");
+            // rank 0 alone prints the summary
+            assert_eq!(stdout.matches("ddlab run:").count(), 1, "{stdout}");
+            assert!(stdout.contains(&format!("{n} workers (MPI ranks)")), "{stdout}");
+            // the threads backend's run of the same experiment (mpi: its ring stands in)
+            let threads_json = dir.path().join(format!("threads-{n}-{algo}.jsonl"));
+            threads_run(n, if algo == "mpi" { "ring" } else { algo }, &threads_json);
+            let (m, t) = (summary(&mpi_json), summary(&threads_json));
+            assert_eq!(m["workers"], n);
+            assert_eq!(m["backend"], "mpi");
+            let (lm, lt) = (losses(&mpi_json), losses(&threads_json));
+            assert_eq!(lm.len(), 40);
+            assert_eq!(lm.len(), lt.len());
+            if algo == "mpi" {
+                // the library sums in its own order: equal to rounding
+                for (a, b) in lm.iter().zip(&lt) {
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "n={n} mpi: {a} vs {b}");
+                }
+            } else {
+                // the same algorithm over MPI messages: the same sums, bit for bit
+                assert_eq!(lm, lt, "n={n} {algo}");
+                assert_eq!(m["final_params_hash"], t["final_params_hash"], "n={n} {algo}");
+            }
+        }
+    }
+}
+
+#[test]
+fn modes_the_mpi_backend_lacks_are_refused_in_one_line_by_rank_0() {
+    let out = mpirun(2, &["run", "--backend", "mpi", "--mode", "async", "--steps", "5"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("ddlab: --mode async").count(), 1, "{stderr}");
+    let out = mpirun(2, &["run", "--backend", "mpi", "--workers", "3", "--steps", "5"]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("mpirun started 2 ranks"), "{stderr}");
+}

@@ -17,13 +17,108 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let exp = args.experiment.experiment();
+    if exp.backend == crate::config::Backend::Mpi {
+        return run_mpi(args, exp);
+    }
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
-    let mut exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
-    let mut session = Session::start(exp, SessionOptions::default()).map_err(|e| match e {
+    let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
+    let session = Session::start(exp, SessionOptions::default()).map_err(session_error)?;
+    drive(args, session, exports)
+}
+
+fn session_error(e: SessionError) -> CliError {
+    match e {
         SessionError::Config(e) => CliError::usage(e.to_string()),
         SessionError::Data(e) => CliError::usage(e.to_string()),
-    })?;
+    }
+}
 
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliError> {
+    Err(CliError::usage(
+        "--backend mpi: this ddlab was built without MPI: rebuild with `cargo build --release --features mpi` (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang-dev) and start it under mpirun, or use --backend threads",
+    ))
+}
+
+/// SPMD: every rank of `mpirun -n N ddlab run --backend mpi …` runs this; each trains
+/// one worker, rank 0 prints the progress, the summary and the exports.
+#[cfg(feature = "mpi")]
+fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), CliError> {
+    use crate::comm::mpi::{abort_world, MpiWorld};
+    use crate::comm::{Clock, Comm, Transport};
+    use crate::config::Mode;
+
+    let world = MpiWorld::init().map_err(CliError::failure)?;
+    // A panicking rank takes the job down at once: nobody waits forever in a collective.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ddlab: rank panicked: {info}");
+        abort_world(70);
+    }));
+    let mut t = world.transport(Clock::start());
+    let (rank, size) = (t.rank(), t.size());
+    // Rank 0 says it before anyone leaves: mpirun stops the job at the first rank to exit
+    // with an error, which could otherwise be before rank 0 has printed.
+    let mut refuse = |message: String| {
+        if rank == 0 {
+            eprintln!("ddlab: {message}");
+        }
+        let _ = t.barrier();
+        Err(CliError {
+            code: 2,
+            message: String::new(),
+        })
+    };
+    if let Some(n) = args.experiment.workers.filter(|&n| n != size) {
+        return refuse(format!(
+            "--workers {n} but mpirun started {size} ranks: with --backend mpi every rank is one worker; drop --workers or use mpirun -n {n}"
+        ));
+    }
+    exp.workers = size;
+    if exp.mode != Mode::Sync {
+        return refuse(format!(
+            "--mode {}: the MPI backend trains sync only so far; use --mode sync, or --backend threads for the parameter-server modes",
+            exp.mode
+        ));
+    }
+    if exp.overlap || exp.link.is_some() || exp.nodes > 1 || !exp.stragglers.is_empty() {
+        return refuse(
+            "--overlap, --link, --nodes and --straggler are for the threads backend; over MPI the network is real: drop them or use --backend threads".into(),
+        );
+    }
+    if let Err(e) = exp.validate() {
+        return refuse(e.to_string());
+    }
+    let data = match crate::data::Dataset::load(exp.dataset) {
+        Ok(d) => std::sync::Arc::new(d),
+        Err(e) => return refuse(e.to_string()),
+    };
+    let comm = Comm::new(t, exp.allreduce);
+    if rank == 0 {
+        let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
+            .inspect_err(|_| abort_world(2))?;
+        let session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
+        let result = drive(args, session, exports);
+        drop(world);
+        result
+    } else {
+        let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
+        let outcome = session.run_to_end(|_| {});
+        drop(session);
+        drop(world);
+        // Rank 0 says what happened; the others only set the exit code.
+        match outcome {
+            Outcome::Completed | Outcome::Stopped => Ok(()),
+            Outcome::Diverged { .. } => Err(CliError {
+                code: 3,
+                message: String::new(),
+            }),
+            Outcome::Failed { message } => Err(CliError::failure(format!("rank {rank}: {message}"))),
+        }
+    }
+}
+
+/// Shows a run's progress, then its summary, and writes its exports.
+fn drive(args: &RunArgs, mut session: Session, mut exports: Exports) -> Result<(), CliError> {
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10))
     } else {
@@ -106,8 +201,14 @@ pub fn table(s: &Summary) -> String {
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2} %", v * 100.0));
     let _ = writeln!(
         out,
-        "ddlab run: {} · {} workers · {} all-reduce · {} · hidden {:?} · batch {}/worker",
-        s.mode, s.workers, s.allreduce, s.dataset, s.hidden, s.batch
+        "ddlab run: {} · {} workers{} · {} all-reduce · {} · hidden {:?} · batch {}/worker",
+        s.mode,
+        s.workers,
+        if s.backend == "mpi" { " (MPI ranks)" } else { "" },
+        s.allreduce,
+        s.dataset,
+        s.hidden,
+        s.batch
     );
     let _ = writeln!(out);
     let status = match s.diverged_step {

@@ -210,6 +210,12 @@ pub trait Transport: Send {
         recv.copy_from_slice(send);
         self.library_all_reduce(recv)
     }
+    /// Where each worker is a process of its own (MPI): rank 0 gets every rank's `mine`
+    /// concatenated in rank order (the others an empty vector). `None` where every
+    /// worker reports for itself (threads).
+    fn gather_f64(&mut self, _mine: &[f64]) -> Option<Result<Vec<f64>>> {
+        None
+    }
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;
     /// Nanoseconds this rank has spent waiting for other ranks since it was created.

@@ -259,6 +259,18 @@ impl Transport for MpiTransport {
         Ok(())
     }
 
+    fn gather_f64(&mut self, mine: &[f64]) -> Option<Result<Vec<f64>>> {
+        let root = self.world.process_at_rank(0);
+        if self.rank == 0 {
+            let mut all = vec![0.0f64; mine.len() * self.size];
+            root.gather_into_root(mine, &mut all[..]);
+            Some(Ok(all))
+        } else {
+            root.gather_into(mine);
+            Some(Ok(Vec::new()))
+        }
+    }
+
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {
         out.append(&mut self.transfers);
     }

@@ -101,6 +101,41 @@ impl Session {
         })
     }
 
+    /// This process's rank of a run in which every worker is a process (MPI, one rank
+    /// per worker, `exp.workers` = the world's size). Every rank calls it; rank 0's
+    /// session sees every worker's steps, the others' only their own.
+    pub fn start_rank<T: crate::comm::Transport + 'static>(
+        exp: Experiment,
+        data: Arc<Dataset>,
+        options: SessionOptions,
+        comm: crate::comm::Comm<T>,
+    ) -> Result<Session, SessionError> {
+        exp.validate()?;
+        exp.check_against(data.train_len())?;
+        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
+        let (sink, stream) = event_channel(options.visual_capacity);
+        let engine = train::spawn_rank(
+            &exp,
+            Arc::clone(&data),
+            sink,
+            Arc::clone(&gate),
+            EngineOptions {
+                detail: options.detail,
+                initial_params: None,
+            },
+            comm,
+        );
+        Ok(Session {
+            exp,
+            data,
+            gate,
+            stream,
+            engine: Some(engine),
+            state: RunState::with_history_limit(options.history_limit),
+            final_params: None,
+        })
+    }
+
     pub fn experiment(&self) -> &Experiment {
         &self.exp
     }
@@ -108,7 +143,12 @@ impl Session {
         &self.state
     }
     pub fn summary(&self) -> Summary {
-        Summary::new(&self.exp, &self.state)
+        let mut summary = Summary::new(&self.exp, &self.state);
+        summary.final_params_hash = self
+            .final_params
+            .as_ref()
+            .map(|p| format!("{:016x}", train::params_hash(p)));
+        summary
     }
     pub fn is_paused(&self) -> bool {
         self.gate.is_paused()

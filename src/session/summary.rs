@@ -12,6 +12,11 @@ pub struct Summary {
     pub outcome: &'static str,
     pub diverged: bool,
     pub diverged_step: Option<u64>,
+    /// threads or mpi.
+    pub backend: String,
+    /// Fingerprint of the final parameters (`params_hash`, hex), once the run has ended:
+    /// equal runs end with equal fingerprints.
+    pub final_params_hash: Option<String>,
     pub mode: String,
     pub workers: usize,
     pub allreduce: String,
@@ -81,6 +86,11 @@ impl Summary {
         let final_loss = state.last_step().map(|s| s.loss).filter(|l| l.is_finite());
         Summary {
             kind: "summary",
+            backend: match exp.backend {
+                crate::config::Backend::Threads => "threads".into(),
+                crate::config::Backend::Mpi => "mpi".into(),
+            },
+            final_params_hash: None,
             outcome,
             diverged: diverged_step.is_some(),
             diverged_step,

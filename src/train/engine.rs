@@ -386,7 +386,16 @@ pub fn spawn(
     let (live2, out) = (Arc::clone(&live), Arc::clone(&final_params));
     let join = std::thread::Builder::new()
         .name("ddlab-engine".into())
-        .spawn(move || run(&exp, &data, sink, &gate, &live2, &options, &out))
+        .spawn(move || {
+            let mut segments = |ctx: &RunCtx, seg: Segment, state: &mut SegState| {
+                if seg.mode.uses_server() {
+                    super::ps::run_segment(ctx, seg, state)
+                } else {
+                    super::sync::run_segment(ctx, seg, state)
+                }
+            };
+            run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
+        })
         .expect("the OS can start a thread");
     EngineHandle {
         join: Some(join),
@@ -395,14 +404,47 @@ pub fn spawn(
     }
 }
 
+/// Starts this process's rank of a run in which every worker is a process (MPI): sync
+/// training over `comm`, one worker here. Rank 0's sink receives every rank's step
+/// reports (gathered each step); the others' sinks only their own.
+pub fn spawn_rank<T: crate::comm::Transport + 'static>(
+    exp: &Experiment,
+    data: Arc<Dataset>,
+    sink: EventSink,
+    gate: Arc<Gate>,
+    options: EngineOptions,
+    mut comm: crate::comm::Comm<T>,
+) -> EngineHandle {
+    let exp = exp.clone();
+    let live = Arc::new(Live::new(&exp));
+    let final_params = Arc::new(Mutex::new(None));
+    let (live2, out) = (Arc::clone(&live), Arc::clone(&final_params));
+    let join = std::thread::Builder::new()
+        .name("ddlab-rank".into())
+        .spawn(move || {
+            let mut segments =
+                |ctx: &RunCtx, seg: Segment, state: &mut SegState| super::sync::run_rank(ctx, seg, state, &mut comm);
+            run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
+        })
+        .expect("the OS can start a thread");
+    EngineHandle {
+        join: Some(join),
+        live,
+        final_params,
+    }
+}
+
+/// Runs one segment of a run.
+type SegmentRunner<'r> = dyn FnMut(&RunCtx, Segment, &mut SegState) -> SegEnd + 'r;
+
 fn run(
     exp: &Experiment,
     data: &Dataset,
     sink: EventSink,
-    gate: &Gate,
-    live: &Live,
+    (gate, live): (&Gate, &Live),
     options: &EngineOptions,
     final_params: &Mutex<Option<Vec<f32>>>,
+    run_segment: &mut SegmentRunner,
 ) -> Outcome {
     let clock = Clock::start();
     let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
@@ -457,11 +499,7 @@ fn run(
                 params_hash: super::event::params_hash(&state.params),
                 t_ns: clock.ns(),
             });
-            let end = if segment.mode.uses_server() {
-                super::ps::run_segment(ctx, segment, &mut state)
-            } else {
-                super::sync::run_segment(ctx, segment, &mut state)
-            };
+            let end = run_segment(ctx, segment, &mut state);
             match end {
                 SegEnd::Switch if !live.aborted.load(Ordering::SeqCst) => {
                     live.switch_requested.store(false, Ordering::SeqCst);

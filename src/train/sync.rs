@@ -62,8 +62,8 @@ pub(super) const DETAIL_EVERY_NS: u64 = 20_000_000;
 
 /// How a worker's gradient is all-reduced: in one piece after backward, or bucket by
 /// bucket during it on a communication thread (`--overlap`).
-enum Exchange<'o> {
-    Direct(&'o mut Comm<ThreadTransport>),
+enum Exchange<'o, T: Transport> {
+    Direct(&'o mut Comm<T>),
     Overlap(&'o mut Overlap),
 }
 
@@ -109,23 +109,35 @@ impl<'a> Worker<'a> {
     }
 
     fn run(&mut self, comm: &mut Comm<ThreadTransport>, steps: u64) -> Result<(), SegEnd> {
+        if !(self.ctx.exp.overlap && self.seg.workers > 1) {
+            return self.run_direct(comm, steps);
+        }
         let ctx = self.ctx;
-        // Identical replicas: everyone receives rank 0's parameters.
+        self.prepare(comm)?;
+        std::thread::scope(|s| {
+            let mut overlap = Overlap::start(s, ctx, comm, self.rank, 2, ctx.options.detail);
+            self.train(Exchange::<ThreadTransport>::Overlap(&mut overlap), steps)
+        })
+    }
+
+    /// Training with the all-reduce after backward, over any transport.
+    fn run_direct<T: Transport>(&mut self, comm: &mut Comm<T>, steps: u64) -> Result<(), SegEnd> {
+        self.prepare(comm)?;
+        self.train(Exchange::Direct(comm), steps)
+    }
+
+    /// Identical replicas: everyone receives rank 0's parameters; then gradients travel
+    /// in the run's wire format.
+    fn prepare<T: Transport>(&mut self, comm: &mut Comm<T>) -> Result<(), SegEnd> {
+        let ctx = self.ctx;
         comm.broadcast(&mut self.params, 0).map_err(|_| SegEnd::Aborted)?;
         let mut transfers: Vec<Transfer> = Vec::new();
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
         comm.transport_mut().set_wire(ctx.exp.grad_dtype);
-        if ctx.exp.overlap && self.seg.workers > 1 {
-            std::thread::scope(|s| {
-                let mut overlap = Overlap::start(s, ctx, comm, self.rank, 2, ctx.options.detail);
-                self.train(Exchange::Overlap(&mut overlap), steps)
-            })
-        } else {
-            self.train(Exchange::Direct(comm), steps)
-        }
+        Ok(())
     }
 
-    fn train(&mut self, mut exchange: Exchange, steps: u64) -> Result<(), SegEnd> {
+    fn train<T: Transport>(&mut self, mut exchange: Exchange<T>, steps: u64) -> Result<(), SegEnd> {
         let (ctx, rank) = (self.ctx, self.rank);
         let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
         let p = mlp.num_params();
@@ -247,7 +259,7 @@ impl<'a> Worker<'a> {
             self.steps_done = local + 1;
 
             let end_ns = ctx.clock.ns();
-            ctx.sink.send(Event::WorkerStep(WorkerStep {
+            let report = WorkerStep {
                 worker: rank,
                 step,
                 iteration: local,
@@ -266,7 +278,17 @@ impl<'a> Worker<'a> {
                 lead: 0,
                 allreduce_start_ns,
                 end_ns,
-            }));
+            };
+            // One process per worker (MPI): rank 0 reports everyone's step.
+            if let Exchange::Direct(comm) = &mut exchange {
+                if let Some(all) = comm.transport_mut().gather_f64(&step_fields(&report)) {
+                    let all = all.map_err(|_| SegEnd::Aborted)?;
+                    for (w, fields) in all.chunks(STEP_FIELDS).enumerate().skip(1) {
+                        ctx.sink.send(Event::WorkerStep(step_from_fields(&report, w, fields)));
+                    }
+                }
+            }
+            ctx.sink.send(Event::WorkerStep(report));
             let updates = step + 1;
             if rank == 0 && ctx.should_evaluate(updates) {
                 ctx.evaluate(updates, samples_before + global_batch, params, end_ns);
@@ -279,10 +301,66 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// What a rank's step report carries to rank 0 (see `step_fields`).
+const STEP_FIELDS: usize = 9 + Phase::COUNT;
+
+/// A step report's own figures as numbers, for gathering across processes.
+fn step_fields(r: &WorkerStep) -> Vec<f64> {
+    let mut v = vec![
+        r.loss,
+        r.correct as f64,
+        r.samples as f64,
+        r.grad_norm,
+        r.grad_norm_reduced,
+        r.bytes_sent as f64,
+        r.idle_ns as f64,
+        r.allreduce_start_ns as f64,
+        r.end_ns as f64,
+    ];
+    v.extend(r.phase_ns.iter().map(|&ns| ns as f64));
+    v
+}
+
+/// Worker `w`'s report from its gathered figures and what every rank shares.
+fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
+    let mut phase_ns = [0u64; Phase::COUNT];
+    phase_ns.iter_mut().zip(&f[9..]).for_each(|(p, &v)| *p = v as u64);
+    WorkerStep {
+        worker: w,
+        loss: f[0],
+        correct: f[1] as usize,
+        samples: f[2] as usize,
+        grad_norm: f[3],
+        grad_norm_reduced: f[4],
+        bytes_sent: f[5] as u64,
+        idle_ns: f[6] as u64,
+        allreduce_start_ns: f[7] as u64,
+        end_ns: f[8] as u64,
+        phase_ns,
+        ..shared.clone()
+    }
+}
+
+/// One segment on this process's rank of a world of processes (MPI): the same worker
+/// as a thread runs, over `comm`. Every rank ends with the same parameters.
+pub(super) fn run_rank<T: Transport>(ctx: &RunCtx, seg: Segment, state: &mut SegState, comm: &mut Comm<T>) -> SegEnd {
+    let global_batch = (seg.workers * ctx.exp.batch) as u64;
+    let steps = ctx.total_samples.saturating_sub(state.samples) / global_batch;
+    let rank = comm.transport().rank();
+    let start: &SegState = state;
+    let mut worker = Worker::new(ctx, seg, start, rank);
+    let end = worker.run_direct(comm, steps).err().unwrap_or(SegEnd::Completed);
+    state.params = worker.params;
+    state.velocity = worker.sgd.velocity().to_vec();
+    state.updates += worker.steps_done;
+    state.samples += worker.steps_done * global_batch;
+    end
+}
+
 /// Sends the messages the last collective moved as events (in detail mode).
-fn report_transfers(
+fn report_transfers<T: Transport>(
     ctx: &RunCtx,
-    comm: &mut Comm<ThreadTransport>,
+    comm: &mut Comm<T>,
     buf: &mut Vec<Transfer>,
     step: u64,
     collective: CollectiveKind,
