@@ -9,6 +9,8 @@ fn main() {
         Some(Command::Compare(args)) => cli::compare::compare(&args),
         Some(Command::Bench(args)) => cli::bench::bench(&args),
         Some(Command::Check(args)) => cli::check::check(&args),
+        Some(Command::Lessons(args)) => cli::lessons::list(&args),
+        Some(Command::Lesson(args)) => cli::lessons::lesson(&args),
         Some(Command::Lab(args)) => tui::run(tui::Start::Lab(args.experiment())),
         None => tui::run(tui::Start::Home(ddlab::config::Experiment::default())),
     });

@@ -10,6 +10,7 @@ macro_rules! say {
 
 pub mod bench;
 pub mod check;
+pub mod lessons;
 pub mod compare;
 pub mod export;
 pub mod run;
@@ -77,6 +78,31 @@ pub enum Command {
     /// Cluster sanity check: ranks, exact collectives, bandwidth, training equals one
     /// rank. Standalone on threads, or under mpirun (feature mpi). Exit 0 when all pass.
     Check(check::CheckArgs),
+    /// List the lessons (with your progress).
+    Lessons(LessonsArgs),
+    /// Open lesson N in the lab, or verify lessons headless with --check [N|all].
+    Lesson(LessonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LessonsArgs {
+    /// Load lessons from this folder (same format as the built-in ones) instead.
+    #[arg(long, value_name = "DIR")]
+    pub lessons: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LessonArgs {
+    /// The lesson's number (see `ddlab lessons`).
+    #[arg(value_name = "N")]
+    pub number: Option<usize>,
+    /// Run the lessons' experiments headless and verify every check and claim: all, or
+    /// lesson N. Exit code 0 when all hold.
+    #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all")]
+    pub check: Option<String>,
+    /// Load lessons from this folder (same format as the built-in ones) instead.
+    #[arg(long, value_name = "DIR")]
+    pub lessons: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -206,9 +206,24 @@ impl Lab {
         }
     }
 
+    /// As `start`, paused before the first phase (to step from the very beginning).
+    pub fn start_paused(exp: Experiment, data: Arc<Dataset>) -> Result<Lab, String> {
+        let session = Self::session_with(&exp, &data, true)?;
+        Ok(Lab {
+            session: Some(session),
+            paused: true,
+            ..Lab::replay(exp, data)
+        })
+    }
+
     fn session(exp: &Experiment, data: &Arc<Dataset>) -> Result<Session, String> {
+        Self::session_with(exp, data, false)
+    }
+
+    fn session_with(exp: &Experiment, data: &Arc<Dataset>, start_paused: bool) -> Result<Session, String> {
         let options = SessionOptions {
             detail: true,
+            start_paused,
             history_limit: Some(HISTORY_LIMIT),
             ..SessionOptions::default()
         };
@@ -421,7 +436,15 @@ impl Lab {
                     Axis::Samples => Axis::Time,
                 }
             }
-            Action::Help | Action::Quit | Action::Up | Action::Down | Action::Enter => {}
+            Action::Help
+            | Action::Quit
+            | Action::Up
+            | Action::Down
+            | Action::Enter
+            | Action::NextPage
+            | Action::PrevPage
+            | Action::Answer(_)
+            | Action::Back => {}
         }
     }
 

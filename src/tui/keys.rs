@@ -22,6 +22,13 @@ pub enum Action {
     ToggleAxis,
     Help,
     Quit,
+    // Lessons
+    NextPage,
+    PrevPage,
+    /// A quiz answer, 1 to 4.
+    Answer(u8),
+    /// Back to the lesson menu.
+    Back,
     // Home screen
     Up,
     Down,
@@ -171,6 +178,34 @@ pub const LAB_KEYS: &[Binding] = &[
         Action::ToggleAxis,
         "",
         "curves against time ↔ against samples processed",
+        false,
+    ),
+    bind(
+        KeyCode::Char(']'),
+        "]",
+        Action::NextPage,
+        "",
+        "lesson: next page",
+        false,
+    ),
+    bind(
+        KeyCode::Char('['),
+        "[",
+        Action::PrevPage,
+        "",
+        "lesson: previous page",
+        false,
+    ),
+    bind(KeyCode::Char('1'), "1", Action::Answer(1), "", "lesson: answer the quiz with choice 1", false),
+    bind(KeyCode::Char('2'), "2", Action::Answer(2), "", "… choice 2", false),
+    bind(KeyCode::Char('3'), "3", Action::Answer(3), "", "… choice 3", false),
+    bind(KeyCode::Char('4'), "4", Action::Answer(4), "", "… choice 4", false),
+    bind(
+        KeyCode::Esc,
+        "esc",
+        Action::Back,
+        "",
+        "back to the lesson menu (progress is saved)",
         false,
     ),
     bind(

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod digits;
 mod explain;
 pub mod keys;
+pub mod lesson;
 mod numbers;
 pub mod theme;
 mod timeline;
@@ -24,25 +25,20 @@ use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind
 use crate::cli::CliError;
 use crate::config::Experiment;
 use crate::data::Dataset;
+use crate::lesson::{Lesson, ProgressStore};
 pub use app::Lab;
 use keys::{Action, HOME_KEYS, LAB_KEYS};
+pub use lesson::LessonView;
 use theme::Theme;
 
 /// How long one frame waits for a key: about 30 frames a second.
 const FRAME: Duration = Duration::from_millis(33);
 
-/// The home screen's items: name and a line about it.
-pub const HOME_ITEMS: [(&str, &str); 3] = [
-    (
-        "Free lab",
-        "train a real network on 4 workers and change the experiment while it runs",
-    ),
-    (
-        "Lessons",
-        "the numbered course is not written yet; start with the free lab",
-    ),
-    ("Quit", "leave ddlab"),
-];
+/// The free lab's line on the home screen (the lessons follow it, then Quit).
+pub const FREE_LAB: (&str, &str) = (
+    "Free lab",
+    "train a real network on 4 workers and change the experiment while it runs",
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
@@ -60,10 +56,28 @@ pub struct App {
     /// The experiment the free lab starts with.
     pub base: Experiment,
     pub data: Arc<Dataset>,
+    /// The course (empty, with `lessons_error` set, when it could not be read).
+    pub lessons: Vec<Lesson>,
+    pub lessons_error: Option<String>,
+    pub progress: ProgressStore,
+    /// The lesson being followed beside the lab.
+    pub lesson: Option<LessonView>,
+}
+
+/// What the home screen lists: the free lab, each lesson, quit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeItem {
+    FreeLab,
+    Lesson(usize),
+    Quit,
 }
 
 impl App {
     pub fn new(screen: Screen, lab: Option<Lab>, base: Experiment, data: Arc<Dataset>, theme: Theme) -> App {
+        let (lessons, lessons_error) = match crate::lesson::load_from(None) {
+            Ok(l) => (l, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         App {
             screen,
             help: false,
@@ -73,14 +87,106 @@ impl App {
             theme,
             base,
             data,
+            lessons,
+            lessons_error,
+            progress: ProgressStore {
+                path: None,
+                progress: Default::default(),
+                warning: None,
+            },
+            lesson: None,
         }
+    }
+
+    pub fn home_items(&self) -> Vec<HomeItem> {
+        let mut items = vec![HomeItem::FreeLab];
+        items.extend((0..self.lessons.len()).map(HomeItem::Lesson));
+        items.push(HomeItem::Quit);
+        items
     }
 
     /// Reads what the run produced since the last frame.
     pub fn tick(&mut self) {
         if let Some(lab) = self.lab.as_mut() {
             lab.drain();
+            if let Some(v) = self.lesson.as_mut() {
+                v.refresh_checks(lab);
+            }
         }
+    }
+
+    /// The data set `exp` trains on (loaded unless it is the one at hand).
+    fn data_for(&mut self, exp: &Experiment) -> Result<Arc<Dataset>, String> {
+        if self.data.kind != exp.dataset {
+            self.data = Arc::new(Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
+        }
+        Ok(Arc::clone(&self.data))
+    }
+
+    /// Starts `exp` in the lab (paused when asked); a failure shows in the lab.
+    fn start_lab(&mut self, exp: Experiment, paused: bool) {
+        let started = self.data_for(&exp).and_then(|data| {
+            if paused {
+                Lab::start_paused(exp.clone(), data)
+            } else {
+                Lab::start(exp.clone(), data)
+            }
+        });
+        self.lab = Some(match started {
+            Ok(lab) => lab,
+            Err(e) => {
+                let mut lab = Lab::replay(exp, Arc::clone(&self.data));
+                lab.error = Some(e);
+                lab
+            }
+        });
+        self.screen = Screen::Lab;
+    }
+
+    /// Opens lesson `index` (0-based) where the learner left it.
+    pub fn open_lesson(&mut self, index: usize) {
+        let Some(lesson) = self.lessons.get(index).cloned() else {
+            return;
+        };
+        let page = self
+            .progress
+            .progress
+            .lessons
+            .get(&lesson.id)
+            .map_or(0, |p| p.page.min(lesson.pages.len() - 1));
+        let view = LessonView::new(lesson, page);
+        let p = view.current().clone();
+        self.lesson = Some(view);
+        self.start_lab(p.experiment.clone(), p.start_paused);
+        self.save_page();
+    }
+
+    /// Shows page `page` of the lesson; a page with an experiment starts its run.
+    fn go_to_page(&mut self, page: usize) {
+        let Some(v) = self.lesson.as_mut() else { return };
+        if page >= v.lesson.pages.len() || page == v.page {
+            return;
+        }
+        v.page = page;
+        v.reset_page();
+        let p = v.current().clone();
+        if p.starts_run {
+            self.start_lab(p.experiment, p.start_paused);
+        }
+        self.save_page();
+    }
+
+    /// Records the page reached (and the lesson done when it is the last).
+    fn save_page(&mut self) {
+        let Some(v) = &self.lesson else { return };
+        let (id, page, last) = (v.lesson.id.clone(), v.page, v.lesson.pages.len() - 1);
+        let entry = self.progress.lesson(&id);
+        entry.page = page;
+        entry.visited.insert(page);
+        if page == last {
+            entry.completed = true;
+        }
+        let _ = self.progress.save();
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) {
@@ -106,27 +212,60 @@ impl App {
             (_, Action::Help) => self.help = !self.help,
             (_, Action::Quit) => self.quit = true,
             (Screen::Home, Action::Up) => self.home_selected = self.home_selected.saturating_sub(1),
-            (Screen::Home, Action::Down) => self.home_selected = (self.home_selected + 1).min(HOME_ITEMS.len() - 1),
-            (Screen::Home, Action::Enter) => match self.home_selected {
-                0 => match Lab::start(self.base.clone(), Arc::clone(&self.data)) {
-                    Ok(lab) => {
-                        self.lab = Some(lab);
-                        self.screen = Screen::Lab;
-                    }
-                    Err(e) => {
-                        // Cannot happen with the built-in defaults; shown, not panicked on.
-                        let mut lab = Lab::replay(self.base.clone(), Arc::clone(&self.data));
-                        lab.error = Some(e);
-                        self.lab = Some(lab);
-                        self.screen = Screen::Lab;
-                    }
-                },
-                1 => {}
-                _ => self.quit = true,
+            (Screen::Home, Action::Down) => {
+                self.home_selected = (self.home_selected + 1).min(self.home_items().len() - 1)
+            }
+            (Screen::Home, Action::Enter) => match self.home_items()[self.home_selected.min(self.home_items().len() - 1)] {
+                HomeItem::FreeLab => {
+                    self.lesson = None;
+                    self.start_lab(self.base.clone(), false);
+                }
+                HomeItem::Lesson(i) => self.open_lesson(i),
+                HomeItem::Quit => self.quit = true,
             },
+            (Screen::Lab, Action::Back) => {
+                self.lab = None; // stops the run
+                self.lesson = None;
+                self.screen = Screen::Home;
+            }
+            (Screen::Lab, Action::NextPage) => {
+                let next = self.lesson.as_ref().map(|v| v.page + 1);
+                if let Some(p) = next {
+                    self.go_to_page(p);
+                }
+            }
+            (Screen::Lab, Action::PrevPage) => {
+                let prev = self.lesson.as_ref().and_then(|v| v.page.checked_sub(1));
+                if let Some(p) = prev {
+                    self.go_to_page(p);
+                }
+            }
+            (Screen::Lab, Action::Answer(choice)) => {
+                if let Some(v) = self.lesson.as_mut() {
+                    if let Some((q, right)) = v.answer(choice as usize) {
+                        let key = format!("{}:{q}", v.page);
+                        let id = v.lesson.id.clone();
+                        self.progress.lesson(&id).quiz.insert(key, right);
+                        let _ = self.progress.save();
+                    }
+                }
+            }
             (Screen::Lab, action) => {
                 if let Some(lab) = self.lab.as_mut() {
+                    let before = lab.exp.clone();
                     lab.update(action);
+                    if let Some(v) = self.lesson.as_mut() {
+                        let did = lesson::detect(action, &before, &lab.exp);
+                        let newly = v.observe(&did);
+                        if !newly.is_empty() {
+                            let (id, page) = (v.lesson.id.clone(), v.page);
+                            let entry = self.progress.lesson(&id);
+                            for i in newly {
+                                entry.tries_done.insert(format!("{page}:{i}"));
+                            }
+                            let _ = self.progress.save();
+                        }
+                    }
                 }
             }
             (Screen::Home, _) => {}
@@ -138,6 +277,12 @@ impl App {
 pub enum Start {
     Home(Experiment),
     Lab(Experiment),
+    /// Lesson `number` (1-based) of `lessons` (read from `dir`, or the built-in ones).
+    Lesson {
+        lessons: Vec<Lesson>,
+        number: usize,
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs the TUI until the user quits. The terminal is restored on return, on panic
@@ -148,9 +293,10 @@ pub fn run(start: Start) -> Result<(), CliError> {
             "the lab needs a terminal and stdout is not one: for a headless run use `ddlab run` with the same flags",
         ));
     }
-    let (exp, screen) = match start {
-        Start::Home(e) => (e, Screen::Home),
-        Start::Lab(e) => (e, Screen::Lab),
+    let (exp, screen, lesson) = match start {
+        Start::Home(e) => (e, Screen::Home, None),
+        Start::Lab(e) => (e, Screen::Lab, None),
+        Start::Lesson { lessons, number, dir: _ } => (Experiment::default(), Screen::Home, Some((lessons, number))),
     };
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let data = Arc::new(Dataset::load(exp.dataset).map_err(|e| CliError::usage(e.to_string()))?);
@@ -161,6 +307,12 @@ pub fn run(start: Start) -> Result<(), CliError> {
         Screen::Home => None,
     };
     let mut app = App::new(screen, lab, exp, data, Theme::from_env());
+    app.progress = ProgressStore::open_default();
+    if let Some((lessons, number)) = lesson {
+        app.lessons = lessons;
+        app.lessons_error = None;
+        app.open_lesson(number - 1);
+    }
 
     let mut terminal = ratatui::init();
     let result = (|| -> std::io::Result<()> {

@@ -9,7 +9,7 @@ use ratatui::Frame;
 use super::app::{Lab, LINKS};
 use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
 use super::theme::Theme;
-use super::{App, Screen, HOME_ITEMS};
+use super::{App, HomeItem, Screen, FREE_LAB};
 use crate::nn::LrScaling;
 
 /// Smaller than this, the lab shows a message instead of squeezed panels.
@@ -34,8 +34,16 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
             .render(area, buf);
         return;
     }
-    match (&app.screen, &app.lab) {
-        (Screen::Lab, Some(lab)) => lab_screen(lab, theme, area, buf),
+    match (&app.screen, &app.lab, &app.lesson) {
+        (Screen::Lab, Some(lab), Some(lesson)) => {
+            // The narrative beside the lab: a third of a wide screen, less of a narrow one.
+            let share = if area.width >= 160 { 34 } else { 40 };
+            let [text, rest] =
+                Layout::horizontal([Constraint::Percentage(share), Constraint::Percentage(100 - share)]).areas(area);
+            super::lesson::render(lesson, theme, text, buf);
+            lab_screen(lab, theme, rest, buf);
+        }
+        (Screen::Lab, Some(lab), None) => lab_screen(lab, theme, area, buf),
         _ => home(app, theme, area, buf),
     }
     if app.help {
@@ -118,21 +126,44 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     .wrap(Wrap { trim: true })
     .block(Block::default().borders(Borders::BOTTOM))
     .render(title, buf);
-    let lines: Vec<Line> = HOME_ITEMS
-        .iter()
+    let mut lines: Vec<Line> = app
+        .home_items()
+        .into_iter()
         .enumerate()
-        .map(|(i, (name, about))| {
+        .map(|(i, item)| {
             let style = if i == app.home_selected {
                 theme.selected()
             } else {
                 ratatui::style::Style::default()
             };
+            let (name, mark, about) = match item {
+                HomeItem::FreeLab => (FREE_LAB.0.to_string(), String::new(), FREE_LAB.1.to_string()),
+                HomeItem::Lesson(l) => {
+                    let lesson = &app.lessons[l];
+                    let mark = match app.progress.progress.lessons.get(&lesson.id) {
+                        Some(p) if p.completed => "✓".to_string(),
+                        Some(p) => format!("{}/{}", p.page + 1, lesson.pages.len()),
+                        None => String::new(),
+                    };
+                    (format!("{:>2}. {}", lesson.number, lesson.title), mark, lesson.summary.clone())
+                }
+                HomeItem::Quit => ("Quit".to_string(), String::new(), "leave ddlab".to_string()),
+            };
             Line::from(vec![
-                Span::styled(format!("  {name:<12}"), style),
+                Span::styled(format!("  {name:<32}"), style),
+                Span::styled(format!("{mark:>5}"), theme.good()),
                 Span::styled(format!("  {about}"), theme.dim()),
             ])
         })
         .collect();
+    if let Some(e) = &app.lessons_error {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(format!("The lessons cannot be read: {e}"), theme.bad()));
+    }
+    if let Some(w) = &app.progress.warning {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(w.clone(), theme.warn()));
+    }
     Paragraph::new(lines).render(
         body.inner(ratatui::layout::Margin {
             horizontal: 1,

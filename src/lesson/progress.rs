@@ -1,0 +1,175 @@
+//! The learner's progress, saved in the user's data directory and written atomically
+//! (a temporary file, synced, then renamed over the old one): a crash mid-write leaves
+//! the previous progress whole. A corrupt file is set aside and reported, never fatal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LessonProgress {
+    /// The page to resume at (0-based).
+    pub page: usize,
+    pub visited: BTreeSet<usize>,
+    /// Prompts done, as "page:prompt".
+    #[serde(default)]
+    pub tries_done: BTreeSet<String>,
+    /// Quiz answers, "page:question" → answered right.
+    #[serde(default)]
+    pub quiz: BTreeMap<String, bool>,
+    pub completed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// By lesson id.
+    pub lessons: BTreeMap<String, LessonProgress>,
+}
+
+pub struct ProgressStore {
+    /// None: nowhere to save (no home directory); progress lives for the session only.
+    pub path: Option<PathBuf>,
+    pub progress: Progress,
+    /// Something the learner should know (a corrupt file set aside, a failed save).
+    pub warning: Option<String>,
+}
+
+/// `$DDLAB_DATA_DIR`, else `$XDG_DATA_HOME/ddlab`, else `~/.local/share/ddlab`.
+pub fn data_dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("DDLAB_DATA_DIR")
+        .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("ddlab")))
+        .or_else(|| var("HOME").map(|h| h.join(".local/share/ddlab")))
+}
+
+impl ProgressStore {
+    /// The progress file in the user's data directory.
+    pub fn open_default() -> ProgressStore {
+        match data_dir() {
+            Some(dir) => ProgressStore::open(&dir.join("progress.json")),
+            None => ProgressStore {
+                path: None,
+                progress: Progress::default(),
+                warning: Some("no home directory: lesson progress will not be saved".into()),
+            },
+        }
+    }
+
+    pub fn open(path: &Path) -> ProgressStore {
+        let mut store = ProgressStore {
+            path: Some(path.to_path_buf()),
+            progress: Progress::default(),
+            warning: None,
+        };
+        match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => store.warning = Some(format!("could not read {}: {e}; progress starts afresh", path.display())),
+            Ok(bytes) => match serde_json::from_slice::<Progress>(&bytes) {
+                Ok(p) => store.progress = p,
+                Err(e) => {
+                    let aside = path.with_extension(format!(
+                        "json.corrupt-{}",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    ));
+                    let moved = std::fs::rename(path, &aside).is_ok();
+                    store.warning = Some(if moved {
+                        format!(
+                            "the progress file {} was unreadable ({e}); it is kept as {} and progress starts afresh",
+                            path.display(),
+                            aside.display()
+                        )
+                    } else {
+                        format!("the progress file {} was unreadable ({e}); progress starts afresh", path.display())
+                    });
+                }
+            },
+        }
+        store
+    }
+
+    pub fn lesson(&mut self, id: &str) -> &mut LessonProgress {
+        self.progress.lessons.entry(id.to_string()).or_default()
+    }
+
+    /// Writes the progress atomically.
+    pub fn save(&mut self) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let result = write_atomically(path, &serde_json::to_vec_pretty(&self.progress).map_err(|e| e.to_string())?);
+        if let Err(e) = &result {
+            self.warning = Some(format!("could not save lesson progress to {}: {e}", path.display()));
+        }
+        result
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` holds either the old or the new content,
+/// whole, whatever happens.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("progress"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_and_the_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/progress.json");
+        let mut store = ProgressStore::open(&path);
+        assert!(store.warning.is_none());
+        store.lesson("01").page = 3;
+        store.lesson("01").quiz.insert("0:0".into(), true);
+        store.save().unwrap();
+        let again = ProgressStore::open(&path);
+        assert_eq!(again.progress, store.progress);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("progress.json")]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside_and_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.json");
+        std::fs::write(&path, b"{\"lessons\": {\"01\": tru").unwrap();
+        let mut store = ProgressStore::open(&path);
+        let warning = store.warning.clone().expect("a warning");
+        assert!(warning.contains("unreadable") && warning.contains("corrupt"), "{warning}");
+        assert_eq!(store.progress, Progress::default());
+        // the corrupt bytes are kept beside it
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("progress.json.corrupt-"))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        // and saving works again
+        store.lesson("02").completed = true;
+        store.save().unwrap();
+        assert!(ProgressStore::open(&path).progress.lessons["02"].completed);
+    }
+}

@@ -1,0 +1,248 @@
+//! A lesson beside the live lab: the page's narrative, the panels to look at, "try this"
+//! prompts that tick when the learner does the thing, live checks, and quiz questions
+//! with immediate feedback.
+
+use std::time::{Duration, Instant};
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
+
+use super::app::Lab;
+use super::keys::Action;
+use super::theme::Theme;
+use crate::config::{Experiment, Mode};
+use crate::lesson::{Lesson, LessonAction, Page, Panel};
+use crate::session::Summary;
+
+/// How often live checks are re-evaluated.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// The lesson being followed.
+pub struct LessonView {
+    pub lesson: Lesson,
+    pub page: usize,
+    /// Prompts of this page the learner has done.
+    pub tries_done: Vec<bool>,
+    /// The choice given to each quiz question of this page (1-based).
+    pub answers: Vec<Option<usize>>,
+    /// Live checks of this page: the metric's value, when the run has it.
+    pub checks: Vec<Option<f64>>,
+    checked_at: Option<Instant>,
+}
+
+impl LessonView {
+    pub fn new(lesson: Lesson, page: usize) -> LessonView {
+        let page = page.min(lesson.pages.len() - 1);
+        let mut v = LessonView {
+            lesson,
+            page,
+            tries_done: Vec::new(),
+            answers: Vec::new(),
+            checks: Vec::new(),
+            checked_at: None,
+        };
+        v.reset_page();
+        v
+    }
+
+    pub fn current(&self) -> &Page {
+        &self.lesson.pages[self.page]
+    }
+
+    /// Clears the per-page state for the page now shown.
+    pub fn reset_page(&mut self) {
+        let p = &self.lesson.pages[self.page];
+        self.tries_done = vec![false; p.tries.len()];
+        self.answers = vec![None; p.quiz.len()];
+        self.checks = vec![None; p.checks.len()];
+        self.checked_at = None;
+    }
+
+    /// Marks the prompts `did` satisfies; returns the indices newly done.
+    pub fn observe(&mut self, did: &[LessonAction]) -> Vec<usize> {
+        let mut newly = Vec::new();
+        for (i, t) in self.lesson.pages[self.page].tries.iter().enumerate() {
+            if !self.tries_done[i] && did.contains(&t.action) {
+                self.tries_done[i] = true;
+                newly.push(i);
+            }
+        }
+        newly
+    }
+
+    /// Answers the first unanswered question of the page with `choice` (1-based);
+    /// returns (question index, right?) when there was one to answer.
+    pub fn answer(&mut self, choice: usize) -> Option<(usize, bool)> {
+        let page = &self.lesson.pages[self.page];
+        let q = self.answers.iter().position(Option::is_none)?;
+        if choice == 0 || choice > page.quiz[q].choices.len() {
+            return None;
+        }
+        self.answers[q] = Some(choice);
+        Some((q, choice == page.quiz[q].answer))
+    }
+
+    /// Re-evaluates the live checks now and then.
+    pub fn refresh_checks(&mut self, lab: &Lab) {
+        if self.checks.is_empty() || self.checked_at.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            return;
+        }
+        self.checked_at = Some(Instant::now());
+        let summary = serde_json::to_value(Summary::new(&lab.exp, lab.state())).unwrap_or_default();
+        for (i, c) in self.lesson.pages[self.page].checks.iter().enumerate() {
+            self.checks[i] = match &summary[&c.metric] {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                _ => None,
+            };
+        }
+    }
+}
+
+/// What the learner did, judged from the key and the settings before and after it.
+pub fn detect(action: Action, before: &Experiment, after: &Experiment) -> Vec<LessonAction> {
+    let mut did = Vec::new();
+    match action {
+        Action::StepPhase => did.push(LessonAction::StepPhase),
+        Action::TogglePause => did.push(LessonAction::Pause),
+        Action::SlowMotion => did.push(LessonAction::SlowMotion),
+        Action::KeepGhost => did.push(LessonAction::KeepGhost),
+        Action::Restart => did.push(LessonAction::Restart),
+        _ => {}
+    }
+    if before.mode != after.mode {
+        did.push(match after.mode {
+            Mode::Sync => LessonAction::SwitchToSync,
+            Mode::Async => LessonAction::SwitchToAsync,
+            Mode::Ssp(_) => LessonAction::SwitchToSsp,
+            Mode::Backup(_) => LessonAction::SwitchToBackup,
+        });
+    }
+    if after.workers > before.workers {
+        did.push(LessonAction::AddWorker);
+    } else if after.workers < before.workers {
+        did.push(LessonAction::RemoveWorker);
+    }
+    if before.allreduce != after.allreduce {
+        did.push(LessonAction::ChangeAllreduce);
+    }
+    if before.link != after.link {
+        did.push(LessonAction::ChangeLink);
+    }
+    if after.stragglers.len() > before.stragglers.len() {
+        did.push(LessonAction::AddStraggler);
+    } else if after.stragglers.len() < before.stragglers.len() {
+        did.push(LessonAction::RemoveStraggler);
+    }
+    if before.lr_scaling != after.lr_scaling && after.lr_scaling == crate::nn::LrScaling::Linear {
+        did.push(LessonAction::LinearLrScaling);
+    }
+    did
+}
+
+fn panel_name(p: Panel) -> &'static str {
+    match p {
+        Panel::Header => "the header (top line)",
+        Panel::Timeline => "the timeline (top left)",
+        Panel::Collective => "the collective view (left, below the timeline)",
+        Panel::Curves => "the curves (top right)",
+        Panel::Numbers => "the numbers (right, below the curves)",
+        Panel::Explain => "the explanation (bottom)",
+        Panel::Digits => "the digits (bottom right)",
+    }
+}
+
+/// Markdown, lightly: headings bold, indented code in the key colour, the rest as text.
+fn markdown<'a>(text: &'a str, theme: &Theme) -> Vec<Line<'a>> {
+    text.lines()
+        .map(|l| {
+            if let Some(h) = l.strip_prefix("# ").or_else(|| l.strip_prefix("## ")) {
+                Line::styled(h, theme.title())
+            } else if l.starts_with("    ") {
+                Line::styled(l, theme.key())
+            } else {
+                Line::raw(l.replace("**", ""))
+            }
+        })
+        .collect()
+}
+
+pub fn render(v: &LessonView, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let page = v.current();
+    let mut lines: Vec<Line> = markdown(&page.text, theme);
+    if !page.point_at.is_empty() {
+        lines.push(Line::raw(""));
+        let names: Vec<&str> = page.point_at.iter().map(|&p| panel_name(p)).collect();
+        lines.push(Line::from(vec![
+            Span::styled("Look at: ", theme.warn()),
+            Span::raw(names.join("; ")),
+        ]));
+    }
+    for (i, t) in page.tries.iter().enumerate() {
+        lines.push(Line::raw(""));
+        let (mark, style) = if v.tries_done[i] {
+            ("☑ done: ", theme.good())
+        } else {
+            ("☐ try this: ", theme.warn())
+        };
+        lines.push(Line::from(vec![Span::styled(mark, style), Span::raw(t.prompt.as_str())]));
+    }
+    for (i, c) in page.checks.iter().enumerate() {
+        let (mark, style, now) = match v.checks[i] {
+            Some(x) if c.op.holds(x, c.value) => ("✓ ", theme.good(), format!(" (now {x:.3})")),
+            Some(x) => ("… ", theme.dim(), format!(" (now {x:.3})")),
+            None => ("… ", theme.dim(), String::new()),
+        };
+        lines.push(Line::from(vec![
+            Span::styled(mark, style),
+            Span::raw(c.text.as_str()),
+            Span::styled(now, theme.dim()),
+        ]));
+    }
+    for (q, quiz) in page.quiz.iter().enumerate() {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled(format!("Quiz: {}", quiz.question), theme.title()));
+        for (c, choice) in quiz.choices.iter().enumerate() {
+            let style = match v.answers[q] {
+                Some(_) if c + 1 == quiz.answer => theme.good(),
+                Some(a) if a == c + 1 => theme.bad(),
+                _ => ratatui::style::Style::default(),
+            };
+            lines.push(Line::styled(format!("  {}. {choice}", c + 1), style));
+        }
+        match v.answers[q] {
+            Some(a) if a == quiz.answer => lines.push(Line::styled(format!("Right. {}", quiz.explain), theme.good())),
+            Some(_) => lines.push(Line::styled(
+                format!("Not quite: the answer is {}. {}", quiz.answer, quiz.explain),
+                theme.bad(),
+            )),
+            None if v.answers[..q].iter().all(Option::is_some) => {
+                lines.push(Line::styled("press 1–4 to answer", theme.dim()))
+            }
+            None => {}
+        }
+    }
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "[ previous page · ] next page · 1–4 answer · esc lessons",
+        theme.dim(),
+    ));
+    let title = format!(
+        " lesson {} · {} — page {}/{}: {} ",
+        v.lesson.number,
+        v.lesson.title,
+        v.page + 1,
+        v.lesson.pages.len(),
+        page.title
+    );
+    Paragraph::new(lines)
+        .wrap(Wrap { trim: false })
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(title, theme.title())),
+        )
+        .render(area, buf);
+}
