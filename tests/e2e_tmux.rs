@@ -23,7 +23,12 @@ impl Tmux {
     fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "lab"];
         args.extend_from_slice(keys);
-        assert!(self.cmd(&args).status.success());
+        let out = self.cmd(&args);
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     /// Waits (up to 20 s) until the screen satisfies `pred`.
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -125,4 +130,55 @@ fn the_lab_refuses_a_non_terminal_with_the_headless_hint() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a terminal") && err.contains("ddlab run"), "{err}");
+}
+
+#[test]
+fn a_lesson_notices_what_the_learner_does_saves_progress_and_resumes() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("ddlab");
+    let tmux = Tmux {
+        socket: format!("ddlab-lesson-{}", std::process::id()),
+    };
+    let run = |name: &str| {
+        format!(
+            "DDLAB_DATA_DIR={} {} lesson 1; echo DDLAB-EXIT-{name}=$?; sleep 60",
+            data.path().display(),
+            bin.display()
+        )
+    };
+    let started = tmux.cmd(&["new-session", "-d", "-x", "160", "-y", "45", "-s", "lab", &run("A")]);
+    assert!(started.status.success());
+    tmux.wait_for("lesson 1, paused", |s| {
+        s.contains("lesson 1 · One training step") && s.contains("page 1/3") && s.contains("paused")
+    });
+    tmux.wait_for("the prompt", |s| s.contains("☐ try this: Press n"));
+    tmux.keys(&["n"]);
+    tmux.wait_for("the prompt to notice", |s| {
+        s.contains("☑ done: Press n") && s.contains("stepping")
+    });
+    tmux.keys(&["2"]);
+    tmux.wait_for("quiz feedback", |s| s.contains("Right. Backward applies"));
+    tmux.keys(&["]"]);
+    tmux.wait_for("page 2", |s| s.contains("page 2/3"));
+    tmux.keys(&["q"]);
+    tmux.wait_for("the exit", |s| s.contains("DDLAB-EXIT-A=0"));
+    let progress = std::fs::read_to_string(data.path().join("progress.json")).expect("progress saved");
+    let p: serde_json::Value = serde_json::from_str(&progress).unwrap();
+    assert_eq!(p["lessons"]["01-one-step"]["page"], 1, "{progress}");
+    assert_eq!(p["lessons"]["01-one-step"]["quiz"]["0:0"], true, "{progress}");
+
+    // Opening the lesson again resumes where the learner stopped.
+    assert!(tmux.cmd(&["kill-session", "-t", "lab"]).status.success());
+    let started = tmux.cmd(&["new-session", "-d", "-x", "160", "-y", "45", "-s", "lab", &run("B")]);
+    assert!(started.status.success());
+    tmux.wait_for("the resumed lesson", |s| {
+        s.contains("page 2/3") && s.contains("Many steps")
+    });
+    tmux.keys(&["q"]);
+    tmux.wait_for("the second exit", |s| s.contains("DDLAB-EXIT-B=0"));
 }

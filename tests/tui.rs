@@ -152,3 +152,132 @@ fn replayed_controls_update_the_lab_without_a_session() {
     assert_eq!(lab.ghosts.len(), 1);
     assert!(lab.messages.iter().any(|m| m.contains("straggler")));
 }
+
+/// Lesson 1 beside a replayed lab, with the first page's prompt done and its quiz answered.
+fn lesson_app() -> App {
+    let lessons = ddlab::lesson::load_from(None).unwrap();
+    let mut lab = sync_lab(1, 3, false);
+    lab.paused = true;
+    let mut app = app_with(lab);
+    app.lesson = Some(ddlab::tui::LessonView::new(lessons[0].clone(), 0));
+    app
+}
+
+#[test]
+fn a_lesson_page_beside_the_lab_ticks_prompts_and_answers_quizzes() {
+    let mut app = lesson_app();
+    let before = text(&app, 160, 45);
+    assert!(before.contains("☐ try this: Press n"), "{before}");
+    assert!(before.contains("press 1–4 to answer"), "{before}");
+    // the learner steps one phase: the prompt notices
+    app.update(Action::StepPhase);
+    // and answers the quiz wrongly: immediate feedback with the right answer
+    app.update(Action::Answer(1));
+    let after = text(&app, 160, 45);
+    assert!(after.contains("☑ done: Press n"), "{after}");
+    assert!(after.contains("Not quite: the answer is 2."), "{after}");
+    insta::assert_snapshot!("lesson_page", after);
+    // a second answer does not change the first
+    app.update(Action::Answer(2));
+    assert_eq!(app.lesson.as_ref().unwrap().answers, vec![Some(1)]);
+    // pages: forward, not past the end, back
+    app.update(Action::NextPage);
+    assert_eq!(app.lesson.as_ref().unwrap().page, 1);
+    assert!(text(&app, 160, 45).contains("page 2/3"));
+    app.update(Action::NextPage);
+    app.update(Action::NextPage);
+    assert_eq!(app.lesson.as_ref().unwrap().page, 2);
+    app.update(Action::PrevPage);
+    assert_eq!(app.lesson.as_ref().unwrap().page, 1);
+    // esc: back to the menu, which lists every lesson
+    app.update(Action::Back);
+    assert_eq!(app.screen, Screen::Home);
+    let home = text(&app, 120, 30);
+    assert!(
+        home.contains("1. One training step") && home.contains("10. Going to a cluster"),
+        "{home}"
+    );
+}
+
+#[test]
+fn every_prompt_action_can_be_done_in_the_lab() {
+    use ddlab::lesson::LessonAction;
+    use ddlab::tui::lesson::detect;
+    let base = Experiment::default();
+    let with = |f: &dyn Fn(&mut Experiment)| {
+        let mut e = base.clone();
+        f(&mut e);
+        e
+    };
+    let cases: Vec<(LessonAction, Action, Experiment)> = vec![
+        (LessonAction::Pause, Action::TogglePause, base.clone()),
+        (LessonAction::StepPhase, Action::StepPhase, base.clone()),
+        (LessonAction::SlowMotion, Action::SlowMotion, base.clone()),
+        (LessonAction::SwitchToSync, Action::CycleMode, base.clone()),
+        (
+            LessonAction::SwitchToAsync,
+            Action::CycleMode,
+            with(&|e| e.mode = Mode::Async),
+        ),
+        (
+            LessonAction::SwitchToSsp,
+            Action::CycleMode,
+            with(&|e| e.mode = Mode::Ssp(2)),
+        ),
+        (
+            LessonAction::SwitchToBackup,
+            Action::CycleMode,
+            with(&|e| e.mode = Mode::Backup(1)),
+        ),
+        (LessonAction::AddWorker, Action::MoreWorkers, with(&|e| e.workers = 5)),
+        (
+            LessonAction::RemoveWorker,
+            Action::FewerWorkers,
+            with(&|e| e.workers = 3),
+        ),
+        (
+            LessonAction::ChangeAllreduce,
+            Action::CycleAllReduce,
+            with(&|e| e.allreduce = ddlab::comm::AllReduceAlgo::Tree),
+        ),
+        (
+            LessonAction::ChangeLink,
+            Action::CycleLink,
+            with(&|e| e.link = Some("10gbe".parse().unwrap())),
+        ),
+        (
+            LessonAction::AddStraggler,
+            Action::ToggleStraggler,
+            with(&|e| e.stragglers = vec!["1:4".parse().unwrap()]),
+        ),
+        (
+            LessonAction::LinearLrScaling,
+            Action::CycleLrRule,
+            with(&|e| e.lr_scaling = ddlab::nn::LrScaling::Linear),
+        ),
+        (LessonAction::KeepGhost, Action::KeepGhost, base.clone()),
+        (LessonAction::Restart, Action::Restart, base.clone()),
+    ];
+    let mut covered = std::collections::HashSet::new();
+    for (want, action, after) in &cases {
+        // switching *to* sync starts from another mode
+        let before = if *want == LessonAction::SwitchToSync {
+            with(&|e| e.mode = Mode::Async)
+        } else {
+            base.clone()
+        };
+        let did = detect(*action, &before, after);
+        assert!(did.contains(want), "{want:?} from {action:?}: {did:?}");
+        covered.insert(*want);
+    }
+    let straggler_gone = detect(
+        Action::ToggleStraggler,
+        &with(&|e| e.stragglers = vec!["1:4".parse().unwrap()]),
+        &base,
+    );
+    assert!(straggler_gone.contains(&LessonAction::RemoveStraggler));
+    covered.insert(LessonAction::RemoveStraggler);
+    for a in LessonAction::ALL {
+        assert!(covered.contains(&a), "no way to do {a:?} in the lab");
+    }
+}

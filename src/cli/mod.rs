@@ -10,9 +10,9 @@ macro_rules! say {
 
 pub mod bench;
 pub mod check;
-pub mod lessons;
 pub mod compare;
 pub mod export;
+pub mod lessons;
 pub mod run;
 
 use std::path::PathBuf;

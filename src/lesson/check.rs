@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{Against, Lesson};
 use crate::config::Experiment;
-use crate::data::DatasetKind;
 use crate::data::Dataset;
+use crate::data::DatasetKind;
 use crate::session::{Session, SessionOptions};
 
 /// One verified statement.

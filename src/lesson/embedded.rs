@@ -2,24 +2,81 @@
 
 pub const FILES: &[(&str, &str)] = &[
     ("info.toml", include_str!("../../lessons/info.toml")),
-    ("01-one-step/lesson.toml", include_str!("../../lessons/01-one-step/lesson.toml")),
-    ("01-one-step/pages.md", include_str!("../../lessons/01-one-step/pages.md")),
-    ("02-data-parallel/lesson.toml", include_str!("../../lessons/02-data-parallel/lesson.toml")),
-    ("02-data-parallel/pages.md", include_str!("../../lessons/02-data-parallel/pages.md")),
-    ("03-allreduce/lesson.toml", include_str!("../../lessons/03-allreduce/lesson.toml")),
-    ("03-allreduce/pages.md", include_str!("../../lessons/03-allreduce/pages.md")),
-    ("04-sync-sgd/lesson.toml", include_str!("../../lessons/04-sync-sgd/lesson.toml")),
-    ("04-sync-sgd/pages.md", include_str!("../../lessons/04-sync-sgd/pages.md")),
-    ("05-stragglers/lesson.toml", include_str!("../../lessons/05-stragglers/lesson.toml")),
-    ("05-stragglers/pages.md", include_str!("../../lessons/05-stragglers/pages.md")),
-    ("06-async-ps/lesson.toml", include_str!("../../lessons/06-async-ps/lesson.toml")),
-    ("06-async-ps/pages.md", include_str!("../../lessons/06-async-ps/pages.md")),
-    ("07-sync-vs-async/lesson.toml", include_str!("../../lessons/07-sync-vs-async/lesson.toml")),
-    ("07-sync-vs-async/pages.md", include_str!("../../lessons/07-sync-vs-async/pages.md")),
-    ("08-large-batch/lesson.toml", include_str!("../../lessons/08-large-batch/lesson.toml")),
-    ("08-large-batch/pages.md", include_str!("../../lessons/08-large-batch/pages.md")),
-    ("09-communication/lesson.toml", include_str!("../../lessons/09-communication/lesson.toml")),
-    ("09-communication/pages.md", include_str!("../../lessons/09-communication/pages.md")),
-    ("10-cluster/lesson.toml", include_str!("../../lessons/10-cluster/lesson.toml")),
+    (
+        "01-one-step/lesson.toml",
+        include_str!("../../lessons/01-one-step/lesson.toml"),
+    ),
+    (
+        "01-one-step/pages.md",
+        include_str!("../../lessons/01-one-step/pages.md"),
+    ),
+    (
+        "02-data-parallel/lesson.toml",
+        include_str!("../../lessons/02-data-parallel/lesson.toml"),
+    ),
+    (
+        "02-data-parallel/pages.md",
+        include_str!("../../lessons/02-data-parallel/pages.md"),
+    ),
+    (
+        "03-allreduce/lesson.toml",
+        include_str!("../../lessons/03-allreduce/lesson.toml"),
+    ),
+    (
+        "03-allreduce/pages.md",
+        include_str!("../../lessons/03-allreduce/pages.md"),
+    ),
+    (
+        "04-sync-sgd/lesson.toml",
+        include_str!("../../lessons/04-sync-sgd/lesson.toml"),
+    ),
+    (
+        "04-sync-sgd/pages.md",
+        include_str!("../../lessons/04-sync-sgd/pages.md"),
+    ),
+    (
+        "05-stragglers/lesson.toml",
+        include_str!("../../lessons/05-stragglers/lesson.toml"),
+    ),
+    (
+        "05-stragglers/pages.md",
+        include_str!("../../lessons/05-stragglers/pages.md"),
+    ),
+    (
+        "06-async-ps/lesson.toml",
+        include_str!("../../lessons/06-async-ps/lesson.toml"),
+    ),
+    (
+        "06-async-ps/pages.md",
+        include_str!("../../lessons/06-async-ps/pages.md"),
+    ),
+    (
+        "07-sync-vs-async/lesson.toml",
+        include_str!("../../lessons/07-sync-vs-async/lesson.toml"),
+    ),
+    (
+        "07-sync-vs-async/pages.md",
+        include_str!("../../lessons/07-sync-vs-async/pages.md"),
+    ),
+    (
+        "08-large-batch/lesson.toml",
+        include_str!("../../lessons/08-large-batch/lesson.toml"),
+    ),
+    (
+        "08-large-batch/pages.md",
+        include_str!("../../lessons/08-large-batch/pages.md"),
+    ),
+    (
+        "09-communication/lesson.toml",
+        include_str!("../../lessons/09-communication/lesson.toml"),
+    ),
+    (
+        "09-communication/pages.md",
+        include_str!("../../lessons/09-communication/pages.md"),
+    ),
+    (
+        "10-cluster/lesson.toml",
+        include_str!("../../lessons/10-cluster/lesson.toml"),
+    ),
     ("10-cluster/pages.md", include_str!("../../lessons/10-cluster/pages.md")),
 ];

@@ -48,7 +48,10 @@ pub struct Embedded;
 
 impl Source for Embedded {
     fn read(&self, path: &str) -> Option<String> {
-        embedded::FILES.iter().find(|(p, _)| *p == path).map(|(_, text)| text.to_string())
+        embedded::FILES
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, text)| text.to_string())
     }
     fn name(&self, path: &str) -> String {
         format!("lessons/{path}")
@@ -316,7 +319,14 @@ fn toml_error(file: &str, text: &str, e: toml::de::Error) -> LessonError {
     LessonError {
         file: file.to_string(),
         line: e.span().map_or(1, |s| line_of(text, s.start)),
-        message: e.message().trim().to_string(),
+        // (toml's messages can run over several lines: one sentence here)
+        message: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": "),
     }
 }
 
@@ -356,16 +366,29 @@ fn experiment_from(
                     .map(|v| match v {
                         toml::Value::Integer(i) => Ok(i.to_string()),
                         toml::Value::String(s) => Ok(s.clone()),
-                        other => Err(err(format!("a list may hold numbers or text, not a {}", other.type_str()))),
+                        other => Err(err(format!(
+                            "a list may hold numbers or text, not a {}",
+                            other.type_str()
+                        ))),
                     })
                     .collect::<Result<_, _>>()?;
                 vec![flag, parts.join(",")]
             }
-            other => return Err(err(format!("a {} is not a flag value: use text, a number, true or a list", other.type_str()))),
+            other => {
+                return Err(err(format!(
+                    "a {} is not a flag value: use text, a number, true or a list",
+                    other.type_str()
+                )))
+            }
         };
         let flags = Flags::try_parse_from(&args).map_err(|e| {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string();
             err(if first.contains("unexpected argument") {
                 format!("there is no such experiment flag (`ddlab run --help` lists them): {first}")
             } else {
@@ -449,13 +472,21 @@ pub fn parse_lesson(
         }
         for c in &p.check {
             if !METRICS.contains(&c.metric.as_str()) {
-                return Err(at(format!("check metric `{}` is not one of {}", c.metric, METRICS.join(", "))));
+                return Err(at(format!(
+                    "check metric `{}` is not one of {}",
+                    c.metric,
+                    METRICS.join(", ")
+                )));
             }
         }
         let mut claims = Vec::new();
         for c in p.claim {
             if !METRICS.contains(&c.metric.as_str()) {
-                return Err(at(format!("claim metric `{}` is not one of {}", c.metric, METRICS.join(", "))));
+                return Err(at(format!(
+                    "claim metric `{}` is not one of {}",
+                    c.metric,
+                    METRICS.join(", ")
+                )));
             }
             let with = experiment_from(toml_name, toml_text, &c.with, &current)?;
             let against = match (c.value, c.than) {
@@ -526,7 +557,10 @@ pub fn load(source: &dyn Source) -> Result<Vec<Lesson>, LessonError> {
     if manifest.format_version != FORMAT_VERSION {
         return Err(LessonError {
             file: manifest_name,
-            line: text.lines().position(|l| l.contains("format_version")).map_or(1, |i| i + 1),
+            line: text
+                .lines()
+                .position(|l| l.contains("format_version"))
+                .map_or(1, |i| i + 1),
             message: format!(
                 "format_version {} is not one this ddlab reads ({FORMAT_VERSION}): update ddlab or the lessons",
                 manifest.format_version

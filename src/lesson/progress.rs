@@ -67,7 +67,12 @@ impl ProgressStore {
         };
         match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => store.warning = Some(format!("could not read {}: {e}; progress starts afresh", path.display())),
+            Err(e) => {
+                store.warning = Some(format!(
+                    "could not read {}: {e}; progress starts afresh",
+                    path.display()
+                ))
+            }
             Ok(bytes) => match serde_json::from_slice::<Progress>(&bytes) {
                 Ok(p) => store.progress = p,
                 Err(e) => {
@@ -85,7 +90,10 @@ impl ProgressStore {
                             aside.display()
                         )
                     } else {
-                        format!("the progress file {} was unreadable ({e}); progress starts afresh", path.display())
+                        format!(
+                            "the progress file {} was unreadable ({e}); progress starts afresh",
+                            path.display()
+                        )
                     });
                 }
             },
@@ -102,7 +110,10 @@ impl ProgressStore {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let result = write_atomically(path, &serde_json::to_vec_pretty(&self.progress).map_err(|e| e.to_string())?);
+        let result = write_atomically(
+            path,
+            &serde_json::to_vec_pretty(&self.progress).map_err(|e| e.to_string())?,
+        );
         if let Err(e) = &result {
             self.warning = Some(format!("could not save lesson progress to {}: {e}", path.display()));
         }
@@ -113,7 +124,10 @@ impl ProgressStore {
 /// Writes `bytes` to `path` so that `path` holds either the old or the new content,
 /// whole, whatever happens.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -147,7 +161,10 @@ mod tests {
         store.save().unwrap();
         let again = ProgressStore::open(&path);
         assert_eq!(again.progress, store.progress);
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("progress.json")]);
     }
 
@@ -158,7 +175,10 @@ mod tests {
         std::fs::write(&path, b"{\"lessons\": {\"01\": tru").unwrap();
         let mut store = ProgressStore::open(&path);
         let warning = store.warning.clone().expect("a warning");
-        assert!(warning.contains("unreadable") && warning.contains("corrupt"), "{warning}");
+        assert!(
+            warning.contains("unreadable") && warning.contains("corrupt"),
+            "{warning}"
+        );
         assert_eq!(store.progress, Progress::default());
         // the corrupt bytes are kept beside it
         let kept: Vec<_> = std::fs::read_dir(dir.path())

@@ -154,19 +154,42 @@ fn panel_name(p: Panel) -> &'static str {
     }
 }
 
-/// Markdown, lightly: headings bold, indented code in the key colour, the rest as text.
+/// Markdown, lightly: paragraphs reflowed (the pane wraps them), headings bold, list
+/// items on lines of their own, indented code in the key colour, emphasis marks dropped.
 fn markdown<'a>(text: &'a str, theme: &Theme) -> Vec<Line<'a>> {
-    text.lines()
-        .map(|l| {
-            if let Some(h) = l.strip_prefix("# ").or_else(|| l.strip_prefix("## ")) {
-                Line::styled(h, theme.title())
-            } else if l.starts_with("    ") {
-                Line::styled(l, theme.key())
-            } else {
-                Line::raw(l.replace("**", ""))
+    let mut out: Vec<Line> = Vec::new();
+    let mut para = String::new();
+    let flush = |para: &mut String, out: &mut Vec<Line<'a>>| {
+        if !para.is_empty() {
+            out.push(Line::raw(std::mem::take(para).replace('*', "")));
+        }
+    };
+    for l in text.lines() {
+        let trimmed = l.trim_start();
+        let list_item = trimmed.starts_with("- ")
+            || trimmed
+                .split_once(". ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if let Some(h) = l.strip_prefix("# ").or_else(|| l.strip_prefix("## ")) {
+            flush(&mut para, &mut out);
+            out.push(Line::styled(h, theme.title()));
+        } else if l.starts_with("    ") && para.is_empty() {
+            out.push(Line::styled(l, theme.key()));
+        } else if l.trim().is_empty() {
+            flush(&mut para, &mut out);
+            out.push(Line::raw(""));
+        } else if list_item {
+            flush(&mut para, &mut out);
+            para.push_str(trimmed);
+        } else {
+            if !para.is_empty() {
+                para.push(' ');
             }
-        })
-        .collect()
+            para.push_str(trimmed);
+        }
+    }
+    flush(&mut para, &mut out);
+    out
 }
 
 pub fn render(v: &LessonView, theme: &Theme, area: Rect, buf: &mut Buffer) {
@@ -187,7 +210,10 @@ pub fn render(v: &LessonView, theme: &Theme, area: Rect, buf: &mut Buffer) {
         } else {
             ("☐ try this: ", theme.warn())
         };
-        lines.push(Line::from(vec![Span::styled(mark, style), Span::raw(t.prompt.as_str())]));
+        lines.push(Line::from(vec![
+            Span::styled(mark, style),
+            Span::raw(t.prompt.as_str()),
+        ]));
     }
     for (i, c) in page.checks.iter().enumerate() {
         let (mark, style, now) = match v.checks[i] {

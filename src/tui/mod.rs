@@ -215,14 +215,16 @@ impl App {
             (Screen::Home, Action::Down) => {
                 self.home_selected = (self.home_selected + 1).min(self.home_items().len() - 1)
             }
-            (Screen::Home, Action::Enter) => match self.home_items()[self.home_selected.min(self.home_items().len() - 1)] {
-                HomeItem::FreeLab => {
-                    self.lesson = None;
-                    self.start_lab(self.base.clone(), false);
+            (Screen::Home, Action::Enter) => {
+                match self.home_items()[self.home_selected.min(self.home_items().len() - 1)] {
+                    HomeItem::FreeLab => {
+                        self.lesson = None;
+                        self.start_lab(self.base.clone(), false);
+                    }
+                    HomeItem::Lesson(i) => self.open_lesson(i),
+                    HomeItem::Quit => self.quit = true,
                 }
-                HomeItem::Lesson(i) => self.open_lesson(i),
-                HomeItem::Quit => self.quit = true,
-            },
+            }
             (Screen::Lab, Action::Back) => {
                 self.lab = None; // stops the run
                 self.lesson = None;
@@ -296,7 +298,11 @@ pub fn run(start: Start) -> Result<(), CliError> {
     let (exp, screen, lesson) = match start {
         Start::Home(e) => (e, Screen::Home, None),
         Start::Lab(e) => (e, Screen::Lab, None),
-        Start::Lesson { lessons, number, dir: _ } => (Experiment::default(), Screen::Home, Some((lessons, number))),
+        Start::Lesson {
+            lessons,
+            number,
+            dir: _,
+        } => (Experiment::default(), Screen::Home, Some((lessons, number))),
     };
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let data = Arc::new(Dataset::load(exp.dataset).map_err(|e| CliError::usage(e.to_string()))?);

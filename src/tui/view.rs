@@ -145,7 +145,11 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                         Some(p) => format!("{}/{}", p.page + 1, lesson.pages.len()),
                         None => String::new(),
                     };
-                    (format!("{:>2}. {}", lesson.number, lesson.title), mark, lesson.summary.clone())
+                    (
+                        format!("{:>2}. {}", lesson.number, lesson.title),
+                        mark,
+                        lesson.summary.clone(),
+                    )
                 }
                 HomeItem::Quit => ("Quit".to_string(), String::new(), "leave ddlab".to_string()),
             };
