@@ -10,6 +10,7 @@ use super::app::{Lab, LINKS};
 use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
 use super::theme::Theme;
 use super::{App, HomeItem, Screen, FREE_LAB};
+use crate::lesson::Panel;
 use crate::nn::LrScaling;
 
 /// Smaller than this, the lab shows a message instead of squeezed panels.
@@ -41,9 +42,16 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
             let [text, rest] =
                 Layout::horizontal([Constraint::Percentage(share), Constraint::Percentage(100 - share)]).areas(area);
             super::lesson::render(lesson, theme, text, buf);
-            lab_screen(lab, theme, rest, buf);
+            let panels = lab_screen(lab, theme, rest, buf);
+            for (panel, rect) in panels {
+                if lesson.current().point_at.contains(&panel) {
+                    highlight(rect, theme, buf);
+                }
+            }
         }
-        (Screen::Lab, Some(lab), None) => lab_screen(lab, theme, area, buf),
+        (Screen::Lab, Some(lab), None) => {
+            lab_screen(lab, theme, area, buf);
+        }
         _ => home(app, theme, area, buf),
     }
     if app.help {
@@ -227,7 +235,36 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     Paragraph::new(line).wrap(Wrap { trim: true }).render(area, buf);
 }
 
-fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+/// Draws a panel's border heavy (and in the warning colour): where a lesson points.
+fn highlight(r: Rect, theme: &Theme, buf: &mut Buffer) {
+    if r.width < 2 || r.height < 2 {
+        return;
+    }
+    let heavy = |s: &str| match s {
+        "─" => Some("━"),
+        "│" => Some("┃"),
+        "┌" => Some("┏"),
+        "┐" => Some("┓"),
+        "└" => Some("┗"),
+        "┘" => Some("┛"),
+        _ => None,
+    };
+    let (x1, y1) = (r.x + r.width - 1, r.y + r.height - 1);
+    let perimeter = (r.x..=x1)
+        .flat_map(|x| [(x, r.y), (x, y1)])
+        .chain((r.y..=y1).flat_map(|y| [(r.x, y), (x1, y)]));
+    for (x, y) in perimeter {
+        if let Some(cell) = buf.cell_mut((x, y)) {
+            if let Some(h) = heavy(cell.symbol()) {
+                cell.set_symbol(h);
+                cell.set_style(theme.warn());
+            }
+        }
+    }
+}
+
+/// Draws the lab; returns where each panel went (for a lesson to point at them).
+fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Panel, Rect)> {
     let header_h = if area.width >= 150 { 1 } else { 2 };
     // Tall enough for one digit image (half-blocks: two pixel rows a line) and its label.
     let digit_rows = lab
@@ -264,4 +301,13 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     super::explain::render(lab, theme, explain, buf);
     super::digits::render(lab, theme, digits, buf);
     Paragraph::new(footer(LAB_KEYS, theme, foot.width)).render(foot, buf);
+    vec![
+        (Panel::Header, head),
+        (Panel::Timeline, timeline),
+        (Panel::Collective, collective),
+        (Panel::Curves, curves),
+        (Panel::Numbers, numbers),
+        (Panel::Explain, explain),
+        (Panel::Digits, digits),
+    ]
 }
