@@ -176,3 +176,128 @@ fn modes_the_mpi_backend_lacks_are_refused_in_one_line_by_rank_0() {
     let (_, stderr) = text(&out);
     assert!(stderr.contains("mpirun started 2 ranks"), "{stderr}");
 }
+
+/// Pids of processes whose command line contains `tag` (and, if given, whose
+/// environment says they are MPI rank `rank`).
+fn pids_with(tag: &str, rank: Option<usize>) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(tag) {
+            continue;
+        }
+        if let Some(r) = rank {
+            let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let want = format!("OMPI_COMM_WORLD_RANK={r}\0");
+            if !env.windows(want.len()).any(|w| w == want.as_bytes()) {
+                continue;
+            }
+        }
+        out.push(pid);
+    }
+    out
+}
+
+/// Starts a long MPI run tagged by its seed; returns the child and waits until rank
+/// `rank` exists.
+fn long_run(n: usize, seed: &str, json: &std::path::Path) -> std::process::Child {
+    let child = Command::new("mpirun")
+        .args(["-n", &n.to_string()])
+        .arg(assert_cmd::cargo::cargo_bin("ddlab"))
+        .args([
+            "run",
+            "--backend",
+            "mpi",
+            "--steps",
+            "100000000",
+            "--seed",
+            seed,
+            "--json",
+        ])
+        .arg(json)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the ranks train (the export grows)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(json).map_or(0, |m| m.len()) < 10_000 {
+        assert!(std::time::Instant::now() < deadline, "the MPI run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+/// Waits for `child`, killing it after `limit`; returns its output and how long it took.
+fn wait_within(mut child: std::process::Child, limit: std::time::Duration) -> (Output, std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return (child.wait_with_output().unwrap(), t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            return (child.wait_with_output().unwrap(), t0.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_rank_is_named_within_5_s_and_no_process_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = format!("7{}", std::process::id());
+    let child = long_run(3, &seed, &dir.path().join("m.jsonl"));
+    let victims = pids_with(&seed, Some(1));
+    assert_eq!(victims.len(), 1, "rank 1's process");
+    // (the shell's kill: no procps needed)
+    assert!(Command::new("sh")
+        .args(["-c", &format!("kill -9 {}", victims[0])])
+        .status()
+        .unwrap()
+        .success());
+    let (out, took) = wait_within(child, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the job took {took:?} to notice"
+    );
+    assert!(!out.status.success());
+    assert!(stderr.contains("rank 1") && stderr.contains("node"), "{stderr}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(pids_with(&seed, None), Vec::<u32>::new(), "stray processes");
+}
+
+#[test]
+fn a_terminated_job_names_its_step_and_keeps_its_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("m.jsonl");
+    let seed = format!("8{}", std::process::id());
+    let child = long_run(2, &seed, &json);
+    assert!(Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap()
+        .success());
+    let (out, _) = wait_within(child, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is being stopped at step"), "{stderr}");
+    let last = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let summary: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(summary["kind"], "summary", "{last}");
+    assert!(summary["steps"].as_u64().unwrap() > 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(pids_with(&seed, None), Vec::<u32>::new(), "stray processes");
+}

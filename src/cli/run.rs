@@ -23,7 +23,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
     let session = Session::start(exp, SessionOptions::default()).map_err(session_error)?;
-    drive(args, session, exports)
+    drive(args, session, exports, false)
 }
 
 fn session_error(e: SessionError) -> CliError {
@@ -97,7 +97,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
             .inspect_err(|_| abort_world(2))?;
         let session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
-        let result = drive(args, session, exports);
+        let result = drive(args, session, exports, true);
         drop(world);
         result
     } else {
@@ -118,7 +118,10 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
 }
 
 /// Shows a run's progress, then its summary, and writes its exports.
-fn drive(args: &RunArgs, mut session: Session, mut exports: Exports) -> Result<(), CliError> {
+/// `spmd`: this is rank 0 of an MPI job, whose collectives cannot be interrupted: a
+/// termination signal (mpirun ending the job because a rank died, or Ctrl-C) then ends
+/// this process at once, after it has said at which step and written the exports.
+fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool) -> Result<(), CliError> {
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10))
     } else {
@@ -129,7 +132,8 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports) -> Result<(
             .expect("a valid template"),
     );
 
-    // Ctrl-C stops the run at the next phase and still writes the summary and exports.
+    // Ctrl-C (or SIGTERM, SIGHUP) stops the run at the next phase and still writes the
+    // summary and exports.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
@@ -137,6 +141,20 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports) -> Result<(
     let mut export_err = None;
     let mut stopping = false;
     loop {
+        if spmd && interrupted.load(Ordering::SeqCst) {
+            bar.finish_and_clear();
+            let _ = session.poll(|event| {
+                let _ = exports.on_event(event);
+            });
+            let state = session.state();
+            let step = state.last_step().map_or(0, |s| s.step);
+            let _ = exports.sync(state);
+            let _ = exports.finish(state, &session.summary());
+            eprintln!(
+                "ddlab: the MPI job is being stopped at step {step} (a signal from mpirun or the user); the summary and exports cover the steps done"
+            );
+            std::process::exit(143);
+        }
         if interrupted.load(Ordering::SeqCst) && !stopping {
             stopping = true;
             let _ = session.control(crate::train::Control::Stop);
