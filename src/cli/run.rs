@@ -101,6 +101,10 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         drop(world);
         result
     } else {
+        // A termination signal is rank 0's to act on (it names the step and writes the
+        // exports, then leaves, which ends the job); were the others to die of it first,
+        // rank 0's transport would fail under it before it could.
+        let _ = ctrlc::set_handler(|| {});
         let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
         let outcome = session.run_to_end(|_| {});
         drop(session);
