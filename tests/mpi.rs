@@ -167,14 +167,58 @@ fn sync_over_mpi_equals_threads_for_every_algorithm_on_2_3_and_4_ranks() {
 }
 
 #[test]
-fn modes_the_mpi_backend_lacks_are_refused_in_one_line_by_rank_0() {
-    let out = mpirun(2, &["run", "--backend", "mpi", "--mode", "async", "--steps", "5"]);
+fn parameter_server_modes_run_with_rank_0_as_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, n) in [("async", 4), ("ssp:1", 3), ("backup:1", 4)] {
+        let json = dir.path().join(format!("{mode}.jsonl"));
+        let out = mpirun(
+            n,
+            &[
+                "run",
+                "--backend",
+                "mpi",
+                "--mode",
+                mode,
+                "--lr",
+                "0.05",
+                "--momentum",
+                "0",
+                "--epochs",
+                "10",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{mode}: {stdout}\n{stderr}");
+        assert!(stdout.contains("parameter server on rank 0"), "{stdout}");
+        assert_eq!(stdout.matches("ddlab run:").count(), 1, "{stdout}");
+        let s = summary(&json);
+        assert_eq!(s["workers"], n - 1, "{mode}: one rank is the server");
+        assert!(s["test_accuracy"].as_f64().unwrap() > 0.8, "{mode}: {s}");
+        let per_worker = s["worker_steps_per_sec"].as_array().unwrap();
+        assert_eq!(per_worker.len(), n - 1, "{mode}: every worker reported");
+        match mode {
+            // staleness ≈ N − 1 when workers take turns
+            "async" => assert!(s["staleness_mean"].as_f64().unwrap() >= 1.0, "{s}"),
+            "backup:1" => assert_eq!(s["staleness_max"], 0, "{s}"),
+            _ => assert!(s["staleness_mean"].as_f64().is_some(), "{s}"),
+        }
+    }
+}
+
+#[test]
+fn what_the_mpi_backend_lacks_is_refused_in_one_line_by_rank_0() {
+    let out = mpirun(2, &["run", "--backend", "mpi", "--overlap", "--steps", "5"]);
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
-    assert_eq!(stderr.matches("ddlab: --mode async").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("ddlab: --overlap").count(), 1, "{stderr}");
     let out = mpirun(2, &["run", "--backend", "mpi", "--workers", "3", "--steps", "5"]);
     let (_, stderr) = text(&out);
     assert!(stderr.contains("mpirun started 2 ranks"), "{stderr}");
+    let out = mpirun(1, &["run", "--backend", "mpi", "--mode", "async", "--steps", "5"]);
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("at least one worker"), "{stderr}");
 }
 
 /// Pids of processes whose command line contains `tag` (and, if given, whose

@@ -46,7 +46,6 @@ fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliEr
 fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), CliError> {
     use crate::comm::mpi::{abort_world, MpiWorld};
     use crate::comm::{Clock, Comm, Transport};
-    use crate::config::Mode;
 
     let world = MpiWorld::init().map_err(CliError::failure)?;
     // A panicking rank takes the job down at once: nobody waits forever in a collective.
@@ -68,21 +67,25 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
             message: String::new(),
         })
     };
-    if let Some(n) = args.experiment.workers.filter(|&n| n != size) {
+    // Sync: every rank is a worker. The parameter-server modes: rank 0 is the server.
+    let workers = if exp.mode.uses_server() { size - 1 } else { size };
+    if let Some(n) = args.experiment.workers.filter(|&n| n != workers) {
         return refuse(format!(
-            "--workers {n} but mpirun started {size} ranks: with --backend mpi every rank is one worker; drop --workers or use mpirun -n {n}"
+            "--workers {n} but mpirun started {size} ranks, which make {workers} workers in {} mode (every rank is a worker{}); drop --workers or change mpirun -n",
+            exp.mode,
+            if exp.mode.uses_server() { ", but rank 0 is the parameter server" } else { "" }
         ));
     }
-    exp.workers = size;
-    if exp.mode != Mode::Sync {
+    if workers == 0 {
         return refuse(format!(
-            "--mode {}: the MPI backend trains sync only so far; use --mode sync, or --backend threads for the parameter-server modes",
+            "--mode {} needs a parameter server and at least one worker: use mpirun -n 2 or more",
             exp.mode
         ));
     }
-    if exp.overlap || exp.link.is_some() || exp.nodes > 1 || !exp.stragglers.is_empty() {
+    exp.workers = workers;
+    if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
         return refuse(
-            "--overlap, --link, --nodes and --straggler are for the threads backend; over MPI the network is real: drop them or use --backend threads".into(),
+            "--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real: drop them or use --backend threads".into(),
         );
     }
     if let Err(e) = exp.validate() {
@@ -223,11 +226,15 @@ pub fn table(s: &Summary) -> String {
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2} %", v * 100.0));
     let _ = writeln!(
         out,
-        "ddlab run: {} · {} workers{} · {} all-reduce · {} · hidden {:?} · batch {}/worker",
+        "ddlab run: {} · {} workers{} · {} · {} · hidden {:?} · batch {}/worker",
         s.mode,
         s.workers,
         if s.backend == "mpi" { " (MPI ranks)" } else { "" },
-        s.allreduce,
+        match (s.mode.as_str(), s.backend.as_str()) {
+            ("sync", _) => format!("{} all-reduce", s.allreduce),
+            (_, "mpi") => "parameter server on rank 0".to_string(),
+            _ => "parameter server".to_string(),
+        },
         s.dataset,
         s.hidden,
         s.batch

@@ -210,6 +210,11 @@ pub trait Transport: Send {
         recv.copy_from_slice(send);
         self.library_all_reduce(recv)
     }
+    /// Receives the next message from whichever rank sends first; returns its rank (a
+    /// parameter server's loop). Only where each worker is a process (MPI).
+    fn recv_any(&mut self, _into: &mut [f32]) -> Result<usize> {
+        Err(CommError::Unsupported("receiving from any rank needs the MPI backend"))
+    }
     /// Where each worker is a process of its own (MPI): rank 0 gets every rank's `mine`
     /// concatenated in rank order (the others an empty vector). `None` where every
     /// worker reports for itself (threads).

@@ -259,6 +259,13 @@ impl Transport for MpiTransport {
         Ok(())
     }
 
+    fn recv_any(&mut self, into: &mut [f32]) -> Result<usize> {
+        let t0 = self.clock.ns();
+        let status = self.world.any_process().receive_into(into);
+        self.waited_ns += self.clock.ns() - t0;
+        Ok(status.source_rank() as usize)
+    }
+
     fn gather_f64(&mut self, mine: &[f64]) -> Option<Result<Vec<f64>>> {
         let root = self.world.process_at_rank(0);
         if self.rank == 0 {

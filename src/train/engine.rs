@@ -422,8 +422,13 @@ pub fn spawn_rank<T: crate::comm::Transport + 'static>(
     let join = std::thread::Builder::new()
         .name("ddlab-rank".into())
         .spawn(move || {
-            let mut segments =
-                |ctx: &RunCtx, seg: Segment, state: &mut SegState| super::sync::run_rank(ctx, seg, state, &mut comm);
+            let mut segments = |ctx: &RunCtx, seg: Segment, state: &mut SegState| {
+                if seg.mode.uses_server() {
+                    super::ps::run_rank(ctx, seg, state, &mut comm)
+                } else {
+                    super::sync::run_rank(ctx, seg, state, &mut comm)
+                }
+            };
             run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
         })
         .expect("the OS can start a thread");

@@ -291,6 +291,285 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     Ok(())
 }
 
+/// Header of a worker's message to the server (then the gradient).
+const HEADER: usize = 20;
+/// Header of the server's reply (then the parameters).
+const REPLY: usize = 4;
+const HELLO: f32 = 0.0;
+const PUSH: f32 = 1.0;
+const DIVERGED: f32 = 2.0;
+
+/// A parameter-server segment where every worker is a process (MPI): rank 0 is the
+/// server, ranks 1..N the workers (worker w = rank w+1). A worker sends its gradient
+/// with its step's figures; the server applies it (or counts it, or drops it) and
+/// replies with the parameters to go on from — at once (async), once the slowest worker
+/// is no more than K iterations behind (ssp:K), or once the step closes (backup:B).
+pub(super) fn run_rank<T: crate::comm::Transport>(
+    ctx: &RunCtx,
+    seg: Segment,
+    state: &mut SegState,
+    comm: &mut crate::comm::Comm<T>,
+) -> SegEnd {
+    let t = comm.transport_mut();
+    if t.size() != seg.workers + 1 {
+        return SegEnd::Failed(format!(
+            "a parameter server over MPI needs one rank more than workers: {} ranks for {} workers",
+            t.size(),
+            seg.workers
+        ));
+    }
+    let result = if t.rank() == 0 {
+        serve(ctx, seg, state, t)
+    } else {
+        let rank = t.rank();
+        work(ctx, seg, t, rank - 1)
+    };
+    match result {
+        Ok(end) => end,
+        Err(_) => SegEnd::Aborted,
+    }
+}
+
+/// A worker waiting for the server's reply.
+struct Waiting {
+    worker: usize,
+    /// The iteration it will run next.
+    next: u64,
+    /// Backup mode: the step its gradient counts towards.
+    counted_in: Option<u64>,
+    /// Its last step's report, sent once it is released (with the time it was held).
+    report: Option<WorkerStep>,
+    since_ns: u64,
+}
+
+fn serve<T: crate::comm::Transport + ?Sized>(
+    ctx: &RunCtx,
+    seg: Segment,
+    state: &mut SegState,
+    t: &mut T,
+) -> crate::comm::Result<SegEnd> {
+    let p = ctx.mlp.num_params();
+    let w_count = seg.workers;
+    let batch = ctx.exp.batch as u64;
+    let schedule = ctx.schedule(&seg);
+    let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
+    sgd.set_velocity(&state.velocity);
+    let mut st = ServerState {
+        params: state.params.clone(),
+        sgd,
+        version: state.updates,
+        samples_done: state.samples,
+        sum: vec![0.0; p],
+        count: 0,
+        finished: vec![0; w_count],
+        active: w_count,
+        closed: false,
+    };
+    let mut claimed = state.samples;
+    let mut msg = vec![0.0f32; HEADER + p];
+    let mut reply = vec![0.0f32; REPLY + p];
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut end = SegEnd::Completed;
+    let grad_bytes = (p * ctx.exp.grad_dtype.bytes()) as u64;
+    while st.active > 0 {
+        let from = t.recv_any(&mut msg)?;
+        let w = from - 1;
+        let now = ctx.clock.ns();
+        let kind = msg[0];
+        let pulled = msg[1] as u64;
+        let iteration = msg[2] as u64;
+        if kind == DIVERGED {
+            if end == SegEnd::Completed {
+                end = SegEnd::Diverged {
+                    step: pulled,
+                    worker: w,
+                };
+            }
+            st.closed = true;
+        }
+        let mut report = None;
+        let mut counted_in = None;
+        if kind == PUSH {
+            let lr = schedule.at(st.version);
+            let before = st.version;
+            let pushed = st.push(seg.mode, w_count, pulled, &msg[HEADER..], lr);
+            st.samples_done += batch;
+            st.finished[w] += 1;
+            if st.version > before && ctx.should_evaluate(st.version) {
+                ctx.evaluate(st.version, st.samples_done, &st.params, now);
+            }
+            counted_in = (!pushed.dropped).then_some(pulled);
+            let mut phase_ns = [0u64; Phase::COUNT];
+            phase_ns
+                .iter_mut()
+                .zip(&msg[9..9 + Phase::COUNT])
+                .for_each(|(p, &v)| *p = v as u64);
+            report = Some(WorkerStep {
+                worker: w,
+                step: pushed.step,
+                iteration,
+                epoch: st.samples_done / ctx.data.train_len() as u64,
+                loss: f64::from(msg[3]),
+                correct: msg[4] as usize,
+                samples: msg[5] as usize,
+                grad_norm: f64::from(msg[6]),
+                grad_norm_reduced: pushed.reduced_norm.unwrap_or(f64::from(msg[6])),
+                lr,
+                phase_ns,
+                bytes_sent: grad_bytes,
+                idle_ns: 0,
+                staleness: pushed.staleness,
+                dropped: pushed.dropped,
+                lead: msg[16] as u64,
+                allreduce_start_ns: 0,
+                end_ns: now,
+            });
+        }
+        let next = if kind == PUSH { iteration + 1 } else { 0 };
+        waiting.push(Waiting {
+            worker: w,
+            next,
+            counted_in,
+            report,
+            since_ns: now,
+        });
+        // Release whoever may go on (a leaving worker can close a backup step, which
+        // may release others: repeat until nothing changes).
+        loop {
+            let mut changed = false;
+            let mut i = 0;
+            while i < waiting.len() {
+                let wt = &waiting[i];
+                let slowest = st.finished.iter().min().copied().unwrap_or(0);
+                let stop = st.closed || ctx.live.switch_requested() || claimed + batch > ctx.total_samples;
+                let may_go = match seg.mode {
+                    Mode::Ssp(k) => slowest.saturating_add(u64::from(k)) >= wt.next,
+                    Mode::Backup(_) => wt.counted_in.is_none_or(|round| st.version > round),
+                    _ => true,
+                };
+                if !stop && !may_go {
+                    i += 1;
+                    continue;
+                }
+                let wt = waiting.swap_remove(i);
+                let held_ns = ctx.clock.ns() - wt.since_ns;
+                if let Some(mut r) = wt.report {
+                    if seg.mode != Mode::Async {
+                        r.idle_ns = held_ns;
+                        r.phase_ns[Phase::Wait.index()] = held_ns;
+                    }
+                    ctx.sink.send(Event::WorkerStep(r));
+                }
+                reply[0] = if stop { 0.0 } else { 1.0 };
+                reply[1] = st.version as f32;
+                reply[2] = wt.next.saturating_sub(slowest.min(wt.next)) as f32;
+                if stop {
+                    let lr = schedule.at(st.version);
+                    st.leave(wt.worker, seg.mode, w_count, lr);
+                } else {
+                    claimed += batch;
+                    reply[REPLY..].copy_from_slice(&st.params);
+                }
+                t.send(wt.worker + 1, &reply, crate::comm::Tag::default())?;
+                changed = true;
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+    state.params.copy_from_slice(&st.params);
+    state.velocity.copy_from_slice(st.sgd.velocity());
+    state.updates = st.version;
+    state.samples = st.samples_done;
+    if end == SegEnd::Completed && ctx.live.switch_requested() {
+        end = SegEnd::Switch;
+    }
+    Ok(end)
+}
+
+fn work<T: crate::comm::Transport + ?Sized>(
+    ctx: &RunCtx,
+    seg: Segment,
+    t: &mut T,
+    w: usize,
+) -> crate::comm::Result<SegEnd> {
+    let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
+    let p = mlp.num_params();
+    let sharder = ctx.sharder(seg.index, seg.workers);
+    let steps_per_epoch = sharder.steps_per_epoch();
+    let mut msg = vec![0.0f32; HEADER + p];
+    let mut reply = vec![0.0f32; REPLY + p];
+    let mut ws = Workspace::new(mlp, exp.batch);
+    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
+    let mut labels = vec![0u8; exp.batch];
+    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
+    msg[0] = HELLO;
+    for i in 0.. {
+        // push the last gradient (or hello) and pull the parameters to go on from
+        let t0 = ctx.clock.ns();
+        t.send(0, &msg, crate::comm::Tag::default())?;
+        let t1 = ctx.clock.ns();
+        t.recv(0, &mut reply, crate::comm::Op::Copy)?;
+        let mut phase_ns = [0u64; Phase::COUNT];
+        phase_ns[Phase::Push.index()] = t1 - t0;
+        phase_ns[Phase::Pull.index()] = ctx.clock.ns() - t1;
+        if reply[0] == 0.0 {
+            return Ok(SegEnd::Completed);
+        }
+        let pulled = reply[1] as u64;
+        let params = &reply[REPLY..];
+        let shard_epoch = i / steps_per_epoch;
+        if perm.0 != shard_epoch {
+            perm = (shard_epoch, sharder.permutation(shard_epoch));
+        }
+        for (row, &s) in sharder.batch(&perm.1, i % steps_per_epoch, w).iter().enumerate() {
+            x.row_mut(row).assign(&data.train_x.row(s as usize));
+            labels[row] = data.train_y[s as usize];
+        }
+        let xv = x.view();
+        let score = ctx.phase(w, pulled, Phase::Forward, &mut phase_ns, || {
+            mlp.forward(params, &xv, &mut ws);
+            mlp.loss(&labels, &mut ws)
+        });
+        let Ok(score) = score else { return Ok(SegEnd::Stopped) };
+        msg[1] = pulled as f32;
+        msg[2] = i as f32;
+        if diverged(score.mean_loss(), data.classes) {
+            msg[0] = DIVERGED;
+            t.send(0, &msg, crate::comm::Tag::default())?;
+            t.recv(0, &mut reply, crate::comm::Op::Copy)?;
+            return Ok(SegEnd::Diverged {
+                step: pulled,
+                worker: w,
+            });
+        }
+        let forward_ns = phase_ns[Phase::Forward.index()];
+        let grads = &mut msg[HEADER..];
+        let _ = ctx.phase(w, pulled, Phase::Backward, &mut phase_ns, || {
+            let t0 = std::time::Instant::now();
+            mlp.backward(params, &xv, &mut ws, grads);
+            ctx.straggle(w, forward_ns + t0.elapsed().as_nanos() as u64);
+        });
+        let wire = exp.grad_dtype;
+        if wire != crate::comm::Wire::F32 {
+            grads.iter_mut().for_each(|g| *g = wire.round(*g));
+        }
+        let grad_norm = l2_norm(grads);
+        msg[0] = PUSH;
+        msg[3] = score.mean_loss() as f32;
+        msg[4] = score.correct as f32;
+        msg[5] = score.samples as f32;
+        msg[6] = grad_norm as f32;
+        msg[9..9 + Phase::COUNT]
+            .iter_mut()
+            .zip(&phase_ns)
+            .for_each(|(m, &ns)| *m = ns as f32);
+        msg[16] = reply[2];
+    }
+    Ok(SegEnd::Completed)
+}
+
 /// What a push did, for the worker's report.
 #[derive(Debug, Clone, PartialEq)]
 struct Pushed {
