@@ -11,7 +11,8 @@ fn main() {
         Some(Command::Check(args)) => cli::check::check(&args),
         Some(Command::Lessons(args)) => cli::lessons::list(&args),
         Some(Command::Lesson(args)) => cli::lessons::lesson(&args),
-        Some(Command::Lab(args)) => tui::run(tui::Start::Lab(args.experiment())),
+        Some(Command::Worker(args)) => cli::worker::worker(&args),
+        Some(Command::Lab(args)) => tui::run(tui::Start::Lab(args.setup())),
         None => tui::run(tui::Start::Home(ddlab::config::Experiment::default())),
     });
     if let Err(e) = result {

@@ -14,6 +14,7 @@ pub mod compare;
 pub mod export;
 pub mod lessons;
 pub mod run;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -67,7 +68,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Open the lab straight into free play with this experiment.
-    Lab(Box<ExperimentArgs>),
+    Lab(Box<LabArgs>),
     /// Train headless: a progress bar, a summary table, and optional exports.
     Run(Box<RunArgs>),
     /// The same experiment under several modes, one table: accuracy, time to target,
@@ -82,6 +83,43 @@ pub enum Command {
     Lessons(LessonsArgs),
     /// Open lesson N in the lab, or verify lessons headless with --check [N|all].
     Lesson(LessonArgs),
+    /// Internal: one MPI rank of a job the lab started (see `ddlab lab --backend mpi`).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(flatten)]
+    pub experiment: ExperimentArgs,
+    /// With --backend mpi: the MPI launcher to run.
+    #[arg(long, value_name = "PATH", default_value = "mpirun")]
+    pub mpirun: String,
+    /// With --backend mpi: extra arguments for the launcher, e.g. "--hostfile h".
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub mpirun_args: Option<String>,
+    /// With --backend mpi: the address the lab listens on and the ranks connect to
+    /// (default: loopback, a free port; give this node's address for several nodes).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub controller_addr: Option<String>,
+}
+
+impl LabArgs {
+    /// Records how to launch MPI jobs, and returns the experiment.
+    pub fn setup(&self) -> Experiment {
+        crate::session::remote::set_launch(crate::session::remote::MpiLaunch {
+            mpirun: self.mpirun.clone(),
+            mpirun_args: self
+                .mpirun_args
+                .as_deref()
+                .map(|a| a.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+            bind: self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
+            advertise: None,
+            exe: None,
+        });
+        self.experiment.experiment()
+    }
 }
 
 #[derive(Debug, Args)]

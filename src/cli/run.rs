@@ -99,7 +99,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
     if rank == 0 {
         let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
             .inspect_err(|_| abort_world(2))?;
-        let session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
+        let session = Session::start_rank(exp, data, SessionOptions::default(), comm, None).map_err(session_error)?;
         let result = drive(args, session, exports, true);
         drop(world);
         result
@@ -108,7 +108,8 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         // exports, then leaves, which ends the job); were the others to die of it first,
         // rank 0's transport would fail under it before it could.
         let _ = ctrlc::set_handler(|| {});
-        let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm).map_err(session_error)?;
+        let mut session =
+            Session::start_rank(exp, data, SessionOptions::default(), comm, None).map_err(session_error)?;
         let outcome = session.run_to_end(|_| {});
         drop(session);
         drop(world);

@@ -1,6 +1,7 @@
 //! The session: the one door for front ends. Start an experiment from its config, read
 //! its events, send controls, read its state (a pure reducer over the events).
 
+pub mod remote;
 mod state;
 mod summary;
 
@@ -48,6 +49,14 @@ impl Default for SessionOptions {
     }
 }
 
+/// Where a relaunched run goes on from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    pub params: Vec<f32>,
+    pub updates: u64,
+    pub samples: u64,
+}
+
 /// How long readers sleep between drains of the event stream.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
@@ -59,6 +68,22 @@ pub struct Session {
     engine: Option<EngineHandle>,
     state: RunState,
     final_params: Option<Vec<f32>>,
+    /// An MPI job the lab drives (instead of `engine`), and what it must know about it.
+    job: Option<MpiRun>,
+}
+
+/// The MPI job behind a session, and the relaunch a control asked for.
+struct MpiRun {
+    job: remote::MpiJob,
+    sink: crate::train::EventSink,
+    launch: remote::MpiLaunch,
+    /// The experiment to relaunch with once the job has stopped and said where it ended.
+    relaunch: Option<Experiment>,
+    /// Jobs started so far.
+    jobs: usize,
+    /// The ends of jobs stopped for a relaunch, not yet read: they are not the session's.
+    swallow_finished: usize,
+    notes: Vec<String>,
 }
 
 impl Session {
@@ -88,6 +113,7 @@ impl Session {
             EngineOptions {
                 detail: options.detail,
                 initial_params,
+                resume: None,
             },
         );
         Ok(Session {
@@ -98,7 +124,73 @@ impl Session {
             engine: Some(engine),
             state: RunState::with_history_limit(options.history_limit),
             final_params: None,
+            job: None,
         })
+    }
+
+    /// Drives an MPI job from here (the lab as controller): `mpirun` starts the ranks,
+    /// which connect back and stream their events. Changing the experiment stops the
+    /// job and relaunches it from the same parameters, so the curves go on.
+    pub fn start_mpi(
+        exp: Experiment,
+        data: Arc<Dataset>,
+        options: SessionOptions,
+        launch: remote::MpiLaunch,
+    ) -> Result<Session, String> {
+        exp.validate().map_err(|e| e.to_string())?;
+        exp.check_against(data.train_len()).map_err(|e| e.to_string())?;
+        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
+        let (sink, stream) = event_channel(options.visual_capacity);
+        let job = remote::MpiJob::start(&exp, &launch, sink.clone(), None)?;
+        if options.start_paused {
+            // rank 0 pauses as soon as it is there
+            let job = &job;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while job.send(Control::Pause).is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let notes = vec![format!("MPI job: {} (controller {})", job.command, job.address)];
+        Ok(Session {
+            exp,
+            data,
+            gate,
+            stream,
+            engine: None,
+            state: RunState::with_history_limit(options.history_limit),
+            final_params: None,
+            job: Some(MpiRun {
+                job,
+                sink,
+                launch,
+                relaunch: None,
+                jobs: 1,
+                swallow_finished: 0,
+                notes,
+            }),
+        })
+    }
+
+    /// What an MPI job has said since the last call (launch line, connections, refusals).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        match self.job.as_mut() {
+            Some(run) => {
+                let mut notes = std::mem::take(&mut run.notes);
+                notes.extend(run.job.take_notes());
+                notes
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Where an MPI job's controller listens (None on threads).
+    pub fn controller_address(&self) -> Option<String> {
+        self.job.as_ref().map(|r| r.job.address.clone())
+    }
+
+    /// The hosts of an MPI job's ranks (empty on threads).
+    pub fn hosts(&self) -> std::collections::BTreeMap<usize, String> {
+        self.job.as_ref().map(|r| r.job.hosts()).unwrap_or_default()
     }
 
     /// This process's rank of a run in which every worker is a process (MPI, one rank
@@ -109,6 +201,7 @@ impl Session {
         data: Arc<Dataset>,
         options: SessionOptions,
         comm: crate::comm::Comm<T>,
+        resume: Option<Resume>,
     ) -> Result<Session, SessionError> {
         exp.validate()?;
         exp.check_against(data.train_len())?;
@@ -121,7 +214,8 @@ impl Session {
             Arc::clone(&gate),
             EngineOptions {
                 detail: options.detail,
-                initial_params: None,
+                initial_params: resume.as_ref().map(|r| r.params.clone()),
+                resume: resume.as_ref().map(|r| (r.updates, r.samples)),
             },
             comm,
         );
@@ -133,6 +227,7 @@ impl Session {
             engine: Some(engine),
             state: RunState::with_history_limit(options.history_limit),
             final_params: None,
+            job: None,
         })
     }
 
@@ -189,6 +284,12 @@ impl Session {
             }
             _ => {}
         }
+        if let Some(run) = self.job.as_mut() {
+            return Self::control_job(&self.exp, run, control).map_err(|problem| ConfigError {
+                flag: "backend",
+                problem,
+            });
+        }
         self.gate.apply(control);
         if let Some(engine) = &self.engine {
             engine.control(control);
@@ -196,16 +297,115 @@ impl Session {
         Ok(())
     }
 
+    /// An MPI job's world is fixed: pausing and stepping go to rank 0; a change of the
+    /// experiment stops the job at a step boundary and relaunches it with the change.
+    fn control_job(exp: &Experiment, run: &mut MpiRun, control: Control) -> Result<(), String> {
+        let base = run.relaunch.clone().unwrap_or_else(|| exp.clone());
+        let next = match control {
+            Control::Pause | Control::Resume | Control::StepPhase | Control::SlowMotion { .. } | Control::Stop => {
+                return run.job.send(control)
+            }
+            Control::SetMode(m) => Experiment { mode: m, ..base },
+            Control::SetWorkers(n) => Experiment { workers: n, ..base },
+            Control::SetAllReduce(a) => Experiment { allreduce: a, ..base },
+            Control::SetLrScaling(r) => Experiment { lr_scaling: r, ..base },
+            Control::SetLink(_) => {
+                return Err("over MPI the network is real: an emulated link is for the threads backend".into())
+            }
+            Control::Straggler { worker, factor } => {
+                let mut e = base;
+                e.stragglers.retain(|s| s.worker != worker);
+                if factor > 1.0 {
+                    e.stragglers.push(Straggler { worker, factor });
+                }
+                e
+            }
+        };
+        if run.relaunch.is_none() {
+            run.job.send(Control::Stop)?;
+            run.swallow_finished += 1;
+        }
+        run.notes.push(format!(
+            "relaunching the MPI job with {} workers, {} (parameters kept)",
+            next.workers, next.mode
+        ));
+        run.relaunch = Some(next);
+        Ok(())
+    }
+
     /// Applies every waiting event to the state, handing each to `f` too. Returns true
     /// once the run has finished and every event has been read.
     pub fn poll(&mut self, mut f: impl FnMut(&Event)) -> bool {
         loop {
+            if let Some(run) = self.job.as_mut() {
+                // A job stopped for a relaunch: once its end has been read (its final
+                // state came before it), go on from there.
+                if run.relaunch.is_some() && run.swallow_finished == 0 {
+                    if let Some(end) = run.job.final_state() {
+                        let next = run.relaunch.take().expect("checked");
+                        match remote::MpiJob::start(&next, &run.launch, run.sink.clone(), Some(end.clone())) {
+                            Ok(job) => {
+                                run.notes.push(format!(
+                                    "relaunched from update {} with parameters {:016x}",
+                                    end.updates,
+                                    train::params_hash(&end.params)
+                                ));
+                                run.notes
+                                    .push(format!("MPI job: {} (controller {})", job.command, job.address));
+                                run.job = job;
+                                run.jobs += 1;
+                                self.exp = next;
+                            }
+                            Err(e) => {
+                                let failed = Event::Finished {
+                                    outcome: Outcome::Failed { message: e },
+                                    t_ns: 0,
+                                };
+                                self.state.apply(&failed);
+                                f(&failed);
+                            }
+                        }
+                    }
+                }
+            }
             match self.stream.try_next() {
                 Ok(event) => {
+                    if let Some(run) = self.job.as_mut() {
+                        // The relaunched job's start is not news; the end of a job stopped
+                        // for a relaunch is not the end of the session.
+                        match &event {
+                            Event::Started { .. } if run.jobs > 1 || self.state.params > 0 => continue,
+                            Event::Finished {
+                                outcome: Outcome::Stopped,
+                                ..
+                            } if run.swallow_finished > 0 => {
+                                run.swallow_finished -= 1;
+                                continue;
+                            }
+                            // A job that failed while stopping does not relaunch.
+                            Event::Finished { .. } if run.swallow_finished > 0 => {
+                                run.swallow_finished = 0;
+                                run.relaunch = None;
+                            }
+                            Event::Finished { .. } => self.final_params = run.job.final_state().map(|r| r.params),
+                            _ => {}
+                        }
+                    }
                     self.state.apply(&event);
                     f(&event);
                 }
-                Err(over) => return self.finish_if(over),
+                Err(over) => {
+                    if let Some(run) = &self.job {
+                        // The stream of a job never closes (the sink lives here): the job is
+                        // over once its end was reported and no relaunch is due.
+                        let ended = self.state.outcome.is_some() && run.relaunch.is_none();
+                        if ended && self.final_params.is_none() {
+                            self.final_params = run.job.final_state().map(|r| r.params);
+                        }
+                        return ended;
+                    }
+                    return self.finish_if(over);
+                }
             }
         }
     }

@@ -22,6 +22,8 @@ pub struct EngineOptions {
     pub detail: bool,
     /// Start from these parameters instead of a fresh initialisation.
     pub initial_params: Option<Vec<f32>>,
+    /// Continue a run: the updates and samples already done (with `initial_params`).
+    pub resume: Option<(u64, u64)>,
 }
 
 /// What front ends change while a run goes, shared with the running segment.
@@ -422,11 +424,16 @@ pub fn spawn_rank<T: crate::comm::Transport + 'static>(
     let join = std::thread::Builder::new()
         .name("ddlab-rank".into())
         .spawn(move || {
+            // A process's world is fixed: a switch ends the job (its controller relaunches).
             let mut segments = |ctx: &RunCtx, seg: Segment, state: &mut SegState| {
-                if seg.mode.uses_server() {
+                let end = if seg.mode.uses_server() {
                     super::ps::run_rank(ctx, seg, state, &mut comm)
                 } else {
                     super::sync::run_rank(ctx, seg, state, &mut comm)
+                };
+                match end {
+                    SegEnd::Switch => SegEnd::Stopped,
+                    end => end,
                 }
             };
             run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
@@ -467,11 +474,12 @@ fn run(
         Some(p) => params.copy_from_slice(p),
         None => mlp.init(&mut params, exp.seed),
     }
+    let (updates, samples) = options.resume.unwrap_or((0, 0));
     let mut state = SegState {
         velocity: vec![0.0; params.len()],
         params,
-        updates: 0,
-        samples: 0,
+        updates,
+        samples,
     };
     let (eval_tx, eval_rx) = crossbeam_channel::unbounded::<EvalJob>();
     let ctx = RunCtx {

@@ -227,6 +227,9 @@ impl Lab {
             history_limit: Some(HISTORY_LIMIT),
             ..SessionOptions::default()
         };
+        if exp.backend == crate::config::Backend::Mpi {
+            return Session::start_mpi(exp.clone(), Arc::clone(data), options, crate::session::remote::launch());
+        }
         Session::start_with_data(exp.clone(), Arc::clone(data), options, None).map_err(|e| e.to_string())
     }
 
@@ -245,6 +248,9 @@ impl Lab {
         if let Some(session) = self.session.as_mut() {
             let view = &mut self.view;
             session.poll(|e| view.apply(e));
+            for note in session.take_notes() {
+                self.say(note);
+            }
         }
     }
 

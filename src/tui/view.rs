@@ -227,7 +227,11 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let line = Line::from(vec![
         Span::styled("ddlab ", theme.title()),
         Span::raw(format!(
-            "threads · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
+            "{} · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
+            match lab.exp.backend {
+                crate::config::Backend::Threads => "threads",
+                crate::config::Backend::Mpi => "MPI ranks",
+            },
             st.updates()
         )),
         Span::styled(state, style),

@@ -1,0 +1,434 @@
+//! The controller side of an MPI job driven from the lab (DESIGN.md decision 5): listen
+//! on a TCP port, spawn `mpirun -n N <args> ddlab worker --controller ADDR --token T`,
+//! accept the ranks that present the token, feed rank 0's events into the session's
+//! stream, send controls to rank 0, and notice at once when a rank or mpirun dies.
+//!
+//! Only std: the controller needs no MPI library (the workers do).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Resume;
+use crate::config::Experiment;
+use crate::train::{Control, Event, EventSink, Outcome};
+
+/// How to launch MPI jobs from the lab.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MpiLaunch {
+    /// The launcher (default `mpirun`).
+    pub mpirun: String,
+    /// Extra arguments for it, e.g. `--hostfile h`.
+    pub mpirun_args: Vec<String>,
+    /// Where the controller listens (default loopback, any free port).
+    pub bind: String,
+    /// The address workers connect to, when it differs from `bind` (multi-node).
+    pub advertise: Option<String>,
+    /// The ddlab binary the ranks run (default: this one).
+    pub exe: Option<std::path::PathBuf>,
+}
+
+impl Default for MpiLaunch {
+    fn default() -> Self {
+        MpiLaunch {
+            mpirun: "mpirun".into(),
+            mpirun_args: Vec::new(),
+            bind: "127.0.0.1:0".into(),
+            advertise: None,
+            exe: None,
+        }
+    }
+}
+
+static LAUNCH: OnceLock<MpiLaunch> = OnceLock::new();
+
+/// Sets how this process launches MPI jobs (once, from the command line).
+pub fn set_launch(launch: MpiLaunch) {
+    let _ = LAUNCH.set(launch);
+}
+
+/// How this process launches MPI jobs.
+pub fn launch() -> MpiLaunch {
+    LAUNCH.get().cloned().unwrap_or_default()
+}
+
+/// One line between the controller and a worker (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// A rank introduces itself (its first line).
+    Hello {
+        token: String,
+        rank: usize,
+        size: usize,
+        host: String,
+        pid: u32,
+    },
+    /// Rank 0's events.
+    Event(Box<Event>),
+    /// Rank 0, at the end: where a relaunch goes on from.
+    Final(Resume),
+    /// Controller → rank 0: where to start from (after a relaunch).
+    Resume(Resume),
+    /// Controller → rank 0.
+    Control(Control),
+    /// A rank other than 0 is done (its connection closes on purpose).
+    Bye,
+}
+
+struct Shared {
+    token: String,
+    size: usize,
+    sink: EventSink,
+    /// The job's end has been reported (Finished, or a failure).
+    over: AtomicBool,
+    last_step: AtomicU64,
+    connected: AtomicUsize,
+    hosts: Mutex<BTreeMap<usize, String>>,
+    rank0: Mutex<Option<TcpStream>>,
+    resume: Option<Resume>,
+    final_state: Mutex<Option<Resume>>,
+    notes: Mutex<Vec<String>>,
+    stderr_tail: Mutex<Vec<String>>,
+    child: Mutex<Option<Child>>,
+}
+
+impl Shared {
+    fn note(&self, text: String) {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+    }
+
+    /// Reports the job failed (once) and ends it.
+    fn fail(&self, message: String) {
+        if !self.over.swap(true, Ordering::SeqCst) {
+            self.sink.send(Event::Finished {
+                outcome: Outcome::Failed { message },
+                t_ns: 0,
+            });
+        }
+        self.kill();
+    }
+
+    /// Ends the job: mpirun and every rank (its process group), politely, then not.
+    fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = child.as_mut() {
+            if c.try_wait().ok().flatten().is_none() {
+                let pgid = c.id();
+                let _ = Command::new("sh")
+                    .args(["-c", &format!("kill -TERM -{pgid} 2>/dev/null")])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = Command::new("sh")
+                    .args(["-c", &format!("kill -KILL -{pgid} 2>/dev/null")])
+                    .status();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    fn last_stderr(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A running MPI job.
+pub struct MpiJob {
+    shared: Arc<Shared>,
+    /// The command line it was started with, and where the controller listens.
+    pub command: String,
+    pub address: String,
+}
+
+impl MpiJob {
+    /// Starts `exp` on `exp.workers` ranks (one more for the parameter-server modes).
+    pub fn start(
+        exp: &Experiment,
+        launch: &MpiLaunch,
+        sink: EventSink,
+        resume: Option<Resume>,
+    ) -> Result<MpiJob, String> {
+        if !cfg!(feature = "mpi") && launch.exe.is_none() {
+            return Err("the MPI backend needs a ddlab built with MPI: rebuild with `cargo build --release --features mpi` (apt-get install libopenmpi-dev openmpi-bin libclang-dev), or use the threads backend".into());
+        }
+        let found = Command::new(&launch.mpirun)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if found.is_err() {
+            return Err(format!(
+                "`{}` is not on PATH: install an MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev; or MPICH), or use the threads backend",
+                launch.mpirun
+            ));
+        }
+        let listener = TcpListener::bind(&launch.bind)
+            .map_err(|e| format!("the controller cannot listen on {}: {e}", launch.bind))?;
+        let address = match &launch.advertise {
+            Some(a) => a.clone(),
+            None => listener.local_addr().map_err(|e| e.to_string())?.to_string(),
+        };
+        let token = format!("{:032x}", rand::random::<u128>());
+        let ranks = if exp.mode.uses_server() {
+            exp.workers + 1
+        } else {
+            exp.workers
+        };
+        let exe = match &launch.exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().map_err(|e| format!("cannot find the ddlab binary: {e}"))?,
+        };
+        let exp_json = serde_json::to_string(exp).map_err(|e| e.to_string())?;
+        let mut args: Vec<String> = launch.mpirun_args.clone();
+        args.extend([
+            "-n".into(),
+            ranks.to_string(),
+            exe.display().to_string(),
+            "worker".into(),
+        ]);
+        args.extend(["--controller".into(), address.clone(), "--token".into(), token.clone()]);
+        args.extend(["--experiment".into(), exp_json]);
+        if let Some(r) = &resume {
+            args.extend(["--resume-at".into(), format!("{},{}", r.updates, r.samples)]);
+        }
+        let command = format!(
+            "{} {} … worker --controller {address}",
+            launch.mpirun,
+            args[..launch.mpirun_args.len() + 2].join(" ")
+        );
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(&launch.mpirun)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("`{}` could not be started: {e}", launch.mpirun))?;
+        let stderr = child.stderr.take();
+        let shared = Arc::new(Shared {
+            token,
+            size: ranks,
+            sink,
+            over: AtomicBool::new(false),
+            last_step: AtomicU64::new(resume.as_ref().map_or(0, |r| r.updates)),
+            connected: AtomicUsize::new(0),
+            hosts: Mutex::new(BTreeMap::new()),
+            rank0: Mutex::new(None),
+            resume,
+            final_state: Mutex::new(None),
+            notes: Mutex::new(Vec::new()),
+            stderr_tail: Mutex::new(Vec::new()),
+            child: Mutex::new(Some(child)),
+        });
+        if let Some(stderr) = stderr {
+            let s = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut tail = s.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+                    tail.push(line);
+                    if tail.len() > 40 {
+                        tail.remove(0);
+                    }
+                }
+            });
+        }
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || accept_loop(listener, s));
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || watch(s));
+        Ok(MpiJob {
+            shared,
+            command,
+            address,
+        })
+    }
+
+    /// Sends a control to rank 0 (pause, resume, step, slow motion, stop).
+    pub fn send(&self, control: Control) -> Result<(), String> {
+        let mut rank0 = self.shared.rank0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stream) = rank0.as_mut() else {
+            return Err("the MPI job has not connected yet: try again in a moment".into());
+        };
+        let line = serde_json::to_string(&Line::Control(control)).map_err(|e| e.to_string())?;
+        writeln!(stream, "{line}").map_err(|e| format!("rank 0 cannot be reached: {e}"))
+    }
+
+    /// What the job has said since the last call (connections, refusals).
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.notes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where rank 0 ended (parameters, updates, samples), once it has said.
+    pub fn final_state(&self) -> Option<Resume> {
+        self.shared
+            .final_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The hosts of the ranks connected so far.
+    pub fn hosts(&self) -> BTreeMap<usize, String> {
+        self.shared.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether every process of the job has exited.
+    pub fn exited(&self) -> bool {
+        let mut child = self.shared.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+}
+
+impl Drop for MpiJob {
+    fn drop(&mut self) {
+        self.shared.over.store(true, Ordering::SeqCst);
+        self.shared.kill();
+    }
+}
+
+/// Accepts the ranks' connections; anything without the token is refused and logged.
+fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if s.over.load(Ordering::SeqCst) && s.exited_quietly() {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || serve_rank(stream, s));
+    }
+}
+
+impl Shared {
+    fn exited_quietly(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+}
+
+fn serve_rank(stream: TcpStream, s: Arc<Shared>) {
+    let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let Ok(write_half) = stream.try_clone() else { return };
+    let mut lines = BufReader::new(stream).lines();
+    let hello = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| serde_json::from_str::<Line>(&l).ok());
+    let (rank, host) = match hello {
+        Some(Line::Hello {
+            token,
+            rank,
+            size,
+            host,
+            ..
+        }) if token == s.token && size == s.size && rank < size => (rank, host),
+        _ => {
+            let text = format!("refused a connection from {peer}: no valid token");
+            eprintln!("ddlab: {text}");
+            s.note(text);
+            return;
+        }
+    };
+    let _ = write_half.set_read_timeout(None); // (one socket: this clears the reader's too)
+    s.hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(rank, host.clone());
+    s.connected.fetch_add(1, Ordering::SeqCst);
+    if rank == 0 {
+        let mut w = write_half;
+        if let Some(r) = &s.resume {
+            if let Ok(line) = serde_json::to_string(&Line::Resume(r.clone())) {
+                let _ = writeln!(w, "{line}");
+            }
+        }
+        *s.rank0.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    }
+    let mut done = false;
+    for line in lines {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Bye) => done = true,
+            Ok(Line::Event(e)) => {
+                if let Event::WorkerStep(w) = &*e {
+                    s.last_step.store(w.step, Ordering::SeqCst);
+                }
+                if matches!(&*e, Event::Finished { .. }) {
+                    done = true;
+                    if s.over.swap(true, Ordering::SeqCst) {
+                        continue;
+                    }
+                }
+                s.sink.send(*e);
+            }
+            Ok(Line::Final(r)) => *s.final_state.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
+            Ok(_) => {}
+            Err(e) => s.note(format!("rank {rank} sent an unreadable line ({e}); ignored")),
+        }
+    }
+    // The connection closed: fine once the rank said it was done, a lost rank otherwise.
+    if !done && !s.over.load(Ordering::SeqCst) {
+        s.fail(format!(
+            "rank {rank} on {host} was lost at step {}: the job was stopped (press R to start again)",
+            s.last_step.load(Ordering::SeqCst)
+        ));
+    }
+}
+
+/// Watches mpirun: its early exit, or ranks that never connect, end the job with a reason.
+fn watch(s: Arc<Shared>) {
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let status = {
+            let mut child = s.child.lock().unwrap_or_else(|e| e.into_inner());
+            child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        };
+        if let Some(status) = status {
+            // Give the sockets a moment to deliver the last lines.
+            std::thread::sleep(Duration::from_millis(300));
+            if !s.over.load(Ordering::SeqCst) {
+                let why = s.last_stderr();
+                s.fail(format!(
+                    "mpirun exited ({status}) before the job finished{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {why}")
+                    }
+                ));
+            }
+            return;
+        }
+        if s.over.load(Ordering::SeqCst) {
+            return;
+        }
+        if s.connected.load(Ordering::SeqCst) < s.size && started.elapsed() > Duration::from_secs(30) {
+            s.fail(format!(
+                "only {} of {} ranks reached the controller within 30 s{}",
+                s.connected.load(Ordering::SeqCst),
+                s.size,
+                match s.last_stderr() {
+                    w if w.is_empty() => String::new(),
+                    w => format!(": {w}"),
+                }
+            ));
+            return;
+        }
+    }
+}
