@@ -331,6 +331,8 @@ fn a_killed_rank_is_named_within_5_s_and_no_process_is_left() {
     );
     assert!(!out.status.success());
     assert!(stderr.contains("rank 1") && stderr.contains("node"), "{stderr}");
+    // and rank 0 says at which step the job ended
+    assert!(stderr.contains("at step"), "{stderr}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(pids_with(&seed, None), Vec::<u32>::new(), "stray processes");
 }
@@ -520,4 +522,32 @@ mod lab_controller {
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(super::pids_with("9103", None), Vec::<u32>::new(), "stray processes");
     }
+}
+
+#[test]
+fn a_worker_that_cannot_reach_the_lab_says_so_and_the_job_ends() {
+    let _serial = serial();
+    let exp = serde_json::to_string(&ddlab::config::Experiment::default()).unwrap();
+    let t0 = std::time::Instant::now();
+    // port 1 on loopback: nothing listens there
+    let out = mpirun(
+        2,
+        &[
+            "worker",
+            "--controller",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+            "--experiment",
+            &exp,
+        ],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach the lab at 127.0.0.1:1"), "{stderr}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "it hung for {:?}",
+        t0.elapsed()
+    );
 }

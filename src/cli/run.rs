@@ -97,10 +97,12 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
     };
     let comm = Comm::new(t, exp.allreduce);
     if rank == 0 {
+        crate::comm::mpi::name_step_at_exit();
         let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
             .inspect_err(|_| abort_world(2))?;
         let session = Session::start_rank(exp, data, SessionOptions::default(), comm, None).map_err(session_error)?;
         let result = drive(args, session, exports, true);
+        crate::comm::mpi::ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(world);
         result
     } else {
@@ -149,6 +151,12 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
     let mut export_err = None;
     let mut stopping = false;
     loop {
+        #[cfg(feature = "mpi")]
+        if spmd {
+            if let Some(s) = session.state().last_step() {
+                crate::comm::mpi::STEP.store(s.step, Ordering::SeqCst);
+            }
+        }
         if spmd && interrupted.load(Ordering::SeqCst) {
             bar.finish_and_clear();
             let _ = session.poll(|event| {
@@ -159,8 +167,10 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
             let _ = exports.sync(state);
             let _ = exports.finish(state, &session.summary());
             eprintln!(
-                "ddlab: the MPI job is being stopped at step {step} (a signal from mpirun or the user); the summary and exports cover the steps done"
+                "ddlab: the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you); the summary and exports cover the steps done"
             );
+            #[cfg(feature = "mpi")]
+            crate::comm::mpi::ENDED.store(true, Ordering::SeqCst);
             std::process::exit(143);
         }
         if interrupted.load(Ordering::SeqCst) && !stopping {

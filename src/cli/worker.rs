@@ -108,9 +108,27 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
             },
             ..r
         });
-        let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm, resume)
-            .unwrap_or_else(|e| fail(e.to_string()));
-        session.run_to_end(|_| {});
+        // Its own phases and messages go to the lab too, for the timeline of every worker
+        // (rank 0 reports everyone's steps).
+        let options = SessionOptions {
+            detail: true,
+            ..SessionOptions::default()
+        };
+        let mut session = Session::start_rank(exp, data, options, comm, resume).unwrap_or_else(|e| fail(e.to_string()));
+        let mut writer = std::io::BufWriter::new(out.try_clone().unwrap_or_else(|e| fail(e.to_string())));
+        loop {
+            let over = session.poll(|e: &Event| {
+                if e.is_visual() {
+                    let _ = send(writer.get_mut(), &Line::Event(Box::new(e.clone())));
+                }
+            });
+            let _ = writer.flush();
+            if over {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(writer);
         let _ = send(&mut out, &Line::Bye);
         drop(out);
         return Ok(());

@@ -55,6 +55,33 @@ impl MpiWorld {
     }
 }
 
+/// The step rank 0 has reached, and whether its run ended: for `name_step_at_exit`.
+pub static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process say at which step it was when it leaves before its run ended —
+/// also when the MPI library ends it because another rank died (it exits through
+/// `exit`, so handlers registered with `atexit` still run).
+pub fn name_step_at_exit() {
+    extern "C" fn say() {
+        use std::sync::atomic::Ordering;
+        if !ENDED.load(Ordering::SeqCst) {
+            eprintln!(
+                "ddlab: rank 0 ({}) left the job at step {}: the job ended early (see the rank named above)",
+                host_name(),
+                STEP.load(Ordering::SeqCst)
+            );
+        }
+    }
+    extern "C" {
+        fn atexit(f: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    // SAFETY: `atexit` from the C library, with a function that lives forever.
+    unsafe {
+        atexit(say);
+    }
+}
+
 /// This host's name as MPI reports it.
 pub fn host_name() -> String {
     mpi::environment::processor_name().unwrap_or_else(|_| "?".into())

@@ -364,6 +364,12 @@ fn serve_rank(stream: TcpStream, s: Arc<Shared>) {
         let Ok(line) = line else { break };
         match serde_json::from_str::<Line>(&line) {
             Ok(Line::Bye) => done = true,
+            // The other ranks send only what they alone saw: their phases and messages.
+            Ok(Line::Event(e)) if rank > 0 => {
+                if e.is_visual() {
+                    s.sink.send(*e);
+                }
+            }
             Ok(Line::Event(e)) => {
                 if let Event::WorkerStep(w) = &*e {
                     s.last_step.store(w.step, Ordering::SeqCst);
