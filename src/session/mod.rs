@@ -139,6 +139,9 @@ impl Session {
     ) -> Result<Session, String> {
         exp.validate().map_err(|e| e.to_string())?;
         exp.check_against(data.train_len()).map_err(|e| e.to_string())?;
+        if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
+            return Err("an emulated link, nodes and overlap are for the threads backend; over MPI the network is real: turn them off first (l cycles the link to none)".into());
+        }
         let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
         let job = remote::MpiJob::start(&exp, &launch, sink.clone(), None)?;

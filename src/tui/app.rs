@@ -422,6 +422,23 @@ impl Lab {
                 }
             }
             Action::Restart => self.restart(),
+            Action::ToggleBackend => {
+                use crate::config::Backend;
+                let before = self.exp.backend;
+                self.exp.backend = match before {
+                    Backend::Threads => Backend::Mpi,
+                    Backend::Mpi => Backend::Threads,
+                };
+                if self.session.is_none() {
+                    self.say(format!("backend: {:?}", self.exp.backend));
+                    return;
+                }
+                self.restart();
+                if self.error.is_some() {
+                    // the run goes on where it was
+                    self.exp.backend = before;
+                }
+            }
             Action::KeepGhost => {
                 let label = format!(
                     "run {} ({} × {})",

@@ -18,6 +18,7 @@ pub enum Action {
     ToggleStraggler,
     CycleLrRule,
     Restart,
+    ToggleBackend,
     KeepGhost,
     ToggleAxis,
     Help,
@@ -162,6 +163,14 @@ pub const LAB_KEYS: &[Binding] = &[
         Action::Restart,
         "",
         "restart from fresh parameters with the current settings",
+        false,
+    ),
+    bind(
+        KeyCode::Char('b'),
+        "b",
+        Action::ToggleBackend,
+        "",
+        "switch the backend, threads ↔ MPI ranks (mpirun), and restart",
         false,
     ),
     bind(
