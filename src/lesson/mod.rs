@@ -211,7 +211,7 @@ impl CmpOp {
 }
 
 /// The summary's numeric fields a check may name (as in `ddlab run --json`).
-pub const METRICS: [&str; 14] = [
+pub const METRICS: [&str; 15] = [
     "test_accuracy",
     "final_loss",
     "test_loss",
@@ -221,6 +221,7 @@ pub const METRICS: [&str; 14] = [
     "samples_per_sec",
     "allreduce_bytes",
     "allreduce_ms",
+    "allreduce_comm_ms",
     "allreduce_busbw_gbps",
     "staleness_mean",
     "dropped_gradients",
