@@ -135,7 +135,8 @@ fn sync_over_mpi_equals_threads_for_every_algorithm_on_2_3_and_4_ranks() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     for n in [2, 3, 4] {
-        for algo in ["ring", "tree", "naive", "mpi"] {
+        // (hierarchical and 2d over MPI group ranks by host: here one host, one node)
+        for algo in ["ring", "tree", "naive", "hierarchical", "2d", "mpi"] {
             let mpi_json = dir.path().join(format!("mpi-{n}-{algo}.jsonl"));
             let out = mpirun(
                 n,

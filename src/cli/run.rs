@@ -85,7 +85,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
     exp.workers = workers;
     if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
         return refuse(
-            "--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real: drop them or use --backend threads".into(),
+            "--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real and the nodes are the hosts (hierarchical and 2d use them): drop them or use --backend threads".into(),
         );
     }
     if let Err(e) = exp.validate() {

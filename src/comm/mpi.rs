@@ -107,6 +107,8 @@ pub struct MpiTransport {
     scratch: Vec<f32>,
     out16: Vec<u16>,
     in16: Vec<u16>,
+    /// node_of[rank]: ranks on the same host share a node (for hierarchical and 2d).
+    node_of: Vec<usize>,
 }
 
 // SAFETY: an MPI communicator handle may be used from any thread under
@@ -115,8 +117,23 @@ pub struct MpiTransport {
 unsafe impl Send for MpiTransport {}
 
 impl MpiTransport {
+    /// (Collective: every rank creates its transport together.)
     fn new(world: SimpleCommunicator, clock: Clock) -> MpiTransport {
+        // Nodes are the real hosts: everyone learns everyone's host (as a hash).
+        let mine = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            host_name().hash(&mut h);
+            h.finish()
+        };
+        let mut hosts = vec![0u64; world.size() as usize];
+        world.all_gather_into(&mine, &mut hosts[..]);
+        let node_of = hosts
+            .iter()
+            .map(|h| hosts.iter().position(|x| x == h).unwrap_or(0))
+            .collect();
         MpiTransport {
+            node_of,
             rank: world.rank() as usize,
             size: world.size() as usize,
             world,
@@ -316,6 +333,9 @@ impl Transport for MpiTransport {
     }
     fn set_wire(&mut self, wire: Wire) {
         self.wire = wire;
+    }
+    fn node_of(&self, rank: usize) -> usize {
+        self.node_of[rank]
     }
     fn bytes_sent(&self) -> u64 {
         self.bytes_sent
