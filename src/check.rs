@@ -8,7 +8,7 @@ use std::time::Instant;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{all_reduce_sum, broadcast, AllReduceAlgo, Op, Tag, Transport};
+use crate::comm::{all_reduce_sum, broadcast, AllReduceAlgo, BandwidthRow, Op, Tag, Transport};
 use crate::config::{Experiment, Length};
 use crate::data::{Dataset, Sharder};
 use crate::nn::{Mlp, Sgd, Workspace};
@@ -333,16 +333,12 @@ pub fn train_rank<T: Transport + ?Sized>(
     Ok((params, first, last))
 }
 
-/// One row of the bandwidth table (as `ddlab bench` writes them).
+/// One row of the bandwidth table: `ddlab bench`'s row, and how the ranks differed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BandwidthRow {
-    pub algorithm: String,
-    pub workers: usize,
-    pub bytes: usize,
-    /// The slowest rank's median.
-    pub time_us: f64,
-    pub algbw_gbps: f64,
-    pub busbw_gbps: f64,
+pub struct CheckRow {
+    /// The slowest rank's median time.
+    #[serde(flatten)]
+    pub row: BandwidthRow,
     /// (slowest − fastest rank's median) / slowest.
     pub spread: f64,
     /// The rank the others waited for (the shortest time: it arrived last).
@@ -373,8 +369,8 @@ pub struct CheckReport {
     pub ranks: Vec<RankRow>,
     pub warnings: Vec<String>,
     pub wrong: Vec<Wrong>,
-    pub bandwidth: Vec<BandwidthRow>,
-    pub peak_busbw: Option<BandwidthRow>,
+    pub bandwidth: Vec<CheckRow>,
+    pub peak_busbw: Option<CheckRow>,
     pub links: Vec<LinkRow>,
     pub training_max_relative_diff: f64,
     pub training_first_loss: f64,
@@ -470,15 +466,8 @@ pub fn judge(
                 .enumerate()
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap_or((0, 0.0));
-            let algbw = t0.bytes as f64 / (slowest * 1e-6) / 1e9;
-            let nf = n as f64;
-            bandwidth.push(BandwidthRow {
-                algorithm: t0.algorithm.clone(),
-                workers: n,
-                bytes: t0.bytes,
-                time_us: slowest,
-                algbw_gbps: algbw,
-                busbw_gbps: if n > 1 { algbw * 2.0 * (nf - 1.0) / nf } else { 0.0 },
+            bandwidth.push(CheckRow {
+                row: BandwidthRow::new(&t0.algorithm, n, t0.bytes, slowest),
                 spread: if slowest > 0.0 {
                     (slowest - fastest) / slowest
                 } else {
@@ -490,7 +479,7 @@ pub fn judge(
     }
     let peak_busbw = bandwidth
         .iter()
-        .max_by(|a, b| a.busbw_gbps.total_cmp(&b.busbw_gbps))
+        .max_by(|a, b| a.row.busbw_gbps.total_cmp(&b.row.busbw_gbps))
         .cloned();
     steps.push(Step {
         name: "bandwidth".into(),
@@ -498,10 +487,10 @@ pub fn judge(
         line: match &peak_busbw {
             Some(p) if n > 1 => format!(
                 "peak busbw {:.2} GB/s ({} at {}); smallest latency {:.1} µs",
-                p.busbw_gbps,
-                p.algorithm,
-                bytes_label(p.bytes),
-                bandwidth.iter().map(|b| b.time_us).fold(f64::INFINITY, f64::min)
+                p.row.busbw_gbps,
+                p.row.algorithm,
+                bytes_label(p.row.bytes),
+                bandwidth.iter().map(|b| b.row.time_us).fold(f64::INFINITY, f64::min)
             ),
             _ => "one rank: nothing to measure".into(),
         },
@@ -633,11 +622,11 @@ pub fn render(report: &CheckReport, quick: bool) -> String {
                     let _ = writeln!(
                         s,
                         "    {:<6} {:>8} {:>11.1} {:>10.3} {:>10.3} {:>6.0}%  {}",
-                        b.algorithm,
-                        bytes_label(b.bytes),
-                        b.time_us,
-                        b.algbw_gbps,
-                        b.busbw_gbps,
+                        b.row.algorithm,
+                        bytes_label(b.row.bytes),
+                        b.row.time_us,
+                        b.row.algbw_gbps,
+                        b.row.busbw_gbps,
                         b.spread * 100.0,
                         b.late_rank
                     );

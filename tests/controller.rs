@@ -7,6 +7,18 @@ use ddlab::config::{Backend, Experiment};
 use ddlab::session::remote::MpiLaunch;
 use ddlab::session::{Session, SessionOptions};
 
+/// Why an MPI session over `launch` was refused.
+fn refusal(launch: MpiLaunch) -> String {
+    Session::start_mpi(
+        exp(),
+        Arc::new(ddlab::data::digits()),
+        SessionOptions::default(),
+        launch,
+    )
+    .err()
+    .expect("refused")
+}
+
 fn exp() -> Experiment {
     Experiment {
         backend: Backend::Mpi,
@@ -22,14 +34,7 @@ fn no_mpirun_on_path_is_one_sentence_naming_what_to_install() {
         exe: Some(assert_cmd::cargo::cargo_bin("ddlab")),
         ..MpiLaunch::default()
     };
-    let err = Session::start_mpi(
-        exp(),
-        Arc::new(ddlab::data::digits()),
-        SessionOptions::default(),
-        launch,
-    )
-    .err()
-    .expect("refused");
+    let err = refusal(launch);
     assert!(err.contains("is not on PATH") && err.contains("openmpi-bin"), "{err}");
     assert_eq!(err.lines().count(), 1);
     // and the threads backend keeps working
@@ -47,14 +52,7 @@ fn no_mpirun_on_path_is_one_sentence_naming_what_to_install() {
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn a_build_without_mpi_says_how_to_rebuild() {
-    let err = Session::start_mpi(
-        exp(),
-        Arc::new(ddlab::data::digits()),
-        SessionOptions::default(),
-        MpiLaunch::default(),
-    )
-    .err()
-    .expect("refused");
+    let err = refusal(MpiLaunch::default());
     assert!(err.contains("--features mpi"), "{err}");
 }
 
@@ -66,13 +64,6 @@ fn the_controller_address_must_be_one_it_can_listen_on() {
         exe: Some(assert_cmd::cargo::cargo_bin("ddlab")),
         ..MpiLaunch::default()
     };
-    let err = Session::start_mpi(
-        exp(),
-        Arc::new(ddlab::data::digits()),
-        SessionOptions::default(),
-        launch,
-    )
-    .err()
-    .expect("refused");
+    let err = refusal(launch);
     assert!(err.contains("cannot listen on 203.0.113.7:1"), "{err}");
 }

@@ -498,6 +498,13 @@ mod lab_controller {
         // and the job goes on
         let at = s.state().updates();
         until(&mut s, &mut events, "more steps", |s| s.state().updates() > at + 5);
+        // once the session is gone, so is the job and the controller's port
+        drop(s); // (returns once mpirun has exited)
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "the controller still listens on {addr}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use ddlab::config::{Experiment, Mode};
 use ddlab::data::digits;
 use ddlab::train::{Event, Outcome, Phase};
 use ddlab::tui::app::Lab;
-use ddlab::tui::demo::{report, segment, sync_lab};
+use ddlab::tui::demo::{report, segment, started, sync_lab};
 use ddlab::tui::keys::{Action, LAB_KEYS};
 use ddlab::tui::theme::Theme;
 use ddlab::tui::{view, App, Screen};
@@ -60,14 +60,7 @@ fn lab_screen_async_with_staleness_at_120x40() {
         },
         data,
     );
-    lab.apply(&Event::Started {
-        params: 9610,
-        total_samples: 42240,
-        train_len: 1438,
-        nodes: 1,
-        intra_link: None,
-        wire_bytes: 4,
-    });
+    lab.apply(&started());
     lab.apply(&segment(Mode::Async, 3));
     for i in 0..30u64 {
         let w = (i % 3) as usize;

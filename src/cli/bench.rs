@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::CliError;
-use crate::comm::{thread_group, AllReduceAlgo, Clock, Collective, Comm, Transport};
+use crate::comm::{thread_group, AllReduceAlgo, BandwidthRow, Clock, Collective, Comm, Transport};
 use crate::nn::{Mlp, Sgd, Workspace};
 
 #[derive(Debug, Args)]
@@ -34,16 +34,6 @@ pub struct StepBench {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AllReduceBench {
-    pub algorithm: String,
-    pub workers: usize,
-    pub bytes: usize,
-    pub time_us: f64,
-    pub algbw_gbps: f64,
-    pub busbw_gbps: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct MemcpyBench {
     pub bytes: usize,
     pub gbps: f64,
@@ -58,7 +48,7 @@ pub struct BenchReport {
     /// Single-thread memcpy bandwidth of a 4 MB buffer, GB/s.
     pub memcpy_gbps: f64,
     pub memcpy: Vec<MemcpyBench>,
-    pub allreduce: Vec<AllReduceBench>,
+    pub allreduce: Vec<BandwidthRow>,
     /// Median milliseconds to draw one lab frame of 16 workers at 200×60.
     pub tui_frame_ms: f64,
 }
@@ -126,7 +116,7 @@ const TRIALS: usize = 5;
 
 /// Time of one all-reduce of `bytes` across `workers` threads: the median of five trials,
 /// each the mean over many calls, timed by its slowest rank.
-pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget: Duration) -> AllReduceBench {
+pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget: Duration) -> BandwidthRow {
     let len = bytes / 4;
     let group = thread_group(workers, Clock::start(), None, false);
     let times: Vec<Vec<f64>> = std::thread::scope(|s| {
@@ -172,17 +162,7 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
         .map(|i| times.iter().map(|r| r[i]).fold(0.0, f64::max))
         .collect();
     trials.sort_by(f64::total_cmp);
-    let t = trials[TRIALS / 2];
-    let algbw = bytes as f64 / t / 1e9;
-    let n = workers as f64;
-    AllReduceBench {
-        algorithm: algo.to_string(),
-        workers,
-        bytes,
-        time_us: t * 1e6,
-        algbw_gbps: algbw,
-        busbw_gbps: algbw * 2.0 * (n - 1.0) / n,
-    }
+    BandwidthRow::new(algo.name(), workers, bytes, trials[TRIALS / 2] * 1e6)
 }
 
 pub fn bench_memcpy(bytes: usize, budget: Duration) -> MemcpyBench {

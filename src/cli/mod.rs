@@ -115,7 +115,6 @@ impl LabArgs {
                 .map(|a| a.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
             bind: self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
-            advertise: None,
             exe: None,
         });
         self.experiment.experiment()

@@ -84,9 +84,9 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         host: host.clone(),
         pid: std::process::id(),
     };
-    let send = |out: &mut TcpStream, line: &Line| -> bool {
+    fn send(out: &mut impl Write, line: &Line) -> bool {
         serde_json::to_string(line).is_ok_and(|l| writeln!(out, "{l}").is_ok())
-    };
+    }
     if !send(&mut out, &hello) {
         fail("the lab closed the connection".into());
     }
@@ -95,18 +95,11 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
     let comm = Comm::new(t, exp.allreduce);
 
     if rank != 0 {
+        // (no parameters: rank 0's reach everyone by broadcast, or from the server)
         let resume = resume_at.map(|(updates, samples)| Resume {
             params: Vec::new(),
             updates,
             samples,
-        });
-        let resume = resume.map(|r| Resume {
-            params: {
-                // placeholder: rank 0's parameters reach everyone by broadcast
-                let mlp = crate::nn::Mlp::new(data.inputs(), &exp.hidden, data.classes);
-                vec![0.0; mlp.num_params()]
-            },
-            ..r
         });
         // Its own phases and messages go to the lab too, for the timeline of every worker
         // (rank 0 reports everyone's steps).
@@ -119,7 +112,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         loop {
             let over = session.poll(|e: &Event| {
                 if e.is_visual() {
-                    let _ = send(writer.get_mut(), &Line::Event(Box::new(e.clone())));
+                    let _ = send(&mut writer, &Line::Event(Box::new(e.clone())));
                 }
             });
             let _ = writer.flush();
@@ -193,10 +186,10 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
             if matches!(e, Event::Finished { .. }) {
                 finished = Some(e.clone());
             } else {
-                broken |= !send(writer.get_mut(), &Line::Event(Box::new(e.clone())));
+                broken |= !send(&mut writer, &Line::Event(Box::new(e.clone())));
             }
         });
-        let _ = writer.flush();
+        broken |= writer.flush().is_err();
         if broken {
             fail("the lab stopped listening; stopping the job".into());
         }
@@ -211,9 +204,9 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         updates: st.updates(),
         samples: st.samples(),
     };
-    let _ = send(writer.get_mut(), &Line::Final(end));
+    let _ = send(&mut writer, &Line::Final(end));
     if let Some(e) = finished {
-        let _ = send(writer.get_mut(), &Line::Event(Box::new(e)));
+        let _ = send(&mut writer, &Line::Event(Box::new(e)));
     }
     let _ = writer.flush();
     drop(session);

@@ -215,16 +215,56 @@ pub trait Transport: Send {
     fn recv_any(&mut self, _into: &mut [f32]) -> Result<usize> {
         Err(CommError::Unsupported("receiving from any rank needs the MPI backend"))
     }
-    /// Where each worker is a process of its own (MPI): rank 0 gets every rank's `mine`
-    /// concatenated in rank order (the others an empty vector). `None` where every
-    /// worker reports for itself (threads).
-    fn gather_f64(&mut self, _mine: &[f64]) -> Option<Result<Vec<f64>>> {
-        None
+    /// Whether each rank is a process of its own (MPI), so that rank 0 must collect what
+    /// the others report; threads report for themselves.
+    fn process_per_rank(&self) -> bool {
+        false
+    }
+    /// Rank 0 gets every rank's `mine` concatenated in rank order (the others an empty
+    /// vector). Only where each rank is a process (MPI).
+    fn gather_f64(&mut self, _mine: &[f64]) -> Result<Vec<f64>> {
+        Err(CommError::Unsupported("gathering to rank 0 needs the MPI backend"))
     }
     /// Bytes this rank has sent since it was created.
     fn bytes_sent(&self) -> u64;
     /// Nanoseconds this rank has spent waiting for other ranks since it was created.
     fn waited_ns(&self) -> u64;
+}
+
+/// nccl-tests' bus bandwidth factor, busbw = algbw · 2(N−1)/N: the share of the buffer
+/// each rank's link carries in a ring, so that figures compare across N (0 for one rank).
+pub fn busbw_factor(n: usize) -> f64 {
+    if n <= 1 {
+        0.0
+    } else {
+        2.0 * (n as f64 - 1.0) / n as f64
+    }
+}
+
+/// One all-reduce measurement, as nccl-tests reports it (`ddlab bench`, `ddlab check`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BandwidthRow {
+    pub algorithm: String,
+    pub workers: usize,
+    pub bytes: usize,
+    pub time_us: f64,
+    pub algbw_gbps: f64,
+    pub busbw_gbps: f64,
+}
+
+impl BandwidthRow {
+    /// `bytes` all-reduced across `workers` in `time_us`.
+    pub fn new(algorithm: &str, workers: usize, bytes: usize, time_us: f64) -> BandwidthRow {
+        let algbw = bytes as f64 / (time_us * 1e-6).max(1e-12) / 1e9;
+        BandwidthRow {
+            algorithm: algorithm.to_string(),
+            workers,
+            bytes,
+            time_us,
+            algbw_gbps: algbw,
+            busbw_gbps: algbw * busbw_factor(workers),
+        }
+    }
 }
 
 /// Monotonic nanoseconds since a run started; every event and transfer uses one clock.

@@ -14,20 +14,6 @@ use super::{Clock, Op, Result, Tag, Transfer, Transport, Wire};
 /// MPI, initialised once per process; dropping it finalises MPI.
 pub struct MpiWorld {
     _universe: Universe,
-    threading: Threading,
-}
-
-/// True when this process was started by an MPI launcher (OpenMPI, MPICH, PMIx).
-pub fn launched_by_mpirun() -> bool {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_RANK",
-        "PMI_RANK",
-        "MPI_LOCALNRANKS",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some())
 }
 
 impl MpiWorld {
@@ -41,13 +27,7 @@ impl MpiWorld {
                 "the MPI library offers only {threading:?} threading; ddlab needs Serialized: use an MPI built with thread support (OpenMPI and MPICH are)"
             ));
         }
-        Ok(MpiWorld {
-            _universe: universe,
-            threading,
-        })
-    }
-    pub fn threading(&self) -> Threading {
-        self.threading
+        Ok(MpiWorld { _universe: universe })
     }
     /// A transport over the world communicator.
     pub fn transport(&self, clock: Clock) -> MpiTransport {
@@ -310,15 +290,19 @@ impl Transport for MpiTransport {
         Ok(status.source_rank() as usize)
     }
 
-    fn gather_f64(&mut self, mine: &[f64]) -> Option<Result<Vec<f64>>> {
+    fn process_per_rank(&self) -> bool {
+        true
+    }
+
+    fn gather_f64(&mut self, mine: &[f64]) -> Result<Vec<f64>> {
         let root = self.world.process_at_rank(0);
         if self.rank == 0 {
             let mut all = vec![0.0f64; mine.len() * self.size];
             root.gather_into_root(mine, &mut all[..]);
-            Some(Ok(all))
+            Ok(all)
         } else {
             root.gather_into(mine);
-            Some(Ok(Vec::new()))
+            Ok(Vec::new())
         }
     }
 

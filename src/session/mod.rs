@@ -101,30 +101,13 @@ impl Session {
         options: SessionOptions,
         initial_params: Option<Vec<f32>>,
     ) -> Result<Session, SessionError> {
-        exp.validate()?;
-        exp.check_against(data.train_len())?;
-        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
-        let (sink, stream) = event_channel(options.visual_capacity);
-        let engine = train::spawn(
-            &exp,
-            Arc::clone(&data),
-            sink,
-            Arc::clone(&gate),
-            EngineOptions {
+        Self::launch(exp, data, &options, |exp, data, sink, gate| {
+            let engine = EngineOptions {
                 detail: options.detail,
                 initial_params,
                 resume: None,
-            },
-        );
-        Ok(Session {
-            exp,
-            data,
-            gate,
-            stream,
-            engine: Some(engine),
-            state: RunState::with_history_limit(options.history_limit),
-            final_params: None,
-            job: None,
+            };
+            train::spawn(exp, data, sink, gate, engine)
         })
     }
 
@@ -206,22 +189,30 @@ impl Session {
         comm: crate::comm::Comm<T>,
         resume: Option<Resume>,
     ) -> Result<Session, SessionError> {
+        // (a resume without parameters: they reach this rank from rank 0 by broadcast)
+        let initial_params = resume.as_ref().map(|r| r.params.clone()).filter(|p| !p.is_empty());
+        Self::launch(exp, data, &options, |exp, data, sink, gate| {
+            let engine = EngineOptions {
+                detail: options.detail,
+                initial_params,
+                resume: resume.as_ref().map(|r| (r.updates, r.samples)),
+            };
+            train::spawn_rank(exp, data, sink, gate, engine, comm)
+        })
+    }
+
+    /// Checks `exp` against `data`, then starts an engine with a new gate and channel.
+    fn launch(
+        exp: Experiment,
+        data: Arc<Dataset>,
+        options: &SessionOptions,
+        spawn: impl FnOnce(&Experiment, Arc<Dataset>, crate::train::EventSink, Arc<Gate>) -> EngineHandle,
+    ) -> Result<Session, SessionError> {
         exp.validate()?;
         exp.check_against(data.train_len())?;
         let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
-        let engine = train::spawn_rank(
-            &exp,
-            Arc::clone(&data),
-            sink,
-            Arc::clone(&gate),
-            EngineOptions {
-                detail: options.detail,
-                initial_params: resume.as_ref().map(|r| r.params.clone()),
-                resume: resume.as_ref().map(|r| (r.updates, r.samples)),
-            },
-            comm,
-        );
+        let engine = spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate));
         Ok(Session {
             exp,
             data,

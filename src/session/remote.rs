@@ -26,10 +26,9 @@ pub struct MpiLaunch {
     pub mpirun: String,
     /// Extra arguments for it, e.g. `--hostfile h`.
     pub mpirun_args: Vec<String>,
-    /// Where the controller listens (default loopback, any free port).
+    /// Where the controller listens and the ranks connect (default loopback, any free
+    /// port; on several nodes, an address of this node that they can reach).
     pub bind: String,
-    /// The address workers connect to, when it differs from `bind` (multi-node).
-    pub advertise: Option<String>,
     /// The ddlab binary the ranks run (default: this one).
     pub exe: Option<std::path::PathBuf>,
 }
@@ -40,7 +39,6 @@ impl Default for MpiLaunch {
             mpirun: "mpirun".into(),
             mpirun_args: Vec::new(),
             bind: "127.0.0.1:0".into(),
-            advertise: None,
             exe: None,
         }
     }
@@ -178,10 +176,7 @@ impl MpiJob {
         }
         let listener = TcpListener::bind(&launch.bind)
             .map_err(|e| format!("the controller cannot listen on {}: {e}", launch.bind))?;
-        let address = match &launch.advertise {
-            Some(a) => a.clone(),
-            None => listener.local_addr().map_err(|e| e.to_string())?.to_string(),
-        };
+        let address = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let token = format!("{:032x}", rand::random::<u128>());
         let ranks = if exp.mode.uses_server() {
             exp.workers + 1
@@ -286,12 +281,6 @@ impl MpiJob {
     pub fn hosts(&self) -> BTreeMap<usize, String> {
         self.shared.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-
-    /// Whether every process of the job has exited.
-    pub fn exited(&self) -> bool {
-        let mut child = self.shared.child.lock().unwrap_or_else(|e| e.into_inner());
-        child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
-    }
 }
 
 impl Drop for MpiJob {
@@ -302,19 +291,33 @@ impl Drop for MpiJob {
 }
 
 /// Accepts the ranks' connections; anything without the token is refused and logged.
+/// Ends (closing the port) once the job is over and its processes are gone.
 fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if s.over.load(Ordering::SeqCst) && s.exited_quietly() {
-            return;
+    if listener.set_nonblocking(true).is_err() {
+        s.fail("the controller's port cannot be polled".into());
+        return;
+    }
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || serve_rank(stream, s));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if s.over.load(Ordering::SeqCst) && s.exited() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
-        let Ok(stream) = stream else { continue };
-        let s = Arc::clone(&s);
-        std::thread::spawn(move || serve_rank(stream, s));
     }
 }
 
 impl Shared {
-    fn exited_quietly(&self) -> bool {
+    /// Whether mpirun (and so every rank) has exited.
+    fn exited(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }

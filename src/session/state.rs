@@ -236,12 +236,17 @@ impl RunState {
         }
     }
 
+    /// Bytes one sync all-reduce moves per rank's buffer: the gradient and the two flags
+    /// the engine sends with it, in the wire format.
+    pub fn allreduce_buffer_bytes(&self) -> usize {
+        (self.params + 2) * self.wire_bytes.max(1)
+    }
+
     /// The α-β model's time for one all-reduce of the gradient in the current segment.
     pub fn allreduce_model(&self) -> Option<std::time::Duration> {
         let seg = self.current().filter(|s| !s.mode.uses_server())?;
         let link = seg.link.as_ref()?;
-        // The gradient, plus the two flags the engine all-reduces with it.
-        let bytes = (self.params + 2) * self.wire_bytes.max(1);
+        let bytes = self.allreduce_buffer_bytes();
         // As the engine does: without an intra-node link, one node talks at the link's speed.
         let intra = self.intra_link.as_ref().unwrap_or(link);
         Some(crate::comm::alpha_beta_on(

@@ -77,10 +77,9 @@ impl Summary {
         let allreduce_ns =
             sync_steps.iter().map(|s| s.allreduce_ns as f64).sum::<f64>() / sync_steps.len().max(1) as f64;
         let workers = state.workers();
-        let n = workers as f64;
-        let grad_bytes = state.params as f64 * 4.0;
+        let grad_bytes = state.allreduce_buffer_bytes() as f64;
         let busbw = (workers > 1 && allreduce_ns > 0.0 && !state.mode().uses_server() && state.segments.len() == 1)
-            .then(|| grad_bytes / allreduce_ns * 2.0 * (n - 1.0) / n);
+            .then(|| grad_bytes / allreduce_ns * crate::comm::busbw_factor(workers));
         let hist = &state.staleness_histogram;
         let last_nonzero = hist.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
         let final_loss = state.last_step().map(|s| s.loss).filter(|l| l.is_finite());

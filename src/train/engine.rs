@@ -382,28 +382,13 @@ pub fn spawn(
     gate: Arc<Gate>,
     options: EngineOptions,
 ) -> EngineHandle {
-    let exp = exp.clone();
-    let live = Arc::new(Live::new(&exp));
-    let final_params = Arc::new(Mutex::new(None));
-    let (live2, out) = (Arc::clone(&live), Arc::clone(&final_params));
-    let join = std::thread::Builder::new()
-        .name("ddlab-engine".into())
-        .spawn(move || {
-            let mut segments = |ctx: &RunCtx, seg: Segment, state: &mut SegState| {
-                if seg.mode.uses_server() {
-                    super::ps::run_segment(ctx, seg, state)
-                } else {
-                    super::sync::run_segment(ctx, seg, state)
-                }
-            };
-            run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
-        })
-        .expect("the OS can start a thread");
-    EngineHandle {
-        join: Some(join),
-        live,
-        final_params,
-    }
+    spawn_with(exp, data, sink, gate, options, "ddlab-engine", |ctx, seg, state| {
+        if seg.mode.uses_server() {
+            super::ps::run_segment(ctx, seg, state)
+        } else {
+            super::sync::run_segment(ctx, seg, state)
+        }
+    })
 }
 
 /// Starts this process's rank of a run in which every worker is a process (MPI): sync
@@ -417,27 +402,37 @@ pub fn spawn_rank<T: crate::comm::Transport + 'static>(
     options: EngineOptions,
     mut comm: crate::comm::Comm<T>,
 ) -> EngineHandle {
+    spawn_with(exp, data, sink, gate, options, "ddlab-rank", move |ctx, seg, state| {
+        let end = if seg.mode.uses_server() {
+            super::ps::run_rank(ctx, seg, state, &mut comm)
+        } else {
+            super::sync::run_rank(ctx, seg, state, &mut comm)
+        };
+        // A process's world is fixed: a switch ends the job (its controller relaunches).
+        match end {
+            SegEnd::Switch => SegEnd::Stopped,
+            end => end,
+        }
+    })
+}
+
+/// Runs `run` with `segments` on a thread of its own.
+fn spawn_with(
+    exp: &Experiment,
+    data: Arc<Dataset>,
+    sink: EventSink,
+    gate: Arc<Gate>,
+    options: EngineOptions,
+    name: &str,
+    mut segments: impl FnMut(&RunCtx, Segment, &mut SegState) -> SegEnd + Send + 'static,
+) -> EngineHandle {
     let exp = exp.clone();
     let live = Arc::new(Live::new(&exp));
     let final_params = Arc::new(Mutex::new(None));
     let (live2, out) = (Arc::clone(&live), Arc::clone(&final_params));
     let join = std::thread::Builder::new()
-        .name("ddlab-rank".into())
-        .spawn(move || {
-            // A process's world is fixed: a switch ends the job (its controller relaunches).
-            let mut segments = |ctx: &RunCtx, seg: Segment, state: &mut SegState| {
-                let end = if seg.mode.uses_server() {
-                    super::ps::run_rank(ctx, seg, state, &mut comm)
-                } else {
-                    super::sync::run_rank(ctx, seg, state, &mut comm)
-                };
-                match end {
-                    SegEnd::Switch => SegEnd::Stopped,
-                    end => end,
-                }
-            };
-            run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments)
-        })
+        .name(name.into())
+        .spawn(move || run(&exp, &data, sink, (&gate, &live2), &options, &out, &mut segments))
         .expect("the OS can start a thread");
     EngineHandle {
         join: Some(join),

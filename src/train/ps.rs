@@ -79,23 +79,10 @@ impl Server {
 /// Runs one parameter-server segment from `state`; leaves the server's parameters and
 /// optimizer state in `state`.
 pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> SegEnd {
-    let p = ctx.mlp.num_params();
-    let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
-    sgd.set_velocity(&state.velocity);
     let server = std::sync::Arc::new(Server {
         mode: seg.mode,
         workers: seg.workers,
-        state: Mutex::new(ServerState {
-            params: state.params.clone(),
-            sgd,
-            version: state.updates,
-            samples_done: state.samples,
-            sum: vec![0.0; p],
-            count: 0,
-            finished: vec![0; seg.workers],
-            active: seg.workers,
-            closed: false,
-        }),
+        state: Mutex::new(ServerState::resume(ctx, seg.workers, state)),
         changed: Condvar::new(),
         nic: Mutex::new(()),
         link: seg.link,
@@ -121,10 +108,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
         end
     });
     let st = server.lock();
-    state.params.copy_from_slice(&st.params);
-    state.velocity.copy_from_slice(st.sgd.velocity());
-    state.updates = st.version;
-    state.samples = st.samples_done;
+    st.save(state);
     SegEnd::combine(&ends)
 }
 
@@ -352,19 +336,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
     let w_count = seg.workers;
     let batch = ctx.exp.batch as u64;
     let schedule = ctx.schedule(&seg);
-    let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
-    sgd.set_velocity(&state.velocity);
-    let mut st = ServerState {
-        params: state.params.clone(),
-        sgd,
-        version: state.updates,
-        samples_done: state.samples,
-        sum: vec![0.0; p],
-        count: 0,
-        finished: vec![0; w_count],
-        active: w_count,
-        closed: false,
-    };
+    let mut st = ServerState::resume(ctx, w_count, state);
     let mut claimed = state.samples;
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
@@ -478,10 +450,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
             }
         }
     }
-    state.params.copy_from_slice(&st.params);
-    state.velocity.copy_from_slice(st.sgd.velocity());
-    state.updates = st.version;
-    state.samples = st.samples_done;
+    st.save(state);
     if end == SegEnd::Completed && ctx.live.switch_requested() {
         end = SegEnd::Switch;
     }
@@ -621,6 +590,32 @@ impl ServerState {
 }
 
 impl ServerState {
+    /// The server of a segment that starts where `state` left off.
+    fn resume(ctx: &RunCtx, workers: usize, state: &SegState) -> ServerState {
+        let p = ctx.mlp.num_params();
+        let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
+        sgd.set_velocity(&state.velocity);
+        ServerState {
+            params: state.params.clone(),
+            sgd,
+            version: state.updates,
+            samples_done: state.samples,
+            sum: vec![0.0; p],
+            count: 0,
+            finished: vec![0; workers],
+            active: workers,
+            closed: false,
+        }
+    }
+
+    /// Leaves the parameters, optimizer state and counts in `state` for what comes next.
+    fn save(&self, state: &mut SegState) {
+        state.params.copy_from_slice(&self.params);
+        state.velocity.copy_from_slice(self.sgd.velocity());
+        state.updates = self.version;
+        state.samples = self.samples_done;
+    }
+
     /// Backup mode: once the open step holds min(`needed`, active workers) gradients,
     /// applies their mean; returns its norm if it did.
     fn close_step_if_full(&mut self, needed: usize, lr: f32) -> Option<f64> {

@@ -281,8 +281,11 @@ impl<'a> Worker<'a> {
             };
             // One process per worker (MPI): rank 0 reports everyone's step.
             if let Exchange::Direct(comm) = &mut exchange {
-                if let Some(all) = comm.transport_mut().gather_f64(&step_fields(&report)) {
-                    let all = all.map_err(|_| SegEnd::Aborted)?;
+                if comm.transport().process_per_rank() {
+                    let all = comm
+                        .transport_mut()
+                        .gather_f64(&step_fields(&report))
+                        .map_err(|_| SegEnd::Aborted)?;
                     for (w, fields) in all.chunks(STEP_FIELDS).enumerate().skip(1) {
                         ctx.sink.send(Event::WorkerStep(step_from_fields(&report, w, fields)));
                     }

@@ -9,6 +9,18 @@ use crate::data::digits;
 use crate::nn::LrScaling;
 use crate::train::{CollectiveKind, Event, Phase, WorkerStep};
 
+/// The start of a digits run with the default network (64-128-10), f32 gradients.
+pub fn started() -> Event {
+    Event::Started {
+        params: 9610,
+        total_samples: 42240,
+        train_len: 1438,
+        nodes: 1,
+        intra_link: None,
+        wire_bytes: 4,
+    }
+}
+
 pub fn segment(mode: Mode, workers: usize) -> Event {
     Event::Segment {
         index: 0,
@@ -56,14 +68,7 @@ pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
         ..Default::default()
     };
     let mut lab = Lab::replay(exp, data);
-    lab.apply(&Event::Started {
-        params: 9610,
-        total_samples: 42240,
-        train_len: 1438,
-        nodes: 1,
-        intra_link: None,
-        wire_bytes: 4,
-    });
+    lab.apply(&started());
     lab.apply(&segment(Mode::Sync, workers));
     let step_ns = 100_000u64;
     for step in 0..steps {

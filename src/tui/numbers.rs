@@ -32,7 +32,6 @@ pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let st = lab.state();
     let (steps_s, samples_s) = recent_rates(st, 1.0);
-    let n = lab.current_workers() as f64;
     let mut lines = vec![Line::from(vec![
         Span::styled("steps/s ", theme.dim()),
         Span::raw(format!("{steps_s:<9.0}")),
@@ -48,9 +47,9 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::raw(st.dropped_gradients.to_string()),
         ]));
     } else if let Some(last) = st.steps.iter().rev().find(|s| s.worker.is_none() && s.allreduce_ns > 0) {
-        // busbw of the latest all-reduce: gradient bytes / time · 2(N−1)/N (nccl-tests)
-        let bytes = st.params as f64 * st.wire_bytes.max(1) as f64;
-        let busbw = bytes / last.allreduce_ns as f64 * 2.0 * (n - 1.0) / n;
+        // busbw of the latest all-reduce (nccl-tests): bytes / time · 2(N−1)/N
+        let bytes = st.allreduce_buffer_bytes() as f64;
+        let busbw = bytes / last.allreduce_ns as f64 * crate::comm::busbw_factor(lab.current_workers());
         lines.push(Line::from(vec![
             Span::styled("all-reduce ", theme.dim()),
             Span::raw(format!(
