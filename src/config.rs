@@ -192,6 +192,13 @@ pub struct Experiment {
     pub seed: u64,
     /// Test-set accuracy every this many steps (and at the end).
     pub eval_every: u64,
+    /// Where each worker computes: the CPU, or a GPU (cargo feature `gpu`).
+    #[serde(default)]
+    pub device: crate::gpu::Device,
+    /// With `device` gpu: the GPUs to use (numbers from `ddlab check`), round-robin over
+    /// the workers; empty = round-robin over every GPU found.
+    #[serde(default)]
+    pub gpus: Vec<usize>,
 }
 
 impl Default for Experiment {
@@ -219,6 +226,8 @@ impl Default for Experiment {
             bucket_kb: 64,
             seed: 1,
             eval_every: 25,
+            device: crate::gpu::Device::Cpu,
+            gpus: Vec::new(),
         }
     }
 }
@@ -301,6 +310,15 @@ impl Experiment {
             return Err(bad(
                 "allreduce",
                 "mpi is the MPI library's own all-reduce: use it with --backend mpi under mpirun, or choose ring, tree or naive",
+            ));
+        }
+        if !self.gpus.is_empty() && self.device != crate::gpu::Device::Gpu {
+            return Err(bad("gpus", "GPUs are chosen for --device gpu: add it, or drop --gpus"));
+        }
+        if self.device == crate::gpu::Device::Gpu && self.overlap {
+            return Err(bad(
+                "overlap",
+                "overlap all-reduces each layer's gradient while backward runs, but on --device gpu the gradient reaches the host only after backward: drop --overlap, or use --device cpu",
             ));
         }
         if self.bucket_kb == 0 {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod data;
+pub mod gpu;
 pub mod lesson;
 pub mod nn;
 pub mod session;

@@ -4,6 +4,14 @@ use ddlab::cli::{self, Command};
 use ddlab::tui;
 
 fn main() {
+    // ddlab picks its GPUs itself. Mesa's implicit Vulkan layer that would pick one for
+    // it connects to a Wayland display to do so, and on a machine without one prints
+    // "XDG_RUNTIME_DIR is invalid" to the terminal: leave that layer out unless the user
+    // set it up. (Set here, before any thread exists.)
+    #[cfg(feature = "gpu")]
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let result = cli::parse().and_then(|cli| match cli.command {
         Some(Command::Run(args)) => cli::run::run(&args),
         Some(Command::Compare(args)) => cli::compare::compare(&args),

@@ -105,6 +105,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
             .map_err(|e| match e {
                 SessionError::Config(e) => CliError::usage(e.to_string()),
                 SessionError::Data(e) => CliError::usage(e.to_string()),
+                SessionError::Device(e) => CliError::usage(e),
             })?;
         session.run_to_end(|_| {});
         let s = session.summary();

@@ -233,6 +233,13 @@ pub struct ExperimentArgs {
     /// Test-set accuracy every this many steps.
     #[arg(long, value_name = "STEPS")]
     pub eval_every: Option<u64>,
+    /// Where workers compute: cpu, or gpu (WGSL kernels through wgpu; cargo feature gpu).
+    #[arg(long, value_name = "cpu|gpu")]
+    pub device: Option<crate::gpu::Device>,
+    /// With --device gpu: the GPUs to use, e.g. 0,1 (numbers as `ddlab check` lists
+    /// them), round-robin over the workers. Default: every GPU found.
+    #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
+    pub gpus: Option<Vec<usize>>,
 }
 
 /// Hidden layer widths as given on the command line.
@@ -272,7 +279,9 @@ impl ExperimentArgs {
             eval_every,
             grad_dtype,
             nodes,
-            bucket_kb
+            bucket_kb,
+            device,
+            gpus
         );
         if self.overlap {
             exp.overlap = true;

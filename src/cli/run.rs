@@ -30,6 +30,7 @@ fn session_error(e: SessionError) -> CliError {
     match e {
         SessionError::Config(e) => CliError::usage(e.to_string()),
         SessionError::Data(e) => CliError::usage(e.to_string()),
+        SessionError::Device(e) => CliError::usage(e),
     }
 }
 

@@ -22,6 +22,9 @@ pub enum SessionError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Data(#[from] DataError),
+    /// `--device gpu` cannot run here (no GPU, a build without the feature, …).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// How a session reports, for the front end that opened it.
@@ -210,6 +213,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         exp.validate()?;
         exp.check_against(data.train_len())?;
+        crate::gpu::preflight(&exp, data.inputs(), data.classes).map_err(SessionError::Device)?;
         let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
         let (sink, stream) = event_channel(options.visual_capacity);
         let engine = spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate));

@@ -95,6 +95,8 @@ pub struct RunState {
     pub nodes: usize,
     pub intra_link: Option<crate::comm::Link>,
     pub wire_bytes: usize,
+    /// What each worker computes on (`cpu`, or a GPU's label), as the run started.
+    pub devices: Vec<String>,
     pub segments: Vec<SegmentRecord>,
     pub steps: Vec<StepRecord>,
     pub evals: Vec<EvalRecord>,
@@ -137,7 +139,9 @@ impl RunState {
                 nodes,
                 intra_link,
                 wire_bytes,
+                devices,
             } => {
+                self.devices = devices.clone();
                 self.nodes = *nodes;
                 self.intra_link = *intra_link;
                 self.wire_bytes = *wire_bytes;

@@ -157,6 +157,8 @@ pub(super) struct RunCtx<'a> {
     pub live: &'a Live,
     /// The run ends when the workers have processed this many samples.
     pub total_samples: u64,
+    /// The GPUs found, with `--device gpu` (see `crate::gpu::gpu_of`).
+    pub gpus: Vec<crate::gpu::GpuInfo>,
     /// Taken (closed) when the run ends, so that the evaluator finishes.
     eval_tx: Mutex<Option<Sender<EvalJob>>>,
 }
@@ -456,7 +458,19 @@ fn run(
     let clock = Clock::start();
     let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
     let total = total_samples(exp, data.train_len());
+    let gpus = match crate::gpu::preflight(exp, data.inputs(), data.classes) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            let outcome = Outcome::Failed { message };
+            sink.send(Event::Finished {
+                outcome: outcome.clone(),
+                t_ns: clock.ns(),
+            });
+            return outcome;
+        }
+    };
     sink.send(Event::Started {
+        devices: crate::gpu::worker_devices(exp, exp.workers, &gpus),
         params: mlp.num_params(),
         total_samples: total,
         train_len: data.train_len(),
@@ -487,6 +501,7 @@ fn run(
         options,
         live,
         total_samples: total,
+        gpus,
         eval_tx: Mutex::new(Some(eval_tx)),
     };
 

@@ -18,10 +18,16 @@ pub enum Phase {
     Push,
     /// Idle: blocked by the SSP bound, or waiting for a backup step to close.
     Wait,
+    /// On a GPU: the gradient copied device → host, for the all-reduce (or the push).
+    #[serde(rename = "to_host")]
+    ToHost,
+    /// On a GPU: the all-reduced gradient (or pulled parameters) copied host → device.
+    #[serde(rename = "to_device")]
+    ToDevice,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Forward,
         Phase::Backward,
         Phase::AllReduce,
@@ -29,6 +35,8 @@ impl Phase {
         Phase::Pull,
         Phase::Push,
         Phase::Wait,
+        Phase::ToHost,
+        Phase::ToDevice,
     ];
     pub const COUNT: usize = Self::ALL.len();
     pub fn index(self) -> usize {
@@ -43,6 +51,8 @@ impl Phase {
             Phase::Pull => "pull",
             Phase::Push => "push",
             Phase::Wait => "wait",
+            Phase::ToHost => "to host",
+            Phase::ToDevice => "to device",
         }
     }
 }
@@ -146,6 +156,9 @@ pub enum Event {
         /// Bytes a gradient value takes on the wire (4, or 2 for f16/bf16).
         #[serde(default = "four")]
         wire_bytes: usize,
+        /// What each worker of the first segment computes on: `cpu`, or a GPU's label.
+        #[serde(default)]
+        devices: Vec<String>,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {

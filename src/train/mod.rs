@@ -4,6 +4,7 @@
 //! `engine.rs` runs a sequence of segments (one mode and worker count each); `sync.rs`
 //! is the all-reduce engine, `ps.rs` the parameter-server engines (async, SSP, backup).
 
+mod compute;
 mod control;
 mod engine;
 mod event;

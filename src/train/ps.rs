@@ -14,7 +14,8 @@ use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{Event, Phase, WorkerStep};
 use crate::comm::{precise_sleep, Link};
 use crate::config::Mode;
-use crate::nn::{l2_norm, Sgd, Workspace};
+use super::compute::Compute;
+use crate::nn::{l2_norm, Sgd};
 
 struct ServerState {
     params: Vec<f32>,
@@ -131,7 +132,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     let steps_per_epoch = sharder.steps_per_epoch();
     let mut params = vec![0.0f32; p];
     let mut grads = vec![0.0f32; p];
-    let mut ws = Workspace::new(mlp, exp.batch);
+    let mut compute = Compute::new(ctx, rank)?;
     let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
     let mut labels = vec![0u8; exp.batch];
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
@@ -208,22 +209,15 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
                 indices: indices.to_vec(),
             });
         }
-        let score = ctx.phase(rank, pulled, Phase::Forward, &mut phase_ns, || {
-            mlp.forward(&params, &xv, &mut ws);
-            mlp.loss(&labels, &mut ws)
-        })?;
+        compute.pulled(ctx, (rank, pulled), &mut phase_ns, &params)?;
+        let score = compute.forward(ctx, (rank, pulled), &mut phase_ns, &params, (&xv, &labels))?;
         if diverged(score.mean_loss(), data.classes) {
             return Err(SegEnd::Diverged {
                 step: pulled,
                 worker: rank,
             });
         }
-        let forward_ns = phase_ns[Phase::Forward.index()];
-        ctx.phase(rank, pulled, Phase::Backward, &mut phase_ns, || {
-            let t0 = std::time::Instant::now();
-            mlp.backward(&params, &xv, &mut ws, &mut grads);
-            ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
-        })?;
+        compute.backward(ctx, (rank, pulled), &mut phase_ns, &params, &xv, &mut grads)?;
         let wire = exp.grad_dtype;
         if wire != crate::comm::Wire::F32 {
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
@@ -276,7 +270,10 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
 }
 
 /// Header of a worker's message to the server (then the gradient).
-const HEADER: usize = 20;
+const HEADER: usize = LEAD + 4;
+/// Where the header's phase times start (one per `Phase`), and the lead that follows them.
+const PHASES: usize = 9;
+const LEAD: usize = PHASES + Phase::COUNT;
 /// Header of the server's reply (then the parameters).
 const REPLY: usize = 4;
 const HELLO: f32 = 0.0;
@@ -374,7 +371,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
             let mut phase_ns = [0u64; Phase::COUNT];
             phase_ns
                 .iter_mut()
-                .zip(&msg[9..9 + Phase::COUNT])
+                .zip(&msg[PHASES..LEAD])
                 .for_each(|(p, &v)| *p = v as u64);
             report = Some(WorkerStep {
                 worker: w,
@@ -392,7 +389,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                 idle_ns: 0,
                 staleness: pushed.staleness,
                 dropped: pushed.dropped,
-                lead: msg[16] as u64,
+                lead: msg[LEAD] as u64,
                 allreduce_start_ns: 0,
                 end_ns: now,
             });
@@ -469,7 +466,11 @@ fn work<T: crate::comm::Transport + ?Sized>(
     let steps_per_epoch = sharder.steps_per_epoch();
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
-    let mut ws = Workspace::new(mlp, exp.batch);
+    // Worker w is rank w + 1; it takes the GPUs of its host by its rank there.
+    let mut compute = match Compute::new(ctx, crate::gpu::local_rank(w + 1)) {
+        Ok(c) => c,
+        Err(end) => return Ok(end),
+    };
     let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
     let mut labels = vec![0u8; exp.batch];
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
@@ -497,11 +498,14 @@ fn work<T: crate::comm::Transport + ?Sized>(
             labels[row] = data.train_y[s as usize];
         }
         let xv = x.view();
-        let score = ctx.phase(w, pulled, Phase::Forward, &mut phase_ns, || {
-            mlp.forward(params, &xv, &mut ws);
-            mlp.loss(&labels, &mut ws)
-        });
-        let Ok(score) = score else { return Ok(SegEnd::Stopped) };
+        let score = compute
+            .pulled(ctx, (w, pulled), &mut phase_ns, params)
+            .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, &labels)));
+        let score = match score {
+            Ok(score) => score,
+            Err(SegEnd::Failed(e)) => return Ok(SegEnd::Failed(e)),
+            Err(_) => return Ok(SegEnd::Stopped),
+        };
         msg[1] = pulled as f32;
         msg[2] = i as f32;
         if diverged(score.mean_loss(), data.classes) {
@@ -513,13 +517,10 @@ fn work<T: crate::comm::Transport + ?Sized>(
                 worker: w,
             });
         }
-        let forward_ns = phase_ns[Phase::Forward.index()];
         let grads = &mut msg[HEADER..];
-        let _ = ctx.phase(w, pulled, Phase::Backward, &mut phase_ns, || {
-            let t0 = std::time::Instant::now();
-            mlp.backward(params, &xv, &mut ws, grads);
-            ctx.straggle(w, forward_ns + t0.elapsed().as_nanos() as u64);
-        });
+        if let Err(SegEnd::Failed(e)) = compute.backward(ctx, (w, pulled), &mut phase_ns, params, &xv, grads) {
+            return Ok(SegEnd::Failed(e));
+        }
         let wire = exp.grad_dtype;
         if wire != crate::comm::Wire::F32 {
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
@@ -530,11 +531,11 @@ fn work<T: crate::comm::Transport + ?Sized>(
         msg[4] = score.correct as f32;
         msg[5] = score.samples as f32;
         msg[6] = grad_norm as f32;
-        msg[9..9 + Phase::COUNT]
+        msg[PHASES..LEAD]
             .iter_mut()
             .zip(&phase_ns)
             .for_each(|(m, &ns)| *m = ns as f32);
-        msg[16] = reply[2];
+        msg[LEAD] = reply[2];
     }
     Ok(SegEnd::Completed)
 }

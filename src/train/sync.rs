@@ -9,7 +9,8 @@ use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, Phase, WorkerStep};
 use crate::comm::{thread_group_on, Collective, Comm, ThreadTransport, Topology, Transfer, Transport, Wire};
-use crate::nn::{l2_norm, Sgd, Workspace};
+use super::compute::Compute;
+use crate::nn::{l2_norm, Sgd};
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
 /// requested, or the run stops; leaves the replicas' parameters and optimizer state in
@@ -137,7 +138,22 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn train<T: Transport>(&mut self, mut exchange: Exchange<T>, steps: u64) -> Result<(), SegEnd> {
+    /// Trains on this worker's device: the CPU, or a GPU holding the replica (whose
+    /// parameters and momentum come back to the host when the segment ends).
+    fn train<T: Transport>(&mut self, exchange: Exchange<T>, steps: u64) -> Result<(), SegEnd> {
+        // A process per worker takes the GPUs of its host by its rank on that host.
+        let slot = match &exchange {
+            Exchange::Direct(comm) if comm.transport().process_per_rank() => crate::gpu::local_rank(self.rank),
+            _ => self.rank,
+        };
+        let mut compute = Compute::new(self.ctx, slot)?;
+        compute.load(&self.params, Some(self.sgd.velocity()))?;
+        let trained = self.train_on(&mut compute, exchange, steps);
+        let stored = compute.store(&mut self.params, Some(&mut self.sgd));
+        trained.and(stored)
+    }
+
+    fn train_on<T: Transport>(&mut self, compute: &mut Compute, mut exchange: Exchange<T>, steps: u64) -> Result<(), SegEnd> {
         let (ctx, rank) = (self.ctx, self.rank);
         let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
         let p = mlp.num_params();
@@ -147,7 +163,6 @@ impl<'a> Worker<'a> {
         let schedule = ctx.schedule(&self.seg);
         let steps_per_epoch = sharder.steps_per_epoch();
         let global_batch = (self.seg.workers * exp.batch) as u64;
-        let mut ws = Workspace::new(mlp, exp.batch);
         let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
         let mut labels = vec![0u8; exp.batch];
         let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
@@ -179,10 +194,7 @@ impl<'a> Worker<'a> {
             let mut phase_ns = [0u64; Phase::COUNT];
             let (params, grads) = (&mut self.params, &mut self.grads);
 
-            let score = ctx.phase(rank, step, Phase::Forward, &mut phase_ns, || {
-                mlp.forward(params, &xv, &mut ws);
-                mlp.loss(&labels, &mut ws)
-            })?;
+            let score = compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, &labels))?;
             if diverged(score.mean_loss(), data.classes) {
                 return Err(SegEnd::Diverged { step, worker: rank });
             }
@@ -198,19 +210,19 @@ impl<'a> Worker<'a> {
             }
             let flags = [grads[p], grads[p + 1]];
             let forward_ns = phase_ns[Phase::Forward.index()];
-            ctx.phase(rank, step, Phase::Backward, &mut phase_ns, || {
-                let t0 = std::time::Instant::now();
-                match &mut exchange {
-                    Exchange::Direct(_) => mlp.backward(params, &xv, &mut ws, &mut grads[..p]),
-                    Exchange::Overlap(overlap) => {
+            match (&mut exchange, &mut *compute) {
+                (Exchange::Overlap(overlap), Compute::Cpu(ws)) => {
+                    ctx.phase(rank, step, Phase::Backward, &mut phase_ns, || {
+                        let t0 = std::time::Instant::now();
                         let layers = mlp.layers();
-                        mlp.backward_with(params, &xv, &mut ws, &mut grads[..p], |l, g| {
+                        mlp.backward_with(params, &xv, ws, &mut grads[..p], |l, g| {
                             overlap.layer_done(l, g, layers[l].offset, &flags, step)
-                        })
-                    }
+                        });
+                        ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
+                    })?;
                 }
-                ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
-            })?;
+                _ => compute.backward(ctx, (rank, step), &mut phase_ns, params, &xv, &mut grads[..p])?,
+            }
             let mut allreduce_start_ns = 0;
             let (grad_norm, bytes_sent, idle_ns) = match &mut exchange {
                 Exchange::Direct(comm) => {
@@ -252,10 +264,7 @@ impl<'a> Worker<'a> {
             }
             let grad_norm_reduced = l2_norm(&grads[..p]);
             let lr = schedule.at(step);
-            let sgd = &mut self.sgd;
-            ctx.phase(rank, step, Phase::Update, &mut phase_ns, || {
-                sgd.step(params, &grads[..p], lr)
-            })?;
+            compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
             self.steps_done = local + 1;
 
             let end_ns = ctx.clock.ns();
@@ -294,6 +303,7 @@ impl<'a> Worker<'a> {
             ctx.sink.send(Event::WorkerStep(report));
             let updates = step + 1;
             if rank == 0 && ctx.should_evaluate(updates) {
+                compute.store(params, None)?;
                 ctx.evaluate(updates, samples_before + global_batch, params, end_ns);
             }
             if grads[p] > 0.0 {

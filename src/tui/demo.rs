@@ -18,6 +18,7 @@ pub fn started() -> Event {
         nodes: 1,
         intra_link: None,
         wire_bytes: 4,
+        devices: Vec::new(),
     }
 }
 
@@ -48,7 +49,7 @@ pub fn report(worker: usize, step: u64, end_ns: u64, staleness: Option<u64>) -> 
         grad_norm: 0.8,
         grad_norm_reduced: 0.4,
         lr: 0.1,
-        phase_ns: [10_000, 20_000, 30_000, 5_000, 0, 0, 0],
+        phase_ns: [10_000, 20_000, 30_000, 5_000, 0, 0, 0, 0, 0],
         bytes_sent: 1000,
         idle_ns: 3_000,
         staleness,

@@ -10,16 +10,20 @@ use super::theme::Theme;
 use crate::comm::AllReduceAlgo;
 use crate::train::Phase;
 
-/// The phase that follows `p` in a worker's loop.
-pub fn next_phase(p: Phase, server: bool) -> Phase {
-    match (p, server) {
-        (Phase::Forward, _) => Phase::Backward,
-        (Phase::Backward, false) => Phase::AllReduce,
-        (Phase::AllReduce, _) => Phase::Update,
-        (Phase::Update, _) => Phase::Forward,
-        (Phase::Backward, true) => Phase::Push,
-        (Phase::Push, _) | (Phase::Wait, _) => Phase::Pull,
-        (Phase::Pull, _) => Phase::Forward,
+/// The phase that follows `p` in a worker's loop (`gpu`: with the copies between the
+/// GPU and the host).
+pub fn next_phase(p: Phase, server: bool, gpu: bool) -> Phase {
+    match (p, server, gpu) {
+        (Phase::Forward, _, _) => Phase::Backward,
+        (Phase::Backward, _, true) => Phase::ToHost,
+        (Phase::Backward, false, false) | (Phase::ToHost, false, _) => Phase::AllReduce,
+        (Phase::AllReduce, _, true) => Phase::ToDevice,
+        (Phase::AllReduce, _, false) | (Phase::ToDevice, false, _) => Phase::Update,
+        (Phase::Update, _, _) => Phase::Forward,
+        (Phase::Backward, true, false) | (Phase::ToHost, true, _) => Phase::Push,
+        (Phase::Push, _, _) | (Phase::Wait, _, _) => Phase::Pull,
+        (Phase::Pull, _, true) => Phase::ToDevice,
+        (Phase::Pull, _, false) | (Phase::ToDevice, true, _) => Phase::Forward,
     }
 }
 
@@ -53,6 +57,7 @@ pub fn describe(lab: &Lab, w: usize, phase: Phase) -> String {
     let reduced = report.map_or("…".into(), |r| format!("{:.3}", r.grad_norm_reduced));
     let lr = report.map_or(lab.exp.lr, |r| r.lr);
     let algo = lab.state().current().map_or(lab.exp.allreduce, |s| s.allreduce);
+    let server = lab.current_mode().uses_server();
     match phase {
         Phase::Forward => format!(
             "forward: worker {w} runs its own batch through its copy of the network — it saw {saw} — and scores it: loss {}.",
@@ -79,6 +84,14 @@ pub fn describe(lab: &Lab, w: usize, phase: Phase) -> String {
         Phase::Wait => format!(
             "wait: worker {w} is ahead of the slowest worker (or its step has not closed) and waits — the price SSP and backup workers pay for fresher gradients."
         ),
+        Phase::ToHost => format!(
+            "to host: worker {w}'s gradient (norm {norm}) is copied from its GPU into host memory, because this all-reduce runs on the host. A GPU-aware library (NCCL) would send it from GPU memory directly and skip both copies."
+        ),
+        Phase::ToDevice => format!(
+            "to device: worker {w} copies {} back into its GPU's memory, where the kernels can use {}.",
+            if server { "the parameters it pulled" } else { "the averaged gradient" },
+            if server { "them" } else { "it" }
+        ),
     }
 }
 
@@ -92,7 +105,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             lab.current_workers()
         ),
         (None, Some(span)) if lab.paused || lab.stepping => {
-            let next = next_phase(span.phase, server);
+            let next = next_phase(span.phase, server, lab.exp.device == crate::gpu::Device::Gpu);
             format!("halted. About to: {}", describe(lab, w, next))
         }
         (None, Some(span)) => describe(lab, w, span.phase),

@@ -71,6 +71,8 @@ impl Theme {
             Phase::Pull => Color::Cyan,
             Phase::Push => Color::LightYellow,
             Phase::Wait => Color::DarkGray,
+            Phase::ToHost => Color::LightRed,
+            Phase::ToDevice => Color::LightBlue,
         })
     }
 
@@ -102,5 +104,7 @@ pub fn phase_letter(phase: Phase) -> &'static str {
         Phase::Pull => "P",
         Phase::Push => "S",
         Phase::Wait => ".",
+        Phase::ToHost => "h",
+        Phase::ToDevice => "d",
     }
 }

@@ -1,0 +1,849 @@
+//! The wgpu side: finding GPUs, opening them once per process, and a worker's network in
+//! GPU buffers with the kernels that train it.
+//!
+//! Every phase is one command encoder and one submission that the host waits for, so
+//! each is timed like the CPU's phases are: forward (batch upload, every layer, the loss,
+//! and the loss figures back), backward (every layer's gradient into the flat gradient
+//! buffer), to-host (the gradient into host memory), to-device (the all-reduced gradient
+//! back) and update (SGD with momentum on the GPU's own parameters).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wgpu::util::DeviceExt;
+
+use super::GpuInfo;
+use crate::config::Experiment;
+use crate::nn::{BatchScore, Mlp};
+
+/// A GPU failure, as one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuError(pub String);
+
+/// The adapters found, once per process, in `list` order.
+struct Found {
+    adapters: Vec<wgpu::Adapter>,
+    infos: Vec<GpuInfo>,
+}
+
+fn found() -> &'static Result<Found, String> {
+    static FOUND: OnceLock<Result<Found, String>> = OnceLock::new();
+    FOUND.get_or_init(discover)
+}
+
+/// Backends to search: `WGPU_BACKEND` (e.g. vulkan) when set, else every one built in.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+fn discover() -> Result<Found, String> {
+    let backends = backends();
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let all = pollster::block_on(instance.enumerate_adapters(backends));
+    // Only adapters that run compute shaders (some GL drivers cannot).
+    let mut usable: Vec<wgpu::Adapter> = all
+        .into_iter()
+        .filter(|a| {
+            a.get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        })
+        .collect();
+    let is_gl = |a: &wgpu::Adapter| a.get_info().backend == wgpu::Backend::Gl;
+    if usable.iter().any(|a| !is_gl(a)) {
+        usable.retain(|a| !is_gl(a)); // the same GPU again through GL
+    }
+    let is_soft = |a: &wgpu::Adapter| a.get_info().device_type == wgpu::DeviceType::Cpu;
+    if usable.iter().any(|a| !is_soft(a)) {
+        usable.retain(|a| !is_soft(a)); // lavapipe beside a real GPU
+    }
+    let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    usable.sort_by_key(rank);
+    if usable.is_empty() {
+        let looked = if std::env::var_os("WGPU_BACKEND").is_some() {
+            format!("{backends:?} (set by WGPU_BACKEND)")
+        } else {
+            "Vulkan, Metal, DX12 and GL".to_string()
+        };
+        return Err(format!(
+            "--device gpu: no GPU found (wgpu looked for {looked} adapters that run compute shaders): install your GPU's Vulkan driver (Debian/Ubuntu without a GPU: apt-get install mesa-vulkan-drivers libvulkan1 gives a software one), or use --device cpu"
+        ));
+    }
+    let infos = usable
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let i = a.get_info();
+            GpuInfo {
+                index,
+                name: i.name.clone(),
+                backend: i.backend.to_str().to_string(),
+                kind: match i.device_type {
+                    wgpu::DeviceType::DiscreteGpu => "discrete",
+                    wgpu::DeviceType::IntegratedGpu => "integrated",
+                    wgpu::DeviceType::VirtualGpu => "virtual",
+                    wgpu::DeviceType::Cpu => "cpu",
+                    wgpu::DeviceType::Other => "other",
+                }
+                .to_string(),
+                driver: [i.driver.as_str(), i.driver_info.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        })
+        .collect();
+    Ok(Found {
+        adapters: usable,
+        infos,
+    })
+}
+
+pub(super) fn list() -> Result<Vec<GpuInfo>, String> {
+    found().as_ref().map(|f| f.infos.clone()).map_err(Clone::clone)
+}
+
+/// The limits ddlab asks every GPU for: WebGPU's defaults, which Metal, DX12, Vulkan
+/// and lavapipe all meet (the adapter may offer more; asking for more would break on the
+/// smaller ones).
+fn needed_limits() -> wgpu::Limits {
+    wgpu::Limits::default()
+}
+
+/// Checks that the network of `exp` on a data set of `inputs` features and `classes`
+/// classes fits the buffers every GPU allows.
+pub(super) fn fits(exp: &Experiment, inputs: usize, classes: usize) -> Result<(), String> {
+    let mlp = Mlp::new(inputs, &exp.hidden, classes);
+    let limit = needed_limits().max_storage_buffer_binding_size;
+    let widest = mlp.sizes().iter().copied().max().unwrap_or(1);
+    for (what, floats) in [
+        ("the parameters", mlp.num_params()),
+        ("a layer's activations", exp.batch * widest),
+    ] {
+        let bytes = floats as u64 * 4;
+        if bytes > u64::from(limit) {
+            return Err(format!(
+                "--device gpu: {what} take {} MB, over the {} MB one GPU buffer may hold on every GPU (WebGPU's default limit): use a smaller --hidden or --batch, or --device cpu",
+                bytes >> 20,
+                limit >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The compute pipelines, compiled once per device.
+struct Kernels {
+    matmul: wgpu::ComputePipeline,
+    bias_act: wgpu::ComputePipeline,
+    softmax_ce: wgpu::ComputePipeline,
+    bias_grad: wgpu::ComputePipeline,
+    relu_back: wgpu::ComputePipeline,
+    sgd: wgpu::ComputePipeline,
+}
+
+impl Kernels {
+    fn new(device: &wgpu::Device) -> Kernels {
+        let make = |name: &str, source: &str| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        Kernels {
+            matmul: make("matmul", include_str!("shaders/matmul.wgsl")),
+            bias_act: make("bias_act", include_str!("shaders/bias_act.wgsl")),
+            softmax_ce: make("softmax_ce", include_str!("shaders/softmax_ce.wgsl")),
+            bias_grad: make("bias_grad", include_str!("shaders/bias_grad.wgsl")),
+            relu_back: make("relu_back", include_str!("shaders/relu_back.wgsl")),
+            sgd: make("sgd", include_str!("shaders/sgd.wgsl")),
+        }
+    }
+
+    fn get(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        match k {
+            Kernel::Matmul => &self.matmul,
+            Kernel::BiasAct => &self.bias_act,
+            Kernel::SoftmaxCe => &self.softmax_ce,
+            Kernel::BiasGrad => &self.bias_grad,
+            Kernel::ReluBack => &self.relu_back,
+            Kernel::Sgd => &self.sgd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Matmul,
+    BiasAct,
+    SoftmaxCe,
+    BiasGrad,
+    ReluBack,
+    Sgd,
+}
+
+/// One GPU, opened: shared by the workers that use it (each with its own buffers).
+pub struct Opened {
+    pub info: GpuInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    kernels: Kernels,
+    /// The first error the device reported on its own (validation, out of memory, lost).
+    fault: Arc<Mutex<Option<String>>>,
+}
+
+/// Opens GPU `index` of `list` (once per process; later calls share it).
+pub fn open(index: usize) -> Result<Arc<Opened>, GpuError> {
+    static OPEN: Mutex<Vec<Option<Arc<Opened>>>> = Mutex::new(Vec::new());
+    let found = found().as_ref().map_err(|e| GpuError(e.clone()))?;
+    let adapter = found.adapters.get(index).ok_or_else(|| {
+        GpuError(format!(
+            "--gpus: there is no GPU {index}: this machine has {}",
+            found.adapters.len()
+        ))
+    })?;
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if open.len() <= index {
+        open.resize(index + 1, None);
+    }
+    if let Some(o) = &open[index] {
+        return Ok(Arc::clone(o));
+    }
+    let info = found.infos[index].clone();
+    let mut short = Vec::new();
+    needed_limits().check_limits_with_fail_fn(&adapter.limits(), false, |name, wanted, allowed| {
+        short.push(format!("{name} is {allowed}, ddlab needs {wanted}"));
+    });
+    if !short.is_empty() {
+        return Err(GpuError(format!(
+            "--device gpu: {} lacks what ddlab needs ({}; WebGPU's default limits): update its driver, pick another GPU with --gpus, or use --device cpu",
+            info.label(),
+            short.join(", ")
+        )));
+    }
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("ddlab"),
+        required_features: wgpu::Features::empty(),
+        required_limits: needed_limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|e| {
+        GpuError(format!(
+            "--device gpu: {} could not be opened: {e}; update its driver, pick another GPU with --gpus, or use --device cpu",
+            info.label()
+        ))
+    })?;
+    let fault: Arc<Mutex<Option<String>>> = Arc::default();
+    device.on_uncaptured_error(Arc::new({
+        let fault = Arc::clone(&fault);
+        move |e: wgpu::Error| {
+            let mut f = fault.lock().unwrap_or_else(|e| e.into_inner());
+            f.get_or_insert_with(|| e.to_string().lines().next().unwrap_or("").to_string());
+        }
+    }));
+    device.set_device_lost_callback({
+        let fault = Arc::clone(&fault);
+        move |_, msg| {
+            let mut f = fault.lock().unwrap_or_else(|e| e.into_inner());
+            f.get_or_insert_with(|| format!("the GPU was lost: {msg}"));
+        }
+    });
+    let kernels = Kernels::new(&device);
+    let opened = Arc::new(Opened {
+        info,
+        device,
+        queue,
+        kernels,
+        fault,
+    });
+    open[index] = Some(Arc::clone(&opened));
+    Ok(opened)
+}
+
+const TRANS_A: u32 = 1;
+const TRANS_B: u32 = 2;
+/// Elementwise kernels run 256 invocations per workgroup and stride over the rest.
+const MAX_GROUPS: u32 = 65_535;
+
+fn groups_for(n: usize, per_group: usize) -> u32 {
+    (n.div_ceil(per_group) as u32).clamp(1, MAX_GROUPS)
+}
+
+fn uniform_bytes(words: [u32; 8]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// One recorded dispatch: a kernel, its bindings, its grid.
+struct Dispatch {
+    kernel: Kernel,
+    bind: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+impl Opened {
+    fn storage(&self, label: &str, floats: usize, extra: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (floats.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | extra,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn uniform(&self, words: [u32; 8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params of a dispatch"),
+            contents: &uniform_bytes(words),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn dispatch(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) -> Dispatch {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &self.kernels.get(kernel).get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Dispatch { kernel, bind, groups }
+    }
+
+    /// Records `dispatches` into one compute pass of `encoder`.
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        for d in dispatches {
+            pass.set_pipeline(self.kernels.get(d.kernel));
+            pass.set_bind_group(0, &d.bind, &[]);
+            pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+        }
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Submits `encoder` and waits until the GPU has run it.
+    fn run(&self, encoder: wgpu::CommandEncoder) -> Result<(), GpuError> {
+        let index = self.queue.submit([encoder.finish()]);
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError(format!("{}: {e}", self.info.label())))?;
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), GpuError> {
+        match self.fault.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(msg) => Err(GpuError(format!("{}: {msg}", self.info.label()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies the first `out.len()` floats of `src` into `out` through `staging`
+    /// (a MAP_READ buffer at least as large).
+    fn read(&self, src: &wgpu::Buffer, staging: &wgpu::Buffer, out: &mut [f32]) -> Result<(), GpuError> {
+        let bytes = (out.len() * 4) as u64;
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut encoder = self.encoder();
+        encoder.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let slice = staging.slice(0..bytes);
+        let (tx, rx) = mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError(format!("{}: {e}", self.info.label())))?;
+        rx.recv()
+            .map_err(|_| GpuError(format!("{}: a copy to the host never finished", self.info.label())))?
+            .map_err(|e| GpuError(format!("{}: a copy to the host failed: {e}", self.info.label())))?;
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| GpuError(format!("{}: a copy to the host failed: {e}", self.info.label())))?;
+            out.copy_from_slice(bytemuck::cast_slice(&view));
+        }
+        staging.unmap();
+        self.check()
+    }
+
+    /// Writes `data` into `dst` and waits until it is there.
+    fn write(&self, dst: &wgpu::Buffer, data: &[f32]) -> Result<(), GpuError> {
+        self.queue.write_buffer(dst, 0, bytemuck::cast_slice(data));
+        self.run(self.encoder())
+    }
+}
+
+/// One worker's network on a GPU: parameters, gradient and momentum in flat buffers with
+/// the CPU's layout, activations for a fixed batch, and every dispatch of a step recorded
+/// once.
+pub struct GpuNet {
+    gpu: Arc<Opened>,
+    mlp: Mlp,
+    batch: usize,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    velocity: wgpu::Buffer,
+    x: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    sgd_uniform: wgpu::Buffer,
+    forward: Vec<Dispatch>,
+    backward: Vec<Dispatch>,
+    sgd: Dispatch,
+    /// Kept alive for the bind groups that use them.
+    _keep: Vec<wgpu::Buffer>,
+    labels_u32: Vec<u32>,
+    stats_host: Vec<f32>,
+}
+
+impl GpuNet {
+    /// The network `mlp` on `gpu`, for batches of exactly `batch` samples.
+    pub fn new(gpu: Arc<Opened>, mlp: &Mlp, batch: usize) -> Result<GpuNet, GpuError> {
+        let g = &*gpu;
+        let p = mlp.num_params();
+        let sizes = mlp.sizes();
+        let layers = mlp.layers();
+        let last = layers.len() - 1;
+        let rw = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let params = g.storage("params", p, rw);
+        let grads = g.storage("grads", p, rw);
+        let velocity = g.storage("velocity", p, rw);
+        let x = g.storage("batch", batch * mlp.inputs(), wgpu::BufferUsages::COPY_DST);
+        let labels = g.storage("labels", batch, wgpu::BufferUsages::COPY_DST);
+        let stats = g.storage("loss per sample", 2 * batch, wgpu::BufferUsages::COPY_SRC);
+        let acts: Vec<wgpu::Buffer> = sizes[1..]
+            .iter()
+            .map(|&w| g.storage("activations", batch * w, wgpu::BufferUsages::COPY_SRC))
+            .collect();
+        let widest = sizes[1..].iter().copied().max().unwrap_or(1);
+        let d = [
+            g.storage("d_cur", batch * widest, wgpu::BufferUsages::empty()),
+            g.storage("d_prev", batch * widest, wgpu::BufferUsages::empty()),
+        ];
+        let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("to host"),
+            size: (p.max(2 * batch).max(batch * widest) * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut keep = Vec::new();
+        let u32s = |v: usize| v as u32;
+        let mut uniform = |words: [u32; 8]| {
+            keep.push(g.uniform(words));
+            keep.len() - 1
+        };
+
+        // Forward: Z = H·W, then bias (+ ReLU) per layer; then the loss.
+        let mut fwd_specs = Vec::new();
+        for (l, layer) in layers.iter().enumerate() {
+            let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
+            let mm = uniform([
+                u32s(batch),
+                u32s(fan_out),
+                u32s(fan_in),
+                0,
+                0,
+                u32s(layer.offset),
+                0,
+                0,
+            ]);
+            let ba = uniform([
+                u32s(batch),
+                u32s(fan_out),
+                u32s(layer.offset + layer.w_len()),
+                u32::from(l < last),
+                0,
+                0,
+                0,
+                0,
+            ]);
+            fwd_specs.push((l, mm, ba));
+        }
+        let classes = mlp.classes();
+        let ce = uniform([
+            u32s(batch),
+            u32s(classes),
+            (1.0 / batch as f32).to_bits(),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        // Backward, last layer first; d_z of layer l sits in d[(last − l) % 2].
+        let mut bwd_specs = Vec::new();
+        for (l, layer) in layers.iter().enumerate().rev() {
+            let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
+            let dw = uniform([
+                u32s(fan_in),
+                u32s(fan_out),
+                u32s(batch),
+                TRANS_A,
+                0,
+                0,
+                u32s(layer.offset),
+                0,
+            ]);
+            let db = uniform([
+                u32s(batch),
+                u32s(fan_out),
+                u32s(layer.offset + layer.w_len()),
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            let dh = uniform([
+                u32s(batch),
+                u32s(fan_in),
+                u32s(fan_out),
+                TRANS_B,
+                0,
+                u32s(layer.offset),
+                0,
+                0,
+            ]);
+            let rb = uniform([u32s(batch * fan_in), 0, 0, 0, 0, 0, 0, 0]);
+            bwd_specs.push((l, dw, db, dh, rb));
+        }
+        let sgd_u = uniform([u32s(p), 0, 0, 0, 0, 0, 0, 0]);
+
+        let mm_groups = |m: usize, n: usize| (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
+        let mut forward = Vec::new();
+        for &(l, mm, ba) in &fwd_specs {
+            let layer = layers[l];
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            forward.push(g.dispatch(
+                Kernel::Matmul,
+                &[input, &params, &acts[l], &keep[mm]],
+                mm_groups(batch, layer.fan_out),
+            ));
+            forward.push(g.dispatch(
+                Kernel::BiasAct,
+                &[&acts[l], &params, &keep[ba]],
+                (groups_for(batch * layer.fan_out, 256), 1),
+            ));
+        }
+        forward.push(g.dispatch(
+            Kernel::SoftmaxCe,
+            &[&acts[last], &labels, &d[0], &stats, &keep[ce]],
+            (groups_for(batch, 64), 1),
+        ));
+        let mut backward = Vec::new();
+        for &(l, dw, db, dh, rb) in &bwd_specs {
+            let layer = layers[l];
+            let dz = &d[(last - l) % 2];
+            let dprev = &d[(last - l + 1) % 2];
+            let input = if l == 0 { &x } else { &acts[l - 1] };
+            backward.push(g.dispatch(
+                Kernel::Matmul,
+                &[input, dz, &grads, &keep[dw]],
+                mm_groups(layer.fan_in, layer.fan_out),
+            ));
+            backward.push(g.dispatch(
+                Kernel::BiasGrad,
+                &[dz, &grads, &keep[db]],
+                (groups_for(layer.fan_out, 64), 1),
+            ));
+            if l > 0 {
+                backward.push(g.dispatch(
+                    Kernel::Matmul,
+                    &[dz, &params, dprev, &keep[dh]],
+                    mm_groups(batch, layer.fan_in),
+                ));
+                backward.push(g.dispatch(
+                    Kernel::ReluBack,
+                    &[dprev, &acts[l - 1], &keep[rb]],
+                    (groups_for(batch * layer.fan_in, 256), 1),
+                ));
+            }
+        }
+        let sgd_uniform = keep[sgd_u].clone();
+        let sgd = g.dispatch(
+            Kernel::Sgd,
+            &[&params, &grads, &velocity, &sgd_uniform],
+            (groups_for(p, 256), 1),
+        );
+        keep.extend(acts);
+        keep.extend(d);
+        g.check()?;
+        Ok(GpuNet {
+            mlp: mlp.clone(),
+            batch,
+            params,
+            grads,
+            velocity,
+            x,
+            labels,
+            stats,
+            staging,
+            sgd_uniform,
+            forward,
+            backward,
+            sgd,
+            _keep: keep,
+            labels_u32: vec![0; batch],
+            stats_host: vec![0.0; 2 * batch],
+            gpu,
+        })
+    }
+
+    pub fn info(&self) -> &GpuInfo {
+        &self.gpu.info
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn set_params(&self, params: &[f32]) -> Result<(), GpuError> {
+        self.gpu.write(&self.params, params)
+    }
+    pub fn set_velocity(&self, velocity: &[f32]) -> Result<(), GpuError> {
+        self.gpu.write(&self.velocity, velocity)
+    }
+    pub fn params(&self, out: &mut [f32]) -> Result<(), GpuError> {
+        self.gpu.read(&self.params, &self.staging, out)
+    }
+    pub fn velocity(&self, out: &mut [f32]) -> Result<(), GpuError> {
+        self.gpu.read(&self.velocity, &self.staging, out)
+    }
+
+    /// Forward and loss on one batch (`x`: batch × inputs, row-major): uploads it, runs
+    /// every layer and the softmax cross-entropy, and reads back the loss per sample.
+    /// Leaves d(mean loss)/d(logits) on the GPU for `backward`.
+    pub fn forward(&mut self, x: &[f32], labels: &[u8]) -> Result<BatchScore, GpuError> {
+        assert_eq!(labels.len(), self.batch, "a GPU network trains on batches of {}", self.batch);
+        assert_eq!(x.len(), self.batch * self.mlp.inputs(), "batch width");
+        let g = &*self.gpu;
+        g.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(x));
+        self.labels_u32
+            .iter_mut()
+            .zip(labels)
+            .for_each(|(d, &l)| *d = u32::from(l));
+        g.queue
+            .write_buffer(&self.labels, 0, bytemuck::cast_slice(&self.labels_u32));
+        let mut encoder = g.encoder();
+        g.record(&mut encoder, &self.forward.iter().collect::<Vec<_>>());
+        g.queue.submit([encoder.finish()]);
+        g.read(&self.stats, &self.staging, &mut self.stats_host)?;
+        let mut score = BatchScore {
+            samples: self.batch,
+            ..BatchScore::default()
+        };
+        for s in self.stats_host.chunks_exact(2) {
+            score.loss_sum += f64::from(s[0]);
+            score.correct += usize::from(s[1] > 0.5);
+        }
+        Ok(score)
+    }
+
+    /// Backward after `forward`: every layer's gradient into the GPU's gradient buffer.
+    pub fn backward(&self) -> Result<(), GpuError> {
+        let mut encoder = self.gpu.encoder();
+        self.gpu
+            .record(&mut encoder, &self.backward.iter().collect::<Vec<_>>());
+        self.gpu.run(encoder)
+    }
+
+    /// The gradient, device → host.
+    pub fn grads_to_host(&self, out: &mut [f32]) -> Result<(), GpuError> {
+        self.gpu.read(&self.grads, &self.staging, out)
+    }
+
+    /// A gradient (the all-reduced one), host → device.
+    pub fn grads_to_device(&self, grads: &[f32]) -> Result<(), GpuError> {
+        self.gpu.write(&self.grads, grads)
+    }
+
+    /// SGD with momentum and weight decay on the GPU: p −= lr·(μ·v + g + λ·p).
+    pub fn update(&self, lr: f32, momentum: f32, weight_decay: f32) -> Result<(), GpuError> {
+        let words = [
+            self.mlp.num_params() as u32,
+            lr.to_bits(),
+            momentum.to_bits(),
+            weight_decay.to_bits(),
+            0,
+            0,
+            0,
+            0,
+        ];
+        self.gpu
+            .queue
+            .write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
+        let mut encoder = self.gpu.encoder();
+        self.gpu.record(&mut encoder, &[&self.sgd]);
+        self.gpu.run(encoder)
+    }
+}
+
+/// Each kernel on its own, for tests against the CPU: host data in, host data out.
+pub mod kernels {
+    use super::*;
+
+    fn input(g: &Opened, data: &[f32]) -> wgpu::Buffer {
+        g.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test input"),
+            contents: bytemuck::cast_slice(if data.is_empty() { &[0.0f32] } else { data }),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn run_and_read(
+        g: &Opened,
+        d: Dispatch,
+        outputs: &[(&wgpu::Buffer, usize)],
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut encoder = g.encoder();
+        g.record(&mut encoder, &[&d]);
+        g.run(encoder)?;
+        let largest = outputs.iter().map(|o| o.1).max().unwrap_or(1).max(1);
+        let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test staging"),
+            size: (largest * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        outputs
+            .iter()
+            .map(|&(buf, n)| {
+                let mut out = vec![0.0; n];
+                g.read(buf, &staging, &mut out)?;
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// C (m×n) = op(A)·op(B); `trans_a`: `a` holds A as k×m; `trans_b`: `b` holds B as n×k.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        g: &Opened,
+        a: &[f32],
+        b: &[f32],
+        (m, k, n): (usize, usize, usize),
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (ab, bb, cb) = (input(g, a), input(g, b), input(g, &vec![f32::NAN; m * n]));
+        let flags = u32::from(trans_a) * TRANS_A + u32::from(trans_b) * TRANS_B;
+        let u = g.uniform([m as u32, n as u32, k as u32, flags, 0, 0, 0, 0]);
+        let d = g.dispatch(
+            Kernel::Matmul,
+            &[&ab, &bb, &cb, &u],
+            (n.div_ceil(64) as u32, m.div_ceil(64) as u32),
+        );
+        Ok(run_and_read(g, d, &[(&cb, m * n)])?.remove(0))
+    }
+
+    /// z (rows×cols) + bias, then ReLU when `relu`.
+    pub fn bias_act(g: &Opened, z: &[f32], bias: &[f32], relu: bool) -> Result<Vec<f32>, GpuError> {
+        let cols = bias.len();
+        let rows = z.len() / cols;
+        let (zb, pb) = (input(g, z), input(g, bias));
+        let u = g.uniform([rows as u32, cols as u32, 0, u32::from(relu), 0, 0, 0, 0]);
+        let d = g.dispatch(Kernel::BiasAct, &[&zb, &pb, &u], (groups_for(z.len(), 256), 1));
+        Ok(run_and_read(g, d, &[(&zb, z.len())])?.remove(0))
+    }
+
+    /// Softmax cross-entropy of logits (rows × classes): (d logits, [loss, correct] per row).
+    pub fn softmax_ce(g: &Opened, z: &[f32], labels: &[u8]) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+        let rows = labels.len();
+        let classes = z.len() / rows;
+        let lab: Vec<f32> = labels.iter().map(|&l| f32::from_bits(u32::from(l))).collect();
+        let (zb, lb) = (input(g, z), input(g, &lab));
+        let (db, sb) = (input(g, &vec![f32::NAN; z.len()]), input(g, &vec![f32::NAN; 2 * rows]));
+        let u = g.uniform([
+            rows as u32,
+            classes as u32,
+            (1.0 / rows as f32).to_bits(),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let d = g.dispatch(Kernel::SoftmaxCe, &[&zb, &lb, &db, &sb, &u], (groups_for(rows, 64), 1));
+        let mut out = run_and_read(g, d, &[(&db, z.len()), (&sb, 2 * rows)])?;
+        let stats = out.pop().unwrap_or_default();
+        Ok((out.pop().unwrap_or_default(), stats))
+    }
+
+    /// Column sums of dz (rows × cols).
+    pub fn bias_grad(g: &Opened, dz: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
+        let rows = dz.len() / cols;
+        let (db, gb) = (input(g, dz), input(g, &vec![f32::NAN; cols]));
+        let u = g.uniform([rows as u32, cols as u32, 0, 0, 0, 0, 0, 0]);
+        let d = g.dispatch(Kernel::BiasGrad, &[&db, &gb, &u], (groups_for(cols, 64), 1));
+        Ok(run_and_read(g, d, &[(&gb, cols)])?.remove(0))
+    }
+
+    /// d ⊙ [h > 0].
+    pub fn relu_back(g: &Opened, d: &[f32], h: &[f32]) -> Result<Vec<f32>, GpuError> {
+        let (db, hb) = (input(g, d), input(g, h));
+        let u = g.uniform([d.len() as u32, 0, 0, 0, 0, 0, 0, 0]);
+        let disp = g.dispatch(Kernel::ReluBack, &[&db, &hb, &u], (groups_for(d.len(), 256), 1));
+        Ok(run_and_read(g, disp, &[(&db, d.len())])?.remove(0))
+    }
+
+    /// One SGD step: (new parameters, new velocity).
+    pub fn sgd(
+        g: &Opened,
+        p: &[f32],
+        grad: &[f32],
+        v: &[f32],
+        (lr, momentum, weight_decay): (f32, f32, f32),
+    ) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+        let (pb, gb, vb) = (input(g, p), input(g, grad), input(g, v));
+        let u = g.uniform([
+            p.len() as u32,
+            lr.to_bits(),
+            momentum.to_bits(),
+            weight_decay.to_bits(),
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let d = g.dispatch(Kernel::Sgd, &[&pb, &gb, &vb, &u], (groups_for(p.len(), 256), 1));
+        let mut out = run_and_read(g, d, &[(&pb, p.len()), (&vb, v.len())])?;
+        let v = out.pop().unwrap_or_default();
+        Ok((out.pop().unwrap_or_default(), v))
+    }
+}

@@ -1,0 +1,188 @@
+//! Where a worker computes: on the CPU (the `nn` code on host buffers) or on a GPU (the
+//! same network in GPU buffers, `crate::gpu`). The engines call the same phases on
+//! either; on a GPU the gradient's trips between device and host are phases of their
+//! own (`ToHost`, `ToDevice`).
+
+use ndarray::ArrayView2;
+
+use super::engine::{RunCtx, SegEnd};
+use super::Phase;
+use crate::nn::{BatchScore, Sgd, Workspace};
+
+/// One worker's compute for one segment.
+pub(super) enum Compute {
+    Cpu(Workspace),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<crate::gpu::GpuNet>),
+}
+
+#[cfg(feature = "gpu")]
+fn failed(e: crate::gpu::GpuError) -> SegEnd {
+    SegEnd::Failed(e.to_string())
+}
+
+impl Compute {
+    /// Worker `worker`'s compute (on a GPU: the GPU `--gpus` gives it, round-robin; for
+    /// a process per worker, by its rank on its host).
+    pub fn new(ctx: &RunCtx, worker: usize) -> Result<Compute, SegEnd> {
+        match ctx.exp.device {
+            crate::gpu::Device::Cpu => Ok(Compute::Cpu(Workspace::new(&ctx.mlp, ctx.exp.batch))),
+            #[cfg(feature = "gpu")]
+            crate::gpu::Device::Gpu => {
+                let index = crate::gpu::gpu_of(ctx.exp, worker, ctx.gpus.len());
+                let gpu = crate::gpu::open(index).map_err(failed)?;
+                let net = crate::gpu::GpuNet::new(gpu, &ctx.mlp, ctx.exp.batch).map_err(failed)?;
+                Ok(Compute::Gpu(Box::new(net)))
+            }
+            #[cfg(not(feature = "gpu"))]
+            crate::gpu::Device::Gpu => {
+                let _ = worker;
+                Err(SegEnd::Failed(crate::gpu::not_built()))
+            }
+        }
+    }
+
+    /// Makes the device hold `params` (and `velocity`, when given), e.g. at the start
+    /// of a segment. Not a phase: the CPU needs nothing.
+    pub fn load(&mut self, params: &[f32], velocity: Option<&[f32]>) -> Result<(), SegEnd> {
+        match self {
+            Compute::Cpu(_) => Ok(()),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => {
+                net.set_params(params).map_err(failed)?;
+                if let Some(v) = velocity {
+                    net.set_velocity(v).map_err(failed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the device's parameters (and momentum) into `params` (and `sgd`), e.g. to
+    /// evaluate them or to end a segment. The CPU's are there already.
+    pub fn store(&mut self, params: &mut [f32], sgd: Option<&mut Sgd>) -> Result<(), SegEnd> {
+        match self {
+            Compute::Cpu(_) => Ok(()),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => {
+                net.params(params).map_err(failed)?;
+                if let Some(sgd) = sgd {
+                    let mut v = vec![0.0; params.len()];
+                    net.velocity(&mut v).map_err(failed)?;
+                    sgd.set_velocity(&v);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Pulled parameters onto the device: the `ToDevice` phase of a parameter-server
+    /// worker on a GPU (nothing on the CPU).
+    pub fn pulled(
+        &mut self,
+        ctx: &RunCtx,
+        (worker, step): (usize, u64),
+        phase_ns: &mut [u64; Phase::COUNT],
+        params: &[f32],
+    ) -> Result<(), SegEnd> {
+        match self {
+            Compute::Cpu(_) => {
+                let _ = (ctx, worker, step, phase_ns, params);
+                Ok(())
+            }
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => ctx
+                .phase(worker, step, Phase::ToDevice, phase_ns, || net.set_params(params))?
+                .map_err(failed),
+        }
+    }
+
+    /// The forward phase: the batch through the network (the CPU's `params`, or the
+    /// device's own), scored.
+    pub fn forward(
+        &mut self,
+        ctx: &RunCtx,
+        (worker, step): (usize, u64),
+        phase_ns: &mut [u64; Phase::COUNT],
+        params: &[f32],
+        (x, labels): (&ArrayView2<f32>, &[u8]),
+    ) -> Result<BatchScore, SegEnd> {
+        let mlp = &ctx.mlp;
+        match self {
+            Compute::Cpu(ws) => ctx.phase(worker, step, Phase::Forward, phase_ns, || {
+                mlp.forward(params, x, ws);
+                mlp.loss(labels, ws)
+            }),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => {
+                let _ = params;
+                let x = x.as_slice().expect("the batch is one contiguous block");
+                ctx.phase(worker, step, Phase::Forward, phase_ns, || net.forward(x, labels))?
+                    .map_err(failed)
+            }
+        }
+    }
+
+    /// The backward phase after `forward`, the gradient ending in `grads` on the host (on
+    /// a GPU through a `ToHost` phase). A straggler's slow-down applies to forward and
+    /// backward.
+    pub fn backward(
+        &mut self,
+        ctx: &RunCtx,
+        (worker, step): (usize, u64),
+        phase_ns: &mut [u64; Phase::COUNT],
+        params: &[f32],
+        x: &ArrayView2<f32>,
+        grads: &mut [f32],
+    ) -> Result<(), SegEnd> {
+        let forward_ns = phase_ns[Phase::Forward.index()];
+        match self {
+            Compute::Cpu(ws) => ctx.phase(worker, step, Phase::Backward, phase_ns, || {
+                let t0 = std::time::Instant::now();
+                ctx.mlp.backward(params, x, ws, grads);
+                ctx.straggle(worker, forward_ns + t0.elapsed().as_nanos() as u64);
+            }),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => {
+                let _ = (params, x);
+                ctx.phase(worker, step, Phase::Backward, phase_ns, || {
+                    let t0 = std::time::Instant::now();
+                    let done = net.backward();
+                    ctx.straggle(worker, forward_ns + t0.elapsed().as_nanos() as u64);
+                    done
+                })?
+                .map_err(failed)?;
+                ctx.phase(worker, step, Phase::ToHost, phase_ns, || net.grads_to_host(grads))?
+                    .map_err(failed)
+            }
+        }
+    }
+
+    /// The update with the (all-reduced) gradient `grads`: on a GPU, a `ToDevice` phase
+    /// first, then SGD on the device's parameters.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &mut self,
+        ctx: &RunCtx,
+        (worker, step): (usize, u64),
+        phase_ns: &mut [u64; Phase::COUNT],
+        params: &mut [f32],
+        grads: &[f32],
+        sgd: &mut Sgd,
+        lr: f32,
+    ) -> Result<(), SegEnd> {
+        match self {
+            Compute::Cpu(_) => ctx.phase(worker, step, Phase::Update, phase_ns, || sgd.step(params, grads, lr)),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu(net) => {
+                let _ = params;
+                ctx.phase(worker, step, Phase::ToDevice, phase_ns, || net.grads_to_device(grads))?
+                    .map_err(failed)?;
+                ctx.phase(worker, step, Phase::Update, phase_ns, || {
+                    net.update(lr, sgd.momentum, sgd.weight_decay)
+                })?
+                .map_err(failed)
+            }
+        }
+    }
+}
