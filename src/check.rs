@@ -86,6 +86,9 @@ pub struct RankReport {
     pub host: String,
     pub pid: u32,
     pub cores: usize,
+    /// The GPUs this rank can use (builds with the `gpu` feature), as `--gpus` numbers them.
+    #[serde(default)]
+    pub gpus: Vec<String>,
     /// Collective operations checked (the same on every rank).
     pub checked: Vec<String>,
     pub wrong: Vec<Wrong>,
@@ -99,6 +102,16 @@ pub struct RankReport {
     pub params: Vec<f32>,
     pub first_loss: f64,
     pub last_loss: f64,
+}
+
+/// The GPUs this process finds, labelled (none without the `gpu` feature or a driver).
+fn gpu_labels() -> Vec<String> {
+    if !crate::gpu::BUILT {
+        return Vec::new();
+    }
+    crate::gpu::list()
+        .map(|l| l.iter().map(crate::gpu::GpuInfo::label).collect())
+        .unwrap_or_default()
 }
 
 /// The exactly representable value rank `rank` contributes at `i`: any order of
@@ -133,6 +146,7 @@ pub fn run_rank<T: Transport + ?Sized>(
         host,
         pid: std::process::id(),
         cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
+        gpus: gpu_labels(),
         checked: Vec::new(),
         wrong: Vec::new(),
         wrong_more: 0,
@@ -385,6 +399,7 @@ pub struct RankRow {
     pub host: String,
     pub pid: u32,
     pub cores: usize,
+    pub gpus: Vec<String>,
 }
 
 /// Judges every rank's report. `reference` is the one-rank run's parameters;
@@ -407,6 +422,7 @@ pub fn judge(
             host: r.host.clone(),
             pid: r.pid,
             cores: r.cores,
+            gpus: r.gpus.clone(),
         })
         .collect();
     let hosts: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.host.as_str()).collect();
@@ -595,9 +611,24 @@ pub fn render(report: &CheckReport, quick: bool) -> String {
         let _ = writeln!(s, "{} {:<12} {}", mark(step.passed), step.name, step.line);
         match step.name.as_str() {
             "ranks" => {
-                let _ = writeln!(s, "    {:>4}  {:<24} {:>8} {:>5}", "rank", "host", "pid", "cores");
+                // GPUs are listed by builds that can use them.
+                let gpus = |r: &RankRow| match (crate::gpu::BUILT, r.gpus.is_empty()) {
+                    (false, _) => String::new(),
+                    (true, true) => "  none found".into(),
+                    (true, false) => format!("  {}", r.gpus.join(", ")),
+                };
+                let head = if crate::gpu::BUILT { "  gpus" } else { "" };
+                let _ = writeln!(s, "    {:>4}  {:<24} {:>8} {:>5}{head}", "rank", "host", "pid", "cores");
                 for r in &report.ranks {
-                    let _ = writeln!(s, "    {:>4}  {:<24} {:>8} {:>5}", r.rank, r.host, r.pid, r.cores);
+                    let _ = writeln!(
+                        s,
+                        "    {:>4}  {:<24} {:>8} {:>5}{}",
+                        r.rank,
+                        r.host,
+                        r.pid,
+                        r.cores,
+                        gpus(r)
+                    );
                 }
                 for w in &report.warnings {
                     let _ = writeln!(s, "  ⚠ {w}");

@@ -43,7 +43,12 @@ fn assert_close(label: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
 fn the_adapter_is_the_one_asked_for() {
     let found = gpu::list().expect("a GPU");
     let first = &found[0];
-    eprintln!("GPU tests run on {} [{}; driver {}]", first.label(), first.kind, first.driver);
+    eprintln!(
+        "GPU tests run on {} [{}; driver {}]",
+        first.label(),
+        first.kind,
+        first.driver
+    );
     if let Ok(want) = std::env::var("DDLAB_GPU_ADAPTER") {
         assert!(
             first.name.to_lowercase().contains(&want.to_lowercase()),
@@ -61,7 +66,14 @@ fn the_adapter_is_the_one_asked_for() {
 fn matmul_matches_the_cpu_in_every_orientation_and_odd_shape() {
     let g = gpu0();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    for (m, k, n) in [(1, 1, 1), (7, 5, 3), (64, 16, 64), (65, 17, 130), (33, 200, 70), (3, 129, 1)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (7, 5, 3),
+        (64, 16, 64),
+        (65, 17, 130),
+        (33, 200, 70),
+        (3, 129, 1),
+    ] {
         let a = random(&mut rng, m * k);
         let b = random(&mut rng, k * n);
         let av = ArrayView2::from_shape((m, k), &a).unwrap();
@@ -104,8 +116,16 @@ fn bias_relu_and_its_backward_match_the_cpu() {
             assert_eq!(got, want, "bias (relu {relu}) on {rows}×{cols}");
         }
         let d = random(&mut rng, rows * cols);
-        let want: Vec<f32> = d.iter().zip(&z).map(|(&d, &h)| d * f32::from(u8::from(h > 0.0))).collect();
-        assert_eq!(kernels::relu_back(&g, &d, &z).unwrap(), want, "relu backward {rows}×{cols}");
+        let want: Vec<f32> = d
+            .iter()
+            .zip(&z)
+            .map(|(&d, &h)| d * f32::from(u8::from(h > 0.0)))
+            .collect();
+        assert_eq!(
+            kernels::relu_back(&g, &d, &z).unwrap(),
+            want,
+            "relu backward {rows}×{cols}"
+        );
         let sums: Vec<f32> = (0..cols).map(|j| (0..rows).map(|r| d[r * cols + j]).sum()).collect();
         assert_close(
             &format!("bias gradient {rows}×{cols}"),
@@ -128,10 +148,20 @@ fn softmax_cross_entropy_matches_the_cpu() {
         let mut want = Array2::<f32>::zeros((rows, classes));
         let score = softmax_cross_entropy(&zv, &labels, Some(&mut want.view_mut()));
         let (d, stats) = kernels::softmax_ce(&g, &z, &labels).unwrap();
-        assert_close(&format!("d logits {rows}×{classes}"), &d, want.as_slice().unwrap(), 1e-6, 1e-4);
+        assert_close(
+            &format!("d logits {rows}×{classes}"),
+            &d,
+            want.as_slice().unwrap(),
+            1e-6,
+            1e-4,
+        );
         let loss: f64 = stats.chunks(2).map(|s| f64::from(s[0])).sum();
         let correct = stats.chunks(2).filter(|s| s[1] > 0.5).count();
-        assert!((loss - score.loss_sum).abs() <= 1e-4 * score.loss_sum.abs().max(1.0), "{loss} vs {}", score.loss_sum);
+        assert!(
+            (loss - score.loss_sum).abs() <= 1e-4 * score.loss_sum.abs().max(1.0),
+            "{loss} vs {}",
+            score.loss_sum
+        );
         assert_eq!(correct, score.correct);
     }
 }
@@ -184,7 +214,10 @@ fn twenty_gpu_steps_equal_twenty_cpu_steps() {
         let gpu_score = net.forward(&x, &labels).unwrap();
         net.backward().unwrap();
         net.grads_to_host(&mut gpu_grads).unwrap();
-        assert!((gpu_score.mean_loss() - cpu.mean_loss()).abs() < 1e-4, "step {step} loss");
+        assert!(
+            (gpu_score.mean_loss() - cpu.mean_loss()).abs() < 1e-4,
+            "step {step} loss"
+        );
         assert!(relative(&gpu_grads, &cpu_grads) < 1e-4, "step {step} gradient");
         // The host's gradient goes back (as after an all-reduce) and both update.
         net.grads_to_device(&cpu_grads).unwrap();
@@ -264,7 +297,13 @@ fn parameter_server_modes_run_on_the_gpu() {
         };
         let (s, events) = run(exp, &data);
         assert!(accuracy(&s) > 0.85, "{mode:?}: {}", accuracy(&s));
-        assert!(events.iter().any(|e| matches!(e, Event::Phase { phase: Phase::ToHost, .. })));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Phase {
+                phase: Phase::ToHost,
+                ..
+            }
+        )));
     }
 }
 

@@ -23,6 +23,45 @@ pub struct BenchArgs {
     /// Fewer sizes and shorter measurements (a smoke test, not for reporting).
     #[arg(long)]
     pub quick: bool,
+    /// gpu: also time training steps on the GPU (beside the CPU's, same models) and the
+    /// copies between host and GPU (cargo feature gpu).
+    #[arg(long, value_name = "cpu|gpu", default_value = "cpu")]
+    pub device: crate::gpu::Device,
+    /// With --device gpu: the GPU to time (a number from `ddlab check`).
+    #[arg(long, value_name = "I", default_value_t = 0)]
+    pub gpu: usize,
+}
+
+/// One training step on a GPU, phase by phase (medians, µs).
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuStepBench {
+    pub model: String,
+    pub batch: usize,
+    /// The whole step: forward, backward, to host, to device, update.
+    pub median_us: f64,
+    pub min_us: f64,
+    pub forward_us: f64,
+    pub backward_us: f64,
+    pub to_host_us: f64,
+    pub to_device_us: f64,
+    pub update_us: f64,
+    /// The same model and batch on one CPU thread, for comparison.
+    pub cpu_median_us: f64,
+}
+
+/// Copies between host and GPU of one buffer size.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyBench {
+    pub bytes: usize,
+    pub to_device_gbps: f64,
+    pub to_host_gbps: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuBenchReport {
+    pub gpu: crate::gpu::GpuInfo,
+    pub steps: Vec<GpuStepBench>,
+    pub copies: Vec<CopyBench>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +90,9 @@ pub struct BenchReport {
     pub allreduce: Vec<BandwidthRow>,
     /// Median milliseconds to draw one lab frame of 16 workers at 200×60.
     pub tui_frame_ms: f64,
+    /// With --device gpu.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuBenchReport>,
 }
 
 /// Median ms to render the lab with `workers` scripted workers into a `w`×`h` buffer.
@@ -110,6 +152,151 @@ pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
         median_us: times[times.len() / 2],
         min_us: times[0],
     }
+}
+
+/// A training step on GPU `index` for an MLP with `sizes` (as in training: forward,
+/// backward, gradient to the host, back to the device, update), against the CPU's.
+#[cfg(feature = "gpu")]
+pub fn bench_gpu_step(index: usize, sizes: &[usize], batch: usize, steps: usize) -> Result<GpuStepBench, String> {
+    let (inputs, classes) = (sizes[0], *sizes.last().expect("sizes"));
+    let mlp = Mlp::new(inputs, &sizes[1..sizes.len() - 1], classes);
+    let gpu = crate::gpu::open(index).map_err(|e| e.to_string())?;
+    let mut net = crate::gpu::GpuNet::new(gpu, &mlp, batch).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<f32> = (0..batch * inputs).map(|_| rng.random_range(0.0..1.0f32)).collect();
+    let y: Vec<u8> = (0..batch).map(|i| (i % classes) as u8).collect();
+    let mut params = vec![0.0; mlp.num_params()];
+    mlp.init(&mut params, 1);
+    net.set_params(&params).map_err(|e| e.to_string())?;
+    net.set_velocity(&vec![0.0; params.len()]).map_err(|e| e.to_string())?;
+    let mut grads = vec![0.0; mlp.num_params()];
+    let mut phases: [Vec<f64>; 6] = Default::default();
+    let us = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
+    for i in 0..steps + steps / 4 {
+        let t0 = Instant::now();
+        net.forward(&x, &y).map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        net.backward().map_err(|e| e.to_string())?;
+        let t2 = Instant::now();
+        net.grads_to_host(&mut grads).map_err(|e| e.to_string())?;
+        let t3 = Instant::now();
+        net.grads_to_device(&grads).map_err(|e| e.to_string())?;
+        let t4 = Instant::now();
+        net.update(1e-3, 0.9, 0.0).map_err(|e| e.to_string())?;
+        if i >= steps / 4 {
+            let t5 = us(t0);
+            for (p, v) in phases.iter_mut().zip([
+                t5,
+                us(t0) - us(t1),
+                us(t1) - us(t2),
+                us(t2) - us(t3),
+                us(t3) - us(t4),
+                us(t4),
+            ]) {
+                p.push(v);
+            }
+        }
+    }
+    for p in &mut phases {
+        p.sort_by(f64::total_cmp);
+    }
+    let median = |p: &Vec<f64>| p[p.len() / 2];
+    let cpu = bench_step(sizes, batch, steps);
+    Ok(GpuStepBench {
+        model: cpu.model,
+        batch,
+        median_us: median(&phases[0]),
+        min_us: phases[0][0],
+        forward_us: median(&phases[1]),
+        backward_us: median(&phases[2]),
+        to_host_us: median(&phases[3]),
+        to_device_us: median(&phases[4]),
+        update_us: median(&phases[5]),
+        cpu_median_us: cpu.median_us,
+    })
+}
+
+/// The GPU part of `ddlab bench --device gpu`.
+#[cfg(feature = "gpu")]
+fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
+    let found = crate::gpu::list().map_err(CliError::usage)?;
+    let info = found.get(args.gpu).cloned().ok_or_else(|| {
+        CliError::usage(format!(
+            "--gpu: there is no GPU {}: this machine has {}; use a number from 0 to {}",
+            args.gpu,
+            found.len(),
+            found.len().saturating_sub(1)
+        ))
+    })?;
+    say!(
+        "\ntraining step on {} [{}] (forward, backward, to host, to device, update; µs, medians)",
+        info.label(),
+        info.kind
+    );
+    say!(
+        "  {:<13} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>9}",
+        "MLP",
+        "batch",
+        "step",
+        "forward",
+        "backward",
+        "to host",
+        "to dev",
+        "update",
+        "CPU step"
+    );
+    let iters = if args.quick { 20 } else { 200 };
+    let models: [(&[usize], usize); 3] = [(&[64, 128, 10], 64), (&[784, 128, 10], 64), (&[784, 1024, 10], 256)];
+    let mut steps = Vec::new();
+    for (sizes, batch) in models {
+        let s = bench_gpu_step(args.gpu, sizes, batch, iters).map_err(CliError::failure)?;
+        say!(
+            "  {:<13} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   {:>9.1}",
+            s.model,
+            s.batch,
+            s.median_us,
+            s.forward_us,
+            s.backward_us,
+            s.to_host_us,
+            s.to_device_us,
+            s.update_us,
+            s.cpu_median_us
+        );
+        steps.push(s);
+    }
+    say!("\ncopies between host and {} (GB/s, medians)", info.label());
+    let gpu = crate::gpu::open(args.gpu).map_err(|e| CliError::failure(e.to_string()))?;
+    let mut copies = Vec::new();
+    let sizes: &[usize] = if args.quick {
+        &[1 << 20]
+    } else {
+        &[64 << 10, 1 << 20, 16 << 20, 64 << 20]
+    };
+    for &bytes in sizes {
+        let (to_device_gbps, to_host_gbps) = crate::gpu::copy_bandwidth(&gpu, bytes, if args.quick { 3 } else { 20 })
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        say!(
+            "  {:>10}: to device {:>7.2}   to host {:>7.2}",
+            super::run::binary_bytes(bytes),
+            to_device_gbps,
+            to_host_gbps
+        );
+        copies.push(CopyBench {
+            bytes,
+            to_device_gbps,
+            to_host_gbps,
+        });
+    }
+    Ok(GpuBenchReport {
+        gpu: info,
+        steps,
+        copies,
+    })
+}
+
+#[cfg(not(feature = "gpu"))]
+fn bench_gpu(_args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
+    Err(CliError::usage(crate::gpu::not_built()))
 }
 
 const TRIALS: usize = 5;
@@ -189,6 +376,10 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
         .as_deref()
         .map(|p| super::create_output("json", p))
         .transpose()?;
+    // A GPU that cannot be used says so before the CPU's minute of measuring.
+    if args.device == crate::gpu::Device::Gpu {
+        crate::gpu::list().map_err(CliError::usage)?;
+    }
     let (step_iters, budget) = if args.quick {
         (200, Duration::from_millis(10))
     } else {
@@ -250,6 +441,10 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     }
     let tui_frame_ms = bench_frame(16, (200, 60), if args.quick { 10 } else { 200 });
     say!("\nlab frame, 16 workers, 200×60: {tui_frame_ms:.2} ms (median)");
+    let gpu = match args.device {
+        crate::gpu::Device::Gpu => Some(bench_gpu(args)?),
+        crate::gpu::Device::Cpu => None,
+    };
     let report = BenchReport {
         step_us: steps[0].median_us,
         steps,
@@ -257,6 +452,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
         memcpy,
         allreduce,
         tui_frame_ms,
+        gpu,
     };
     if let Some(file) = out {
         serde_json::to_writer_pretty(file, &report)

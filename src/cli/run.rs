@@ -46,7 +46,7 @@ fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliEr
 #[cfg(feature = "mpi")]
 fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), CliError> {
     use crate::comm::mpi::{abort_world, MpiWorld};
-    use crate::comm::{Clock, Comm, Transport};
+    use crate::comm::{Clock, Collective, Comm, Transport};
 
     let world = MpiWorld::init().map_err(CliError::failure)?;
     // A panicking rank takes the job down at once: nobody waits forever in a collective.
@@ -96,7 +96,30 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         Ok(d) => std::sync::Arc::new(d),
         Err(e) => return refuse(e.to_string()),
     };
-    let comm = Comm::new(t, exp.allreduce);
+    let mut comm = Comm::new(t, exp.allreduce);
+    // --device gpu: every rank needs a GPU. The first rank without one says why, and
+    // every rank leaves together.
+    let gpu = crate::gpu::preflight(&exp, data.inputs(), data.classes);
+    let mut failed = vec![0.0f32; size];
+    failed[rank] = f32::from(u8::from(gpu.is_err()));
+    if comm.all_reduce_sum(&mut failed).is_err() {
+        abort_world(2);
+    }
+    if let Some(first) = failed.iter().position(|&f| f > 0.0) {
+        if let (true, Err(e)) = (rank == first, gpu) {
+            let others = failed.iter().filter(|&&f| f > 0.0).count() - 1;
+            let also = if others > 0 {
+                format!(" (and on {others} more)")
+            } else {
+                String::new()
+            };
+            eprintln!("ddlab: rank {rank}{also}: {e}");
+        }
+        return Err(CliError {
+            code: 2,
+            message: String::new(),
+        });
+    }
     if rank == 0 {
         crate::comm::mpi::name_step_at_exit();
         let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())

@@ -18,7 +18,7 @@ use crate::config::Experiment;
 #[cfg(feature = "gpu")]
 mod net;
 #[cfg(feature = "gpu")]
-pub use net::{kernels, open, GpuError, GpuNet, Opened};
+pub use net::{copy_bandwidth, kernels, open, GpuError, GpuNet, Opened};
 
 /// Where a worker computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -70,7 +70,17 @@ fn discover() -> Result<Found, String> {
     usable.sort_by_key(rank);
     if usable.is_empty() {
         let looked = if std::env::var_os("WGPU_BACKEND").is_some() {
-            format!("{backends:?} (set by WGPU_BACKEND)")
+            let names: Vec<&str> = [
+                (wgpu::Backends::VULKAN, "Vulkan"),
+                (wgpu::Backends::METAL, "Metal"),
+                (wgpu::Backends::DX12, "DX12"),
+                (wgpu::Backends::GL, "GL"),
+            ]
+            .iter()
+            .filter(|(b, _)| backends.contains(*b))
+            .map(|&(_, name)| name)
+            .collect();
+            format!("{} (as WGPU_BACKEND says)", names.join(" and "))
         } else {
             "Vulkan, Metal, DX12 and GL".to_string()
         };
@@ -132,7 +142,7 @@ pub(super) fn fits(exp: &Experiment, inputs: usize, classes: usize) -> Result<()
         ("a layer's activations", exp.batch * widest),
     ] {
         let bytes = floats as u64 * 4;
-        if bytes > u64::from(limit) {
+        if bytes > limit {
             return Err(format!(
                 "--device gpu: {what} take {} MB, over the {} MB one GPU buffer may hold on every GPU (WebGPU's default limit): use a smaller --hidden or --batch, or --device cpu",
                 bytes >> 20,
@@ -473,16 +483,7 @@ impl GpuNet {
         let mut fwd_specs = Vec::new();
         for (l, layer) in layers.iter().enumerate() {
             let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
-            let mm = uniform([
-                u32s(batch),
-                u32s(fan_out),
-                u32s(fan_in),
-                0,
-                0,
-                u32s(layer.offset),
-                0,
-                0,
-            ]);
+            let mm = uniform([u32s(batch), u32s(fan_out), u32s(fan_in), 0, 0, u32s(layer.offset), 0, 0]);
             let ba = uniform([
                 u32s(batch),
                 u32s(fan_out),
@@ -650,7 +651,12 @@ impl GpuNet {
     /// every layer and the softmax cross-entropy, and reads back the loss per sample.
     /// Leaves d(mean loss)/d(logits) on the GPU for `backward`.
     pub fn forward(&mut self, x: &[f32], labels: &[u8]) -> Result<BatchScore, GpuError> {
-        assert_eq!(labels.len(), self.batch, "a GPU network trains on batches of {}", self.batch);
+        assert_eq!(
+            labels.len(),
+            self.batch,
+            "a GPU network trains on batches of {}",
+            self.batch
+        );
         assert_eq!(x.len(), self.batch * self.mlp.inputs(), "batch width");
         let g = &*self.gpu;
         g.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(x));
@@ -678,8 +684,7 @@ impl GpuNet {
     /// Backward after `forward`: every layer's gradient into the GPU's gradient buffer.
     pub fn backward(&self) -> Result<(), GpuError> {
         let mut encoder = self.gpu.encoder();
-        self.gpu
-            .record(&mut encoder, &self.backward.iter().collect::<Vec<_>>());
+        self.gpu.record(&mut encoder, &self.backward.iter().collect::<Vec<_>>());
         self.gpu.run(encoder)
     }
 
@@ -705,13 +710,45 @@ impl GpuNet {
             0,
             0,
         ];
-        self.gpu
-            .queue
-            .write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
+        self.gpu.queue.write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
         let mut encoder = self.gpu.encoder();
         self.gpu.record(&mut encoder, &[&self.sgd]);
         self.gpu.run(encoder)
     }
+}
+
+/// Host → device and device → host bandwidth (GB/s) for a buffer of `bytes`, each the
+/// median of `trials` timed copies (submitted and waited for, as training does).
+pub fn copy_bandwidth(gpu: &Opened, bytes: usize, trials: usize) -> Result<(f64, f64), GpuError> {
+    let floats = bytes / 4;
+    let host = vec![1.0f32; floats];
+    let mut back = vec![0.0f32; floats];
+    let rw = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let dev = gpu.storage("copy bench", floats, rw);
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("copy bench staging"),
+        size: (floats.max(1) * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for i in 0..trials.max(1) + 1 {
+        let t = std::time::Instant::now();
+        gpu.write(&dev, &host)?;
+        let t_up = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        gpu.read(&dev, &staging, &mut back)?;
+        let t_down = t.elapsed().as_secs_f64();
+        if i > 0 {
+            up.push(bytes as f64 / t_up / 1e9); // after one warm-up copy each way
+            down.push(bytes as f64 / t_down / 1e9);
+        }
+    }
+    Ok((median(up), median(down)))
 }
 
 /// Each kernel on its own, for tests against the CPU: host data in, host data out.
@@ -726,11 +763,7 @@ pub mod kernels {
         })
     }
 
-    fn run_and_read(
-        g: &Opened,
-        d: Dispatch,
-        outputs: &[(&wgpu::Buffer, usize)],
-    ) -> Result<Vec<Vec<f32>>, GpuError> {
+    fn run_and_read(g: &Opened, d: Dispatch, outputs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>, GpuError> {
         let mut encoder = g.encoder();
         g.record(&mut encoder, &[&d]);
         g.run(encoder)?;

@@ -46,7 +46,10 @@ impl Compute {
     /// of a segment. Not a phase: the CPU needs nothing.
     pub fn load(&mut self, params: &[f32], velocity: Option<&[f32]>) -> Result<(), SegEnd> {
         match self {
-            Compute::Cpu(_) => Ok(()),
+            Compute::Cpu(_) => {
+                let _ = (params, velocity);
+                Ok(())
+            }
             #[cfg(feature = "gpu")]
             Compute::Gpu(net) => {
                 net.set_params(params).map_err(failed)?;
@@ -62,7 +65,10 @@ impl Compute {
     /// evaluate them or to end a segment. The CPU's are there already.
     pub fn store(&mut self, params: &mut [f32], sgd: Option<&mut Sgd>) -> Result<(), SegEnd> {
         match self {
-            Compute::Cpu(_) => Ok(()),
+            Compute::Cpu(_) => {
+                let _ = (params, sgd);
+                Ok(())
+            }
             #[cfg(feature = "gpu")]
             Compute::Gpu(net) => {
                 net.params(params).map_err(failed)?;

@@ -158,6 +158,7 @@ pub(super) struct RunCtx<'a> {
     /// The run ends when the workers have processed this many samples.
     pub total_samples: u64,
     /// The GPUs found, with `--device gpu` (see `crate::gpu::gpu_of`).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     pub gpus: Vec<crate::gpu::GpuInfo>,
     /// Taken (closed) when the run ends, so that the evaluator finishes.
     eval_tx: Mutex<Option<Sender<EvalJob>>>,
@@ -193,7 +194,7 @@ impl RunCtx<'_> {
     }
 
     pub fn should_evaluate(&self, updates: u64) -> bool {
-        updates % self.exp.eval_every == 0
+        updates.is_multiple_of(self.exp.eval_every)
     }
 
     /// Runs `f` as `phase` of `step` for `worker`: waits at the gate first, times it,

@@ -10,11 +10,11 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use ndarray::Array2;
 
+use super::compute::Compute;
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::{Event, Phase, WorkerStep};
 use crate::comm::{precise_sleep, Link};
 use crate::config::Mode;
-use super::compute::Compute;
 use crate::nn::{l2_norm, Sgd};
 
 struct ServerState {

@@ -5,11 +5,11 @@ use std::sync::Mutex;
 
 use ndarray::Array2;
 
+use super::compute::Compute;
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, Phase, WorkerStep};
 use crate::comm::{thread_group_on, Collective, Comm, ThreadTransport, Topology, Transfer, Transport, Wire};
-use super::compute::Compute;
 use crate::nn::{l2_norm, Sgd};
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
@@ -153,7 +153,12 @@ impl<'a> Worker<'a> {
         trained.and(stored)
     }
 
-    fn train_on<T: Transport>(&mut self, compute: &mut Compute, mut exchange: Exchange<T>, steps: u64) -> Result<(), SegEnd> {
+    fn train_on<T: Transport>(
+        &mut self,
+        compute: &mut Compute,
+        mut exchange: Exchange<T>,
+        steps: u64,
+    ) -> Result<(), SegEnd> {
         let (ctx, rank) = (self.ctx, self.rank);
         let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
         let p = mlp.num_params();

@@ -227,16 +227,36 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let line = Line::from(vec![
         Span::styled("ddlab ", theme.title()),
         Span::raw(format!(
-            "{} · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
+            "{}{} · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
             match lab.exp.backend {
                 crate::config::Backend::Threads => "threads",
                 crate::config::Backend::Mpi => "MPI ranks",
             },
+            devices_text(&st.devices, n),
             st.updates()
         )),
         Span::styled(state, style),
     ]);
     Paragraph::new(line).wrap(Wrap { trim: true }).render(area, buf);
+}
+
+/// The GPUs the `n` workers compute on, as " on gpu0 NAME (vulkan) ×4": each device
+/// once, with how many workers use it (round-robin, as the engine assigns them). Empty
+/// on the CPU.
+pub fn devices_text(devices: &[String], n: usize) -> String {
+    if devices.is_empty() || devices.iter().all(|d| d == "cpu") {
+        return String::new();
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for w in 0..n {
+        let d = devices[w % devices.len()].as_str();
+        match counts.iter_mut().find(|(x, _)| *x == d) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((d, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(d, c)| format!("{d} ×{c}")).collect();
+    format!(" on {}", parts.join(", "))
 }
 
 /// Draws a panel's border heavy (and in the warning colour): where a lesson points.
@@ -314,4 +334,18 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
         (Panel::Explain, explain),
         (Panel::Digits, digits),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::devices_text;
+
+    #[test]
+    fn the_header_names_each_gpu_once_with_its_workers() {
+        assert_eq!(devices_text(&[], 4), "");
+        assert_eq!(devices_text(&["cpu".into(), "cpu".into()], 2), "");
+        let two = ["gpu0 A (vulkan)".to_string(), "gpu1 B (vulkan)".to_string()];
+        assert_eq!(devices_text(&two, 3), " on gpu0 A (vulkan) ×2, gpu1 B (vulkan) ×1");
+        assert_eq!(devices_text(&two[..1], 4), " on gpu0 A (vulkan) ×4");
+    }
 }
