@@ -49,6 +49,12 @@ pub struct GpuStepBench {
     pub cpu_median_us: f64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelBench {
+    pub kernel: String,
+    pub us: f64,
+}
+
 /// Copies between host and GPU of one buffer size.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyBench {
@@ -61,6 +67,9 @@ pub struct CopyBench {
 pub struct GpuBenchReport {
     pub gpu: crate::gpu::GpuInfo,
     pub steps: Vec<GpuStepBench>,
+    /// Each dispatch of one step of MLP 784-1024-10, batch 256: GPU µs (amortised over
+    /// repeats, without the cost of a submission).
+    pub kernels: Vec<KernelBench>,
     pub copies: Vec<CopyBench>,
 }
 
@@ -264,6 +273,23 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
         );
         steps.push(s);
     }
+    let repeat = if args.quick { 2 } else { 20 };
+    say!("\neach dispatch of a step of MLP 784-1024-10, batch 256 (GPU µs, amortised over {repeat} in one pass)");
+    let kernels: Vec<KernelBench> = {
+        let mlp = Mlp::new(784, &[1024], 10);
+        let gpu = crate::gpu::open(args.gpu).map_err(|e| CliError::failure(e.to_string()))?;
+        let net = crate::gpu::GpuNet::new(gpu, &mlp, 256).map_err(|e| CliError::failure(e.to_string()))?;
+        net.set_params(&vec![0.01; mlp.num_params()])
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        let times = net.kernel_times(repeat).map_err(|e| CliError::failure(e.to_string()))?;
+        times
+            .into_iter()
+            .map(|(kernel, us)| KernelBench { kernel, us })
+            .collect()
+    };
+    for k in &kernels {
+        say!("  {:>9.1}  {}", k.us, k.kernel);
+    }
     say!("\ncopies between host and {} (GB/s, medians)", info.label());
     let gpu = crate::gpu::open(args.gpu).map_err(|e| CliError::failure(e.to_string()))?;
     let mut copies = Vec::new();
@@ -290,6 +316,7 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
     Ok(GpuBenchReport {
         gpu: info,
         steps,
+        kernels,
         copies,
     })
 }

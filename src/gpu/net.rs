@@ -304,8 +304,17 @@ fn uniform_bytes(words: [u32; 8]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
+impl Dispatch {
+    fn named(mut self, label: String) -> Dispatch {
+        self.label = label;
+        self
+    }
+}
+
 /// One recorded dispatch: a kernel, its bindings, its grid.
 struct Dispatch {
+    /// What it computes, for `kernel_times`: e.g. `matmul 256×784 · 784×1024`.
+    label: String,
     kernel: Kernel,
     bind: wgpu::BindGroup,
     groups: (u32, u32),
@@ -343,7 +352,12 @@ impl Opened {
             layout: &self.kernels.get(kernel).get_bind_group_layout(0),
             entries: &entries,
         });
-        Dispatch { kernel, bind, groups }
+        Dispatch {
+            label: format!("{kernel:?}"),
+            kernel,
+            bind,
+            groups,
+        }
     }
 
     /// Records `dispatches` into one compute pass of `encoder`.
@@ -383,11 +397,21 @@ impl Opened {
     /// Copies the first `out.len()` floats of `src` into `out` through `staging`
     /// (a MAP_READ buffer at least as large).
     fn read(&self, src: &wgpu::Buffer, staging: &wgpu::Buffer, out: &mut [f32]) -> Result<(), GpuError> {
+        self.read_after(self.encoder(), src, staging, out)
+    }
+
+    /// `read`, after the commands already in `encoder` (one submission for both).
+    fn read_after(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        staging: &wgpu::Buffer,
+        out: &mut [f32],
+    ) -> Result<(), GpuError> {
         let bytes = (out.len() * 4) as u64;
         if bytes == 0 {
             return Ok(());
         }
-        let mut encoder = self.encoder();
         encoder.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(0..bytes);
@@ -551,57 +575,73 @@ impl GpuNet {
         for &(l, mm, ba) in &fwd_specs {
             let layer = layers[l];
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            forward.push(g.dispatch(
-                Kernel::Matmul,
-                &[input, &params, &acts[l], &keep[mm]],
-                mm_groups(batch, layer.fan_out),
-            ));
-            forward.push(g.dispatch(
-                Kernel::BiasAct,
-                &[&acts[l], &params, &keep[ba]],
-                (groups_for(batch * layer.fan_out, 256), 1),
-            ));
+            let (fi, fo) = (layer.fan_in, layer.fan_out);
+            forward.push(
+                g.dispatch(
+                    Kernel::Matmul,
+                    &[input, &params, &acts[l], &keep[mm]],
+                    mm_groups(batch, fo),
+                )
+                .named(format!("forward {l}: Z = H·W, {batch}×{fi} · {fi}×{fo}")),
+            );
+            forward.push(
+                g.dispatch(
+                    Kernel::BiasAct,
+                    &[&acts[l], &params, &keep[ba]],
+                    (groups_for(batch * fo, 256), 1),
+                )
+                .named(format!(
+                    "forward {l}: bias{}, {batch}×{fo}",
+                    if l < last { " + ReLU" } else { "" }
+                )),
+            );
         }
-        forward.push(g.dispatch(
-            Kernel::SoftmaxCe,
-            &[&acts[last], &labels, &d[0], &stats, &keep[ce]],
-            (groups_for(batch, 64), 1),
-        ));
+        forward.push(
+            g.dispatch(
+                Kernel::SoftmaxCe,
+                &[&acts[last], &labels, &d[0], &stats, &keep[ce]],
+                (groups_for(batch, 64), 1),
+            )
+            .named(format!("loss: softmax cross-entropy, {batch}×{classes}")),
+        );
         let mut backward = Vec::new();
         for &(l, dw, db, dh, rb) in &bwd_specs {
             let layer = layers[l];
             let dz = &d[(last - l) % 2];
             let dprev = &d[(last - l + 1) % 2];
             let input = if l == 0 { &x } else { &acts[l - 1] };
-            backward.push(g.dispatch(
-                Kernel::Matmul,
-                &[input, dz, &grads, &keep[dw]],
-                mm_groups(layer.fan_in, layer.fan_out),
-            ));
-            backward.push(g.dispatch(
-                Kernel::BiasGrad,
-                &[dz, &grads, &keep[db]],
-                (groups_for(layer.fan_out, 64), 1),
-            ));
+            let (fi, fo) = (layer.fan_in, layer.fan_out);
+            backward.push(
+                g.dispatch(Kernel::Matmul, &[input, dz, &grads, &keep[dw]], mm_groups(fi, fo))
+                    .named(format!("backward {l}: dW = Hᵀ·dZ, {fi}×{batch} · {batch}×{fo}")),
+            );
+            backward.push(
+                g.dispatch(Kernel::BiasGrad, &[dz, &grads, &keep[db]], (fo.div_ceil(16) as u32, 1))
+                    .named(format!("backward {l}: db = Σ dZ, {batch}×{fo}")),
+            );
             if l > 0 {
-                backward.push(g.dispatch(
-                    Kernel::Matmul,
-                    &[dz, &params, dprev, &keep[dh]],
-                    mm_groups(batch, layer.fan_in),
-                ));
-                backward.push(g.dispatch(
-                    Kernel::ReluBack,
-                    &[dprev, &acts[l - 1], &keep[rb]],
-                    (groups_for(batch * layer.fan_in, 256), 1),
-                ));
+                backward.push(
+                    g.dispatch(Kernel::Matmul, &[dz, &params, dprev, &keep[dh]], mm_groups(batch, fi))
+                        .named(format!("backward {l}: dH = dZ·Wᵀ, {batch}×{fo} · {fo}×{fi}")),
+                );
+                backward.push(
+                    g.dispatch(
+                        Kernel::ReluBack,
+                        &[dprev, &acts[l - 1], &keep[rb]],
+                        (groups_for(batch * fi, 256), 1),
+                    )
+                    .named(format!("backward {l}: ReLU', {batch}×{fi}")),
+                );
             }
         }
         let sgd_uniform = keep[sgd_u].clone();
-        let sgd = g.dispatch(
-            Kernel::Sgd,
-            &[&params, &grads, &velocity, &sgd_uniform],
-            (groups_for(p, 256), 1),
-        );
+        let sgd = g
+            .dispatch(
+                Kernel::Sgd,
+                &[&params, &grads, &velocity, &sgd_uniform],
+                (groups_for(p, 256), 1),
+            )
+            .named(format!("update: SGD with momentum, {p} parameters"));
         keep.extend(acts);
         keep.extend(d);
         g.check()?;
@@ -668,8 +708,7 @@ impl GpuNet {
             .write_buffer(&self.labels, 0, bytemuck::cast_slice(&self.labels_u32));
         let mut encoder = g.encoder();
         g.record(&mut encoder, &self.forward.iter().collect::<Vec<_>>());
-        g.queue.submit([encoder.finish()]);
-        g.read(&self.stats, &self.staging, &mut self.stats_host)?;
+        g.read_after(encoder, &self.stats, &self.staging, &mut self.stats_host)?;
         let mut score = BatchScore {
             samples: self.batch,
             ..BatchScore::default()
@@ -714,6 +753,36 @@ impl GpuNet {
         let mut encoder = self.gpu.encoder();
         self.gpu.record(&mut encoder, &[&self.sgd]);
         self.gpu.run(encoder)
+    }
+}
+
+impl GpuNet {
+    /// The GPU time of each dispatch of a step, in order (µs): each recorded `repeat`
+    /// times in one pass and waited for, less the time of an empty submission, divided.
+    /// (Repeating leaves the network's buffers changed: time a network, then drop it.)
+    pub fn kernel_times(&self, repeat: usize) -> Result<Vec<(String, f64)>, GpuError> {
+        let g = &*self.gpu;
+        let timed = |dispatches: &[&Dispatch]| -> Result<f64, GpuError> {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let mut encoder = g.encoder();
+                g.record(&mut encoder, dispatches);
+                let t = std::time::Instant::now();
+                g.run(encoder)?;
+                best = best.min(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok(best)
+        };
+        let empty = timed(&[])?;
+        self.forward
+            .iter()
+            .chain(&self.backward)
+            .chain(std::iter::once(&self.sgd))
+            .map(|d| {
+                let reps: Vec<&Dispatch> = std::iter::repeat_n(d, repeat.max(1)).collect();
+                Ok((d.label.clone(), (timed(&reps)? - empty).max(0.0) / repeat.max(1) as f64))
+            })
+            .collect()
     }
 }
 
@@ -843,7 +912,7 @@ pub mod kernels {
         let rows = dz.len() / cols;
         let (db, gb) = (input(g, dz), input(g, &vec![f32::NAN; cols]));
         let u = g.uniform([rows as u32, cols as u32, 0, 0, 0, 0, 0, 0]);
-        let d = g.dispatch(Kernel::BiasGrad, &[&db, &gb, &u], (groups_for(cols, 64), 1));
+        let d = g.dispatch(Kernel::BiasGrad, &[&db, &gb, &u], (cols.div_ceil(16) as u32, 1));
         Ok(run_and_read(g, d, &[(&gb, cols)])?.remove(0))
     }
 
