@@ -274,3 +274,64 @@ fn every_prompt_action_can_be_done_in_the_lab() {
         assert!(covered.contains(&a), "no way to do {a:?} in the lab");
     }
 }
+
+/// A lab whose workers run on GPUs: the header names the GPU, the timeline's legend has
+/// the copies to and from the host, and they are drawn as phases of their own.
+#[test]
+fn lab_screen_on_gpus_shows_the_copies() {
+    let exp = Experiment {
+        workers: 2,
+        device: ddlab::gpu::Device::Gpu,
+        ..Experiment::default()
+    };
+    let mut lab = Lab::replay(exp, Arc::new(digits()));
+    let Event::Started {
+        params,
+        total_samples,
+        train_len,
+        nodes,
+        intra_link,
+        wire_bytes,
+        ..
+    } = started()
+    else {
+        unreachable!()
+    };
+    lab.apply(&Event::Started {
+        params,
+        total_samples,
+        train_len,
+        nodes,
+        intra_link,
+        wire_bytes,
+        devices: vec!["gpu0 Test GPU (vulkan)".into(); 2],
+    });
+    lab.apply(&segment(Mode::Sync, 2));
+    for step in 0..3u64 {
+        let t = step * 120_000;
+        for w in 0..2 {
+            let phases = [
+                (Phase::Forward, t, t + 20_000),
+                (Phase::Backward, t + 20_000, t + 40_000),
+                (Phase::ToHost, t + 40_000, t + 60_000),
+                (Phase::AllReduce, t + 60_000, t + 80_000),
+                (Phase::ToDevice, t + 80_000, t + 100_000),
+                (Phase::Update, t + 100_000, t + 110_000),
+            ];
+            for (phase, start_ns, end_ns) in phases {
+                lab.apply(&Event::Phase {
+                    worker: w,
+                    step,
+                    phase,
+                    start_ns,
+                    end_ns,
+                });
+            }
+            lab.apply(&Event::WorkerStep(report(w, step, t + 110_000, None)));
+        }
+    }
+    let screen = text(&app_with(lab), 120, 40);
+    assert!(screen.contains("on gpu0 Test GPU (vulkan) ×2"), "{screen}");
+    assert!(screen.contains("to host") && screen.contains("to device"), "{screen}");
+    insta::assert_snapshot!(screen);
+}

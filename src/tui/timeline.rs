@@ -89,11 +89,28 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             theme.dim(),
         );
     }
-    // Legend on the last row: only the phases this mode has.
-    let phases: &[Phase] = if lab.current_mode().uses_server() {
-        &[Phase::Wait, Phase::Pull, Phase::Forward, Phase::Backward, Phase::Push]
-    } else {
-        &[Phase::Forward, Phase::Backward, Phase::AllReduce, Phase::Update]
+    // Legend on the last row: only the phases this mode (and device) has.
+    let gpu = lab.exp.device == crate::gpu::Device::Gpu;
+    let phases: &[Phase] = match (lab.current_mode().uses_server(), gpu) {
+        (true, false) => &[Phase::Wait, Phase::Pull, Phase::Forward, Phase::Backward, Phase::Push],
+        (true, true) => &[
+            Phase::Wait,
+            Phase::Pull,
+            Phase::ToDevice,
+            Phase::Forward,
+            Phase::Backward,
+            Phase::ToHost,
+            Phase::Push,
+        ],
+        (false, false) => &[Phase::Forward, Phase::Backward, Phase::AllReduce, Phase::Update],
+        (false, true) => &[
+            Phase::Forward,
+            Phase::Backward,
+            Phase::ToHost,
+            Phase::AllReduce,
+            Phase::ToDevice,
+            Phase::Update,
+        ],
     };
     let mut legend = Vec::new();
     for &p in phases {
