@@ -358,3 +358,46 @@ fn a_gpu_that_does_not_exist_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--gpus: there is no GPU 7"), "{err}");
 }
+
+#[test]
+fn a_fused_step_computes_what_the_phased_step_does() {
+    let g = gpu0();
+    let data = digits();
+    let mlp = Mlp::new(data.inputs(), &[23], data.classes);
+    let batch = 13;
+    let mut params = vec![0.0; mlp.num_params()];
+    mlp.init(&mut params, 9);
+    let zeros = vec![0.0; mlp.num_params()];
+    let mut phased = gpu::GpuNet::new(Arc::clone(&g), &mlp, batch).unwrap();
+    let mut fused = gpu::GpuNet::new(Arc::clone(&g), &mlp, batch).unwrap();
+    for net in [&phased, &fused] {
+        net.set_params(&params).unwrap();
+        net.set_velocity(&zeros).unwrap();
+    }
+    let (mut a, mut b) = (vec![0.0; mlp.num_params()], vec![0.0; mlp.num_params()]);
+    for step in 0..5 {
+        let rows: Vec<usize> = (0..batch).map(|i| step * batch + i).collect();
+        let x: Vec<f32> = rows.iter().flat_map(|&r| data.train_x.row(r).to_vec()).collect();
+        let labels: Vec<u8> = rows.iter().map(|&r| data.train_y[r]).collect();
+        let s1 = phased.forward(&x, &labels).unwrap();
+        phased.backward().unwrap();
+        phased.grads_to_host(&mut a).unwrap();
+        a.iter_mut().for_each(|v| *v *= 0.5); // an "all-reduce" that halves
+        phased.grads_to_device(&a).unwrap();
+        phased.update(0.1, 0.9, 0.0).unwrap();
+        let s2 = fused
+            .fused_step(
+                &x,
+                &labels,
+                &mut b,
+                |g| g.iter_mut().for_each(|v| *v *= 0.5),
+                (0.1, 0.9, 0.0),
+            )
+            .unwrap();
+        assert_eq!(s1, s2, "step {step}: the same score");
+        assert_eq!(a, b, "step {step}: the same gradient");
+    }
+    phased.params(&mut a).unwrap();
+    fused.params(&mut b).unwrap();
+    assert_eq!(a, b, "the same parameters after 5 steps");
+}

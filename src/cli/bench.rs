@@ -45,6 +45,8 @@ pub struct GpuStepBench {
     pub to_host_us: f64,
     pub to_device_us: f64,
     pub update_us: f64,
+    /// The same step in two submissions (`GpuNet::fused_step`): no wait after each phase.
+    pub fused_us: f64,
     /// The same model and batch on one CPU thread, for comparison.
     pub cpu_median_us: f64,
 }
@@ -206,6 +208,16 @@ pub fn bench_gpu_step(index: usize, sizes: &[usize], batch: usize, steps: usize)
             }
         }
     }
+    let mut fused = Vec::with_capacity(steps);
+    for i in 0..steps + steps / 4 {
+        let t0 = Instant::now();
+        net.fused_step(&x, &y, &mut grads, |_| {}, (1e-3, 0.9, 0.0))
+            .map_err(|e| e.to_string())?;
+        if i >= steps / 4 {
+            fused.push(us(t0));
+        }
+    }
+    fused.sort_by(f64::total_cmp);
     for p in &mut phases {
         p.sort_by(f64::total_cmp);
     }
@@ -221,6 +233,7 @@ pub fn bench_gpu_step(index: usize, sizes: &[usize], batch: usize, steps: usize)
         to_host_us: median(&phases[3]),
         to_device_us: median(&phases[4]),
         update_us: median(&phases[5]),
+        fused_us: median(&fused),
         cpu_median_us: cpu.median_us,
     })
 }
@@ -238,12 +251,12 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
         ))
     })?;
     say!(
-        "\ntraining step on {} [{}] (forward, backward, to host, to device, update; µs, medians)",
+        "\ntraining step on {} [{}] (each phase waited for; fused: the step in two submissions; µs, medians)",
         info.label(),
         info.kind
     );
     say!(
-        "  {:<13} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>9}",
+        "  {:<13} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>9} {:>9}",
         "MLP",
         "batch",
         "step",
@@ -252,6 +265,7 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
         "to host",
         "to dev",
         "update",
+        "fused",
         "CPU step"
     );
     let iters = if args.quick { 20 } else { 200 };
@@ -260,7 +274,7 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
     for (sizes, batch) in models {
         let s = bench_gpu_step(args.gpu, sizes, batch, iters).map_err(CliError::failure)?;
         say!(
-            "  {:<13} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   {:>9.1}",
+            "  {:<13} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   {:>9.1} {:>9.1}",
             s.model,
             s.batch,
             s.median_us,
@@ -269,6 +283,7 @@ fn bench_gpu(args: &BenchArgs) -> Result<GpuBenchReport, CliError> {
             s.to_host_us,
             s.to_device_us,
             s.update_us,
+            s.fused_us,
             s.cpu_median_us
         );
         steps.push(s);

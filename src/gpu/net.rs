@@ -397,22 +397,28 @@ impl Opened {
     /// Copies the first `out.len()` floats of `src` into `out` through `staging`
     /// (a MAP_READ buffer at least as large).
     fn read(&self, src: &wgpu::Buffer, staging: &wgpu::Buffer, out: &mut [f32]) -> Result<(), GpuError> {
-        self.read_after(self.encoder(), src, staging, out)
+        self.read_after(self.encoder(), &mut [(src, out)], staging)
     }
 
-    /// `read`, after the commands already in `encoder` (one submission for both).
+    /// Like `read`, for several buffers at once (one after the other in `staging`), after
+    /// the commands already in `encoder`: one submission for all of it.
     fn read_after(
         &self,
         mut encoder: wgpu::CommandEncoder,
-        src: &wgpu::Buffer,
+        parts: &mut [(&wgpu::Buffer, &mut [f32])],
         staging: &wgpu::Buffer,
-        out: &mut [f32],
     ) -> Result<(), GpuError> {
-        let bytes = (out.len() * 4) as u64;
+        let mut bytes = 0u64;
+        for (src, out) in parts.iter() {
+            let len = (out.len() * 4) as u64;
+            if len > 0 {
+                encoder.copy_buffer_to_buffer(src, 0, staging, bytes, len);
+            }
+            bytes += len;
+        }
         if bytes == 0 {
             return Ok(());
         }
-        encoder.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
         let slice = staging.slice(0..bytes);
         let (tx, rx) = mpsc::channel();
@@ -429,7 +435,12 @@ impl Opened {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| GpuError(format!("{}: a copy to the host failed: {e}", self.info.label())))?;
-            out.copy_from_slice(bytemuck::cast_slice(&view));
+            let mut floats: &[f32] = bytemuck::cast_slice(&view);
+            for (_, out) in parts.iter_mut() {
+                let (mine, rest) = floats.split_at(out.len());
+                out.copy_from_slice(mine);
+                floats = rest;
+            }
         }
         staging.unmap();
         self.check()
@@ -492,7 +503,7 @@ impl GpuNet {
         ];
         let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("to host"),
-            size: (p.max(2 * batch).max(batch * widest) * 4) as u64,
+            size: ((p + 2 * batch).max(batch * widest) * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -691,6 +702,16 @@ impl GpuNet {
     /// every layer and the softmax cross-entropy, and reads back the loss per sample.
     /// Leaves d(mean loss)/d(logits) on the GPU for `backward`.
     pub fn forward(&mut self, x: &[f32], labels: &[u8]) -> Result<BatchScore, GpuError> {
+        self.upload_batch(x, labels);
+        let g = &*self.gpu;
+        let mut encoder = g.encoder();
+        g.record(&mut encoder, &self.forward.iter().collect::<Vec<_>>());
+        g.read_after(encoder, &mut [(&self.stats, &mut self.stats_host)], &self.staging)?;
+        Ok(self.score())
+    }
+
+    /// Queues the batch's upload (it happens at the next submission).
+    fn upload_batch(&mut self, x: &[f32], labels: &[u8]) {
         assert_eq!(
             labels.len(),
             self.batch,
@@ -706,9 +727,10 @@ impl GpuNet {
             .for_each(|(d, &l)| *d = u32::from(l));
         g.queue
             .write_buffer(&self.labels, 0, bytemuck::cast_slice(&self.labels_u32));
-        let mut encoder = g.encoder();
-        g.record(&mut encoder, &self.forward.iter().collect::<Vec<_>>());
-        g.read_after(encoder, &self.stats, &self.staging, &mut self.stats_host)?;
+    }
+
+    /// The batch's score from the loss figures read back.
+    fn score(&self) -> BatchScore {
         let mut score = BatchScore {
             samples: self.batch,
             ..BatchScore::default()
@@ -717,7 +739,55 @@ impl GpuNet {
             score.loss_sum += f64::from(s[0]);
             score.correct += usize::from(s[1] > 0.5);
         }
-        Ok(score)
+        score
+    }
+
+    /// A whole step in two submissions instead of five: one command encoder records
+    /// forward, loss, backward and the copies of the gradient and the loss figures to
+    /// the host; then `all_reduce` has the gradient in `grads`; then one submission takes
+    /// it back to the device and updates. What a step costs without a wait after every
+    /// phase — and without phases to show (`ddlab bench --device gpu` compares both).
+    pub fn fused_step(
+        &mut self,
+        x: &[f32],
+        labels: &[u8],
+        grads: &mut [f32],
+        all_reduce: impl FnOnce(&mut [f32]),
+        (lr, momentum, weight_decay): (f32, f32, f32),
+    ) -> Result<BatchScore, GpuError> {
+        self.upload_batch(x, labels);
+        let g = &*self.gpu;
+        let mut encoder = g.encoder();
+        g.record(
+            &mut encoder,
+            &self.forward.iter().chain(&self.backward).collect::<Vec<_>>(),
+        );
+        g.read_after(
+            encoder,
+            &mut [(&self.grads, &mut *grads), (&self.stats, &mut self.stats_host)],
+            &self.staging,
+        )?;
+        all_reduce(grads);
+        g.queue.write_buffer(&self.grads, 0, bytemuck::cast_slice(grads));
+        self.write_sgd_params(lr, momentum, weight_decay);
+        let mut encoder = g.encoder();
+        g.record(&mut encoder, &[&self.sgd]);
+        g.run(encoder)?;
+        Ok(self.score())
+    }
+
+    fn write_sgd_params(&self, lr: f32, momentum: f32, weight_decay: f32) {
+        let words = [
+            self.mlp.num_params() as u32,
+            lr.to_bits(),
+            momentum.to_bits(),
+            weight_decay.to_bits(),
+            0,
+            0,
+            0,
+            0,
+        ];
+        self.gpu.queue.write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
     }
 
     /// Backward after `forward`: every layer's gradient into the GPU's gradient buffer.
@@ -739,17 +809,7 @@ impl GpuNet {
 
     /// SGD with momentum and weight decay on the GPU: p −= lr·(μ·v + g + λ·p).
     pub fn update(&self, lr: f32, momentum: f32, weight_decay: f32) -> Result<(), GpuError> {
-        let words = [
-            self.mlp.num_params() as u32,
-            lr.to_bits(),
-            momentum.to_bits(),
-            weight_decay.to_bits(),
-            0,
-            0,
-            0,
-            0,
-        ];
-        self.gpu.queue.write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
+        self.write_sgd_params(lr, momentum, weight_decay);
         let mut encoder = self.gpu.encoder();
         self.gpu.record(&mut encoder, &[&self.sgd]);
         self.gpu.run(encoder)
