@@ -74,6 +74,18 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--straggler", "1:0"], "--straggler", "≥ 1");
     refuses(&["--grad-dtype", "f8"], "--grad-dtype", "f32, f16 or bf16");
     refuses(&["--nodes", "5", "--workers", "4"], "--nodes", "use 1 to 4 nodes");
+    refuses(&["--device", "tpu"], "--device", "use cpu or gpu");
+    refuses(&["--gpus", "0"], "--gpus", "add it, or drop --gpus");
+    refuses(&["--device", "gpu", "--overlap"], "--overlap", "--device cpu");
+    // A build without the `gpu` feature says how to get one.
+    #[cfg(not(feature = "gpu"))]
+    refuses(&["--device", "gpu"], "--device gpu", "--features gpu");
+    #[cfg(not(feature = "gpu"))]
+    {
+        let out = ddlab().args(["bench", "--device", "gpu"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features gpu"));
+    }
 }
 
 #[test]

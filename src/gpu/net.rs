@@ -153,6 +153,64 @@ pub(super) fn fits(exp: &Experiment, inputs: usize, classes: usize) -> Result<()
     Ok(())
 }
 
+/// Refuses, in one sentence naming each limit that falls short, a GPU whose limits are
+/// below what ddlab asks for.
+fn check_limits(info: &GpuInfo, offered: &wgpu::Limits) -> Result<(), GpuError> {
+    let mut short = Vec::new();
+    needed_limits().check_limits_with_fail_fn(offered, false, |name, wanted, allowed| {
+        short.push(format!("{name} is {allowed}, ddlab needs {wanted}"));
+    });
+    if short.is_empty() {
+        return Ok(());
+    }
+    Err(GpuError(format!(
+        "--device gpu: {} lacks what ddlab needs ({}; WebGPU's default limits): update its driver, pick another GPU with --gpus, or use --device cpu",
+        info.label(),
+        short.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_below_the_default_limits_is_refused_by_name() {
+        let info = GpuInfo {
+            index: 1,
+            name: "Old GPU".into(),
+            backend: "gl".into(),
+            kind: "integrated".into(),
+            driver: String::new(),
+        };
+        assert_eq!(check_limits(&info, &wgpu::Limits::default()), Ok(()));
+        // WebGL2-class hardware has no storage buffers in compute shaders.
+        let e = check_limits(&info, &wgpu::Limits::downlevel_webgl2_defaults())
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("--device gpu: gpu1 Old GPU (gl) lacks what ddlab needs ("),
+            "{e}"
+        );
+        assert!(
+            e.contains("max_storage_buffers_per_shader_stage is 0, ddlab needs 8"),
+            "{e}"
+        );
+        assert!(e.contains("--device cpu") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn a_network_too_large_for_one_buffer_is_refused() {
+        let exp = Experiment {
+            hidden: vec![16_384, 16_384],
+            ..Experiment::default()
+        };
+        let e = fits(&exp, 784, 10).unwrap_err();
+        assert!(e.contains("the parameters take 1073 MB, over the 128 MB"), "{e}");
+        assert!(fits(&Experiment::default(), 784, 10).is_ok());
+    }
+}
+
 /// The compute pipelines, compiled once per device.
 struct Kernels {
     matmul: wgpu::ComputePipeline,
@@ -239,17 +297,7 @@ pub fn open(index: usize) -> Result<Arc<Opened>, GpuError> {
         return Ok(Arc::clone(o));
     }
     let info = found.infos[index].clone();
-    let mut short = Vec::new();
-    needed_limits().check_limits_with_fail_fn(&adapter.limits(), false, |name, wanted, allowed| {
-        short.push(format!("{name} is {allowed}, ddlab needs {wanted}"));
-    });
-    if !short.is_empty() {
-        return Err(GpuError(format!(
-            "--device gpu: {} lacks what ddlab needs ({}; WebGPU's default limits): update its driver, pick another GPU with --gpus, or use --device cpu",
-            info.label(),
-            short.join(", ")
-        )));
-    }
+    check_limits(&info, &adapter.limits())?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("ddlab"),
         required_features: wgpu::Features::empty(),
