@@ -128,11 +128,6 @@ fn bytes_label(b: usize) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Runs the whole ladder on this rank. Every rank calls it with the same options.
 pub fn run_rank<T: Transport + ?Sized>(
     t: &mut T,
@@ -226,7 +221,7 @@ pub fn run_rank<T: Transport + ?Sized>(
             report.timings.push(Timing {
                 algorithm: algo.name().into(),
                 bytes,
-                time_us: median(times),
+                time_us: crate::nn::median(times),
             });
         }
     }
@@ -257,7 +252,7 @@ pub fn run_rank<T: Transport + ?Sized>(
                 }
             }
             if rank == to {
-                report.link_us = median(times);
+                report.link_us = crate::nn::median(times);
             }
         }
     }

@@ -6,9 +6,12 @@
 //! and `DDLAB_GPU_ADAPTER=llvmpipe`, so that a silent fallback to another adapter fails.
 #![cfg(feature = "gpu")]
 
+mod common;
+
 use std::sync::Arc;
 
 use assert_cmd::Command;
+use common::relative_difference;
 use ddlab::config::{Experiment, Length, Mode};
 use ddlab::data::{digits, Dataset};
 use ddlab::gpu::{self, kernels, Device};
@@ -183,13 +186,6 @@ fn sgd_with_momentum_and_weight_decay_matches_the_cpu() {
     }
 }
 
-/// ‖a − b‖ / ‖b‖.
-fn relative(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x - y).powi(2)).sum();
-    let norm: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();
-    (diff / norm).sqrt()
-}
-
 #[test]
 fn twenty_gpu_steps_equal_twenty_cpu_steps() {
     let g = gpu0();
@@ -218,7 +214,10 @@ fn twenty_gpu_steps_equal_twenty_cpu_steps() {
             (gpu_score.mean_loss() - cpu.mean_loss()).abs() < 1e-4,
             "step {step} loss"
         );
-        assert!(relative(&gpu_grads, &cpu_grads) < 1e-4, "step {step} gradient");
+        assert!(
+            relative_difference(&gpu_grads, &cpu_grads).0 < 1e-4,
+            "step {step} gradient"
+        );
         // The host's gradient goes back (as after an all-reduce) and both update.
         net.grads_to_device(&cpu_grads).unwrap();
         net.update(0.05, 0.9, 1e-4).unwrap();
@@ -226,7 +225,7 @@ fn twenty_gpu_steps_equal_twenty_cpu_steps() {
     }
     let mut gpu_params = vec![0.0; mlp.num_params()];
     net.params(&mut gpu_params).unwrap();
-    let rel = relative(&gpu_params, &cpu_params);
+    let rel = relative_difference(&gpu_params, &cpu_params).0;
     eprintln!("after 20 steps the GPU's parameters differ from the CPU's by {rel:.2e} (relative)");
     assert!(rel < 1e-4, "after 20 steps: {rel:e}");
 }
@@ -264,7 +263,7 @@ fn sync_training_on_the_gpu_follows_the_cpu_and_shows_the_copies() {
         &data,
     );
     let (c, g) = (cpu.final_params().unwrap(), on_gpu.final_params().unwrap());
-    let rel = relative(&g, &c);
+    let rel = relative_difference(&g, &c).0;
     assert!(rel < 1e-4, "2 workers, 20 steps: GPU vs CPU {rel:e}");
     // The copies are phases of their own, on the GPU run only.
     let phases = |events: &[Event], p: Phase| {

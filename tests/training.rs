@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::relative_difference;
 use ddlab::comm::AllReduceAlgo;
 use ddlab::config::{Experiment, Length};
 use ddlab::data::{digits, Dataset};
@@ -15,19 +18,6 @@ fn train(exp: Experiment, data: &Arc<Dataset>) -> Session {
     let outcome = s.run_to_end(|_| {});
     assert_eq!(outcome, Outcome::Completed);
     s
-}
-
-/// ‖a − b‖ / ‖b‖, and the worst element, for a readable failure.
-fn relative_difference(a: &[f32], b: &[f32]) -> (f64, usize) {
-    let (mut diff, mut norm, mut worst) = (0.0f64, 0.0f64, (0usize, 0.0f32));
-    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        diff += f64::from(x - y).powi(2);
-        norm += f64::from(y).powi(2);
-        if (x - y).abs() > worst.1 {
-            worst = (i, (x - y).abs());
-        }
-    }
-    ((diff / norm).sqrt(), worst.0)
 }
 
 #[test]

@@ -7,7 +7,7 @@ use ddlab::config::{Experiment, Mode};
 use ddlab::data::digits;
 use ddlab::train::{Event, Outcome, Phase};
 use ddlab::tui::app::Lab;
-use ddlab::tui::demo::{report, segment, started, sync_lab};
+use ddlab::tui::demo::{report, segment, started, sync_lab, sync_lab_on};
 use ddlab::tui::keys::{Action, LAB_KEYS};
 use ddlab::tui::theme::Theme;
 use ddlab::tui::{view, App, Screen};
@@ -284,54 +284,12 @@ fn lab_screen_on_gpus_shows_the_copies() {
         device: ddlab::gpu::Device::Gpu,
         ..Experiment::default()
     };
-    let mut lab = Lab::replay(exp, Arc::new(digits()));
-    let Event::Started {
-        params,
-        total_samples,
-        train_len,
-        nodes,
-        intra_link,
-        wire_bytes,
-        ..
-    } = started()
-    else {
-        unreachable!()
-    };
-    lab.apply(&Event::Started {
-        params,
-        total_samples,
-        train_len,
-        nodes,
-        intra_link,
-        wire_bytes,
-        devices: vec!["gpu0 Test GPU (vulkan)".into(); 2],
-    });
-    lab.apply(&segment(Mode::Sync, 2));
-    for step in 0..3u64 {
-        let t = step * 120_000;
-        for w in 0..2 {
-            let phases = [
-                (Phase::Forward, t, t + 20_000),
-                (Phase::Backward, t + 20_000, t + 40_000),
-                (Phase::ToHost, t + 40_000, t + 60_000),
-                (Phase::AllReduce, t + 60_000, t + 80_000),
-                (Phase::ToDevice, t + 80_000, t + 100_000),
-                (Phase::Update, t + 100_000, t + 110_000),
-            ];
-            for (phase, start_ns, end_ns) in phases {
-                lab.apply(&Event::Phase {
-                    worker: w,
-                    step,
-                    phase,
-                    start_ns,
-                    end_ns,
-                });
-            }
-            lab.apply(&Event::WorkerStep(report(w, step, t + 110_000, None)));
-        }
-    }
-    let screen = text(&app_with(lab), 120, 40);
-    assert!(screen.contains("on gpu0 Test GPU (vulkan) ×2"), "{screen}");
-    assert!(screen.contains("to host") && screen.contains("to device"), "{screen}");
+    let screen = text(&app_with(sync_lab_on(exp, 3, false)), 120, 40);
+    assert!(screen.contains("on gpu0 demo GPU (vulkan) ×2"), "{screen}");
+    assert!(
+        screen.contains("h=to host") && screen.contains("d=to device"),
+        "{screen}"
+    );
+    assert!(screen.contains("BBhh") && screen.contains("AAdd"), "{screen}");
     insta::assert_snapshot!(screen);
 }

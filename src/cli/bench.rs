@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::CliError;
 use crate::comm::{thread_group, AllReduceAlgo, BandwidthRow, Clock, Collective, Comm, Transport};
-use crate::nn::{Mlp, Sgd, Workspace};
+use crate::nn::{median, Mlp, Sgd, Workspace};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -120,7 +120,7 @@ pub fn bench_frame(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
         Theme { color: true },
     );
     let area = ratatui::layout::Rect::new(0, 0, w, h);
-    let mut times: Vec<f64> = (0..frames)
+    let times: Vec<f64> = (0..frames)
         .map(|_| {
             let mut buf = ratatui::buffer::Buffer::empty(area);
             let t = Instant::now();
@@ -129,8 +129,7 @@ pub fn bench_frame(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    median(times)
 }
 
 /// Median and minimum µs of one training step of an MLP with `sizes`.
@@ -155,13 +154,12 @@ pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
             times.push(t.elapsed().as_secs_f64() * 1e6); // after a warm-up quarter
         }
     }
-    times.sort_by(f64::total_cmp);
     let name = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("-");
     StepBench {
         model: name,
         batch,
-        median_us: times[times.len() / 2],
-        min_us: times[0],
+        min_us: times.iter().copied().fold(f64::INFINITY, f64::min),
+        median_us: median(times),
     }
 }
 
@@ -184,27 +182,23 @@ pub fn bench_gpu_step(index: usize, sizes: &[usize], batch: usize, steps: usize)
     let mut phases: [Vec<f64>; 6] = Default::default();
     let us = |t: Instant| t.elapsed().as_secs_f64() * 1e6;
     for i in 0..steps + steps / 4 {
-        let t0 = Instant::now();
+        // Instants between the phases: the step's, then each phase's, durations.
+        let mut marks = [Instant::now(); 6];
         net.forward(&x, &y).map_err(|e| e.to_string())?;
-        let t1 = Instant::now();
+        marks[1] = Instant::now();
         net.backward().map_err(|e| e.to_string())?;
-        let t2 = Instant::now();
+        marks[2] = Instant::now();
         net.grads_to_host(&mut grads).map_err(|e| e.to_string())?;
-        let t3 = Instant::now();
+        marks[3] = Instant::now();
         net.grads_to_device(&grads).map_err(|e| e.to_string())?;
-        let t4 = Instant::now();
+        marks[4] = Instant::now();
         net.update(1e-3, 0.9, 0.0).map_err(|e| e.to_string())?;
+        marks[5] = Instant::now();
         if i >= steps / 4 {
-            let t5 = us(t0);
-            for (p, v) in phases.iter_mut().zip([
-                t5,
-                us(t0) - us(t1),
-                us(t1) - us(t2),
-                us(t2) - us(t3),
-                us(t3) - us(t4),
-                us(t4),
-            ]) {
-                p.push(v);
+            let span = |a: usize, b: usize| (marks[b] - marks[a]).as_secs_f64() * 1e6;
+            phases[0].push(span(0, 5));
+            for k in 0..5 {
+                phases[k + 1].push(span(k, k + 1));
             }
         }
     }
@@ -217,23 +211,20 @@ pub fn bench_gpu_step(index: usize, sizes: &[usize], batch: usize, steps: usize)
             fused.push(us(t0));
         }
     }
-    fused.sort_by(f64::total_cmp);
-    for p in &mut phases {
-        p.sort_by(f64::total_cmp);
-    }
-    let median = |p: &Vec<f64>| p[p.len() / 2];
     let cpu = bench_step(sizes, batch, steps);
+    let min_us = phases[0].iter().copied().fold(f64::INFINITY, f64::min);
+    let [step, forward, backward, to_host, to_device, update] = phases.map(median);
     Ok(GpuStepBench {
         model: cpu.model,
         batch,
-        median_us: median(&phases[0]),
-        min_us: phases[0][0],
-        forward_us: median(&phases[1]),
-        backward_us: median(&phases[2]),
-        to_host_us: median(&phases[3]),
-        to_device_us: median(&phases[4]),
-        update_us: median(&phases[5]),
-        fused_us: median(&fused),
+        median_us: step,
+        min_us,
+        forward_us: forward,
+        backward_us: backward,
+        to_host_us: to_host,
+        to_device_us: to_device,
+        update_us: update,
+        fused_us: median(fused),
         cpu_median_us: cpu.median_us,
     })
 }
@@ -387,11 +378,10 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
             .collect()
     });
     // A trial is done when its slowest rank is done; report the median trial.
-    let mut trials: Vec<f64> = (0..TRIALS)
+    let trials: Vec<f64> = (0..TRIALS)
         .map(|i| times.iter().map(|r| r[i]).fold(0.0, f64::max))
         .collect();
-    trials.sort_by(f64::total_cmp);
-    BandwidthRow::new(algo.name(), workers, bytes, trials[TRIALS / 2] * 1e6)
+    BandwidthRow::new(algo.name(), workers, bytes, median(trials) * 1e6)
 }
 
 pub fn bench_memcpy(bytes: usize, budget: Duration) -> MemcpyBench {

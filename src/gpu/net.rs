@@ -170,95 +170,7 @@ fn check_limits(info: &GpuInfo, offered: &wgpu::Limits) -> Result<(), GpuError> 
     )))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gpu_below_the_default_limits_is_refused_by_name() {
-        let info = GpuInfo {
-            index: 1,
-            name: "Old GPU".into(),
-            backend: "gl".into(),
-            kind: "integrated".into(),
-            driver: String::new(),
-        };
-        assert_eq!(check_limits(&info, &wgpu::Limits::default()), Ok(()));
-        // WebGL2-class hardware has no storage buffers in compute shaders.
-        let e = check_limits(&info, &wgpu::Limits::downlevel_webgl2_defaults())
-            .unwrap_err()
-            .0;
-        assert!(
-            e.starts_with("--device gpu: gpu1 Old GPU (gl) lacks what ddlab needs ("),
-            "{e}"
-        );
-        assert!(
-            e.contains("max_storage_buffers_per_shader_stage is 0, ddlab needs 8"),
-            "{e}"
-        );
-        assert!(e.contains("--device cpu") && !e.contains('\n'), "{e}");
-    }
-
-    #[test]
-    fn a_network_too_large_for_one_buffer_is_refused() {
-        let exp = Experiment {
-            hidden: vec![16_384, 16_384],
-            ..Experiment::default()
-        };
-        let e = fits(&exp, 784, 10).unwrap_err();
-        assert!(e.contains("the parameters take 1073 MB, over the 128 MB"), "{e}");
-        assert!(fits(&Experiment::default(), 784, 10).is_ok());
-    }
-}
-
-/// The compute pipelines, compiled once per device.
-struct Kernels {
-    matmul: wgpu::ComputePipeline,
-    bias_act: wgpu::ComputePipeline,
-    softmax_ce: wgpu::ComputePipeline,
-    bias_grad: wgpu::ComputePipeline,
-    relu_back: wgpu::ComputePipeline,
-    sgd: wgpu::ComputePipeline,
-}
-
-impl Kernels {
-    fn new(device: &wgpu::Device) -> Kernels {
-        let make = |name: &str, source: &str| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        Kernels {
-            matmul: make("matmul", include_str!("shaders/matmul.wgsl")),
-            bias_act: make("bias_act", include_str!("shaders/bias_act.wgsl")),
-            softmax_ce: make("softmax_ce", include_str!("shaders/softmax_ce.wgsl")),
-            bias_grad: make("bias_grad", include_str!("shaders/bias_grad.wgsl")),
-            relu_back: make("relu_back", include_str!("shaders/relu_back.wgsl")),
-            sgd: make("sgd", include_str!("shaders/sgd.wgsl")),
-        }
-    }
-
-    fn get(&self, k: Kernel) -> &wgpu::ComputePipeline {
-        match k {
-            Kernel::Matmul => &self.matmul,
-            Kernel::BiasAct => &self.bias_act,
-            Kernel::SoftmaxCe => &self.softmax_ce,
-            Kernel::BiasGrad => &self.bias_grad,
-            Kernel::ReluBack => &self.relu_back,
-            Kernel::Sgd => &self.sgd,
-        }
-    }
-}
-
+/// The kernels, one WGSL file each (`shaders/`).
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
     Matmul,
@@ -267,6 +179,60 @@ enum Kernel {
     BiasGrad,
     ReluBack,
     Sgd,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 6] = [
+        Kernel::Matmul,
+        Kernel::BiasAct,
+        Kernel::SoftmaxCe,
+        Kernel::BiasGrad,
+        Kernel::ReluBack,
+        Kernel::Sgd,
+    ];
+
+    fn source(self) -> &'static str {
+        match self {
+            Kernel::Matmul => include_str!("shaders/matmul.wgsl"),
+            Kernel::BiasAct => include_str!("shaders/bias_act.wgsl"),
+            Kernel::SoftmaxCe => include_str!("shaders/softmax_ce.wgsl"),
+            Kernel::BiasGrad => include_str!("shaders/bias_grad.wgsl"),
+            Kernel::ReluBack => include_str!("shaders/relu_back.wgsl"),
+            Kernel::Sgd => include_str!("shaders/sgd.wgsl"),
+        }
+    }
+}
+
+/// The compute pipelines, compiled once per device, in `Kernel::ALL` order.
+struct Kernels(Vec<wgpu::ComputePipeline>);
+
+impl Kernels {
+    fn new(device: &wgpu::Device) -> Kernels {
+        Kernels(
+            Kernel::ALL
+                .iter()
+                .map(|k| {
+                    let name = format!("{k:?}");
+                    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(&name),
+                        source: wgpu::ShaderSource::Wgsl(k.source().into()),
+                    });
+                    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(&name),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some("main"),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        &self.0[k as usize]
+    }
 }
 
 /// One GPU, opened: shared by the workers that use it (each with its own buffers).
@@ -348,8 +314,17 @@ fn groups_for(n: usize, per_group: usize) -> u32 {
     (n.div_ceil(per_group) as u32).clamp(1, MAX_GROUPS)
 }
 
-fn uniform_bytes(words: [u32; 8]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+/// A dispatch's parameters as its uniform buffer holds them: eight 32-bit words, the
+/// ones not given zero.
+fn uniform_bytes(words: &[u32]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.resize(32, 0);
+    bytes
+}
+
+/// The SGD kernel's parameters: length, learning rate, momentum, weight decay.
+fn sgd_words(n: usize, (lr, momentum, weight_decay): (f32, f32, f32)) -> [u32; 4] {
+    [n as u32, lr.to_bits(), momentum.to_bits(), weight_decay.to_bits()]
 }
 
 impl Dispatch {
@@ -378,12 +353,81 @@ impl Opened {
         })
     }
 
-    fn uniform(&self, words: [u32; 8]) -> wgpu::Buffer {
+    fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("params of a dispatch"),
             contents: &uniform_bytes(words),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         })
+    }
+
+    // One constructor per kernel: its parameters, its grid. (A bind group keeps the
+    // buffers it binds alive, the uniform made here among them.)
+
+    /// C (m×n) = op(A)·op(B) from `[a, b, c]` at element offsets `offsets`; `trans`:
+    /// whether `a` holds A as k×m and `b` holds B as n×k.
+    fn matmul(
+        &self,
+        [a, b, c]: [&wgpu::Buffer; 3],
+        (m, k, n): (usize, usize, usize),
+        (trans_a, trans_b): (bool, bool),
+        (a_off, b_off, c_off): (usize, usize, usize),
+    ) -> Dispatch {
+        let flags = u32::from(trans_a) * TRANS_A + u32::from(trans_b) * TRANS_B;
+        let u = self.uniform(&[
+            m as u32,
+            n as u32,
+            k as u32,
+            flags,
+            a_off as u32,
+            b_off as u32,
+            c_off as u32,
+        ]);
+        let grid = (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
+        self.dispatch(Kernel::Matmul, &[a, b, c, &u], grid)
+    }
+
+    /// z (rows × cols) += bias (at `b_off` in `bias`), then ReLU when `relu`.
+    fn bias_act(
+        &self,
+        [z, bias]: [&wgpu::Buffer; 2],
+        (rows, cols): (usize, usize),
+        b_off: usize,
+        relu: bool,
+    ) -> Dispatch {
+        let u = self.uniform(&[rows as u32, cols as u32, b_off as u32, u32::from(relu)]);
+        self.dispatch(Kernel::BiasAct, &[z, bias, &u], (groups_for(rows * cols, 256), 1))
+    }
+
+    /// Softmax cross-entropy of logits z (rows × classes) against `labels`: dz and the
+    /// [loss, correct] pair of every row.
+    fn softmax_ce(&self, [z, labels, dz, stats]: [&wgpu::Buffer; 4], (rows, classes): (usize, usize)) -> Dispatch {
+        let u = self.uniform(&[rows as u32, classes as u32, (1.0 / rows as f32).to_bits()]);
+        self.dispatch(
+            Kernel::SoftmaxCe,
+            &[z, labels, dz, stats, &u],
+            (groups_for(rows, 64), 1),
+        )
+    }
+
+    /// The column sums of dz (rows × cols) into `grads` at `out_off`.
+    fn bias_grad(&self, [dz, grads]: [&wgpu::Buffer; 2], (rows, cols): (usize, usize), out_off: usize) -> Dispatch {
+        let u = self.uniform(&[rows as u32, cols as u32, out_off as u32]);
+        self.dispatch(Kernel::BiasGrad, &[dz, grads, &u], (cols.div_ceil(16) as u32, 1))
+    }
+
+    /// d ⊙= [h > 0] over `n` elements.
+    fn relu_back(&self, [d, h]: [&wgpu::Buffer; 2], n: usize) -> Dispatch {
+        let u = self.uniform(&[n as u32]);
+        self.dispatch(Kernel::ReluBack, &[d, h, &u], (groups_for(n, 256), 1))
+    }
+
+    /// One SGD step over `n` parameters, and the uniform its learning rate, momentum and
+    /// weight decay are written into (`sgd_words`) before each run.
+    fn sgd(&self, [p, g, v]: [&wgpu::Buffer; 3], n: usize) -> (Dispatch, wgpu::Buffer) {
+        let u = self.uniform(&sgd_words(n, (0.0, 0.0, 0.0)));
+        let d = self.dispatch(Kernel::Sgd, &[p, g, v, &u], (groups_for(n, 256), 1));
+        (d, u)
     }
 
     fn dispatch(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], groups: (u32, u32)) -> Dispatch {
@@ -519,8 +563,6 @@ pub struct GpuNet {
     forward: Vec<Dispatch>,
     backward: Vec<Dispatch>,
     sgd: Dispatch,
-    /// Kept alive for the bind groups that use them.
-    _keep: Vec<wgpu::Buffer>,
     labels_u32: Vec<u32>,
     stats_host: Vec<f32>,
 }
@@ -555,154 +597,56 @@ impl GpuNet {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut keep = Vec::new();
-        let u32s = |v: usize| v as u32;
-        let mut uniform = |words: [u32; 8]| {
-            keep.push(g.uniform(words));
-            keep.len() - 1
-        };
-
         // Forward: Z = H·W, then bias (+ ReLU) per layer; then the loss.
-        let mut fwd_specs = Vec::new();
-        for (l, layer) in layers.iter().enumerate() {
-            let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
-            let mm = uniform([u32s(batch), u32s(fan_out), u32s(fan_in), 0, 0, u32s(layer.offset), 0, 0]);
-            let ba = uniform([
-                u32s(batch),
-                u32s(fan_out),
-                u32s(layer.offset + layer.w_len()),
-                u32::from(l < last),
-                0,
-                0,
-                0,
-                0,
-            ]);
-            fwd_specs.push((l, mm, ba));
-        }
-        let classes = mlp.classes();
-        let ce = uniform([
-            u32s(batch),
-            u32s(classes),
-            (1.0 / batch as f32).to_bits(),
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]);
-        // Backward, last layer first; d_z of layer l sits in d[(last − l) % 2].
-        let mut bwd_specs = Vec::new();
-        for (l, layer) in layers.iter().enumerate().rev() {
-            let (fan_in, fan_out) = (layer.fan_in, layer.fan_out);
-            let dw = uniform([
-                u32s(fan_in),
-                u32s(fan_out),
-                u32s(batch),
-                TRANS_A,
-                0,
-                0,
-                u32s(layer.offset),
-                0,
-            ]);
-            let db = uniform([
-                u32s(batch),
-                u32s(fan_out),
-                u32s(layer.offset + layer.w_len()),
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            let dh = uniform([
-                u32s(batch),
-                u32s(fan_in),
-                u32s(fan_out),
-                TRANS_B,
-                0,
-                u32s(layer.offset),
-                0,
-                0,
-            ]);
-            let rb = uniform([u32s(batch * fan_in), 0, 0, 0, 0, 0, 0, 0]);
-            bwd_specs.push((l, dw, db, dh, rb));
-        }
-        let sgd_u = uniform([u32s(p), 0, 0, 0, 0, 0, 0, 0]);
-
-        let mm_groups = |m: usize, n: usize| (n.div_ceil(64) as u32, m.div_ceil(64) as u32);
         let mut forward = Vec::new();
-        for &(l, mm, ba) in &fwd_specs {
-            let layer = layers[l];
+        for (l, layer) in layers.iter().enumerate() {
             let input = if l == 0 { &x } else { &acts[l - 1] };
             let (fi, fo) = (layer.fan_in, layer.fan_out);
-            forward.push(
-                g.dispatch(
-                    Kernel::Matmul,
-                    &[input, &params, &acts[l], &keep[mm]],
-                    mm_groups(batch, fo),
-                )
-                .named(format!("forward {l}: Z = H·W, {batch}×{fi} · {fi}×{fo}")),
+            let mm = g.matmul(
+                [input, &params, &acts[l]],
+                (batch, fi, fo),
+                (false, false),
+                (0, layer.offset, 0),
             );
-            forward.push(
-                g.dispatch(
-                    Kernel::BiasAct,
-                    &[&acts[l], &params, &keep[ba]],
-                    (groups_for(batch * fo, 256), 1),
-                )
-                .named(format!(
-                    "forward {l}: bias{}, {batch}×{fo}",
-                    if l < last { " + ReLU" } else { "" }
-                )),
-            );
+            forward.push(mm.named(format!("forward {l}: Z = H·W, {batch}×{fi} · {fi}×{fo}")));
+            let relu = l < last;
+            let bias = g.bias_act([&acts[l], &params], (batch, fo), layer.offset + layer.w_len(), relu);
+            let what = if relu { "bias + ReLU" } else { "bias" };
+            forward.push(bias.named(format!("forward {l}: {what}, {batch}×{fo}")));
         }
-        forward.push(
-            g.dispatch(
-                Kernel::SoftmaxCe,
-                &[&acts[last], &labels, &d[0], &stats, &keep[ce]],
-                (groups_for(batch, 64), 1),
-            )
-            .named(format!("loss: softmax cross-entropy, {batch}×{classes}")),
-        );
+        let classes = mlp.classes();
+        let loss = g.softmax_ce([&acts[last], &labels, &d[0], &stats], (batch, classes));
+        forward.push(loss.named(format!("loss: softmax cross-entropy, {batch}×{classes}")));
+        // Backward, last layer first; d_z of layer l sits in d[(last − l) % 2].
         let mut backward = Vec::new();
-        for &(l, dw, db, dh, rb) in &bwd_specs {
-            let layer = layers[l];
+        for (l, layer) in layers.iter().enumerate().rev() {
             let dz = &d[(last - l) % 2];
             let dprev = &d[(last - l + 1) % 2];
             let input = if l == 0 { &x } else { &acts[l - 1] };
             let (fi, fo) = (layer.fan_in, layer.fan_out);
-            backward.push(
-                g.dispatch(Kernel::Matmul, &[input, dz, &grads, &keep[dw]], mm_groups(fi, fo))
-                    .named(format!("backward {l}: dW = Hᵀ·dZ, {fi}×{batch} · {batch}×{fo}")),
+            let dw = g.matmul(
+                [input, dz, &grads],
+                (fi, batch, fo),
+                (true, false),
+                (0, 0, layer.offset),
             );
-            backward.push(
-                g.dispatch(Kernel::BiasGrad, &[dz, &grads, &keep[db]], (fo.div_ceil(16) as u32, 1))
-                    .named(format!("backward {l}: db = Σ dZ, {batch}×{fo}")),
-            );
+            backward.push(dw.named(format!("backward {l}: dW = Hᵀ·dZ, {fi}×{batch} · {batch}×{fo}")));
+            let db = g.bias_grad([dz, &grads], (batch, fo), layer.offset + layer.w_len());
+            backward.push(db.named(format!("backward {l}: db = Σ dZ, {batch}×{fo}")));
             if l > 0 {
-                backward.push(
-                    g.dispatch(Kernel::Matmul, &[dz, &params, dprev, &keep[dh]], mm_groups(batch, fi))
-                        .named(format!("backward {l}: dH = dZ·Wᵀ, {batch}×{fo} · {fo}×{fi}")),
+                let dh = g.matmul(
+                    [dz, &params, dprev],
+                    (batch, fo, fi),
+                    (false, true),
+                    (0, layer.offset, 0),
                 );
-                backward.push(
-                    g.dispatch(
-                        Kernel::ReluBack,
-                        &[dprev, &acts[l - 1], &keep[rb]],
-                        (groups_for(batch * fi, 256), 1),
-                    )
-                    .named(format!("backward {l}: ReLU', {batch}×{fi}")),
-                );
+                backward.push(dh.named(format!("backward {l}: dH = dZ·Wᵀ, {batch}×{fo} · {fo}×{fi}")));
+                let relu = g.relu_back([dprev, &acts[l - 1]], batch * fi);
+                backward.push(relu.named(format!("backward {l}: ReLU', {batch}×{fi}")));
             }
         }
-        let sgd_uniform = keep[sgd_u].clone();
-        let sgd = g
-            .dispatch(
-                Kernel::Sgd,
-                &[&params, &grads, &velocity, &sgd_uniform],
-                (groups_for(p, 256), 1),
-            )
-            .named(format!("update: SGD with momentum, {p} parameters"));
-        keep.extend(acts);
-        keep.extend(d);
+        let (sgd, sgd_uniform) = g.sgd([&params, &grads, &velocity], p);
+        let sgd = sgd.named(format!("update: SGD with momentum, {p} parameters"));
         g.check()?;
         Ok(GpuNet {
             mlp: mlp.clone(),
@@ -718,7 +662,6 @@ impl GpuNet {
             forward,
             backward,
             sgd,
-            _keep: keep,
             labels_u32: vec![0; batch],
             stats_host: vec![0.0; 2 * batch],
             gpu,
@@ -825,17 +768,10 @@ impl GpuNet {
     }
 
     fn write_sgd_params(&self, lr: f32, momentum: f32, weight_decay: f32) {
-        let words = [
-            self.mlp.num_params() as u32,
-            lr.to_bits(),
-            momentum.to_bits(),
-            weight_decay.to_bits(),
-            0,
-            0,
-            0,
-            0,
-        ];
-        self.gpu.queue.write_buffer(&self.sgd_uniform, 0, &uniform_bytes(words));
+        let words = sgd_words(self.mlp.num_params(), (lr, momentum, weight_decay));
+        self.gpu
+            .queue
+            .write_buffer(&self.sgd_uniform, 0, &uniform_bytes(&words));
     }
 
     /// Backward after `forward`: every layer's gradient into the GPU's gradient buffer.
@@ -908,10 +844,6 @@ pub fn copy_bandwidth(gpu: &Opened, bytes: usize, trials: usize) -> Result<(f64,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (mut up, mut down) = (Vec::new(), Vec::new());
     for i in 0..trials.max(1) + 1 {
         let t = std::time::Instant::now();
@@ -925,7 +857,7 @@ pub fn copy_bandwidth(gpu: &Opened, bytes: usize, trials: usize) -> Result<(f64,
             down.push(bytes as f64 / t_down / 1e9);
         }
     }
-    Ok((median(up), median(down)))
+    Ok((crate::nn::median(up), crate::nn::median(down)))
 }
 
 /// Each kernel on its own, for tests against the CPU: host data in, host data out.
@@ -962,7 +894,6 @@ pub mod kernels {
     }
 
     /// C (m×n) = op(A)·op(B); `trans_a`: `a` holds A as k×m; `trans_b`: `b` holds B as n×k.
-    #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         g: &Opened,
         a: &[f32],
@@ -972,44 +903,25 @@ pub mod kernels {
         trans_b: bool,
     ) -> Result<Vec<f32>, GpuError> {
         let (ab, bb, cb) = (input(g, a), input(g, b), input(g, &vec![f32::NAN; m * n]));
-        let flags = u32::from(trans_a) * TRANS_A + u32::from(trans_b) * TRANS_B;
-        let u = g.uniform([m as u32, n as u32, k as u32, flags, 0, 0, 0, 0]);
-        let d = g.dispatch(
-            Kernel::Matmul,
-            &[&ab, &bb, &cb, &u],
-            (n.div_ceil(64) as u32, m.div_ceil(64) as u32),
-        );
+        let d = g.matmul([&ab, &bb, &cb], (m, k, n), (trans_a, trans_b), (0, 0, 0));
         Ok(run_and_read(g, d, &[(&cb, m * n)])?.remove(0))
     }
 
     /// z (rows×cols) + bias, then ReLU when `relu`.
     pub fn bias_act(g: &Opened, z: &[f32], bias: &[f32], relu: bool) -> Result<Vec<f32>, GpuError> {
         let cols = bias.len();
-        let rows = z.len() / cols;
         let (zb, pb) = (input(g, z), input(g, bias));
-        let u = g.uniform([rows as u32, cols as u32, 0, u32::from(relu), 0, 0, 0, 0]);
-        let d = g.dispatch(Kernel::BiasAct, &[&zb, &pb, &u], (groups_for(z.len(), 256), 1));
+        let d = g.bias_act([&zb, &pb], (z.len() / cols, cols), 0, relu);
         Ok(run_and_read(g, d, &[(&zb, z.len())])?.remove(0))
     }
 
     /// Softmax cross-entropy of logits (rows × classes): (d logits, [loss, correct] per row).
     pub fn softmax_ce(g: &Opened, z: &[f32], labels: &[u8]) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
         let rows = labels.len();
-        let classes = z.len() / rows;
         let lab: Vec<f32> = labels.iter().map(|&l| f32::from_bits(u32::from(l))).collect();
         let (zb, lb) = (input(g, z), input(g, &lab));
         let (db, sb) = (input(g, &vec![f32::NAN; z.len()]), input(g, &vec![f32::NAN; 2 * rows]));
-        let u = g.uniform([
-            rows as u32,
-            classes as u32,
-            (1.0 / rows as f32).to_bits(),
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]);
-        let d = g.dispatch(Kernel::SoftmaxCe, &[&zb, &lb, &db, &sb, &u], (groups_for(rows, 64), 1));
+        let d = g.softmax_ce([&zb, &lb, &db, &sb], (rows, z.len() / rows));
         let mut out = run_and_read(g, d, &[(&db, z.len()), (&sb, 2 * rows)])?;
         let stats = out.pop().unwrap_or_default();
         Ok((out.pop().unwrap_or_default(), stats))
@@ -1017,18 +929,15 @@ pub mod kernels {
 
     /// Column sums of dz (rows × cols).
     pub fn bias_grad(g: &Opened, dz: &[f32], cols: usize) -> Result<Vec<f32>, GpuError> {
-        let rows = dz.len() / cols;
         let (db, gb) = (input(g, dz), input(g, &vec![f32::NAN; cols]));
-        let u = g.uniform([rows as u32, cols as u32, 0, 0, 0, 0, 0, 0]);
-        let d = g.dispatch(Kernel::BiasGrad, &[&db, &gb, &u], (cols.div_ceil(16) as u32, 1));
+        let d = g.bias_grad([&db, &gb], (dz.len() / cols, cols), 0);
         Ok(run_and_read(g, d, &[(&gb, cols)])?.remove(0))
     }
 
     /// d ⊙ [h > 0].
     pub fn relu_back(g: &Opened, d: &[f32], h: &[f32]) -> Result<Vec<f32>, GpuError> {
         let (db, hb) = (input(g, d), input(g, h));
-        let u = g.uniform([d.len() as u32, 0, 0, 0, 0, 0, 0, 0]);
-        let disp = g.dispatch(Kernel::ReluBack, &[&db, &hb, &u], (groups_for(d.len(), 256), 1));
+        let disp = g.relu_back([&db, &hb], d.len());
         Ok(run_and_read(g, disp, &[(&db, d.len())])?.remove(0))
     }
 
@@ -1038,22 +947,54 @@ pub mod kernels {
         p: &[f32],
         grad: &[f32],
         v: &[f32],
-        (lr, momentum, weight_decay): (f32, f32, f32),
+        hyper: (f32, f32, f32),
     ) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
         let (pb, gb, vb) = (input(g, p), input(g, grad), input(g, v));
-        let u = g.uniform([
-            p.len() as u32,
-            lr.to_bits(),
-            momentum.to_bits(),
-            weight_decay.to_bits(),
-            0,
-            0,
-            0,
-            0,
-        ]);
-        let d = g.dispatch(Kernel::Sgd, &[&pb, &gb, &vb, &u], (groups_for(p.len(), 256), 1));
+        let (d, u) = g.sgd([&pb, &gb, &vb], p.len());
+        g.queue.write_buffer(&u, 0, &uniform_bytes(&sgd_words(p.len(), hyper)));
         let mut out = run_and_read(g, d, &[(&pb, p.len()), (&vb, v.len())])?;
         let v = out.pop().unwrap_or_default();
         Ok((out.pop().unwrap_or_default(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_below_the_default_limits_is_refused_by_name() {
+        let info = GpuInfo {
+            index: 1,
+            name: "Old GPU".into(),
+            backend: "gl".into(),
+            kind: "integrated".into(),
+            driver: String::new(),
+        };
+        assert_eq!(check_limits(&info, &wgpu::Limits::default()), Ok(()));
+        // WebGL2-class hardware has no storage buffers in compute shaders.
+        let e = check_limits(&info, &wgpu::Limits::downlevel_webgl2_defaults())
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("--device gpu: gpu1 Old GPU (gl) lacks what ddlab needs ("),
+            "{e}"
+        );
+        assert!(
+            e.contains("max_storage_buffers_per_shader_stage is 0, ddlab needs 8"),
+            "{e}"
+        );
+        assert!(e.contains("--device cpu") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn a_network_too_large_for_one_buffer_is_refused() {
+        let exp = Experiment {
+            hidden: vec![16_384, 16_384],
+            ..Experiment::default()
+        };
+        let e = fits(&exp, 784, 10).unwrap_err();
+        assert!(e.contains("the parameters take 1073 MB, over the 128 MB"), "{e}");
+        assert!(fits(&Experiment::default(), 784, 10).is_ok());
     }
 }

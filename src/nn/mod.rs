@@ -14,6 +14,13 @@ pub use mlp::{LayerShape, Mlp, Workspace};
 pub use optim::Sgd;
 pub use schedule::{LrScaling, LrSchedule};
 
+/// The median of `values` (the upper one of an even count; 0 for none): what benchmarks
+/// and checks report, so that one burst of noise moves no figure.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// L2 norm of a flat buffer, accumulated in f64.
 pub fn l2_norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
@@ -32,5 +39,17 @@ pub fn flush_denormals() {
         std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
         csr |= 0x8040;
         std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_takes_the_middle_of_the_sorted_values() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0); // the upper of two
+        assert_eq!(median(vec![]), 0.0);
     }
 }

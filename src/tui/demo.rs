@@ -63,13 +63,24 @@ pub fn report(worker: usize, step: u64, end_ns: u64, staleness: Option<u64>) -> 
 /// A sync run of `workers` workers, `steps` steps scripted phase by phase; the last
 /// step stops inside the all-reduce when `mid_all_reduce`.
 pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
-    let data = Arc::new(digits());
     let exp = Experiment {
         workers,
         ..Default::default()
     };
-    let mut lab = Lab::replay(exp, data);
-    lab.apply(&started());
+    sync_lab_on(exp, steps, mid_all_reduce)
+}
+
+/// `sync_lab` for `exp`'s workers and device: on a GPU (named "gpu0 demo GPU (vulkan)"),
+/// with the copies to and from the host around the all-reduce.
+pub fn sync_lab_on(exp: Experiment, steps: u64, mid_all_reduce: bool) -> Lab {
+    let workers = exp.workers;
+    let gpu = exp.device == crate::gpu::Device::Gpu;
+    let mut start = started();
+    if let (Event::Started { devices, .. }, true) = (&mut start, gpu) {
+        *devices = vec!["gpu0 demo GPU (vulkan)".into(); workers];
+    }
+    let mut lab = Lab::replay(exp, Arc::new(digits()));
+    lab.apply(&start);
     lab.apply(&segment(Mode::Sync, workers));
     let step_ns = 100_000u64;
     for step in 0..steps {
@@ -81,14 +92,23 @@ pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
                 indices: (0..32).map(|i| (w * 32 + i) as u32).collect(),
             });
             let slow = if w == workers - 1 { 10_000 } else { 0 };
-            let phases = [
+            let cpu = [
                 (Phase::Forward, t, t + 20_000 + slow),
                 (Phase::Backward, t + 20_000 + slow, t + 50_000 + slow),
                 (Phase::AllReduce, t + 50_000 + slow, t + 90_000),
                 (Phase::Update, t + 90_000, t + 95_000),
             ];
+            let on_gpu = [
+                (Phase::Forward, t, t + 20_000 + slow),
+                (Phase::Backward, t + 20_000 + slow, t + 40_000 + slow),
+                (Phase::ToHost, t + 40_000 + slow, t + 50_000 + slow),
+                (Phase::AllReduce, t + 50_000 + slow, t + 80_000),
+                (Phase::ToDevice, t + 80_000, t + 90_000),
+                (Phase::Update, t + 90_000, t + 95_000),
+            ];
+            let phases: &[(Phase, u64, u64)] = if gpu { &on_gpu } else { &cpu };
             let last_step = step + 1 == steps;
-            for (phase, start_ns, end_ns) in phases {
+            for &(phase, start_ns, end_ns) in phases {
                 lab.apply(&Event::Phase {
                     worker: w,
                     step,
