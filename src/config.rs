@@ -199,6 +199,10 @@ pub struct Experiment {
     /// the workers; empty = round-robin over every GPU found.
     #[serde(default)]
     pub gpus: Vec<usize>,
+    /// Slow motion: every phase, message, straggler delay and server action lasts this
+    /// many times as long (time dilation, so that the run keeps its shape); 1 = full
+    /// speed, the default for headless runs.
+    pub slow: f64,
 }
 
 impl Default for Experiment {
@@ -228,6 +232,7 @@ impl Default for Experiment {
             eval_every: 25,
             device: crate::gpu::Device::Cpu,
             gpus: Vec::new(),
+            slow: 1.0,
         }
     }
 }
@@ -296,6 +301,16 @@ impl Experiment {
             Length::Steps(0) => return Err(bad("steps", "0 is not allowed: train for at least 1 step")),
             Length::Epochs(0) => return Err(bad("epochs", "0 is not allowed: train for at least 1 epoch")),
             _ => {}
+        }
+        if !(self.slow.is_finite() && (1.0..=crate::comm::MAX_PACE).contains(&self.slow)) {
+            return Err(bad(
+                "slow",
+                format!(
+                    "{} is not allowed: use a dilation factor from 1 (full speed) to {}, e.g. 1000",
+                    self.slow,
+                    crate::comm::MAX_PACE
+                ),
+            ));
         }
         if self.eval_every == 0 {
             return Err(bad("eval-every", "0 is not allowed: evaluate every 1 or more steps"));

@@ -20,7 +20,10 @@ fn main() {
         Some(Command::Lessons(args)) => cli::lessons::list(&args),
         Some(Command::Lesson(args)) => cli::lessons::lesson(&args),
         Some(Command::Worker(args)) => cli::worker::worker(&args),
-        Some(Command::Lab(args)) => tui::run(tui::Start::Lab(args.setup())),
+        Some(Command::Lab(args)) => tui::run(tui::Start::Lab {
+            exp: args.setup(),
+            paused: args.paused,
+        }),
         None => tui::run(tui::Start::Home(ddlab::config::Experiment::default())),
     });
     if let Err(e) = result {

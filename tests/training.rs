@@ -164,7 +164,7 @@ fn a_huge_learning_rate_diverges_cleanly_at_a_reported_step() {
 }
 
 #[test]
-fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run() {
+fn step_phase_moves_every_worker_through_one_phase_or_one_all_reduce_round_and_stop_ends_the_run() {
     let data = Arc::new(digits());
     let exp = Experiment {
         workers: 3,
@@ -190,9 +190,13 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
     collect(&mut s, &mut phases, Duration::from_millis(150));
     assert!(phases.is_empty(), "a paused run moved: {phases:?}");
 
+    // A ring over 3 workers has 4 rounds: the all-reduce takes one press per round.
     for (i, expected) in [
         Phase::Forward,
         Phase::Backward,
+        Phase::AllReduce,
+        Phase::AllReduce,
+        Phase::AllReduce,
         Phase::AllReduce,
         Phase::Update,
         Phase::Forward,
@@ -217,6 +221,89 @@ fn step_phase_moves_every_worker_through_exactly_one_phase_and_stop_ends_the_run
 
     s.control(Control::Stop).unwrap();
     assert_eq!(s.run_to_end(|_| {}), Outcome::Stopped);
+}
+
+#[test]
+fn step_mode_shows_every_all_reduce_round_as_it_happens_for_every_algorithm() {
+    // One press per round: after each press the lab has exactly that round's messages
+    // (the reduce-scatter rounds and everything going to worker 0 included).
+    let data = Arc::new(digits());
+    for (algo, workers) in [
+        (AllReduceAlgo::Ring, 4),
+        (AllReduceAlgo::Naive, 3),
+        (AllReduceAlgo::Tree, 4),
+        (AllReduceAlgo::Hierarchical, 4),
+        (AllReduceAlgo::TwoD, 4),
+    ] {
+        let exp = Experiment {
+            workers,
+            nodes: if AllReduceAlgo::FLAT.contains(&algo) { 1 } else { 2 },
+            allreduce: algo,
+            length: Length::Steps(100),
+            ..Default::default()
+        };
+        let options = SessionOptions {
+            detail: true,
+            start_paused: true,
+            ..Default::default()
+        };
+        let mut s = Session::start_with_data(exp, Arc::clone(&data), options, None).unwrap();
+        let mut rounds_seen: Vec<Vec<u32>> = Vec::new();
+        let mut presses = 0;
+        // forward, backward, then the all-reduce round by round until an update shows.
+        loop {
+            s.control(Control::StepPhase).unwrap();
+            presses += 1;
+            let (mut rounds, mut updated) = (Vec::new(), false);
+            let deadline = std::time::Instant::now() + Duration::from_millis(300);
+            while std::time::Instant::now() < deadline {
+                s.poll_timeout(Duration::from_millis(10), |e| match e {
+                    Event::Transfer {
+                        collective: CollectiveKind::AllReduce,
+                        transfer,
+                        ..
+                    } => rounds.push(transfer.round),
+                    Event::Phase {
+                        phase: Phase::Update, ..
+                    } => updated = true,
+                    _ => {}
+                });
+            }
+            if updated {
+                break;
+            }
+            if presses > 2 {
+                rounds.sort();
+                rounds.dedup();
+                rounds_seen.push(rounds);
+            }
+            assert!(presses < 64, "{algo}: no update after {presses} presses");
+        }
+        // Every press inside the all-reduce showed messages of one round, the rounds in
+        // order. (Over nodes, a rank that receives one shard before it sends its own
+        // sends in the press after its partner's: a round may take two presses.)
+        let flat: Vec<u32> = rounds_seen.iter().flatten().copied().collect();
+        assert!(!flat.is_empty(), "{algo}: no messages seen while stepping");
+        let in_order = if AllReduceAlgo::FLAT.contains(&algo) {
+            flat.windows(2).all(|w| w[0] < w[1])
+        } else {
+            flat.windows(2).all(|w| w[0] <= w[1])
+        };
+        assert!(in_order, "{algo}: rounds by press {rounds_seen:?}");
+        assert!(
+            rounds_seen.iter().filter(|r| !r.is_empty()).count() >= 2,
+            "{algo}: the all-reduce went by in one press: {rounds_seen:?}"
+        );
+        if algo == AllReduceAlgo::Ring {
+            let expected: Vec<Vec<u32>> = (0..6).map(|r| vec![r]).collect();
+            assert_eq!(rounds_seen, expected, "ring over 4: 6 rounds, one per press");
+        }
+        if algo == AllReduceAlgo::Naive {
+            assert_eq!(rounds_seen[0], vec![0], "everyone's gradient goes to worker 0 first");
+        }
+        s.control(Control::Stop).unwrap();
+        s.run_to_end(|_| {});
+    }
 }
 
 #[test]
@@ -265,8 +352,8 @@ fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
     let st = s.state();
     assert_eq!(st.steps.len(), 30);
     assert_eq!(st.evals.iter().map(|e| e.step).collect::<Vec<_>>(), vec![10, 20, 30]);
-    // ring: each worker sends 2(N−1) chunks of P/N floats per step
-    let per_worker = 2 * 3 * (st.params / 4) * 4;
+    // ring: each worker sends 2(N−1) chunks of 1/N of the gradient and its flags per step
+    let per_worker = 2 * 3 * ((st.params + ddlab::train::STEP_FLAGS) / 4) * 4;
     for rec in &st.steps {
         let expected = 4 * per_worker;
         assert!(
@@ -284,8 +371,8 @@ fn every_step_reports_per_worker_metrics_and_all_reduce_bytes() {
 
 #[test]
 fn detail_mode_reports_every_transfer_and_every_batch_of_a_slow_step() {
-    // At full speed detail is sampled (a step every 20 ms at most); in slow motion every
-    // step is slower than that, so every step is reported whole.
+    // At full speed detail is sampled (a step every 20 ms at most); in slow motion
+    // (×1000) every step is slower than that, so every step is reported whole.
     let data = Arc::new(digits());
     let exp = Experiment {
         workers: 4,
@@ -299,7 +386,7 @@ fn detail_mode_reports_every_transfer_and_every_batch_of_a_slow_step() {
         ..Default::default()
     };
     let mut s = Session::start_with_data(exp, data, options, None).unwrap();
-    s.control(Control::SlowMotion { ms: 6 }).unwrap();
+    s.control(Control::SetPace { factor: 1000.0 }).unwrap();
     s.control(Control::Resume).unwrap();
     let (mut transfers, mut batches, mut broadcasts) = (Vec::new(), 0, 0);
     s.run_to_end(|e| match e {

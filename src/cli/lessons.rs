@@ -75,9 +75,21 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
     let n = pick(args.number.ok_or_else(|| {
         CliError::usage("give a lesson number (`ddlab lessons` lists them), or --check to verify them")
     })?)?;
+    if let Some(slow) = args.slow {
+        crate::config::Experiment {
+            slow,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    }
     crate::tui::run(crate::tui::Start::Lesson {
         lessons,
         number: n,
         dir: args.lessons.clone(),
+        opening: crate::tui::Opening {
+            paused: args.paused,
+            slow: args.slow,
+        },
     })
 }

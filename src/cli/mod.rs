@@ -102,6 +102,9 @@ pub struct LabArgs {
     /// (default: loopback, a free port; give this node's address for several nodes).
     #[arg(long, value_name = "HOST:PORT")]
     pub controller_addr: Option<String>,
+    /// Open paused, before the first phase (space starts, n steps).
+    #[arg(long)]
+    pub paused: bool,
 }
 
 impl LabArgs {
@@ -140,6 +143,12 @@ pub struct LessonArgs {
     /// Load lessons from this folder (same format as the built-in ones) instead.
     #[arg(long, value_name = "DIR")]
     pub lessons: Option<PathBuf>,
+    /// Open every page's run paused, whatever the page says (an instructor driving).
+    #[arg(long)]
+    pub paused: bool,
+    /// Run every page at this slow-motion factor, whatever the page says (1 = full speed).
+    #[arg(long, value_name = "F")]
+    pub slow: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +249,10 @@ pub struct ExperimentArgs {
     /// them), round-robin over the workers. Default: every GPU found.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
     pub gpus: Option<Vec<usize>>,
+    /// Slow motion: every phase, message and delay lasts F times as long, so the run
+    /// keeps its shape at a person's pace (1 = full speed; e.g. 1000).
+    #[arg(long, value_name = "F")]
+    pub slow: Option<f64>,
 }
 
 /// Hidden layer widths as given on the command line.
@@ -281,7 +294,8 @@ impl ExperimentArgs {
             nodes,
             bucket_kb,
             device,
-            gpus
+            gpus,
+            slow
         );
         if self.overlap {
             exp.overlap = true;

@@ -175,7 +175,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                     let _ = session.control(Control::SetMode(mode));
                     let _ = session.control(Control::Resume);
                 }
-                Some(c @ (Control::Pause | Control::Resume | Control::StepPhase | Control::SlowMotion { .. })) => {
+                Some(c @ (Control::Pause | Control::Resume | Control::StepPhase | Control::SetPace { .. })) => {
                     let _ = session.control(c);
                 }
                 Some(_) => {}

@@ -72,6 +72,7 @@ pub fn all_reduce_window<T: Transport + ?Sized>(
     if t.size() == 1 {
         return Ok(()); // one rank: nothing to do (llm.c's habit)
     }
+    t.begin_collective();
     match algo {
         AllReduceAlgo::Ring => {
             let all: Vec<usize> = (0..t.size()).collect();
@@ -318,6 +319,7 @@ fn naive<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32]) -> Result<()> {
 
 /// Binomial-tree broadcast from `root`: ⌈log₂N⌉ rounds.
 pub fn broadcast<T: Transport + ?Sized>(t: &mut T, buf: &mut [f32], root: usize) -> Result<()> {
+    t.begin_collective();
     let (n, rank) = (t.size(), t.rank());
     let rel = (rank + n - root) % n; // rank relative to the root
     let mut mask = 1;

@@ -10,6 +10,7 @@ mod kernels;
 mod link;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+mod pace;
 mod threads;
 mod wait;
 mod wire;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, all_reduce_window, broadcast, chunk_range, Comm, Window};
 pub use link::{alpha_beta, alpha_beta_on, Link};
+pub use pace::{Pace, MAX_FACTOR as MAX_PACE, SITES as PACE_SITES};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
 pub use wait::precise_sleep;
 pub use wire::Wire;
@@ -168,6 +170,16 @@ pub struct Transfer {
     pub end_ns: u64,
 }
 
+/// Watches one rank's collectives as they happen (step mode and the lab's animation):
+/// each message as soon as it has arrived, and each new round before it starts.
+pub trait Observer: Send {
+    /// A message this rank sent has been received (only while recording).
+    fn transferred(&mut self, transfer: Transfer);
+    /// This rank is about to send the first message of round `round` ≥ 1 of a
+    /// collective (round 0 starts with the collective itself). An error aborts it.
+    fn before_round(&mut self, round: u32) -> Result<()>;
+}
+
 /// Point-to-point messages between the ranks of one group: what an all-reduce algorithm
 /// needs from a backend. Sends complete when the receiver has the data.
 pub trait Transport: Send {
@@ -178,6 +190,11 @@ pub trait Transport: Send {
     /// Send to one rank while receiving from another (both may be the same rank).
     fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()>;
     fn barrier(&mut self) -> Result<()>;
+    /// A collective begins: its rounds count from 0 again.
+    fn begin_collective(&mut self) {}
+    /// Hands each recorded transfer, and each new round, to `observer` from now on
+    /// (None: record transfers for `drain_transfers`). Backends without it ignore it.
+    fn set_observer(&mut self, _observer: Option<Box<dyn Observer>>) {}
     /// Moves the transfers recorded since the last call into `out` (when recording).
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>);
     /// Starts or stops recording transfers.

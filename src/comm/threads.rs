@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 
 use super::wait::{wait_for_clock, wait_until, Doorbell};
-use super::{Clock, CommError, Link, Op, Result, Tag, Transfer, Transport, Wire};
+use super::{Clock, CommError, Link, Observer, Op, Pace, Result, Tag, Transfer, Transport, Wire};
 
 // Slot state = sequence number << 2 | phase.
 const POSTED: u64 = 0;
@@ -119,7 +119,16 @@ pub struct ThreadTransport {
     wire: Wire,
     /// Encoded 16-bit messages, one per destination: alive until the receiver is done.
     staging: Vec<Vec<u16>>,
+    /// Slow motion: every message's transfer (and emulated link time) dilated.
+    pace: Option<Arc<Pace>>,
+    /// Sees each transfer as it completes and each round before it starts.
+    observer: Option<Box<dyn Observer>>,
+    /// The highest round this rank has posted in the current collective.
+    round: u32,
 }
+
+/// The pace's record of typical message times is kept apart from the phases'.
+const MESSAGE_SITE: usize = crate::comm::PACE_SITES - 1;
 
 /// Makes the `size` ends of a new group; hand one to each worker thread. `link` emulates
 /// a network between every pair; `record` keeps a [`Transfer`] per message.
@@ -162,6 +171,9 @@ pub fn thread_group_on(topology: Topology, clock: Clock, record: bool) -> Vec<Th
             waited_ns: 0,
             wire: Wire::F32,
             staging: vec![Vec::new(); size],
+            pace: None,
+            observer: None,
+            round: 0,
         })
         .collect()
 }
@@ -175,6 +187,22 @@ impl ThreadTransport {
     /// A handle that can abort the group from outside (e.g. the session on stop).
     pub fn abort_handle(&self) -> AbortHandle {
         AbortHandle(Arc::clone(&self.shared))
+    }
+
+    /// Dilates every message this rank receives by the run's pace (slow motion).
+    pub fn set_pace(&mut self, pace: Arc<Pace>) {
+        self.pace = Some(pace);
+    }
+
+    /// Tells the observer about a new round before its first message goes out.
+    fn enter_round(&mut self, tag: Tag) -> Result<()> {
+        if tag.round > self.round {
+            self.round = tag.round;
+            if let Some(observer) = self.observer.as_mut() {
+                observer.before_round(tag.round)?;
+            }
+        }
+        Ok(())
     }
 
     fn post(&mut self, to: usize, data: &[f32]) -> (u64, u64) {
@@ -226,7 +254,7 @@ impl ThreadTransport {
         let bytes = (bytes * self.wire.bytes()) as u64;
         self.bytes_sent += bytes;
         if self.recording {
-            self.transfers.push(Transfer {
+            let transfer = Transfer {
                 from: self.rank,
                 to,
                 chunk: tag.chunk,
@@ -234,7 +262,11 @@ impl ThreadTransport {
                 bytes,
                 start_ns: posted_ns,
                 end_ns: self.shared.clock.ns(),
-            });
+            };
+            match self.observer.as_mut() {
+                Some(observer) => observer.transferred(transfer),
+                None => self.transfers.push(transfer),
+            }
         }
         Ok(())
     }
@@ -258,15 +290,19 @@ impl ThreadTransport {
             self.rank,
             into.len()
         );
+        // Slow motion stretches the link's α and n/β (and, below, the copy itself).
+        let dilation = self.pace.as_ref().map_or(1.0, |p| p.factor());
         if let Some(link) = shared.topology.link(from, self.rank) {
             // The message occupies our incoming port for n/β, and arrives α later.
             let port = usize::from(shared.topology.node_of[from] != shared.topology.node_of[self.rank]);
             let posted = slot.posted_ns.load(Ordering::Relaxed);
             let bytes = len * self.wire.bytes();
             let start = posted.max(self.rx_free_ns[port]);
-            self.rx_free_ns[port] = start + link.transfer_ns(bytes);
-            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns[port] + link.latency_ns())?;
+            self.rx_free_ns[port] = start + (link.transfer_ns(bytes) as f64 * dilation) as u64;
+            let latency = (link.latency_ns() as f64 * dilation) as u64;
+            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns[port] + latency)?;
         }
+        let copy_start = std::time::Instant::now();
         if slot
             .state
             .compare_exchange(
@@ -301,6 +337,12 @@ impl ThreadTransport {
                 }
             }
         }
+        if dilation > 1.0 {
+            if let Some(pace) = &self.pace {
+                // The data "arrives" only once its dilated transfer is over.
+                pace.stretch(MESSAGE_SITE, copy_start.elapsed());
+            }
+        }
         slot.state.store(state(seq, DONE), Ordering::Release);
         slot.bell.ring();
         Ok(())
@@ -326,6 +368,7 @@ impl Transport for ThreadTransport {
     }
 
     fn send(&mut self, to: usize, data: &[f32], tag: Tag) -> Result<()> {
+        self.enter_round(tag)?;
         let (seq, posted) = self.post(to, data);
         self.complete(to, seq, tag, posted, data.len())
     }
@@ -335,6 +378,7 @@ impl Transport for ThreadTransport {
     }
 
     fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()> {
+        self.enter_round(tag)?;
         let (seq, posted) = self.post(to, out);
         let received = self.take(from, into, op);
         let sent = self.complete(to, seq, tag, posted, out.len());
@@ -353,6 +397,14 @@ impl Transport for ThreadTransport {
         wait_until(&shared.abort, &shared.barrier_bell, || {
             shared.barrier_generation.load(Ordering::Acquire) != generation
         })
+    }
+
+    fn begin_collective(&mut self) {
+        self.round = 0;
+    }
+
+    fn set_observer(&mut self, observer: Option<Box<dyn Observer>>) {
+        self.observer = observer;
     }
 
     fn drain_transfers(&mut self, out: &mut Vec<Transfer>) {

@@ -11,7 +11,6 @@ use std::time::Duration;
 pub use state::{EvalRecord, RunState, SegmentRecord, StepRecord, WorkerTotals, STALENESS_BUCKETS};
 pub use summary::Summary;
 
-use crate::comm::Link;
 use crate::config::{ConfigError, Experiment, Straggler};
 use crate::data::{DataError, Dataset};
 use crate::train::{self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Outcome};
@@ -39,6 +38,8 @@ pub struct SessionOptions {
     /// Bound on the step and eval records kept (see `RunState::history_limit`); `None`
     /// keeps all (exports need all).
     pub history_limit: Option<usize>,
+    /// Train on past the experiment's length (the lab), instead of ending there.
+    pub endless: bool,
 }
 
 impl Default for SessionOptions {
@@ -48,6 +49,7 @@ impl Default for SessionOptions {
             start_paused: false,
             visual_capacity: 1 << 16,
             history_limit: None,
+            endless: false,
         }
     }
 }
@@ -65,6 +67,8 @@ const IDLE_POLL: Duration = Duration::from_millis(5);
 
 pub struct Session {
     exp: Experiment,
+    /// The experiment with every change sent so far: where the run is going.
+    next: Experiment,
     data: Arc<Dataset>,
     gate: Arc<Gate>,
     stream: EventStream,
@@ -109,6 +113,7 @@ impl Session {
                 detail: options.detail,
                 initial_params,
                 resume: None,
+                endless: options.endless,
             };
             train::spawn(exp, data, sink, gate, engine)
         })
@@ -128,7 +133,7 @@ impl Session {
         if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
             return Err("an emulated link, nodes and overlap are for the threads backend; over MPI the network is real: turn them off first (l cycles the link to none)".into());
         }
-        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
+        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused, exp.slow));
         let (sink, stream) = event_channel(options.visual_capacity);
         let job = remote::MpiJob::start(&exp, &launch, sink.clone(), None)?;
         if options.start_paused {
@@ -141,6 +146,7 @@ impl Session {
         }
         let notes = vec![format!("MPI job: {} (controller {})", job.command, job.address)];
         Ok(Session {
+            next: exp.clone(),
             exp,
             data,
             gate,
@@ -199,6 +205,7 @@ impl Session {
                 detail: options.detail,
                 initial_params,
                 resume: resume.as_ref().map(|r| (r.updates, r.samples)),
+                endless: options.endless,
             };
             train::spawn_rank(exp, data, sink, gate, engine, comm)
         })
@@ -214,10 +221,11 @@ impl Session {
         exp.validate()?;
         exp.check_against(data.train_len())?;
         crate::gpu::preflight(&exp, data.inputs(), data.classes).map_err(SessionError::Device)?;
-        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused));
+        let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused, exp.slow));
         let (sink, stream) = event_channel(options.visual_capacity);
         let engine = spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate));
         Ok(Session {
+            next: exp.clone(),
             exp,
             data,
             gate,
@@ -256,42 +264,45 @@ impl Session {
         self.final_params.clone()
     }
 
-    /// Sends a control to the run. Mode, worker-count and straggler changes are checked
-    /// first, as flags are: a bad one is refused with the same one-sentence error.
+    /// Sends a control to the run. Changes of the experiment are checked first, as flags
+    /// are, together with every change sent before (changes made while paused add up,
+    /// and apply together at the next step): a bad one is refused with the same
+    /// one-sentence error.
     pub fn control(&mut self, control: Control) -> Result<(), ConfigError> {
-        let (mode, workers) = self
-            .state
-            .current()
-            .map_or((self.exp.mode, self.exp.workers), |s| (s.mode, s.workers));
-        let check = |mode, workers, stragglers: Vec<Straggler>| {
-            let next = Experiment {
-                mode,
-                workers,
-                stragglers,
-                ..self.exp.clone()
-            };
-            next.validate()?;
-            next.check_against(self.data.train_len())
-        };
+        let mut next = self.next.clone();
         match control {
-            Control::SetMode(m) => check(m, workers, Vec::new())?,
-            Control::SetWorkers(n) => check(mode, n, Vec::new())?,
-            Control::Straggler { worker, factor } => check(mode, workers, vec![Straggler { worker, factor }])?,
-            Control::SetLink(Some(link)) => {
-                Link::new(link.latency_us, link.gbit_s).map_err(|problem| ConfigError { flag: "link", problem })?;
+            Control::SetMode(m) => next.mode = m,
+            Control::SetWorkers(n) => {
+                next.workers = n;
+                next.stragglers.retain(|s| s.worker < n);
             }
-            _ => {}
+            Control::SetAllReduce(a) => next.allreduce = a,
+            Control::SetLink(link) => next.link = link,
+            Control::SetLrScaling(r) => next.lr_scaling = r,
+            Control::SetPace { factor } => next.slow = factor,
+            Control::Straggler { worker, factor } => {
+                next.stragglers.retain(|s| s.worker != worker);
+                next.stragglers.push(Straggler { worker, factor });
+                next.validate()?;
+                next.stragglers.retain(|s| s.factor > 1.0);
+            }
+            Control::Pause | Control::Resume | Control::StepPhase | Control::Stop => {}
         }
+        next.validate()?;
+        next.check_against(self.data.train_len())?;
         if let Some(run) = self.job.as_mut() {
-            return Self::control_job(&self.exp, run, control).map_err(|problem| ConfigError {
+            Self::control_job(&self.exp, run, control).map_err(|problem| ConfigError {
                 flag: "backend",
                 problem,
-            });
+            })?;
+            self.next = next;
+            return Ok(());
         }
         self.gate.apply(control);
         if let Some(engine) = &self.engine {
             engine.control(control);
         }
+        self.next = next;
         Ok(())
     }
 
@@ -300,7 +311,7 @@ impl Session {
     fn control_job(exp: &Experiment, run: &mut MpiRun, control: Control) -> Result<(), String> {
         let base = run.relaunch.clone().unwrap_or_else(|| exp.clone());
         let next = match control {
-            Control::Pause | Control::Resume | Control::StepPhase | Control::SlowMotion { .. } | Control::Stop => {
+            Control::Pause | Control::Resume | Control::StepPhase | Control::SetPace { .. } | Control::Stop => {
                 return run.job.send(control)
             }
             Control::SetMode(m) => Experiment { mode: m, ..base },

@@ -240,10 +240,10 @@ impl RunState {
         }
     }
 
-    /// Bytes one sync all-reduce moves per rank's buffer: the gradient and the two flags
-    /// the engine sends with it, in the wire format.
+    /// Bytes one sync all-reduce moves per rank's buffer: the gradient and the flags the
+    /// engine sends with it, in the wire format.
     pub fn allreduce_buffer_bytes(&self) -> usize {
-        (self.params + 2) * self.wire_bytes.max(1)
+        (self.params + crate::train::STEP_FLAGS) * self.wire_bytes.max(1)
     }
 
     /// The α-β model's time for one all-reduce of the gradient in the current segment.

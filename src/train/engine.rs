@@ -24,6 +24,9 @@ pub struct EngineOptions {
     pub initial_params: Option<Vec<f32>>,
     /// Continue a run: the updates and samples already done (with `initial_params`).
     pub resume: Option<(u64, u64)>,
+    /// Train on past the experiment's length (the lab: a run never ends under the
+    /// learner's hands); the length is still reported, as the point the run passes.
+    pub endless: bool,
 }
 
 /// What front ends change while a run goes, shared with the running segment.
@@ -102,7 +105,7 @@ impl EngineHandle {
                     s.store(factor.max(1.0).to_bits(), Ordering::Relaxed);
                 }
             }
-            Control::Pause | Control::Resume | Control::StepPhase | Control::SlowMotion { .. } => {}
+            Control::Pause | Control::Resume | Control::StepPhase | Control::SetPace { .. } => {}
         }
     }
 
@@ -151,11 +154,12 @@ pub(super) struct RunCtx<'a> {
     pub data: &'a Dataset,
     pub mlp: Mlp,
     pub sink: EventSink,
-    pub gate: &'a Gate,
+    pub gate: &'a Arc<Gate>,
     pub clock: Clock,
     pub options: &'a EngineOptions,
     pub live: &'a Live,
-    /// The run ends when the workers have processed this many samples.
+    /// The run ends when the workers have processed this many samples (never, when
+    /// endless: `u64::MAX`).
     pub total_samples: u64,
     /// The GPUs found, with `--device gpu` (see `crate::gpu::gpu_of`).
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
@@ -186,10 +190,14 @@ impl RunCtx<'_> {
     }
 
     /// Asks for the test score of `params` after `updates` updates and `samples` samples
-    /// (scored on the evaluator's thread: the caller never waits for it).
+    /// (scored on the evaluator's thread: the caller never waits for it). An endless
+    /// run's evaluator holds one request at most: while it is busy, newer requests are
+    /// skipped, so that a fast run on a large test set cannot queue snapshots forever.
     pub fn evaluate(&self, updates: u64, samples: u64, params: &[f32], t_ns: u64) {
         if let Some(tx) = self.eval_tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send((updates, samples, params.to_vec(), t_ns));
+            if !tx.is_full() {
+                let _ = tx.try_send((updates, samples, params.to_vec(), t_ns));
+            }
         }
     }
 
@@ -198,7 +206,8 @@ impl RunCtx<'_> {
     }
 
     /// Runs `f` as `phase` of `step` for `worker`: waits at the gate first, times it,
-    /// reports it.
+    /// stretches it in slow motion (the work phases; communication is stretched message
+    /// by message where it happens), moves the worker's virtual clock on, reports it.
     pub fn phase<T>(
         &self,
         worker: usize,
@@ -207,9 +216,28 @@ impl RunCtx<'_> {
         phase_ns: &mut [u64; Phase::COUNT],
         f: impl FnOnce() -> T,
     ) -> Result<T, SegEnd> {
-        self.gate.pass(worker).map_err(|_| SegEnd::Stopped)?;
+        self.enter(worker)?;
         let start_ns = self.clock.ns();
         let out = f();
+        let real = std::time::Duration::from_nanos(self.clock.ns() - start_ns);
+        let typical = if phase.is_work() {
+            self.gate.pace().stretch(phase.index(), real)
+        } else {
+            real
+        };
+        self.gate.advance(worker, typical.as_nanos() as u64);
+        self.record(worker, step, phase, start_ns, phase_ns);
+        Ok(out)
+    }
+
+    /// Waits at the gate before worker `worker`'s next phase.
+    pub fn enter(&self, worker: usize) -> Result<(), SegEnd> {
+        self.gate.pass(worker).map_err(|_| SegEnd::Stopped)
+    }
+
+    /// Reports that `worker` went through `phase` from `start_ns` until now, and adds it
+    /// to `phase_ns`.
+    pub fn record(&self, worker: usize, step: u64, phase: Phase, start_ns: u64, phase_ns: &mut [u64; Phase::COUNT]) {
         let end_ns = self.clock.ns();
         phase_ns[phase.index()] += end_ns - start_ns;
         self.sink.send(Event::Phase {
@@ -219,16 +247,18 @@ impl RunCtx<'_> {
             start_ns,
             end_ns,
         });
-        Ok(out)
     }
 
     /// Sleeps as long as worker `worker`'s straggler factor says, given the compute time
-    /// it just spent: a factor F makes its compute F times as long.
+    /// it just spent: a factor F makes its compute F times as long. (Inside the backward
+    /// phase, so slow motion stretches it with the rest of the phase.)
     pub fn straggle(&self, worker: usize, compute_ns: u64) {
         let factor = self.live.straggler(worker);
         if factor > 1.0 {
             let extra = (f64::from(factor) - 1.0) * compute_ns as f64;
-            crate::comm::precise_sleep(std::time::Duration::from_nanos(extra as u64));
+            self.gate
+                .pace()
+                .sleep_real(std::time::Duration::from_nanos(extra as u64));
         }
     }
 }
@@ -318,14 +348,18 @@ impl SegEnd {
 
 /// Runs one worker thread per input (`ddlab-worker-R`, pinned to a core, subnormals
 /// flushed) and returns how each ended. A panic becomes a failure; any end but
-/// Completed or Switch calls `release`, so that nobody waits for the others forever.
-/// (Completed and Switch are ends every worker reaches at the same step; releasing then
-/// would abort peers still finishing the very all-reduce that carried the flag.)
+/// Completed or Switch calls `release` and ends the pace's sleeps, so that nobody waits
+/// for the others forever. (Completed and Switch are ends every worker reaches at the
+/// same step; releasing then would abort peers still finishing the very all-reduce that
+/// carried the flag.) `one_at_a_time`: how step mode goes (see `Gate`).
 pub(super) fn run_workers<T: Send>(
+    gate: &Gate,
+    one_at_a_time: bool,
     inputs: Vec<T>,
     release: &(dyn Fn() + Sync),
     body: impl Fn(usize, T) -> SegEnd + Sync,
 ) -> Vec<SegEnd> {
+    gate.begin_segment(0..inputs.len(), one_at_a_time);
     std::thread::scope(|s| {
         let handles: Vec<_> = inputs
             .into_iter()
@@ -347,7 +381,9 @@ pub(super) fn run_workers<T: Send>(
                         });
                         if !matches!(end, SegEnd::Completed | SegEnd::Switch) {
                             release();
+                            gate.pace().interrupt();
                         }
+                        gate.leave(rank);
                         end
                     })
                     .expect("the OS can start a thread")
@@ -451,7 +487,7 @@ fn run(
     exp: &Experiment,
     data: &Dataset,
     sink: EventSink,
-    (gate, live): (&Gate, &Live),
+    (gate, live): (&Arc<Gate>, &Live),
     options: &EngineOptions,
     final_params: &Mutex<Option<Vec<f32>>>,
     run_segment: &mut SegmentRunner,
@@ -459,6 +495,8 @@ fn run(
     let clock = Clock::start();
     let mlp = Mlp::new(data.inputs(), &exp.hidden, data.classes);
     let total = total_samples(exp, data.train_len());
+    // (an endless run still reports its length, as the point it passes)
+    let budget = if options.endless { u64::MAX } else { total };
     let gpus = match crate::gpu::preflight(exp, data.inputs(), data.classes) {
         Ok(gpus) => gpus,
         Err(message) => {
@@ -491,7 +529,11 @@ fn run(
         updates,
         samples,
     };
-    let (eval_tx, eval_rx) = crossbeam_channel::unbounded::<EvalJob>();
+    let (eval_tx, eval_rx) = if options.endless {
+        crossbeam_channel::bounded::<EvalJob>(1)
+    } else {
+        crossbeam_channel::unbounded::<EvalJob>()
+    };
     let ctx = RunCtx {
         exp,
         data,
@@ -501,7 +543,7 @@ fn run(
         clock,
         options,
         live,
-        total_samples: total,
+        total_samples: budget,
         gpus,
         eval_tx: Mutex::new(Some(eval_tx)),
     };

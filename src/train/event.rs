@@ -42,6 +42,14 @@ impl Phase {
     pub fn index(self) -> usize {
         self as usize
     }
+    /// Whether the phase is a worker's own work, which slow motion stretches as a
+    /// whole (communication is stretched message by message, and waiting not at all).
+    pub fn is_work(self) -> bool {
+        matches!(
+            self,
+            Phase::Forward | Phase::Backward | Phase::Update | Phase::ToHost | Phase::ToDevice
+        )
+    }
     pub fn name(self) -> &'static str {
         match self {
             Phase::Forward => "forward",

@@ -17,3 +17,4 @@ pub use control::{Control, Gate, Stopped};
 pub use engine::{diverged, spawn, spawn_rank, total_samples, EngineHandle, EngineOptions};
 pub use event::{params_hash, CollectiveKind, Event, Outcome, Phase, WorkerStep};
 pub use sink::{event_channel, EventSink, EventStream};
+pub use sync::STEP_FLAGS;

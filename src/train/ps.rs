@@ -12,10 +12,36 @@ use ndarray::Array2;
 
 use super::compute::Compute;
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
-use super::{Event, Phase, WorkerStep};
-use crate::comm::{precise_sleep, Link};
+use super::{Event, Gate, Phase, WorkerStep};
+use crate::comm::{Link, Pace};
 use crate::config::Mode;
 use crate::nn::{l2_norm, Sgd};
+
+/// The pace's record of the server's typical work (copying out, applying) is its own.
+const SERVER_SITE: usize = crate::comm::PACE_SITES - 2;
+
+/// Why a worker waits for the server before its next iteration: the SSP and backup
+/// release rules, one copy for the threads and the MPI server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hold {
+    /// SSP: iteration `next` may start once the slowest worker is at most `k` behind.
+    Ssp { next: u64, k: u32 },
+    /// Backup: until the step the worker's gradient counted towards (the update that
+    /// follows version `round`) has closed.
+    Step { round: u64 },
+}
+
+impl Hold {
+    /// What `mode` makes a worker wait for before iteration `next`, given the step its
+    /// last gradient counted towards (backup mode).
+    fn before(mode: Mode, next: u64, counted_in: Option<u64>) -> Option<Hold> {
+        match mode {
+            Mode::Ssp(k) => Some(Hold::Ssp { next, k }),
+            Mode::Backup(_) => counted_in.map(|round| Hold::Step { round }),
+            _ => None,
+        }
+    }
+}
 
 struct ServerState {
     params: Vec<f32>,
@@ -34,6 +60,8 @@ struct ServerState {
     active: usize,
     /// Set when any worker leaves: waiters wake up and leave too.
     closed: bool,
+    /// What each held worker waits for (threads: the waiter sleeps until it is cleared).
+    held: Vec<Option<Hold>>,
 }
 
 struct Server {
@@ -44,6 +72,7 @@ struct Server {
     /// The server's network link: one transfer at a time.
     nic: Mutex<()>,
     link: Option<Link>,
+    pace: std::sync::Arc<Pace>,
     /// Samples handed out to workers so far; the budget check.
     claimed: AtomicU64,
 }
@@ -59,21 +88,41 @@ impl Server {
     }
 
     /// Moves `bytes` over the server's link (with an emulated link: α + bytes/β, one
-    /// transfer at a time).
+    /// transfer at a time, dilated in slow motion).
     fn transfer(&self, bytes: usize) {
         if let Some(link) = self.link {
             let _nic = self.nic.lock().unwrap_or_else(|e| e.into_inner());
-            precise_sleep(link.message_time(bytes));
+            self.pace.sleep_scaled(link.message_time(bytes));
         }
     }
 
-    /// Blocks while `blocked` holds (and the server is open); returns whether it is open.
-    fn wait_while(&self, mut blocked: impl FnMut(&ServerState) -> bool) -> bool {
+    /// Holds worker `w` while `hold` says so (its gate knows it is parked: in step mode
+    /// it is no event until another worker's push releases it); returns whether the
+    /// server is still open.
+    fn wait(&self, gate: &Gate, w: usize, hold: Hold) -> bool {
         let mut st = self.lock();
-        while !st.closed && blocked(&st) {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        if !st.closed && st.holds(hold) {
+            st.held[w] = Some(hold);
+            gate.park(w);
+            while !st.closed && st.held[w].is_some() {
+                st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
         }
         !st.closed
+    }
+
+    /// Runs `f` on the server's state as its own work: in slow motion the server stays
+    /// busy (locked) for the dilated time. Releases whoever `f` unblocked, at the
+    /// virtual time of worker `w`'s event.
+    fn work<T>(&self, gate: &Gate, w: usize, f: impl FnOnce(&mut ServerState) -> T) -> T {
+        let mut st = self.lock();
+        let t0 = std::time::Instant::now();
+        let out = f(&mut st);
+        self.pace.stretch(SERVER_SITE, t0.elapsed());
+        st.release(|held| gate.unpark(held, gate.virtual_ns(w)));
+        drop(st);
+        self.changed.notify_all();
+        out
     }
 }
 
@@ -87,6 +136,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
         changed: Condvar::new(),
         nic: Mutex::new(()),
         link: seg.link,
+        pace: std::sync::Arc::clone(ctx.gate.pace()),
         claimed: AtomicU64::new(state.samples),
     });
     ctx.live.set_aborter(Box::new({
@@ -94,15 +144,14 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
         move || server.close()
     }));
     let server = &*server;
-    let ends = run_workers(vec![(); seg.workers], &|| server.close(), |rank, ()| {
+    let ends = run_workers(ctx.gate, true, vec![(); seg.workers], &|| server.close(), |rank, ()| {
         let end = worker(ctx, seg, server, rank);
         if end == SegEnd::Completed {
             // The budget is spent: stop holding the others back.
-            let mut st = server.lock();
-            let lr = ctx.schedule(&seg).at(st.version);
-            st.leave(rank, server.mode, server.workers, lr);
-            drop(st);
-            server.changed.notify_all();
+            server.work(ctx.gate, rank, |st| {
+                let lr = ctx.schedule(&seg).at(st.version);
+                st.leave(rank, server.mode, server.workers, lr);
+            });
         } else {
             server.close(); // release every waiter: the segment is over
         }
@@ -151,14 +200,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
 
         // Wait: for the SSP bound, or for the backup step we contributed to to close.
         let wait_start = ctx.clock.ns();
-        let open = match server.mode {
-            Mode::Ssp(k) => server.wait_while(|st| st.finished.iter().min().copied().unwrap_or(0) + u64::from(k) < i),
-            Mode::Backup(_) => match counted_in {
-                Some(round) => server.wait_while(|st| st.version <= round),
-                None => true,
-            },
-            _ => true,
-        };
+        let open = Hold::before(server.mode, i, counted_in).is_none_or(|hold| server.wait(ctx.gate, rank, hold));
         let idle_ns = ctx.clock.ns() - wait_start;
         if idle_ns > 0 && server.mode != Mode::Async {
             phase_ns[Phase::Wait.index()] = idle_ns;
@@ -188,11 +230,10 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
 
         // pull: the server's parameters and their version.
         let (pulled, lead) = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
-            let (version, lead) = {
-                let st = server.lock();
+            let (version, lead) = server.work(ctx.gate, rank, |st| {
                 params.copy_from_slice(&st.params);
-                (st.version, i - st.finished.iter().min().copied().unwrap_or(0).min(i))
-            };
+                (st.version, i - st.slowest().min(i))
+            });
             server.transfer(bytes);
             (version, lead)
         })?;
@@ -227,17 +268,16 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         // push: the server applies the gradient (or, in backup mode, counts or drops it).
         let (pushed, lr, snapshot) = ctx.phase(rank, pulled, Phase::Push, &mut phase_ns, || {
             server.transfer(grad_bytes);
-            let mut st = server.lock();
-            let lr = schedule.at(st.version);
-            let before = st.version;
-            let pushed = st.push(server.mode, server.workers, pulled, &grads, lr);
-            st.samples_done += batch;
-            st.finished[rank] += 1;
-            let snapshot = (st.version > before && ctx.should_evaluate(st.version))
-                .then(|| (st.version, st.samples_done, st.params.clone()));
-            drop(st);
-            server.changed.notify_all();
-            (pushed, lr, snapshot)
+            server.work(ctx.gate, rank, |st| {
+                let lr = schedule.at(st.version);
+                let before = st.version;
+                let pushed = st.push(server.mode, server.workers, pulled, &grads, lr);
+                st.samples_done += batch;
+                st.finished[rank] += 1;
+                let snapshot = (st.version > before && ctx.should_evaluate(st.version))
+                    .then(|| (st.version, st.samples_done, st.params.clone()));
+                (pushed, lr, snapshot)
+            })
         })?;
         counted_in = (!pushed.dropped).then_some(pulled);
 
@@ -269,16 +309,41 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     Ok(())
 }
 
-/// Header of a worker's message to the server (then the gradient).
-const HEADER: usize = LEAD + 4;
-/// Where the header's phase times start (one per `Phase`), and the lead that follows them.
+// A worker's message to the server: a header, then the gradient. Counters (versions,
+// iterations, leads) travel as u64 in two f32 slots of raw bits, exact to 2⁶⁴ however
+// long a run goes (an f32 count is exact only to 2²⁴: nine minutes of async at 30 000
+// updates a second).
+const KIND: usize = 0;
+const PULLED: usize = 1; // u64
+const ITERATION: usize = 3; // u64
+const LOSS: usize = 5;
+const CORRECT: usize = 6;
+const SAMPLES: usize = 7;
+const GRAD_NORM: usize = 8;
+/// One time per `Phase`, in ns.
 const PHASES: usize = 9;
-const LEAD: usize = PHASES + Phase::COUNT;
-/// Header of the server's reply (then the parameters).
-const REPLY: usize = 4;
+const LEAD: usize = PHASES + Phase::COUNT; // u64
+const HEADER: usize = LEAD + 2;
+// The server's reply: a header, then the parameters.
+const GO: usize = 0;
+const VERSION: usize = 1; // u64
+const REPLY_LEAD: usize = 3; // u64
+/// The pace (dilation factor) the server runs at: every rank goes at rank 0's.
+const PACE: usize = 5;
+const REPLY: usize = 6;
 const HELLO: f32 = 0.0;
 const PUSH: f32 = 1.0;
 const DIVERGED: f32 = 2.0;
+
+/// Writes `v` exactly into `buf[at..at + 2]` (its bits, not its value).
+fn put_u64(buf: &mut [f32], at: usize, v: u64) {
+    buf[at] = f32::from_bits(v as u32);
+    buf[at + 1] = f32::from_bits((v >> 32) as u32);
+}
+
+fn get_u64(buf: &[f32], at: usize) -> u64 {
+    u64::from(buf[at].to_bits()) | u64::from(buf[at + 1].to_bits()) << 32
+}
 
 /// A parameter-server segment where every worker is a process (MPI): rank 0 is the
 /// server, ranks 1..N the workers (worker w = rank w+1). A worker sends its gradient
@@ -303,6 +368,7 @@ pub(super) fn run_rank<T: crate::comm::Transport>(
         serve(ctx, seg, state, t)
     } else {
         let rank = t.rank();
+        ctx.gate.begin_segment([rank - 1], false);
         work(ctx, seg, t, rank - 1)
     };
     match result {
@@ -344,9 +410,9 @@ fn serve<T: crate::comm::Transport + ?Sized>(
         let from = t.recv_any(&mut msg)?;
         let w = from - 1;
         let now = ctx.clock.ns();
-        let kind = msg[0];
-        let pulled = msg[1] as u64;
-        let iteration = msg[2] as u64;
+        let kind = msg[KIND];
+        let pulled = get_u64(&msg, PULLED);
+        let iteration = get_u64(&msg, ITERATION);
         if kind == DIVERGED {
             if end == SegEnd::Completed {
                 end = SegEnd::Diverged {
@@ -378,18 +444,18 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                 step: pushed.step,
                 iteration,
                 epoch: st.samples_done / ctx.data.train_len() as u64,
-                loss: f64::from(msg[3]),
-                correct: msg[4] as usize,
-                samples: msg[5] as usize,
-                grad_norm: f64::from(msg[6]),
-                grad_norm_reduced: pushed.reduced_norm.unwrap_or(f64::from(msg[6])),
+                loss: f64::from(msg[LOSS]),
+                correct: msg[CORRECT] as usize,
+                samples: msg[SAMPLES] as usize,
+                grad_norm: f64::from(msg[GRAD_NORM]),
+                grad_norm_reduced: pushed.reduced_norm.unwrap_or(f64::from(msg[GRAD_NORM])),
                 lr,
                 phase_ns,
                 bytes_sent: grad_bytes,
                 idle_ns: 0,
                 staleness: pushed.staleness,
                 dropped: pushed.dropped,
-                lead: msg[LEAD] as u64,
+                lead: get_u64(&msg, LEAD),
                 allreduce_start_ns: 0,
                 end_ns: now,
             });
@@ -409,14 +475,9 @@ fn serve<T: crate::comm::Transport + ?Sized>(
             let mut i = 0;
             while i < waiting.len() {
                 let wt = &waiting[i];
-                let slowest = st.finished.iter().min().copied().unwrap_or(0);
                 let stop = st.closed || ctx.live.switch_requested() || claimed + batch > ctx.total_samples;
-                let may_go = match seg.mode {
-                    Mode::Ssp(k) => slowest.saturating_add(u64::from(k)) >= wt.next,
-                    Mode::Backup(_) => wt.counted_in.is_none_or(|round| st.version > round),
-                    _ => true,
-                };
-                if !stop && !may_go {
+                let held = Hold::before(seg.mode, wt.next, wt.counted_in).is_some_and(|hold| st.holds(hold));
+                if !stop && held {
                     i += 1;
                     continue;
                 }
@@ -429,9 +490,10 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                     }
                     ctx.sink.send(Event::WorkerStep(r));
                 }
-                reply[0] = if stop { 0.0 } else { 1.0 };
-                reply[1] = st.version as f32;
-                reply[2] = wt.next.saturating_sub(slowest.min(wt.next)) as f32;
+                reply[GO] = if stop { 0.0 } else { 1.0 };
+                put_u64(&mut reply, VERSION, st.version);
+                put_u64(&mut reply, REPLY_LEAD, wt.next - st.slowest().min(wt.next));
+                reply[PACE] = ctx.gate.pace().factor() as f32;
                 if stop {
                     let lr = schedule.at(st.version);
                     st.leave(wt.worker, seg.mode, w_count, lr);
@@ -474,7 +536,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
     let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
     let mut labels = vec![0u8; exp.batch];
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
-    msg[0] = HELLO;
+    msg[KIND] = HELLO;
     for i in 0.. {
         // push the last gradient (or hello) and pull the parameters to go on from
         let t0 = ctx.clock.ns();
@@ -484,10 +546,11 @@ fn work<T: crate::comm::Transport + ?Sized>(
         let mut phase_ns = [0u64; Phase::COUNT];
         phase_ns[Phase::Push.index()] = t1 - t0;
         phase_ns[Phase::Pull.index()] = ctx.clock.ns() - t1;
-        if reply[0] == 0.0 {
+        if reply[GO] == 0.0 {
             return Ok(SegEnd::Completed);
         }
-        let pulled = reply[1] as u64;
+        ctx.gate.pace().set(f64::from(reply[PACE]));
+        let pulled = get_u64(&reply, VERSION);
         let params = &reply[REPLY..];
         let shard_epoch = i / steps_per_epoch;
         if perm.0 != shard_epoch {
@@ -506,10 +569,10 @@ fn work<T: crate::comm::Transport + ?Sized>(
             Err(SegEnd::Failed(e)) => return Ok(SegEnd::Failed(e)),
             Err(_) => return Ok(SegEnd::Stopped),
         };
-        msg[1] = pulled as f32;
-        msg[2] = i as f32;
+        put_u64(&mut msg, PULLED, pulled);
+        put_u64(&mut msg, ITERATION, i);
         if diverged(score.mean_loss(), data.classes) {
-            msg[0] = DIVERGED;
+            msg[KIND] = DIVERGED;
             t.send(0, &msg, crate::comm::Tag::default())?;
             t.recv(0, &mut reply, crate::comm::Op::Copy)?;
             return Ok(SegEnd::Diverged {
@@ -526,16 +589,17 @@ fn work<T: crate::comm::Transport + ?Sized>(
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
         }
         let grad_norm = l2_norm(grads);
-        msg[0] = PUSH;
-        msg[3] = score.mean_loss() as f32;
-        msg[4] = score.correct as f32;
-        msg[5] = score.samples as f32;
-        msg[6] = grad_norm as f32;
+        msg[KIND] = PUSH;
+        msg[LOSS] = score.mean_loss() as f32;
+        msg[CORRECT] = score.correct as f32;
+        msg[SAMPLES] = score.samples as f32;
+        msg[GRAD_NORM] = grad_norm as f32;
         msg[PHASES..LEAD]
             .iter_mut()
             .zip(&phase_ns)
             .for_each(|(m, &ns)| *m = ns as f32);
-        msg[LEAD] = reply[2];
+        let lead = get_u64(&reply, REPLY_LEAD);
+        put_u64(&mut msg, LEAD, lead);
     }
     Ok(SegEnd::Completed)
 }
@@ -606,6 +670,30 @@ impl ServerState {
             finished: vec![0; workers],
             active: workers,
             closed: false,
+            held: vec![None; workers],
+        }
+    }
+
+    /// Iterations the slowest worker still training has completed.
+    fn slowest(&self) -> u64 {
+        self.finished.iter().min().copied().unwrap_or(0)
+    }
+
+    /// Whether `hold` still keeps its worker waiting.
+    fn holds(&self, hold: Hold) -> bool {
+        match hold {
+            Hold::Ssp { next, k } => self.slowest().saturating_add(u64::from(k)) < next,
+            Hold::Step { round } => self.version <= round,
+        }
+    }
+
+    /// Clears the holds that no longer hold, telling `released` who goes on.
+    fn release(&mut self, mut released: impl FnMut(usize)) {
+        for w in 0..self.held.len() {
+            if self.held[w].is_some_and(|hold| !self.holds(hold)) {
+                self.held[w] = None;
+                released(w);
+            }
         }
     }
 
@@ -658,6 +746,7 @@ mod tests {
             finished: vec![0; workers],
             active: workers,
             closed: false,
+            held: vec![None; workers],
         }
     }
 

@@ -1,16 +1,24 @@
 //! The synchronous data-parallel engine on threads: every step is
 //! `next_batch → forward → backward → all_reduce → update`, each phase an event.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ndarray::Array2;
 
 use super::compute::Compute;
 use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::overlap::Overlap;
-use super::{CollectiveKind, Event, Phase, WorkerStep};
-use crate::comm::{thread_group_on, Collective, Comm, ThreadTransport, Topology, Transfer, Transport, Wire};
+use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
+use crate::comm::{
+    thread_group_on, Collective, Comm, CommError, Observer, ThreadTransport, Topology, Transfer, Transport, Wire,
+};
 use crate::nn::{l2_norm, Sgd};
+
+/// Values all-reduced with the gradient, past its end, so that every replica agrees on
+/// them after the same step: [0] a switch after this step, [1] detail in the next one,
+/// [2] the pace (log₂ of the dilation factor, from rank 0: MPI ranks learn it so).
+pub const STEP_FLAGS: usize = 3;
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
 /// requested, or the run stops; leaves the replicas' parameters and optimizer state in
@@ -35,19 +43,26 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     let start: &SegState = state;
     let out: Mutex<Option<Rank0End>> = Mutex::new(None);
     let release = abort.clone();
-    let ends = run_workers(group, &move || release.abort(), |rank, transport| {
-        let mut comm = Comm::new(transport, seg.allreduce);
-        let mut worker = Worker::new(ctx, seg, start, rank);
-        let end = worker.run(&mut comm, steps).err().unwrap_or(SegEnd::Completed);
-        if rank == 0 {
-            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rank0End {
-                velocity: worker.sgd.velocity().to_vec(),
-                steps: worker.steps_done,
-                params: worker.params,
-            });
-        }
-        end
-    });
+    let ends = run_workers(
+        ctx.gate,
+        false,
+        group,
+        &move || release.abort(),
+        |rank, mut transport| {
+            transport.set_pace(Arc::clone(ctx.gate.pace()));
+            let mut comm = Comm::new(transport, seg.allreduce);
+            let mut worker = Worker::new(ctx, seg, start, rank);
+            let end = worker.run(&mut comm, steps).err().unwrap_or(SegEnd::Completed);
+            if rank == 0 {
+                *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rank0End {
+                    velocity: worker.sgd.velocity().to_vec(),
+                    steps: worker.steps_done,
+                    params: worker.params,
+                });
+            }
+            end
+        },
+    );
     if let Some(end) = out.into_inner().unwrap_or_else(|e| e.into_inner()) {
         state.params = end.params;
         state.velocity = end.velocity;
@@ -83,11 +98,60 @@ struct Worker<'a> {
     first_update: u64,
     first_samples: u64,
     params: Vec<f32>,
-    /// The gradient, plus two flags all-reduced with it so that every replica agrees on
-    /// them: [p] asks for a switch after this step, [p+1] for detail in the next one.
+    /// The gradient, then the step's flags (`STEP_FLAGS`).
     grads: Vec<f32>,
     sgd: Sgd,
     steps_done: u64,
+    /// The step now running and its all-reduce's pieces, shared with its `RoundWatch`.
+    now: Arc<InFlight>,
+}
+
+/// Where a worker's all-reduce is: its step, and (in step mode, where it is cut into
+/// rounds) when its current piece began and how long the pieces before it lasted, so
+/// that the time a person takes between presses is no part of it.
+#[derive(Default)]
+struct InFlight {
+    step: AtomicU64,
+    piece_start_ns: AtomicU64,
+    pieces_ns: AtomicU64,
+}
+
+/// Shows a worker's all-reduce as it happens: each message as soon as it has arrived,
+/// and in step mode each round held at the gate (one round per press), the rounds so
+/// far reported as a piece of the phase.
+struct RoundWatch {
+    gate: Arc<Gate>,
+    sink: EventSink,
+    clock: crate::comm::Clock,
+    rank: usize,
+    now: Arc<InFlight>,
+}
+
+impl Observer for RoundWatch {
+    fn transferred(&mut self, transfer: Transfer) {
+        self.sink.send(Event::Transfer {
+            step: self.now.step.load(Ordering::Relaxed),
+            collective: CollectiveKind::AllReduce,
+            transfer,
+        });
+    }
+    fn before_round(&mut self, _round: u32) -> crate::comm::Result<()> {
+        if self.gate.is_running() {
+            return Ok(());
+        }
+        let (start_ns, end_ns) = (self.now.piece_start_ns.load(Ordering::Relaxed), self.clock.ns());
+        self.now.pieces_ns.fetch_add(end_ns - start_ns, Ordering::Relaxed);
+        self.sink.send(Event::Phase {
+            worker: self.rank,
+            step: self.now.step.load(Ordering::Relaxed),
+            phase: Phase::AllReduce,
+            start_ns,
+            end_ns,
+        });
+        self.gate.pass(self.rank).map_err(|_| CommError::Aborted)?;
+        self.now.piece_start_ns.store(self.clock.ns(), Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl<'a> Worker<'a> {
@@ -103,9 +167,10 @@ impl<'a> Worker<'a> {
             first_samples: start.samples,
             // Rank 0 holds the parameters; the others receive them by broadcast below.
             params: if rank == 0 { start.params.clone() } else { vec![0.0; p] },
-            grads: vec![0.0; p + 2],
+            grads: vec![0.0; p + STEP_FLAGS],
             sgd,
             steps_done: 0,
+            now: Arc::new(InFlight::default()),
         }
     }
 
@@ -116,15 +181,26 @@ impl<'a> Worker<'a> {
         let ctx = self.ctx;
         self.prepare(comm)?;
         std::thread::scope(|s| {
-            let mut overlap = Overlap::start(s, ctx, comm, self.rank, 2, ctx.options.detail);
+            let mut overlap = Overlap::start(s, ctx, comm, self.rank, STEP_FLAGS, ctx.options.detail);
             self.train(Exchange::<ThreadTransport>::Overlap(&mut overlap), steps)
         })
     }
 
-    /// Training with the all-reduce after backward, over any transport.
+    /// Training with the all-reduce after backward, over any transport: its messages
+    /// reach the lab as they arrive, and in step mode each round waits at the gate.
     fn run_direct<T: Transport>(&mut self, comm: &mut Comm<T>, steps: u64) -> Result<(), SegEnd> {
         self.prepare(comm)?;
-        self.train(Exchange::Direct(comm), steps)
+        let watch = RoundWatch {
+            gate: Arc::clone(self.ctx.gate),
+            sink: self.ctx.sink.clone(),
+            clock: self.ctx.clock,
+            rank: self.rank,
+            now: Arc::clone(&self.now),
+        };
+        comm.transport_mut().set_observer(Some(Box::new(watch)));
+        let trained = self.train(Exchange::Direct(comm), steps);
+        comm.transport_mut().set_observer(None);
+        trained
     }
 
     /// Identical replicas: everyone receives rank 0's parameters; then gradients travel
@@ -174,8 +250,10 @@ impl<'a> Worker<'a> {
         let mut detail = ctx.options.detail;
         let mut last_detail_ns = 0u64;
 
+        let per_rank = matches!(&exchange, Exchange::Direct(comm) if comm.transport().process_per_rank());
         for local in 0..steps {
             let step = self.first_update + local;
+            self.now.step.store(step, Ordering::Relaxed);
             let samples_before = self.first_samples + local * global_batch;
             let epoch = samples_before / data.train_len() as u64; // of the whole run
             let shard_epoch = local / steps_per_epoch; // of this segment's shuffling
@@ -213,7 +291,13 @@ impl<'a> Worker<'a> {
                 grads[p + 1] = 1.0;
                 last_detail_ns = ctx.clock.ns();
             }
-            let flags = [grads[p], grads[p + 1]];
+            // (the mean divides by N; log₂ keeps the factor within f16's range)
+            grads[p + 2] = if rank == 0 && per_rank {
+                ctx.gate.pace().factor().log2() as f32 * self.seg.workers as f32
+            } else {
+                0.0
+            };
+            let flags: [f32; STEP_FLAGS] = [grads[p], grads[p + 1], grads[p + 2]];
             let forward_ns = phase_ns[Phase::Forward.index()];
             match (&mut exchange, &mut *compute) {
                 (Exchange::Overlap(overlap), Compute::Cpu(ws)) => {
@@ -233,11 +317,15 @@ impl<'a> Worker<'a> {
                 Exchange::Direct(comm) => {
                     let grad_norm = l2_norm(&grads[..p]);
                     let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
-                    ctx.phase(rank, step, Phase::AllReduce, &mut phase_ns, || {
-                        allreduce_start_ns = ctx.clock.ns();
-                        comm.all_reduce_mean(grads)
-                    })?
-                    .map_err(|_| SegEnd::Aborted)?;
+                    // (as `ctx.phase`, but in pieces: step mode holds each round at the gate)
+                    ctx.enter(rank)?;
+                    allreduce_start_ns = ctx.clock.ns();
+                    self.now.piece_start_ns.store(allreduce_start_ns, Ordering::Relaxed);
+                    let reduced = comm.all_reduce_mean(grads);
+                    let last_piece = self.now.piece_start_ns.load(Ordering::Relaxed);
+                    ctx.record(rank, step, Phase::AllReduce, last_piece, &mut phase_ns);
+                    phase_ns[Phase::AllReduce.index()] += self.now.pieces_ns.swap(0, Ordering::Relaxed);
+                    reduced.map_err(|_| SegEnd::Aborted)?;
                     let sent = comm.bytes_sent() - bytes_before;
                     (grad_norm, sent, comm.transport().waited_ns() - waited_before)
                 }
@@ -260,6 +348,9 @@ impl<'a> Worker<'a> {
                 )));
             }
             detail = grads[p + 1] > 0.0;
+            if per_rank && rank != 0 {
+                ctx.gate.pace().set(f64::from(grads[p + 2]).exp2());
+            }
             match &mut exchange {
                 Exchange::Direct(comm) => {
                     report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
@@ -365,6 +456,7 @@ pub(super) fn run_rank<T: Transport>(ctx: &RunCtx, seg: Segment, state: &mut Seg
     let global_batch = (seg.workers * ctx.exp.batch) as u64;
     let steps = ctx.total_samples.saturating_sub(state.samples) / global_batch;
     let rank = comm.transport().rank();
+    ctx.gate.begin_segment([rank], false);
     let start: &SegState = state;
     let mut worker = Worker::new(ctx, seg, start, rank);
     let end = worker.run_direct(comm, steps).err().unwrap_or(SegEnd::Completed);

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::comm::{AllReduceAlgo, Link, Transfer};
 use crate::config::{Experiment, Mode};
@@ -23,8 +24,8 @@ const MESSAGES_KEPT: usize = 4;
 pub const HISTORY_LIMIT: usize = 4096;
 /// Points kept per ghost curve.
 const GHOST_POINTS: usize = 512;
-/// Slow-motion settings the `z` key cycles through, in ms per phase.
-const SLOW_MOTION_MS: [u32; 3] = [0, 20, 200];
+/// How much slower the `s` key makes the selected worker's compute.
+pub const STRAGGLER_FACTOR: f32 = 4.0;
 /// The link presets the `l` key cycles through.
 pub const LINKS: [(&str, Option<Link>); 4] = [
     ("none", None),
@@ -160,12 +161,15 @@ pub struct Lab {
     /// The state when there is no session.
     pub replay: RunState,
     pub view: LabView,
-    /// The settings the next restart uses; switches update them too.
+    /// The settings the run is going to: every switch changes them at once (so that
+    /// switches made while paused add up), the run takes them at its next step, and a
+    /// restart starts from them. `exp.slow` is the pace.
     pub exp: Experiment,
     pub data: Arc<Dataset>,
     pub ghosts: Vec<Ghost>,
     pub selected: usize,
-    pub slow_ms: u32,
+    /// The pace `z` chose, in steps per second (None: full speed, or `--slow` as given).
+    pub pace_target: Option<f64>,
     /// Paused on purpose (space) or stepping (n).
     pub paused: bool,
     pub stepping: bool,
@@ -174,14 +178,39 @@ pub struct Lab {
     pub messages: VecDeque<String>,
     /// The last control refused, as one sentence.
     pub error: Option<String>,
+    /// The latest thing said (a change or a refusal), for the status line; when.
+    pub said: Option<(String, Instant)>,
+    /// The run has passed the length it was given (it trains on: the lab's runs never
+    /// end under the learner's hands).
+    pub passed_length: bool,
     runs: usize,
 }
 
+/// How long the status line shows what was last said before it shows the state again.
+const SAID_FOR: Duration = Duration::from_secs(8);
+
+/// Paces the `z` key cycles through, after full speed: about this many steps (sync) or
+/// iterations of each worker (parameter server) per second.
+pub const PACES: [Option<f64>; 4] = [None, Some(10.0), Some(1.0), Some(0.2)];
+
+/// "10 steps/s", "1 step/s", "1 step per 5 s".
+pub fn pace_words(steps_per_s: f64) -> String {
+    if steps_per_s >= 1.0 {
+        let n = steps_per_s.round();
+        format!("{n} step{}/s", if n == 1.0 { "" } else { "s" })
+    } else {
+        format!("1 step per {:.0} s", 1.0 / steps_per_s)
+    }
+}
+
 impl Lab {
-    pub fn start(exp: Experiment, data: Arc<Dataset>) -> Result<Lab, String> {
-        let session = Self::session(&exp, &data)?;
+    /// Starts `exp` in the lab: a run that trains on past its length (paused before
+    /// the first phase when asked, to step from the very beginning).
+    pub fn start(exp: Experiment, data: Arc<Dataset>, paused: bool) -> Result<Lab, String> {
+        let session = Self::session_with(&exp, &data, paused)?;
         Ok(Lab {
             session: Some(session),
+            paused,
             ..Lab::replay(exp, data)
         })
     }
@@ -196,28 +225,16 @@ impl Lab {
             data,
             ghosts: Vec::new(),
             selected: 0,
-            slow_ms: 0,
+            pace_target: None,
             paused: false,
             stepping: false,
             axis: Axis::Time,
             messages: VecDeque::new(),
             error: None,
+            said: None,
+            passed_length: false,
             runs: 1,
         }
-    }
-
-    /// As `start`, paused before the first phase (to step from the very beginning).
-    pub fn start_paused(exp: Experiment, data: Arc<Dataset>) -> Result<Lab, String> {
-        let session = Self::session_with(&exp, &data, true)?;
-        Ok(Lab {
-            session: Some(session),
-            paused: true,
-            ..Lab::replay(exp, data)
-        })
-    }
-
-    fn session(exp: &Experiment, data: &Arc<Dataset>) -> Result<Session, String> {
-        Self::session_with(exp, data, false)
     }
 
     fn session_with(exp: &Experiment, data: &Arc<Dataset>, start_paused: bool) -> Result<Session, String> {
@@ -225,6 +242,7 @@ impl Lab {
             detail: true,
             start_paused,
             history_limit: Some(HISTORY_LIMIT),
+            endless: true,
             ..SessionOptions::default()
         };
         if exp.backend == crate::config::Backend::Mpi {
@@ -252,6 +270,17 @@ impl Lab {
                 self.say(note);
             }
         }
+        let st = self.state();
+        if !self.passed_length && st.total_samples > 0 && st.samples() >= st.total_samples {
+            self.passed_length = true;
+            let length = match self.exp.length {
+                crate::config::Length::Steps(s) => format!("{s} steps"),
+                crate::config::Length::Epochs(e) => format!("{e} epochs"),
+            };
+            self.say(format!(
+                "passed the run's length ({length}): training goes on (space pauses)"
+            ));
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -270,6 +299,7 @@ impl Lab {
     }
 
     fn say(&mut self, what: String) {
+        self.said = Some((what.clone(), Instant::now()));
         let line = format!("{:>7.2} s  {what}", self.now_s());
         self.messages.push_back(line);
         if self.messages.len() > MESSAGES_KEPT {
@@ -277,21 +307,129 @@ impl Lab {
         }
     }
 
-    /// Sends a control; a refusal becomes the on-screen error line.
-    fn send(&mut self, control: Control, what: String) -> bool {
+    fn refuse(&mut self, why: String) {
+        self.said = Some((why.clone(), Instant::now()));
+        self.error = Some(why);
+    }
+
+    /// What the status line says: the last refusal or change for a few seconds, else
+    /// what the state allows (true: it is a refusal or an end, drawn as bad news).
+    pub fn status(&self) -> (String, bool) {
+        if let Some((what, when)) = &self.said {
+            if when.elapsed() < SAID_FOR {
+                return (what.clone(), self.error.as_deref() == Some(what.as_str()));
+            }
+        }
+        if let Some(why) = self.ended() {
+            return (why, true);
+        }
+        let pending = self.pending();
+        let text = if self.stepping {
+            "stepping: n moves one phase on (one round inside the all-reduce) · space resumes".to_string()
+        } else if self.paused {
+            "paused: space resumes · n steps one phase · switches made now apply together at the next step".to_string()
+        } else {
+            String::new()
+        };
+        match (text.is_empty(), pending.is_empty()) {
+            (_, true) => (text, false),
+            (true, false) => (format!("next step: {pending}"), false),
+            (false, false) => (format!("{text} · on resume: {pending}"), false),
+        }
+    }
+
+    /// Why the run does not go on, once it has ended (None while it runs).
+    pub fn ended(&self) -> Option<String> {
+        match self.state().outcome.as_ref()? {
+            Outcome::Diverged { step, worker } => Some(format!(
+                "the run DIVERGED at step {step} (worker {worker}'s loss blew up): R restarts it from fresh parameters with the current settings; a lower LR helps"
+            )),
+            Outcome::Failed { message } => Some(format!("the run FAILED: {message} — R restarts it")),
+            Outcome::Stopped => Some("the run was stopped: R restarts it".into()),
+            Outcome::Completed => Some("the run has finished: R restarts it, c keeps its curves as a ghost".into()),
+        }
+    }
+
+    /// The switches made that the run has not taken yet, as "ssp:2 · 6 workers · 10 GbE".
+    pub fn pending(&self) -> String {
+        let Some(seg) = self.state().current() else {
+            return String::new();
+        };
+        let mut parts = Vec::new();
+        if seg.mode != self.exp.mode {
+            parts.push(self.exp.mode.to_string());
+        }
+        if seg.workers != self.exp.workers {
+            parts.push(format!("{} workers", self.exp.workers));
+        }
+        if seg.allreduce != self.exp.allreduce {
+            parts.push(format!("{} all-reduce", self.exp.allreduce));
+        }
+        if seg.link != self.exp.link {
+            parts.push(link_name(self.exp.link).to_string());
+        }
+        if seg.lr_scaling != self.exp.lr_scaling {
+            parts.push(match self.exp.lr_scaling {
+                LrScaling::Linear => "LR × workers".to_string(),
+                LrScaling::None => "LR constant".to_string(),
+            });
+        }
+        parts.join(" · ")
+    }
+
+    /// Asks the run for `control`, which turns the settings into `next`. While the run
+    /// goes, the session checks it with every change before it; once the run has ended
+    /// it is kept for the restart. A refusal becomes the error line.
+    fn change(&mut self, control: Control, next: Experiment, what: String) {
         let result = match self.session.as_mut() {
             Some(s) if s.state().outcome.is_none() => s.control(control).map_err(|e| e.to_string()),
-            Some(_) => Err("the run has ended: press R to restart it".into()),
+            Some(_) => {
+                let ended = next.validate().and_then(|()| next.check_against(self.data.train_len()));
+                match ended {
+                    Ok(()) => {
+                        self.exp = next;
+                        self.error = None;
+                        self.say(format!("{what} — when you restart (R)"));
+                        return;
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.exp = next;
+                self.error = None;
+                let when = if self.paused || self.stepping {
+                    " (on resume, or at the next step with n)"
+                } else {
+                    ""
+                };
+                self.say(format!("{what}{when}"));
+            }
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    /// Sends pause, resume or step; refused (and said why) once the run has ended.
+    fn send(&mut self, control: Control, what: &str) -> bool {
+        if let Some(why) = self.ended() {
+            self.refuse(why);
+            return false;
+        }
+        let result = match self.session.as_mut() {
+            Some(s) => s.control(control).map_err(|e| e.to_string()),
             None => Ok(()),
         };
         match result {
             Ok(()) => {
                 self.error = None;
-                self.say(what);
+                self.say(what.to_string());
                 true
             }
             Err(e) => {
-                self.error = Some(e);
+                self.refuse(e);
                 false
             }
         }
@@ -305,121 +443,168 @@ impl Lab {
         self.state().current().map_or(self.exp.workers, |s| s.workers)
     }
 
+    /// The dilation factor that makes a step last about 1 / `steps_per_s` seconds,
+    /// from the latest reports (their phases were measured at the current pace).
+    fn factor_for(&self, steps_per_s: f64) -> f64 {
+        let iterations: Vec<f64> = self
+            .view
+            .reports
+            .iter()
+            .flatten()
+            .map(|r| r.phase_ns.iter().sum::<u64>() as f64 / 1e9)
+            .filter(|&s| s > 0.0)
+            .collect();
+        // (before any report: a digits step takes about 100 µs on a laptop)
+        let now_s = if iterations.is_empty() {
+            1e-4 * self.exp.slow
+        } else {
+            iterations.iter().sum::<f64>() / iterations.len() as f64
+        };
+        let full_speed_s = now_s / self.exp.slow.max(1.0);
+        (1.0 / steps_per_s / full_speed_s)
+            .clamp(1.0, crate::comm::MAX_PACE)
+            .round()
+    }
+
     pub fn update(&mut self, action: Action) {
         match action {
             Action::TogglePause => {
                 if self.paused || self.stepping {
-                    if self.send(Control::Resume, "resumed".into()) {
+                    if self.send(Control::Resume, "resumed") {
                         self.paused = false;
                         self.stepping = false;
                     }
-                } else if self.send(Control::Pause, "paused: space resumes, n steps one phase".into()) {
+                } else if self.send(Control::Pause, "paused: space resumes, n steps one phase") {
                     self.paused = true;
                 }
             }
             Action::StepPhase => {
-                if self.send(Control::StepPhase, "one phase of every worker".into()) {
+                let what = if self.stepping {
+                    "one phase on"
+                } else {
+                    "step mode: halted at the next phase; n moves one phase on"
+                };
+                if self.send(Control::StepPhase, what) {
                     self.stepping = true;
                 }
             }
             Action::SlowMotion => {
-                let i = SLOW_MOTION_MS.iter().position(|&m| m == self.slow_ms).unwrap_or(0);
-                let ms = SLOW_MOTION_MS[(i + 1) % SLOW_MOTION_MS.len()];
-                let what = if ms == 0 {
-                    "slow motion off".to_string()
-                } else {
-                    format!("slow motion: every phase takes at least {ms} ms")
+                let i = PACES.iter().position(|&p| p == self.pace_target).map_or(0, |i| i + 1);
+                let target = PACES[i % PACES.len()];
+                let factor = target.map_or(1.0, |rate| self.factor_for(rate));
+                let what = match target {
+                    None => "full speed".to_string(),
+                    Some(rate) => format!(
+                        "slow motion ×{factor}: about {} — every phase, message and delay stretched alike",
+                        pace_words(rate)
+                    ),
                 };
-                if self.send(Control::SlowMotion { ms }, what) {
-                    self.slow_ms = ms;
+                let next = Experiment {
+                    slow: factor,
+                    ..self.exp.clone()
+                };
+                self.change(Control::SetPace { factor }, next, what);
+                if self.exp.slow == factor {
+                    self.pace_target = target;
                 }
             }
             Action::CycleMode => {
-                let i = MODES
-                    .iter()
-                    .position(|&m| m == self.current_mode())
-                    .map_or(0, |i| i + 1);
-                let mode = MODES[i % MODES.len()];
-                let workers = self.current_workers();
-                let mode = match mode {
-                    Mode::Backup(_) if workers < 2 => Mode::Sync, // backup needs a worker to spare
+                let i = MODES.iter().position(|&m| m == self.exp.mode).map_or(0, |i| i + 1);
+                let mode = match MODES[i % MODES.len()] {
+                    Mode::Backup(_) if self.exp.workers < 2 => Mode::Sync, // backup needs a worker to spare
                     m => m,
                 };
-                if self.send(Control::SetMode(mode), format!("switching to {mode} at the next step")) {
-                    self.exp.mode = mode;
-                }
+                let next = Experiment {
+                    mode,
+                    ..self.exp.clone()
+                };
+                self.change(
+                    Control::SetMode(mode),
+                    next,
+                    format!("switching to {mode} at the next step"),
+                );
             }
             Action::MoreWorkers | Action::FewerWorkers => {
-                let n = self.current_workers();
+                let n = self.exp.workers;
                 let n = if action == Action::MoreWorkers {
                     n + 1
                 } else {
                     n.saturating_sub(1)
                 };
-                if self.send(
+                let mut next = Experiment {
+                    workers: n,
+                    ..self.exp.clone()
+                };
+                next.stragglers.retain(|s| s.worker < n);
+                self.change(
                     Control::SetWorkers(n),
+                    next,
                     format!("{n} workers from the next step (parameters kept)"),
-                ) {
-                    self.exp.workers = n;
-                    self.exp.stragglers.retain(|s| s.worker < n);
-                }
+                );
             }
             Action::CycleAllReduce => {
-                let now = self.state().current().map_or(self.exp.allreduce, |s| s.allreduce);
-                let i = AllReduceAlgo::ALL.iter().position(|&a| a == now).unwrap_or(0);
-                let next = AllReduceAlgo::ALL[(i + 1) % AllReduceAlgo::ALL.len()];
-                if self.send(
-                    Control::SetAllReduce(next),
-                    format!("{next} all-reduce from the next step"),
-                ) {
-                    self.exp.allreduce = next;
-                }
+                let i = AllReduceAlgo::ALL
+                    .iter()
+                    .position(|&a| a == self.exp.allreduce)
+                    .unwrap_or(0);
+                let algo = AllReduceAlgo::ALL[(i + 1) % AllReduceAlgo::ALL.len()];
+                let next = Experiment {
+                    allreduce: algo,
+                    ..self.exp.clone()
+                };
+                self.change(
+                    Control::SetAllReduce(algo),
+                    next,
+                    format!("{algo} all-reduce from the next step"),
+                );
             }
             Action::CycleLink => {
-                let now = self.state().current().map_or(self.exp.link, |s| s.link);
-                let i = LINKS.iter().position(|(_, l)| *l == now).unwrap_or(0);
+                let i = LINKS.iter().position(|(_, l)| *l == self.exp.link).unwrap_or(0);
                 let (name, link) = LINKS[(i + 1) % LINKS.len()];
                 let what = match link {
                     Some(l) => format!("emulated link: {name} ({l}) from the next step"),
                     None => "no emulated link: shared memory at full speed".into(),
                 };
-                if self.send(Control::SetLink(link), what) {
-                    self.exp.link = link;
-                }
+                let next = Experiment {
+                    link,
+                    ..self.exp.clone()
+                };
+                self.change(Control::SetLink(link), next, what);
             }
             Action::SelectWorker => {
                 self.selected = (self.selected + 1) % self.current_workers().max(1);
                 self.error = None;
             }
             Action::ToggleStraggler => {
-                let w = self.selected.min(self.current_workers().saturating_sub(1));
+                let w = self.selected.min(self.exp.workers.saturating_sub(1));
                 let slow = self.exp.stragglers.iter().any(|s| s.worker == w);
-                let factor = if slow { 1.0 } else { 4.0 };
+                let factor = if slow { 1.0 } else { STRAGGLER_FACTOR };
                 let what = if slow {
                     format!("worker {w} back to normal speed")
                 } else {
-                    format!("worker {w} is now a straggler: 4× slower compute")
+                    format!("worker {w} is now a straggler: {STRAGGLER_FACTOR}× slower compute")
                 };
-                if self.send(Control::Straggler { worker: w, factor }, what) {
-                    self.exp.stragglers.retain(|s| s.worker != w);
-                    if !slow {
-                        self.exp.stragglers.push(crate::config::Straggler { worker: w, factor });
-                    }
+                let mut next = self.exp.clone();
+                next.stragglers.retain(|s| s.worker != w);
+                if !slow {
+                    next.stragglers.push(crate::config::Straggler { worker: w, factor });
                 }
+                self.change(Control::Straggler { worker: w, factor }, next, what);
             }
             Action::CycleLrRule => {
-                let now = self.state().current().map_or(self.exp.lr_scaling, |s| s.lr_scaling);
-                let next = match now {
+                let rule = match self.exp.lr_scaling {
                     LrScaling::None => LrScaling::Linear,
                     LrScaling::Linear => LrScaling::None,
                 };
-                let what = match next {
-                    LrScaling::Linear => format!("LR × workers = {}", self.exp.lr * self.current_workers() as f32),
+                let what = match rule {
+                    LrScaling::Linear => format!("LR × workers = {}", self.exp.lr * self.exp.workers as f32),
                     LrScaling::None => format!("LR constant = {}", self.exp.lr),
                 };
-                if self.send(Control::SetLrScaling(next), what) {
-                    self.exp.lr_scaling = next;
-                }
+                let next = Experiment {
+                    lr_scaling: rule,
+                    ..self.exp.clone()
+                };
+                self.change(Control::SetLrScaling(rule), next, what);
             }
             Action::Restart => self.restart(),
             Action::ToggleBackend => {
@@ -471,24 +656,31 @@ impl Lab {
         }
     }
 
-    /// Starts the experiment again from fresh parameters with the current settings.
+    /// Starts the experiment again from fresh parameters with the current settings,
+    /// pace included, and paused if it was paused.
     pub fn restart(&mut self) {
         if self.session.is_none() {
             return;
         }
-        match Self::session(&self.exp, &self.data) {
+        let paused = self.paused || self.stepping;
+        match Self::session_with(&self.exp, &self.data, paused) {
             Ok(session) => {
                 self.session = Some(session); // the old one stops as it drops
                 self.view = LabView::default();
-                self.paused = false;
+                self.paused = paused;
                 self.stepping = false;
-                self.slow_ms = 0;
+                self.passed_length = false;
                 self.runs += 1;
                 self.messages.clear();
                 self.error = None;
                 self.say(format!("restarted: run {}", self.runs));
             }
-            Err(e) => self.error = Some(e),
+            Err(e) => self.refuse(e),
         }
     }
+}
+
+/// The `l` key's name for a link (or "custom").
+pub fn link_name(link: Option<Link>) -> &'static str {
+    LINKS.iter().find(|(_, l)| *l == link).map_or("custom link", |(n, _)| n)
 }

@@ -62,6 +62,15 @@ pub struct App {
     pub progress: ProgressStore,
     /// The lesson being followed beside the lab.
     pub lesson: Option<LessonView>,
+    /// How an instructor wants every page's run to open (over what the page says).
+    pub opening: Opening,
+}
+
+/// How runs open when an instructor says so on the command line: paused, at a pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Opening {
+    pub paused: bool,
+    pub slow: Option<f64>,
 }
 
 /// What the home screen lists: the free lab, each lesson, quit.
@@ -95,6 +104,7 @@ impl App {
                 warning: None,
             },
             lesson: None,
+            opening: Opening::default(),
         }
     }
 
@@ -125,13 +135,9 @@ impl App {
 
     /// Starts `exp` in the lab (paused when asked); a failure shows in the lab.
     fn start_lab(&mut self, exp: Experiment, paused: bool) {
-        let started = self.data_for(&exp).and_then(|data| {
-            if paused {
-                Lab::start_paused(exp.clone(), data)
-            } else {
-                Lab::start(exp.clone(), data)
-            }
-        });
+        let started = self
+            .data_for(&exp)
+            .and_then(|data| Lab::start(exp.clone(), data, paused));
         self.lab = Some(match started {
             Ok(lab) => lab,
             Err(e) => {
@@ -157,8 +163,17 @@ impl App {
         let view = LessonView::new(lesson, page);
         let p = view.current().clone();
         self.lesson = Some(view);
-        self.start_lab(p.experiment.clone(), p.start_paused);
+        self.start_page_run(&p);
         self.save_page();
+    }
+
+    /// Starts a page's run, as the page and the instructor's opening say.
+    fn start_page_run(&mut self, page: &crate::lesson::Page) {
+        let mut exp = page.experiment.clone();
+        if let Some(slow) = self.opening.slow {
+            exp.slow = slow;
+        }
+        self.start_lab(exp, page.start_paused || self.opening.paused);
     }
 
     /// Shows page `page` of the lesson; a page with an experiment starts its run.
@@ -171,7 +186,7 @@ impl App {
         v.reset_page();
         let p = v.current().clone();
         if p.starts_run {
-            self.start_lab(p.experiment, p.start_paused);
+            self.start_page_run(&p);
         }
         self.save_page();
     }
@@ -278,12 +293,16 @@ impl App {
 /// Where the TUI opens.
 pub enum Start {
     Home(Experiment),
-    Lab(Experiment),
+    Lab {
+        exp: Experiment,
+        paused: bool,
+    },
     /// Lesson `number` (1-based) of `lessons` (read from `dir`, or the built-in ones).
     Lesson {
         lessons: Vec<Lesson>,
         number: usize,
         dir: Option<std::path::PathBuf>,
+        opening: Opening,
     },
 }
 
@@ -295,28 +314,35 @@ pub fn run(start: Start) -> Result<(), CliError> {
             "the lab needs a terminal and stdout is not one: for a headless run use `ddlab run` with the same flags",
         ));
     }
-    let (exp, screen, lesson) = match start {
-        Start::Home(e) => (e, Screen::Home, None),
-        Start::Lab(e) => (e, Screen::Lab, None),
+    let (exp, screen, paused, lesson) = match start {
+        Start::Home(e) => (e, Screen::Home, false, None),
+        Start::Lab { exp, paused } => (exp, Screen::Lab, paused, None),
         Start::Lesson {
             lessons,
             number,
             dir: _,
-        } => (Experiment::default(), Screen::Home, Some((lessons, number))),
+            opening,
+        } => (
+            Experiment::default(),
+            Screen::Home,
+            false,
+            Some((lessons, number, opening)),
+        ),
     };
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let data = Arc::new(Dataset::load(exp.dataset).map_err(|e| CliError::usage(e.to_string()))?);
     exp.check_against(data.train_len())
         .map_err(|e| CliError::usage(e.to_string()))?;
     let lab = match screen {
-        Screen::Lab => Some(Lab::start(exp.clone(), Arc::clone(&data)).map_err(CliError::usage)?),
+        Screen::Lab => Some(Lab::start(exp.clone(), Arc::clone(&data), paused).map_err(CliError::usage)?),
         Screen::Home => None,
     };
     let mut app = App::new(screen, lab, exp, data, Theme::from_env());
     app.progress = ProgressStore::open_default();
-    if let Some((lessons, number)) = lesson {
+    if let Some((lessons, number, opening)) = lesson {
         app.lessons = lessons;
         app.lessons_error = None;
+        app.opening = opening;
         app.open_lesson(number - 1);
     }
 

@@ -6,7 +6,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
 use ratatui::Frame;
 
-use super::app::{Lab, LINKS};
+use super::app::Lab;
 use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
 use super::theme::Theme;
 use super::{App, HomeItem, Screen, FREE_LAB};
@@ -186,6 +186,81 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     Paragraph::new(footer(HOME_KEYS, theme, foot.width)).render(foot, buf);
 }
 
+/// One piece of the header: kept in order of `keep` (higher first) when the line is
+/// too narrow, and written short when the long form does not fit.
+struct Part {
+    keep: u8,
+    long: String,
+    short: String,
+    style: ratatui::style::Style,
+}
+
+/// The parts that fit in `width` columns, each long if possible, in their order: the
+/// least important are dropped first, so the header never wraps.
+fn fit(parts: &[Part], width: usize) -> Vec<(String, ratatui::style::Style)> {
+    const SEP: usize = 3; // " · "
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(parts[i].keep));
+    let len = |s: &str| s.chars().count();
+    // Take parts by importance, short, while they fit; then lengthen in the same order.
+    let mut chosen: Vec<Option<bool>> = vec![None; parts.len()]; // Some(long?)
+    let mut used = 0usize;
+    for &i in &order {
+        let need = len(&parts[i].short) + if used == 0 { 0 } else { SEP };
+        if used + need <= width {
+            chosen[i] = Some(false);
+            used += need;
+        }
+    }
+    for &i in &order {
+        if chosen[i] == Some(false) {
+            let extra = len(&parts[i].long) - len(&parts[i].short).min(len(&parts[i].long));
+            if used + extra <= width {
+                chosen[i] = Some(true);
+                used += extra;
+            }
+        }
+    }
+    parts
+        .iter()
+        .zip(chosen)
+        .filter_map(|(p, c)| c.map(|long| (if long { p.long.clone() } else { p.short.clone() }, p.style)))
+        .collect()
+}
+
+/// What the run is doing, as the header says it (and how it should look).
+pub fn state_text(lab: &Lab, theme: &Theme) -> (String, String, ratatui::style::Style) {
+    if let Some(step) = lab.diverged_at() {
+        return (format!("DIVERGED at step {step}"), "DIVERGED".into(), theme.bad());
+    }
+    match lab.state().outcome {
+        Some(crate::train::Outcome::Failed { .. }) => return ("FAILED".into(), "FAILED".into(), theme.bad()),
+        Some(_) => return ("finished".into(), "finished".into(), theme.good()),
+        None => {}
+    }
+    let pace = if lab.exp.slow > 1.0 {
+        let about = lab
+            .pace_target
+            .map_or(String::new(), |r| format!(" ≈{}", super::app::pace_words(r)));
+        format!(" · slow ×{}{about}", lab.exp.slow)
+    } else {
+        String::new()
+    };
+    let short_pace = if lab.exp.slow > 1.0 {
+        format!(" ×{}", lab.exp.slow)
+    } else {
+        String::new()
+    };
+    let (word, style) = if lab.stepping {
+        ("stepping (n)", theme.warn())
+    } else if lab.paused {
+        ("paused", theme.warn())
+    } else {
+        ("running", theme.good())
+    };
+    (format!("{word}{pace}"), format!("{word}{short_pace}"), style)
+}
+
 fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let st = lab.state();
     let seg = st.current();
@@ -194,50 +269,97 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let algo = seg.map_or(lab.exp.allreduce, |s| s.allreduce);
     let link = seg.map_or(lab.exp.link, |s| s.link);
     let rule = seg.map_or(lab.exp.lr_scaling, |s| s.lr_scaling);
-    let link_text = match link {
-        None => "link: shared memory".to_string(),
-        Some(l) => {
-            let name = LINKS.iter().find(|(_, x)| *x == Some(l)).map_or("custom", |(n, _)| n);
-            format!("link: {name} ({l}) EMULATED")
-        }
+    let plain = ratatui::style::Style::default();
+    let part = |keep: u8, long: String, short: String| Part {
+        keep,
+        long,
+        short,
+        style: plain,
     };
-    let lr_text = match rule {
-        LrScaling::None => format!("LR {}", lab.exp.lr),
-        LrScaling::Linear => format!("LR {}×{n}", lab.exp.lr),
-    };
-    let (state, style) = if let Some(step) = lab.diverged_at() {
-        (format!("DIVERGED at step {step}"), theme.bad())
-    } else if lab.is_finished() {
-        ("finished".to_string(), theme.good())
-    } else if lab.stepping {
-        ("stepping (n)".to_string(), theme.warn())
-    } else if lab.paused {
-        ("paused".to_string(), theme.warn())
-    } else if lab.slow_ms > 0 {
-        (format!("slow motion {} ms", lab.slow_ms), theme.good())
-    } else {
-        ("running".to_string(), theme.good())
-    };
+    let (state_long, state_short, state_style) = state_text(lab, theme);
     let epoch = st.last_step().map_or(0, |s| s.epoch);
-    let algo_text = if mode.uses_server() {
-        "parameter server".to_string()
-    } else {
-        format!("{algo} all-reduce")
+    let backend = match lab.exp.backend {
+        crate::config::Backend::Threads => "threads",
+        crate::config::Backend::Mpi => "MPI ranks",
     };
-    let line = Line::from(vec![
-        Span::styled("ddlab ", theme.title()),
-        Span::raw(format!(
-            "{}{} · {n} workers · {mode} · {algo_text} · {link_text} · {lr_text} · step {} · epoch {epoch} · ",
-            match lab.exp.backend {
-                crate::config::Backend::Threads => "threads",
-                crate::config::Backend::Mpi => "MPI ranks",
+    let mut parts = vec![
+        Part {
+            keep: 9,
+            long: "ddlab".into(),
+            short: "ddlab".into(),
+            style: theme.title(),
+        },
+        part(
+            3,
+            format!("{backend}{}", devices_text(&st.devices, n)),
+            backend.to_string(),
+        ),
+        part(8, format!("{n} workers"), format!("{n}w")),
+        part(8, mode.to_string(), mode.to_string()),
+        part(
+            5,
+            if mode.uses_server() {
+                "parameter server".into()
+            } else {
+                format!("{algo} all-reduce")
             },
-            devices_text(&st.devices, n),
-            st.updates()
-        )),
-        Span::styled(state, style),
-    ]);
-    Paragraph::new(line).wrap(Wrap { trim: true }).render(area, buf);
+            if mode.uses_server() {
+                "server".into()
+            } else {
+                algo.to_string()
+            },
+        ),
+        match link {
+            None => part(2, "link: shared memory".into(), "shm".into()),
+            Some(l) => part(
+                6,
+                format!("link: {} ({l}) EMULATED", super::app::link_name(Some(l))),
+                format!("{} EMULATED", super::app::link_name(Some(l))),
+            ),
+        },
+        match rule {
+            LrScaling::None => part(4, format!("LR {}", lab.exp.lr), format!("LR {}", lab.exp.lr)),
+            LrScaling::Linear => part(4, format!("LR {}×{n}", lab.exp.lr), format!("LR {}×{n}", lab.exp.lr)),
+        },
+        part(7, format!("step {}", st.updates()), format!("s{}", st.updates())),
+        part(
+            3,
+            if lab.passed_length {
+                format!("epoch {epoch} (training on)")
+            } else {
+                format!("epoch {epoch}")
+            },
+            format!("ep {epoch}"),
+        ),
+        Part {
+            keep: 10,
+            long: state_long,
+            short: state_short,
+            style: state_style,
+        },
+    ];
+    let pending = lab.pending();
+    if !pending.is_empty() {
+        let when = if lab.paused || lab.stepping {
+            "on resume"
+        } else {
+            "next step"
+        };
+        parts.push(Part {
+            keep: 9,
+            long: format!("{when}: {pending}"),
+            short: format!("→ {pending}"),
+            style: theme.warn(),
+        });
+    }
+    let mut spans = Vec::new();
+    for (i, (text, style)) in fit(&parts, area.width as usize).into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw(" · "));
+        }
+        spans.push(Span::styled(text, style));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
 /// The GPUs the `n` workers compute on, as " on gpu0 NAME (vulkan) ×4": each device
@@ -289,17 +411,18 @@ fn highlight(r: Rect, theme: &Theme, buf: &mut Buffer) {
 
 /// Draws the lab; returns where each panel went (for a lesson to point at them).
 fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Panel, Rect)> {
-    let header_h = if area.width >= 150 { 1 } else { 2 };
+    let header_h = 1;
     // Tall enough for one digit image (half-blocks: two pixel rows a line) and its label.
     let digit_rows = lab
         .data
         .image
         .map_or(1, |(_, h)| (if h > 16 { h / 2 } else { h } as u16).div_ceil(2) + 1);
     let explain_h = if area.height >= 28 { (digit_rows + 2).max(6) } else { 5 };
-    let [head, body, bottom, foot] = Layout::vertical([
+    let [head, body, bottom, status, foot] = Layout::vertical([
         Constraint::Length(header_h),
         Constraint::Min(8),
         Constraint::Length(explain_h),
+        Constraint::Length(1),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -324,6 +447,8 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
     let [explain, digits] = Layout::horizontal([Constraint::Min(20), Constraint::Length(digits_w)]).areas(bottom);
     super::explain::render(lab, theme, explain, buf);
     super::digits::render(lab, theme, digits, buf);
+    let (said, bad) = lab.status();
+    Paragraph::new(Line::styled(said, if bad { theme.bad() } else { theme.warn() })).render(status, buf);
     Paragraph::new(footer(LAB_KEYS, theme, foot.width)).render(foot, buf);
     vec![
         (Panel::Header, head),
