@@ -290,9 +290,13 @@ impl ThreadTransport {
             self.rank,
             into.len()
         );
-        // Slow motion stretches the link's α and n/β (and, below, the copy itself).
+        // Slow motion stretches the link's α and n/β; in shared memory, the hand-over
+        // itself: from when both sides were there (the message posted, this rank
+        // waiting for it) to the end of the copy, wake-up included, as full speed has it.
         let dilation = self.pace.as_ref().map_or(1.0, |p| p.factor());
-        if let Some(link) = shared.topology.link(from, self.rank) {
+        let both_there_ns = slot.posted_ns.load(Ordering::Relaxed).max(t0);
+        let link = shared.topology.link(from, self.rank);
+        if let Some(link) = link {
             // The message occupies our incoming port for n/β, and arrives α later.
             let port = usize::from(shared.topology.node_of[from] != shared.topology.node_of[self.rank]);
             let posted = slot.posted_ns.load(Ordering::Relaxed);
@@ -302,7 +306,7 @@ impl ThreadTransport {
             let latency = (link.latency_ns() as f64 * dilation) as u64;
             wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns[port] + latency)?;
         }
-        let copy_start = std::time::Instant::now();
+        let copy_start_ns = shared.clock.ns();
         if slot
             .state
             .compare_exchange(
@@ -340,7 +344,9 @@ impl ThreadTransport {
         if dilation > 1.0 {
             if let Some(pace) = &self.pace {
                 // The data "arrives" only once its dilated transfer is over.
-                pace.stretch(MESSAGE_SITE, copy_start.elapsed());
+                let from_ns = if link.is_some() { copy_start_ns } else { both_there_ns };
+                let real = std::time::Duration::from_nanos(shared.clock.ns().saturating_sub(from_ns));
+                pace.stretch(MESSAGE_SITE, real);
             }
         }
         slot.state.store(state(seq, DONE), Ordering::Release);

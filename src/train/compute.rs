@@ -146,7 +146,7 @@ impl Compute {
             Compute::Cpu(ws) => ctx.phase(worker, step, Phase::Backward, phase_ns, || {
                 let t0 = std::time::Instant::now();
                 ctx.mlp.backward(params, x, ws, grads);
-                ctx.straggle(worker, forward_ns + t0.elapsed().as_nanos() as u64);
+                ctx.straggle(worker, forward_ns, t0.elapsed());
             }),
             #[cfg(feature = "gpu")]
             Compute::Gpu(net) => {
@@ -154,7 +154,7 @@ impl Compute {
                 ctx.phase(worker, step, Phase::Backward, phase_ns, || {
                     let t0 = std::time::Instant::now();
                     let done = net.backward();
-                    ctx.straggle(worker, forward_ns + t0.elapsed().as_nanos() as u64);
+                    ctx.straggle(worker, forward_ns, t0.elapsed());
                     done
                 })?
                 .map_err(failed)?;

@@ -249,16 +249,18 @@ impl RunCtx<'_> {
         });
     }
 
-    /// Sleeps as long as worker `worker`'s straggler factor says, given the compute time
-    /// it just spent: a factor F makes its compute F times as long. (Inside the backward
-    /// phase, so slow motion stretches it with the rest of the phase.)
-    pub fn straggle(&self, worker: usize, compute_ns: u64) {
+    /// Sleeps as long as worker `worker`'s straggler factor says, given its compute in
+    /// this step (its forward phase as reported, and the real time of the backward pass
+    /// so far): a factor F makes its compute F times as long. It runs inside the backward
+    /// phase, which slow motion then stretches whole, so the forward phase counts at its
+    /// real length here (the report's is dilated).
+    pub fn straggle(&self, worker: usize, forward_ns: u64, backward: std::time::Duration) {
         let factor = self.live.straggler(worker);
         if factor > 1.0 {
-            let extra = (f64::from(factor) - 1.0) * compute_ns as f64;
-            self.gate
-                .pace()
-                .sleep_real(std::time::Duration::from_nanos(extra as u64));
+            let pace = self.gate.pace();
+            let compute_ns = forward_ns as f64 / pace.factor() + backward.as_nanos() as f64;
+            let extra = (f64::from(factor) - 1.0) * compute_ns;
+            pace.sleep_real(std::time::Duration::from_nanos(extra as u64));
         }
     }
 }

@@ -307,7 +307,7 @@ impl<'a> Worker<'a> {
                         mlp.backward_with(params, &xv, ws, &mut grads[..p], |l, g| {
                             overlap.layer_done(l, g, layers[l].offset, &flags, step)
                         });
-                        ctx.straggle(rank, forward_ns + t0.elapsed().as_nanos() as u64);
+                        ctx.straggle(rank, forward_ns, t0.elapsed());
                     })?;
                 }
                 _ => compute.backward(ctx, (rank, step), &mut phase_ns, params, &xv, &mut grads[..p])?,

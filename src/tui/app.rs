@@ -88,7 +88,13 @@ impl LabView {
                 }
                 self.now_ns = self.now_ns.max(*end_ns);
             }
-            Event::Transfer { step, transfer, .. } => {
+            // (the broadcast of the parameters at a segment's start is not a step's
+            // all-reduce: the collective view shows all-reduces)
+            Event::Transfer {
+                step,
+                transfer,
+                collective: crate::train::CollectiveKind::AllReduce,
+            } => {
                 self.transfers.push_back((*step, *transfer));
                 if self.transfers.len() > TRANSFERS_KEPT {
                     self.transfers.pop_front();
@@ -342,7 +348,7 @@ impl Lab {
     pub fn ended(&self) -> Option<String> {
         match self.state().outcome.as_ref()? {
             Outcome::Diverged { step, worker } => Some(format!(
-                "the run DIVERGED at step {step} (worker {worker}'s loss blew up): R restarts it from fresh parameters with the current settings; a lower LR helps"
+                "DIVERGED at step {step} (worker {worker}'s loss blew up): R restarts with the current settings; a lower LR helps"
             )),
             Outcome::Failed { message } => Some(format!("the run FAILED: {message} — R restarts it")),
             Outcome::Stopped => Some("the run was stopped: R restarts it".into()),

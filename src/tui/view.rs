@@ -289,11 +289,15 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             short: "ddlab".into(),
             style: theme.title(),
         },
-        part(
-            3,
-            format!("{backend}{}", devices_text(&st.devices, n)),
-            backend.to_string(),
-        ),
+        {
+            // (on GPUs, which ones matter more than most of the line)
+            let devices = devices_text(&st.devices, n);
+            part(
+                if devices.is_empty() { 3 } else { 7 },
+                format!("{backend}{devices}"),
+                backend.to_string(),
+            )
+        },
         part(8, format!("{n} workers"), format!("{n}w")),
         part(8, mode.to_string(), mode.to_string()),
         part(
@@ -418,11 +422,19 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
         .image
         .map_or(1, |(_, h)| (if h > 16 { h / 2 } else { h } as u16).div_ceil(2) + 1);
     let explain_h = if area.height >= 28 { (digit_rows + 2).max(6) } else { 5 };
+    // The status line: what was just said, or what the state allows (two rows when it
+    // needs them, so that no refusal is ever cut).
+    let (said, bad) = lab.status();
+    let status_h = if said.chars().count() > area.width as usize {
+        2
+    } else {
+        1
+    };
     let [head, body, bottom, status, foot] = Layout::vertical([
         Constraint::Length(header_h),
         Constraint::Min(8),
         Constraint::Length(explain_h),
-        Constraint::Length(1),
+        Constraint::Length(status_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -447,8 +459,9 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
     let [explain, digits] = Layout::horizontal([Constraint::Min(20), Constraint::Length(digits_w)]).areas(bottom);
     super::explain::render(lab, theme, explain, buf);
     super::digits::render(lab, theme, digits, buf);
-    let (said, bad) = lab.status();
-    Paragraph::new(Line::styled(said, if bad { theme.bad() } else { theme.warn() })).render(status, buf);
+    Paragraph::new(Line::styled(said, if bad { theme.bad() } else { theme.warn() }))
+        .wrap(Wrap { trim: true })
+        .render(status, buf);
     Paragraph::new(footer(LAB_KEYS, theme, foot.width)).render(foot, buf);
     vec![
         (Panel::Header, head),
