@@ -29,20 +29,24 @@ fn ddlab() -> Command {
 
 /// Bad input: exit code 2 and exactly one line on stderr that names the flag.
 fn refuses(args: &[&str], flag: &str, allowed: &str) {
-    let out = ddlab().arg("run").args(args).output().unwrap();
+    one_sentence(ddlab().arg("run").args(args), &[flag, allowed]);
+}
+
+/// `cmd` is refused as bad input: exit code 2, one line on stderr, no panic, and each
+/// of `want` in that line (the thing at fault, what is allowed).
+fn one_sentence(cmd: &mut Command, want: &[&str]) {
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
     assert_eq!(
         stderr.trim_end().lines().count(),
         1,
-        "{args:?}: one line, got {stderr:?}"
-    );
-    assert!(stderr.contains(flag), "{args:?}: should name {flag}: {stderr}");
-    assert!(
-        stderr.contains(allowed),
-        "{args:?}: should say what is allowed ({allowed}): {stderr}"
+        "{cmd:?}: one line, got {stderr:?}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    for w in want {
+        assert!(stderr.contains(w), "{cmd:?}: should say {w:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -350,18 +354,14 @@ fn an_experiment_larger_than_the_machine_is_refused_before_it_allocates() {
                 continue;
             }
         }
-        let out = ddlab().arg("run").args(args).args(["--steps", "1"]).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        for want in [
-            "--hidden: this run (",
-            "of memory; this machine has",
-            "available: use fewer",
-        ] {
-            assert!(stderr.contains(want), "{want:?} in {stderr}");
-        }
+        one_sentence(
+            ddlab().arg("run").args(args).args(["--steps", "1"]),
+            &[
+                "--hidden: this run (",
+                "of memory; this machine has",
+                "available: use fewer",
+            ],
+        );
     }
     // and an ordinary run is not refused
     ddlab().args(["run", "--steps", "2", "-q"]).assert().success();
@@ -383,22 +383,17 @@ fn two_exports_to_one_file_are_refused_under_any_name() {
         ),
         (["--csv", &p("kept"), "--trace", &p("hard")], "--trace: "),
     ];
+    let refused = |args: &[&str], flag: &str| {
+        one_sentence(
+            ddlab().args(["run", "--steps", "2", "-q"]).args(args),
+            &[flag, "is also the file of --", "give each export a file of its own"],
+        )
+    };
     for (args, flag) in cases {
-        let out = ddlab().args(["run", "--steps", "2", "-q"]).args(args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains(flag) && stderr.contains("is also the file of --") && stderr.contains("a file of its own"),
-            "{stderr}"
-        );
+        refused(&args, flag);
     }
     #[cfg(unix)]
-    ddlab()
-        .args(["run", "--steps", "2", "-q", "--json", &p("n"), "--csv", &p("link/n")])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("is also the file of --json"));
+    refused(&["--json", &p("n"), "--csv", &p("link/n")], "--csv: ");
     // refused before anything was written over
     assert_eq!(std::fs::read_to_string(p("kept")).unwrap(), "before");
     // files of their own, and devices, are fine
@@ -437,16 +432,6 @@ fn lessons_with_pages(pages: &[u8]) -> tempfile::TempDir {
     dir
 }
 
-fn lessons_refused(dir: &std::path::Path, want: &[&str]) {
-    let out = ddlab().args(["lessons", "--lessons"]).arg(dir).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    for w in want {
-        assert!(stderr.contains(w), "{w:?} in {stderr}");
-    }
-}
-
 #[test]
 fn lesson_pages_that_are_not_utf8_or_too_large_are_named_not_called_missing() {
     let fine = lessons_with_pages(b"# p\n\nhello\n");
@@ -456,8 +441,8 @@ fn lesson_pages_that_are_not_utf8_or_too_large_are_named_not_called_missing() {
         .assert()
         .success();
     let latin1 = lessons_with_pages(b"# p\n\ncaf\xe9\n");
-    lessons_refused(
-        latin1.path(),
+    one_sentence(
+        ddlab().args(["lessons", "--lessons"]).arg(latin1.path()),
         &["one/pages.md:3: byte 9 is not UTF-8 text: save the file as UTF-8"],
     );
     // 1 GB, sparse: refused from its length, not read
@@ -468,8 +453,8 @@ fn lesson_pages_that_are_not_utf8_or_too_large_are_named_not_called_missing() {
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
-    lessons_refused(
-        huge.path(),
+    one_sentence(
+        ddlab().args(["lessons", "--lessons"]).arg(huge.path()),
         &["one/pages.md:1: it is 1073741824 bytes, more than the 1 MiB a lesson file may hold"],
     );
 }

@@ -97,46 +97,23 @@ fn a_tiny_valid_set_trains_so_each_refusal_below_is_its_faults() {
     let dir = assets();
     let out = run_mnist(dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // and the same files uncompressed read the same
-    for name in ["train-images.idx3-ubyte", "t10k-labels.idx1-ubyte"] {
-        let gz = dir.path().join("mnist").join(format!("{name}.gz"));
-        let mut plain = Vec::new();
-        std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap()),
-            &mut plain,
-        )
-        .unwrap();
-        std::fs::remove_file(&gz).unwrap();
-        put(dir.path(), name, &plain);
+}
+
+#[test]
+fn a_label_beyond_the_classes_is_refused_not_left_to_the_loss_or_the_evaluator() {
+    // (file, labels in it, the one made bad, its value)
+    let cases = [
+        ("train-labels.idx1-ubyte.gz", 40, 39, 10),
+        ("t10k-labels.idx1-ubyte.gz", 10, 7, 200),
+    ];
+    for (file, n, bad, value) in cases {
+        let dir = assets();
+        let mut values: Vec<u8> = (0..n).map(|i| i % 10).collect();
+        values[bad as usize] = value;
+        put(dir.path(), file, &labels(&values));
+        let want = format!("item {bad}: label {value} is not a class 0 to 9");
+        refused(dir.path(), file, &[&want, FIX]);
     }
-    let out = run_mnist(dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-#[test]
-fn a_test_label_beyond_the_classes_is_refused_not_left_to_the_evaluator() {
-    let dir = assets();
-    let mut test = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
-    test[7] = 200;
-    put(dir.path(), "t10k-labels.idx1-ubyte.gz", &labels(&test));
-    refused(
-        dir.path(),
-        "t10k-labels.idx1-ubyte.gz",
-        &["item 7: label 200 is not a class 0 to 9", FIX],
-    );
-}
-
-#[test]
-fn a_training_label_beyond_the_classes_is_refused() {
-    let dir = assets();
-    let mut train: Vec<u8> = (0..40).map(|i| i % 10).collect();
-    train[39] = 10;
-    put(dir.path(), "train-labels.idx1-ubyte.gz", &labels(&train));
-    refused(
-        dir.path(),
-        "train-labels.idx1-ubyte.gz",
-        &["item 39: label 10 is not a class 0 to 9", FIX],
-    );
 }
 
 #[test]
@@ -178,18 +155,24 @@ fn a_header_promising_more_than_its_file_holds_is_refused_before_allocating() {
     );
 }
 
+/// A gzip stream of `head` followed by `mib` MiB of zeros (a few KB compressed per MiB).
+fn then_zeros(head: &[u8], mib: usize) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(head).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap()
+}
+
 #[test]
 fn decompression_stops_at_the_cap_and_at_what_the_header_promises() {
-    // The gzip bomb: a small file whose header announces 6.3 GB, and which does
-    // expand that far. Refused from the header, before any of it is decompressed.
+    // The gzip bomb: a small file whose header announces 6.3 GB. Refused from
+    // the header, before any of its data is decompressed.
     let dir = assets();
-    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    bomb.write_all(&idx(IMAGES, &[8_000_000, 28, 28], &[])).unwrap();
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..64 {
-        bomb.write_all(&zeros).unwrap();
-    }
-    put(dir.path(), "train-images.idx3-ubyte.gz", &bomb.finish().unwrap());
+    let bomb = then_zeros(&idx(IMAGES, &[8_000_000, 28, 28], &[]), 64);
+    put(dir.path(), "train-images.idx3-ubyte.gz", &bomb);
     refused(
         dir.path(),
         "train-images.idx3-ubyte.gz",
@@ -197,16 +180,80 @@ fn decompression_stops_at_the_cap_and_at_what_the_header_promises() {
     );
     // A modest header over a stream that goes on: read no further than the header says.
     let dir = assets();
-    let mut long = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    long.write_all(&idx(IMAGES, &[10, 28, 28], &[])).unwrap();
-    for _ in 0..64 {
-        long.write_all(&zeros).unwrap();
-    }
-    put(dir.path(), "t10k-images.idx3-ubyte.gz", &long.finish().unwrap());
+    put(
+        dir.path(),
+        "t10k-images.idx3-ubyte.gz",
+        &then_zeros(&idx(IMAGES, &[10, 28, 28], &[]), 64),
+    );
     refused(
         dir.path(),
         "t10k-images.idx3-ubyte.gz",
         &["it holds more data than the 7840 bytes its header promises", FIX],
+    );
+}
+
+/// What `ddlab::data::mnist` says of the assets folder.
+fn load_error(assets: &Path) -> String {
+    ddlab::data::mnist(&assets.join("mnist")).unwrap_err().to_string()
+}
+
+#[test]
+fn the_same_files_uncompressed_load_the_same() {
+    let dir = assets();
+    let gz = ddlab::data::mnist(&dir.path().join("mnist")).unwrap();
+    for name in [
+        "train-images.idx3-ubyte",
+        "train-labels.idx1-ubyte",
+        "t10k-images.idx3-ubyte",
+    ] {
+        let path = dir.path().join("mnist").join(format!("{name}.gz"));
+        let mut plain = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap());
+        std::io::Read::read_to_end(&mut decoder, &mut plain).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        put(dir.path(), name, &plain);
+    }
+    let plain = ddlab::data::mnist(&dir.path().join("mnist")).unwrap();
+    assert_eq!((plain.train_x, plain.train_y), (gz.train_x, gz.train_y));
+    assert_eq!((plain.test_x, plain.image), (gz.test_x, Some((28, 28))));
+}
+
+#[test]
+fn a_wrong_magic_a_short_header_a_short_stream_and_empty_images_are_named() {
+    let dir = assets();
+    put(
+        dir.path(),
+        "train-images.idx3-ubyte.gz",
+        &labels(&[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    );
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("its magic number is 0x00000801, expected 0x00000803"),
+        "{err}"
+    );
+    put(dir.path(), "train-images.idx3-ubyte.gz", &gzip(&[0, 0, 8, 3, 0, 0]));
+    let err = load_error(dir.path());
+    assert!(err.contains("it is shorter than its 16-byte header"), "{err}");
+    put(
+        dir.path(),
+        "train-images.idx3-ubyte.gz",
+        &gzip(&idx(IMAGES, &[40, 28, 28], &[7; 1000])),
+    );
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("it holds 1000 bytes of data but its header promises 31360"),
+        "{err}"
+    );
+    put(
+        dir.path(),
+        "train-images.idx3-ubyte.gz",
+        &gzip(&idx(IMAGES, &[40, 0, 28], &[])),
+    );
+    let err = load_error(dir.path());
+    assert!(err.contains("it holds 40 images of 0×28 pixels"), "{err}");
+    assert!(
+        err.contains("train-images.idx3-ubyte.gz is not a valid IDX file") && err.contains(FIX),
+        "{err}"
     );
 }
 
