@@ -74,7 +74,7 @@ impl Source for Dir {
             line,
             message,
         };
-        let unreadable = |e: std::io::Error| error(1, format!("cannot be read: {e}"));
+        let unreadable = |e: std::io::Error| error(1, format!("cannot be read ({e}): make it a file you can read"));
         let file = match std::fs::File::open(self.0.join(path)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             file => file.map_err(unreadable)?,
