@@ -382,7 +382,8 @@ impl Experiment {
         Ok(())
     }
 
-    /// Checks that the global batch fits in one epoch of `train_len` samples.
+    /// Checks that the global batch fits in one epoch of `train_len` samples, and that
+    /// the run fits in this machine's memory.
     pub fn check_against(&self, train_len: usize) -> Result<(), ConfigError> {
         let global = self.workers * self.batch;
         if global > train_len {
@@ -394,7 +395,38 @@ impl Experiment {
                 ),
             ));
         }
-        Ok(())
+        self.check_memory()
+    }
+
+    /// Refuses a run larger than the memory this machine has left. The data set is
+    /// loaded by now, so what is left already excludes it. Over MPI each rank checks its
+    /// own worker (ranks may be on other hosts).
+    fn check_memory(&self) -> Result<(), ConfigError> {
+        let (inputs, classes) = self.dataset.shape();
+        let sizes = [&[inputs][..], &self.hidden, &[classes]].concat();
+        let here = match self.backend {
+            Backend::Threads => self.workers,
+            Backend::Mpi => 1,
+        };
+        let need = crate::memory::training_bytes(&crate::memory::Training {
+            sizes: &sizes,
+            workers: here,
+            batch: self.batch,
+            server: self.mode.uses_server(),
+        });
+        let hidden: Vec<String> = self.hidden.iter().map(usize::to_string).collect();
+        let what = format!(
+            "this run ({here} worker{}, hidden layers [{}], {})",
+            if here == 1 { "" } else { "s" },
+            hidden.join(","),
+            self.dataset
+        );
+        crate::memory::check_fits(need, &what).map_err(|e| {
+            bad(
+                "hidden",
+                format!("{e}: use fewer or narrower hidden layers, fewer workers or a smaller batch"),
+            )
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod gpu;
 pub mod lesson;
+pub mod memory;
 pub mod nn;
 pub mod session;
 pub mod train;

@@ -29,20 +29,24 @@ fn ddlab() -> Command {
 
 /// Bad input: exit code 2 and exactly one line on stderr that names the flag.
 fn refuses(args: &[&str], flag: &str, allowed: &str) {
-    let out = ddlab().arg("run").args(args).output().unwrap();
+    one_sentence(ddlab().arg("run").args(args), &[flag, allowed]);
+}
+
+/// `cmd` is refused as bad input: exit code 2, one line on stderr, no panic, and each
+/// of `want` in that line (the thing at fault, what is allowed).
+fn one_sentence(cmd: &mut Command, want: &[&str]) {
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{cmd:?}: {stderr}");
     assert_eq!(
         stderr.trim_end().lines().count(),
         1,
-        "{args:?}: one line, got {stderr:?}"
-    );
-    assert!(stderr.contains(flag), "{args:?}: should name {flag}: {stderr}");
-    assert!(
-        stderr.contains(allowed),
-        "{args:?}: should say what is allowed ({allowed}): {stderr}"
+        "{cmd:?}: one line, got {stderr:?}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    for w in want {
+        assert!(stderr.contains(w), "{cmd:?}: should say {w:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -322,4 +326,135 @@ fn ctrl_c_stops_the_run_and_keeps_the_exports_with_a_summary() {
     assert_eq!(summary["kind"], "summary");
     assert_eq!(summary["outcome"], "stopped");
     assert!(summary["steps"].as_u64().unwrap() >= 5);
+}
+
+/// MemAvailable, where the OS says (the memory check passes elsewhere).
+fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+}
+
+#[test]
+fn an_experiment_larger_than_the_machine_is_refused_before_it_allocates() {
+    let sixteen = vec!["16384"; 16].join(",");
+    // (what each needs, as the estimate counts it: far beyond any machine that runs tests)
+    let cases: [(&[&str], u64); 2] = [
+        (&["--hidden", &sixteen], 300_000_000_000),
+        (
+            &["--workers", "256", "--dataset", "mnist", "--hidden", "16384,16384"],
+            1_000_000_000_000,
+        ),
+    ];
+    for (args, needs) in cases {
+        match memory_available() {
+            Some(have) if have < needs => {}
+            other => {
+                eprintln!("skipped {args:?}: this machine has {other:?} bytes available");
+                continue;
+            }
+        }
+        one_sentence(
+            ddlab().arg("run").args(args).args(["--steps", "1"]),
+            &[
+                "--hidden: this run (",
+                "of memory; this machine has",
+                "available: use fewer",
+            ],
+        );
+    }
+    // and an ordinary run is not refused
+    ddlab().args(["run", "--steps", "2", "-q"]).assert().success();
+}
+
+#[test]
+fn two_exports_to_one_file_are_refused_under_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("kept"), "before").unwrap();
+    std::fs::hard_link(p("kept"), p("hard")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(dir.path(), p("link")).unwrap();
+    let cases = [
+        (["--json", &p("m"), "--csv", &p("m")], "--csv: "),
+        (
+            ["--json", &p("m"), "--trace", &format!("{}/./m", dir.path().display())],
+            "--trace: ",
+        ),
+        (["--csv", &p("kept"), "--trace", &p("hard")], "--trace: "),
+    ];
+    let refused = |args: &[&str], flag: &str| {
+        one_sentence(
+            ddlab().args(["run", "--steps", "2", "-q"]).args(args),
+            &[flag, "is also the file of --", "give each export a file of its own"],
+        )
+    };
+    for (args, flag) in cases {
+        refused(&args, flag);
+    }
+    #[cfg(unix)]
+    refused(&["--json", &p("n"), "--csv", &p("link/n")], "--csv: ");
+    // refused before anything was written over
+    assert_eq!(std::fs::read_to_string(p("kept")).unwrap(), "before");
+    // files of their own, and devices, are fine
+    ddlab()
+        .args(["run", "--steps", "2", "-q", "--json", &p("a"), "--csv", &p("b")])
+        .assert()
+        .success();
+    #[cfg(unix)]
+    ddlab()
+        .args(["run", "--steps", "2", "-q", "--json", "/dev/null", "--csv", "/dev/null"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn an_empty_hidden_value_is_refused_and_none_means_linear() {
+    refuses(&["--hidden", ""], "--hidden", "write none for a linear model");
+    refuses(&["--hidden", " "], "--hidden", "write none for a linear model");
+    let summary = run_summary(&["--hidden", "none", "--steps", "5"]);
+    assert_eq!(summary["hidden"], serde_json::json!([]));
+}
+
+/// A lessons folder of one lesson whose pages.md holds `pages`.
+fn lessons_with_pages(pages: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("info.toml"),
+        "format_version = 1\n\n[[lesson]]\nid = \"one\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("one")).unwrap();
+    let lesson =
+        "title = \"t\"\nsummary = \"s\"\nsources = []\n\n[[page]]\ntitle = \"p\"\nexperiment = { steps = 5 }\n";
+    std::fs::write(dir.path().join("one/lesson.toml"), lesson).unwrap();
+    std::fs::write(dir.path().join("one/pages.md"), pages).unwrap();
+    dir
+}
+
+#[test]
+fn lesson_pages_that_are_not_utf8_or_too_large_are_named_not_called_missing() {
+    let fine = lessons_with_pages(b"# p\n\nhello\n");
+    ddlab()
+        .args(["lessons", "--lessons"])
+        .arg(fine.path())
+        .assert()
+        .success();
+    let latin1 = lessons_with_pages(b"# p\n\ncaf\xe9\n");
+    one_sentence(
+        ddlab().args(["lessons", "--lessons"]).arg(latin1.path()),
+        &["one/pages.md:3: byte 9 is not UTF-8 text: save the file as UTF-8"],
+    );
+    // 1 GB, sparse: refused from its length, not read
+    let huge = lessons_with_pages(b"");
+    std::fs::File::options()
+        .write(true)
+        .open(huge.path().join("one/pages.md"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    one_sentence(
+        ddlab().args(["lessons", "--lessons"]).arg(huge.path()),
+        &["one/pages.md:1: it is 1073741824 bytes, more than the 1 MiB a lesson file may hold"],
+    );
 }

@@ -36,6 +36,49 @@ impl Out {
     }
 }
 
+/// Refuses two exports to one file, under one name or two (`./m`, a link, a hard link):
+/// their lines would interleave into a file that no reader of either format can read.
+/// Devices (`/dev/null`, a terminal) may take several.
+fn distinct(files: &[(&'static str, Option<&Path>)]) -> Result<(), CliError> {
+    let given: Vec<(&str, &Path)> = files.iter().filter_map(|&(flag, path)| Some((flag, path?))).collect();
+    for (i, &(flag, path)) in given.iter().enumerate() {
+        if let Some((other, _)) = given[..i].iter().find(|(_, p)| same_file(p, path)) {
+            return Err(CliError::usage(format!(
+                "--{flag}: {} is also the file of --{other}: give each export a file of its own",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` are one regular file, or will be once created.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        if !(x.is_file() && y.is_file()) {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            return (x.dev(), x.ino()) == (y.dev(), y.ino());
+        }
+    }
+    a == b || matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `path` with its folder resolved (links, `.` and `..`), for a file not created yet.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+}
+
 /// The exports one `ddlab run` asked for.
 pub struct Exports {
     json: Option<Out>,
@@ -50,6 +93,7 @@ pub struct Exports {
 impl Exports {
     /// Opens every file up front, so that a bad path fails before training starts.
     pub fn open(json: Option<&Path>, csv: Option<&Path>, trace: Option<&Path>) -> Result<Exports, CliError> {
+        distinct(&[("json", json), ("csv", csv), ("trace", trace)])?;
         let mut exports = Exports {
             json: json.map(|p| Out::create("json", p)).transpose()?,
             csv: csv.map(|p| Out::create("csv", p)).transpose()?,

@@ -260,7 +260,15 @@ pub struct ExperimentArgs {
 pub struct Hidden(pub Vec<usize>);
 
 fn parse_hidden(s: &str) -> Result<Hidden, String> {
-    if s == "none" || s.is_empty() {
+    // An empty value is more likely a variable that was not set than a wish for a
+    // linear model: that is spelt out.
+    if s.trim().is_empty() {
+        return Err(
+            "an empty value is not a network: give layer widths such as 128 or 64,32, or write none for a linear model"
+                .into(),
+        );
+    }
+    if s == "none" {
         return Ok(Hidden(Vec::new()));
     }
     s.split(',')

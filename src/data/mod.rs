@@ -23,12 +23,24 @@ pub enum DataError {
     Missing { path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid {what} file: {why}")]
+    #[error("{path} is not a valid {what} file: {why}; replace it with the original from the ddlab repository's assets/ folder, or set DDLAB_ASSETS to a folder with good copies")]
     Format {
         path: PathBuf,
         what: &'static str,
         why: String,
     },
+    /// A file that is valid but too large for this machine's memory now.
+    #[error("{0}: free some memory, or use smaller data files")]
+    Memory(String),
+}
+
+/// The most a data file may hold once decompressed: 20 times MNIST's training images
+/// (47 MB), and a bound on what a corrupt header or a gzip bomb can make ddlab allocate.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// `MAX_FILE_BYTES` as a person reads it.
+fn cap() -> String {
+    format!("{} GiB", MAX_FILE_BYTES >> 30)
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;
@@ -53,6 +65,16 @@ impl DatasetKind {
             DatasetKind::Digits => "digits",
             DatasetKind::Mnist => "mnist",
             DatasetKind::Spirals => "spirals",
+        }
+    }
+
+    /// (inputs, classes) of the data set as shipped, known without loading it (for the
+    /// memory estimate of an experiment; a test holds it to the loaded data).
+    pub fn shape(self) -> (usize, usize) {
+        match self {
+            DatasetKind::Digits => (64, 10),
+            DatasetKind::Mnist => (28 * 28, 10),
+            DatasetKind::Spirals => (2, 3),
         }
     }
 }
@@ -101,7 +123,7 @@ impl Dataset {
     /// Loads `kind`; MNIST is read from `assets_dir()/mnist`.
     pub fn load(kind: DatasetKind) -> Result<Dataset> {
         match kind {
-            DatasetKind::Digits => Ok(digits()),
+            DatasetKind::Digits => digits_csv(DIGITS_CSV_GZ, Path::new(DIGITS_NAME)),
             DatasetKind::Mnist => mnist(&assets_dir().join("mnist")),
             DatasetKind::Spirals => Ok(spirals::spirals(3, 600)),
         }
@@ -117,16 +139,35 @@ pub fn assets_dir() -> PathBuf {
 }
 
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../assets/digits/digits.csv.gz");
+/// How errors name the embedded file.
+const DIGITS_NAME: &str = "assets/digits/digits.csv.gz (embedded)";
 
 /// UCI digits: 1797 rows of 64 pixels (0..16) and a label. The split is fixed: a
 /// permutation from a constant seed picks 359 test samples (a fifth), the other 1438
 /// train. (The file cycles through the classes 0..9, so a split by index would not do.)
 pub fn digits() -> Dataset {
+    digits_csv(DIGITS_CSV_GZ, Path::new(DIGITS_NAME)).expect("the embedded digits are valid (a test loads them)")
+}
+
+/// UCI digits from gzip-compressed CSV, every row checked: 64 pixels 0..=16, a label 0..=9.
+fn digits_csv(gz: &[u8], name: &Path) -> Result<Dataset> {
+    let bad = |why: String| DataError::Format {
+        path: name.to_owned(),
+        what: "digits CSV",
+        why,
+    };
     let mut text = String::new();
-    flate2::read::GzDecoder::new(DIGITS_CSV_GZ)
+    flate2::read::GzDecoder::new(gz)
+        .take(MAX_FILE_BYTES + 1)
         .read_to_string(&mut text)
-        .expect("the embedded digits data decompresses");
-    let rows: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        .map_err(|e| bad(format!("it is not gzip-compressed text ({e})")))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(bad(format!(
+            "it expands to more than the {} ddlab reads from one data file",
+            cap()
+        )));
+    }
+    let rows: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.is_empty()).collect();
     let mut is_test = vec![false; rows.len()];
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(0xd1_6175));
@@ -134,21 +175,37 @@ pub fn digits() -> Dataset {
         is_test[i] = true;
     }
     let (mut train, mut test) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-    for (i, line) in rows.iter().enumerate() {
+    for (i, &(line_index, line)) in rows.iter().enumerate() {
+        let line_no = line_index + 1;
         let values: Vec<u8> = line
             .split(',')
-            .map(|v| v.trim().parse().expect("embedded digits are integers"))
-            .collect();
-        assert_eq!(values.len(), 65, "embedded digits row {i} has 64 pixels and a label");
+            .map(|v| v.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                bad(format!(
+                    "line {line_no} holds a value that is not a whole number 0 to 16"
+                ))
+            })?;
+        let (label, pixels) = values.split_last().unwrap_or((&0, &[]));
+        if pixels.len() != 64 {
+            return Err(bad(format!(
+                "line {line_no} has {} pixels, expected 64 and a label",
+                pixels.len()
+            )));
+        }
+        if let Some(p) = pixels.iter().find(|&&p| p > 16) {
+            return Err(bad(format!("line {line_no} has a pixel of {p}, over 16")));
+        }
+        check_label(*label, 10).map_err(|why| bad(format!("line {line_no}: {why}")))?;
         let half = if is_test[i] { &mut test } else { &mut train };
-        half.0.extend(values[..64].iter().map(|&p| f32::from(p) / 16.0));
-        half.1.push(values[64]);
+        half.0.extend(pixels.iter().map(|&p| f32::from(p) / 16.0));
+        half.1.push(*label);
     }
     let to_array = |v: Vec<f32>| {
         let rows = v.len() / 64;
         Array2::from_shape_vec((rows, 64), v).expect("64 pixels per row")
     };
-    Dataset {
+    Ok(Dataset {
         kind: DatasetKind::Digits,
         classes: 10,
         image: Some((8, 8)),
@@ -156,31 +213,60 @@ pub fn digits() -> Dataset {
         train_y: train.1,
         test_x: to_array(test.0),
         test_y: test.1,
+    })
+}
+
+/// A label the loss can index: below `classes`.
+fn check_label(label: u8, classes: usize) -> std::result::Result<(), String> {
+    match usize::from(label) < classes {
+        true => Ok(()),
+        false => Err(format!("label {label} is not a class 0 to {}", classes - 1)),
     }
 }
 
-/// MNIST from the four original IDX files (gzip-compressed) in `dir`; the official
-/// 60000/10000 split.
+/// MNIST from the four original IDX files in `dir` (gzip-compressed, or not); the
+/// official 60000/10000 split. Every file is checked against the others: as many labels
+/// as images, test images the size of the training images, labels 0..9.
 pub fn mnist(dir: &Path) -> Result<Dataset> {
-    let (train_x, (rows, cols)) = idx::images(&dir.join("train-images.idx3-ubyte.gz"))?;
-    let train_y = idx::labels(&dir.join("train-labels.idx1-ubyte.gz"))?;
-    let (test_x, _) = idx::images(&dir.join("t10k-images.idx3-ubyte.gz"))?;
-    let test_y = idx::labels(&dir.join("t10k-labels.idx1-ubyte.gz"))?;
-    let check = |x: &Array2<f32>, y: &[u8], name: &str| {
-        if x.nrows() != y.len() {
-            return Err(DataError::Format {
-                path: dir.join(name),
-                what: "MNIST",
-                why: format!("{} images but {} labels", x.nrows(), y.len()),
-            });
-        }
-        Ok(())
+    const CLASSES: usize = 10;
+    let [train_images, train_labels, test_images, test_labels] = [
+        "train-images.idx3-ubyte",
+        "train-labels.idx1-ubyte",
+        "t10k-images.idx3-ubyte",
+        "t10k-labels.idx1-ubyte",
+    ]
+    .map(|name| idx::locate(dir, name));
+    let bad = |path: &Path, why: String| DataError::Format {
+        path: path.to_owned(),
+        what: "MNIST",
+        why,
     };
-    check(&train_x, &train_y, "train-labels.idx1-ubyte.gz")?;
-    check(&test_x, &test_y, "t10k-labels.idx1-ubyte.gz")?;
+    let (train_x, (rows, cols)) = idx::images(&train_images)?;
+    let train_y = idx::labels(&train_labels)?;
+    let (test_x, test_shape) = idx::images(&test_images)?;
+    if test_shape != (rows, cols) {
+        return Err(bad(
+            &test_images,
+            format!(
+                "its images are {}×{} pixels but the training images ({}) are {rows}×{cols}",
+                test_shape.0,
+                test_shape.1,
+                train_images.display()
+            ),
+        ));
+    }
+    let test_y = idx::labels(&test_labels)?;
+    for (x, y, path) in [(&train_x, &train_y, &train_labels), (&test_x, &test_y, &test_labels)] {
+        if x.nrows() != y.len() {
+            return Err(bad(path, format!("{} labels for {} images", y.len(), x.nrows())));
+        }
+        for (i, &label) in y.iter().enumerate() {
+            check_label(label, CLASSES).map_err(|why| bad(path, format!("item {i}: {why}")))?;
+        }
+    }
     Ok(Dataset {
         kind: DatasetKind::Mnist,
-        classes: 10,
+        classes: CLASSES,
         image: Some((cols, rows)),
         train_x,
         train_y,
@@ -202,6 +288,53 @@ mod tests {
             assert!(d.test_y.iter().filter(|&&y| y == class).count() >= 20);
         }
         assert!(d.train_x.iter().all(|&v| (0.0..=1.0).contains(&v)));
+    }
+
+    fn gzip(text: &str) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn every_digits_row_is_checked_and_named_by_its_line() {
+        let row = |label: u8| format!("{}{label}\n", "0,".repeat(64));
+        let good = (0..10).map(row).collect::<String>();
+        assert_eq!(digits_csv(&gzip(&good), Path::new("d.csv.gz")).unwrap().train_len(), 8);
+        let cases = [
+            (format!("{good}{}", row(10)), "line 11: label 10 is not a class 0 to 9"),
+            (
+                format!("{good}\n{}", "1,".repeat(63) + "1\n"),
+                "line 12 has 63 pixels, expected 64",
+            ),
+            (
+                format!("{}17,{}", "0,".repeat(63), "3\n"),
+                "line 1 has a pixel of 17, over 16",
+            ),
+            (
+                format!("{good}1,x,3\n"),
+                "line 11 holds a value that is not a whole number",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = digits_csv(&gzip(&text), Path::new("d.csv.gz")).unwrap_err().to_string();
+            assert!(
+                err.starts_with("d.csv.gz is not a valid digits CSV file") && err.contains(want),
+                "{err}"
+            );
+        }
+        let err = digits_csv(b"not gzip", Path::new("d.csv.gz")).unwrap_err().to_string();
+        assert!(err.contains("not gzip-compressed text"), "{err}");
+    }
+
+    #[test]
+    fn the_shapes_known_before_loading_are_those_loaded() {
+        for kind in [DatasetKind::Digits, DatasetKind::Spirals] {
+            let d = Dataset::load(kind).unwrap();
+            assert_eq!(kind.shape(), (d.inputs(), d.classes), "{kind}");
+        }
+        assert_eq!(DatasetKind::Mnist.shape(), (784, 10));
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct LessonError {
 
 /// Where lesson files come from: the binary, or a folder on disk.
 pub trait Source {
-    /// The text of `path` (relative to the lessons folder), or None when missing.
-    fn read(&self, path: &str) -> Option<String>;
+    /// The text of `path` (relative to the lessons folder), None when missing, or why
+    /// it cannot be read.
+    fn read(&self, path: &str) -> Result<Option<String>, LessonError>;
     /// How to name `path` in errors.
     fn name(&self, path: &str) -> String;
 }
@@ -47,23 +48,65 @@ pub trait Source {
 pub struct Embedded;
 
 impl Source for Embedded {
-    fn read(&self, path: &str) -> Option<String> {
-        embedded::FILES
+    fn read(&self, path: &str) -> Result<Option<String>, LessonError> {
+        Ok(embedded::FILES
             .iter()
             .find(|(p, _)| *p == path)
-            .map(|(_, text)| text.to_string())
+            .map(|(_, text)| text.to_string()))
     }
     fn name(&self, path: &str) -> String {
         format!("lessons/{path}")
     }
 }
 
+/// The most one lesson file may hold. The built-in ones are a few KB; a file far larger
+/// is a mistake, which would otherwise cost its size several times over in memory.
+pub const MAX_LESSON_FILE: u64 = 1 << 20;
+
 /// An instructor's folder.
 pub struct Dir(pub PathBuf);
 
 impl Source for Dir {
-    fn read(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(self.0.join(path)).ok()
+    fn read(&self, path: &str) -> Result<Option<String>, LessonError> {
+        use std::io::Read;
+        let error = |line: usize, message: String| LessonError {
+            file: self.name(path),
+            line,
+            message,
+        };
+        let unreadable = |e: std::io::Error| error(1, format!("cannot be read ({e}): make it a file you can read"));
+        let file = match std::fs::File::open(self.0.join(path)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            file => file.map_err(unreadable)?,
+        };
+        let too_large = |bytes: u64| {
+            error(
+                1,
+                format!(
+                    "it is {bytes} bytes, more than the {} MiB a lesson file may hold: split the lesson or shorten its pages",
+                    MAX_LESSON_FILE >> 20
+                ),
+            )
+        };
+        let length = file.metadata().map_err(unreadable)?.len();
+        if length > MAX_LESSON_FILE {
+            return Err(too_large(length));
+        }
+        // (read through a limit too: a file may grow, and a pipe has no length)
+        let mut bytes = Vec::new();
+        file.take(MAX_LESSON_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > MAX_LESSON_FILE {
+            return Err(too_large(bytes.len() as u64));
+        }
+        String::from_utf8(bytes).map(Some).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            error(
+                valid.iter().filter(|&&b| b == b'\n').count() + 1,
+                format!("byte {} is not UTF-8 text: save the file as UTF-8", valid.len() + 1),
+            )
+        })
     }
     fn name(&self, path: &str) -> String {
         self.0.join(path).display().to_string()
@@ -549,7 +592,7 @@ pub fn parse_lesson(
 /// Loads the manifest and every lesson it lists.
 pub fn load(source: &dyn Source) -> Result<Vec<Lesson>, LessonError> {
     let manifest_name = source.name("info.toml");
-    let text = source.read("info.toml").ok_or_else(|| LessonError {
+    let text = source.read("info.toml")?.ok_or_else(|| LessonError {
         file: manifest_name.clone(),
         line: 1,
         message: "the lesson manifest is missing: a lessons folder needs an info.toml".into(),
@@ -588,8 +631,8 @@ pub fn load(source: &dyn Source) -> Result<Vec<Lesson>, LessonError> {
             line,
             message: format!("lesson `{}` lists {} but it is missing", entry.id, source.name(path)),
         };
-        let toml_text = source.read(&toml_path).ok_or_else(|| missing(&toml_path))?;
-        let md_text = source.read(&md_path).ok_or_else(|| missing(&md_path))?;
+        let toml_text = source.read(&toml_path)?.ok_or_else(|| missing(&toml_path))?;
+        let md_text = source.read(&md_path)?.ok_or_else(|| missing(&md_path))?;
         lessons.push(parse_lesson(
             i + 1,
             &entry.id,

@@ -76,14 +76,8 @@ impl ProgressStore {
             Ok(bytes) => match serde_json::from_slice::<Progress>(&bytes) {
                 Ok(p) => store.progress = p,
                 Err(e) => {
-                    let aside = path.with_extension(format!(
-                        "json.corrupt-{}",
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs())
-                    ));
-                    let moved = std::fs::rename(path, &aside).is_ok();
-                    store.warning = Some(if moved {
+                    let aside = set_aside(path);
+                    store.warning = Some(if let Some(aside) = aside {
                         format!(
                             "the progress file {} was unreadable ({e}); it is kept as {} and progress starts afresh",
                             path.display(),
@@ -119,6 +113,32 @@ impl ProgressStore {
         }
         result
     }
+}
+
+/// Moves a corrupt `path` to `<path>.corrupt-<secs>` (then `-2`, `-3`, … when that is
+/// taken: two files can go bad in one second), never over an earlier one; returns where
+/// it went, or None if it could not be moved.
+fn set_aside(path: &Path) -> Option<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path.file_name()?.to_string_lossy();
+    (1..1000)
+        .map(|n| match n {
+            1 => path.with_file_name(format!("{name}.corrupt-{secs}")),
+            n => path.with_file_name(format!("{name}.corrupt-{secs}-{n}")),
+        })
+        // A hard link fails on a name that exists, where a rename would replace it; where
+        // links are not supported, a rename to a name that is free.
+        .find_map(|aside| match std::fs::hard_link(path, &aside) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(path); // (if it stays, the next save replaces it)
+                Some(Some(aside))
+            }
+            Err(_) if aside.exists() => None,
+            Err(_) => Some(std::fs::rename(path, &aside).is_ok().then_some(aside)),
+        })
+        .flatten()
 }
 
 /// Writes `bytes` to `path` so that `path` holds either the old or the new content,
@@ -169,6 +189,31 @@ mod tests {
     }
 
     #[test]
+    fn setting_aside_never_replaces_a_file_set_aside_earlier_in_the_same_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.json");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // earlier ones, for this second and the next (should the clock tick meanwhile)
+        for secs in [now, now + 1] {
+            std::fs::write(dir.path().join(format!("progress.json.corrupt-{secs}")), b"earlier").unwrap();
+        }
+        std::fs::write(&path, b"later").unwrap();
+        let aside = set_aside(&path).expect("moved");
+        assert!(aside.to_string_lossy().ends_with("-2"), "{}", aside.display());
+        assert_eq!(std::fs::read(&aside).unwrap(), b"later");
+        assert!(!path.exists());
+        for secs in [now, now + 1] {
+            assert_eq!(
+                std::fs::read(dir.path().join(format!("progress.json.corrupt-{secs}"))).unwrap(),
+                b"earlier"
+            );
+        }
+    }
+
+    #[test]
     fn a_corrupt_file_is_set_aside_and_reported_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("progress.json");
@@ -187,6 +232,23 @@ mod tests {
             .filter(|n| n.starts_with("progress.json.corrupt-"))
             .collect();
         assert_eq!(kept.len(), 1);
+        // a second corrupt file in the same second is kept beside the first, not over it
+        std::fs::write(&path, b"second").unwrap();
+        let second = ProgressStore::open(&path).warning.expect("a warning");
+        let kept: BTreeSet<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("progress.json.corrupt-"))
+            .collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        let contents: BTreeSet<Vec<u8>> = kept
+            .iter()
+            .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+            .collect();
+        assert!(contents.contains(&b"second"[..]) && contents.len() == 2);
+        // and each warning names the file it kept
+        assert!(kept.iter().any(|n| second.contains(n.as_str())), "{second}");
+        assert!(kept.iter().any(|n| warning.contains(n.as_str())), "{warning}");
         // and saving works again
         store.lesson("02").completed = true;
         store.save().unwrap();
