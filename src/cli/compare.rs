@@ -79,6 +79,21 @@ pub fn lr_words(exp: &Experiment) -> String {
     }
 }
 
+/// A learning rate to suggest, to three significant digits: `0.00625`, `0.0333`, not
+/// `0.033333335`.
+fn suggested(lr: f32) -> String {
+    if !(lr.is_finite() && lr > 0.0) {
+        return lr.to_string(); // (validation keeps the LR > 0; a quotient could underflow)
+    }
+    let decimals = (2 - lr.abs().log10().floor() as i32).max(0) as usize;
+    let text = format!("{lr:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// A run that learned next to nothing: within a quarter of the way from guessing
 /// (1/classes) to perfect.
 fn near_chance(accuracy: f64, classes: usize) -> bool {
@@ -105,7 +120,7 @@ pub fn hint(exp: &Experiment, row: &CompareRow, classes: usize) -> Option<String
         ),
         _ => return None,
     };
-    let lower = |by: f32| exp.lr / by;
+    let lower = |by: f32| suggested(exp.lr / by);
     Some(if mode.uses_server() && gradients_per_step(mode, n) == 1 && n > 1 {
         // Two reasons, both true whatever the scheduling: each update is one worker's
         // small batch at a rate chosen for N of them, and it lands on newer parameters
@@ -384,6 +399,15 @@ mod tests {
         assert!(h.contains("Try --lr 0.012, or a warm-up such as --warmup 30."), "{h}");
         let h = hint(&exp, &row("sync", 0.5, true), 10).expect("a hint");
         assert!(h.starts_with("sync diverged"), "{h}");
+    }
+
+    #[test]
+    fn suggested_rates_have_three_significant_digits() {
+        assert_eq!(suggested(0.05 / 8.0), "0.00625");
+        assert_eq!(suggested(0.1 / 3.0), "0.0333");
+        assert_eq!(suggested(0.12 / 10.0), "0.012");
+        assert_eq!(suggested(5.0 / 4.0), "1.25");
+        assert_eq!(suggested(1000.0 / 10.0), "100");
     }
 
     #[test]
