@@ -242,3 +242,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_check_that_compares_two_runs_names_what_sets_them_apart() {
+    let lesson = r#"title = "Two rates"
+summary = "one page"
+sources = ["nobody, 2026"]
+
+[[page]]
+title = "Compare"
+experiment = { workers = 2, steps = 60 }
+
+[[page.claim]]
+text = "a sensible learning rate learns more than a tiny one"
+metric = "test_accuracy"
+op = ">"
+with = { lr = 0.1 }
+than = { lr = 0.001 }
+"#;
+    let dir = folder(MANIFEST, lesson, "# Compare\n\nTwo rates.\n");
+    let out = ddlab()
+        .args(["lesson", "--check", "1", "--lessons"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("test_accuracy ="))
+        .expect("the figures of the claim");
+    // each side names its own setting, and what both share is said once
+    assert!(line.contains(" with lr 0.1 > "), "{line}");
+    assert!(line.contains(" with lr 0.001 (both: "), "{line}");
+    assert!(line.contains("workers 2") && line.contains("steps 60"), "{line}");
+    assert_eq!(line.matches("workers 2").count(), 1, "{line}");
+}

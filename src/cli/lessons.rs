@@ -1,6 +1,9 @@
 //! `ddlab lessons` and `ddlab lesson N | --check [N|all]`.
 
-use super::{CliError, LessonArgs, LessonsArgs};
+use std::io::IsTerminal;
+
+use super::{flags_of, CliError, FlagValue, LessonArgs, LessonsArgs};
+use crate::config::Experiment;
 use crate::lesson::{self, Lesson, ProgressStore};
 
 fn load(dir: Option<&std::path::Path>) -> Result<Vec<Lesson>, CliError> {
@@ -83,6 +86,9 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
         .validate()
         .map_err(|e| CliError::usage(e.to_string()))?;
     }
+    if !std::io::stdout().is_terminal() {
+        return Err(CliError::usage(no_terminal(&lessons[n - 1], args.lessons.as_deref())));
+    }
     crate::tui::run(crate::tui::Start::Lesson {
         lessons,
         number: n,
@@ -92,4 +98,49 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
             slow: args.slow,
         },
     })
+}
+
+/// What to do when a lesson is opened without a terminal (`ddlab lesson 3 | cat`): a
+/// lesson lives beside the live lab, so point at what works headless — verifying its
+/// claims, and its first page's run.
+fn no_terminal(lesson: &Lesson, dir: Option<&std::path::Path>) -> String {
+    let from = dir.map_or(String::new(), |d| format!(" --lessons {}", d.display()));
+    format!(
+        "lesson {n} runs beside the live lab and needs a terminal, and stdout is not one: `ddlab lesson --check {n}{from}` verifies its claims headless, and `ddlab run{}` runs its first page's experiment",
+        run_flags(&lesson.pages[0].experiment),
+        n = lesson.number,
+    )
+}
+
+/// The flags that set `exp` apart from the default, as ` --flag value` words.
+fn run_flags(exp: &Experiment) -> String {
+    let defaults = flags_of(&Experiment::default());
+    flags_of(exp)
+        .into_iter()
+        .filter(|f| !defaults.contains(f))
+        .map(|(flag, value)| match value {
+            FlagValue::Given(v) => format!(" --{flag} {v}"),
+            FlagValue::On => format!(" --{flag}"),
+            // off where the default is on: no flag says that (none is, today)
+            FlagValue::Unset => String::new(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lesson_without_a_terminal_points_at_its_check_and_its_run() {
+        let lessons = lesson::load_from(None).unwrap();
+        let msg = no_terminal(&lessons[2], None);
+        assert!(msg.contains("needs a terminal"), "{msg}");
+        assert!(msg.contains("`ddlab lesson --check 3`"), "{msg}");
+        assert!(
+            msg.contains("`ddlab run --allreduce naive --hidden 512 --epochs 10 --link 1gbe`"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
 }

@@ -246,7 +246,7 @@ pub struct ExperimentArgs {
     #[arg(long, value_name = "cpu|gpu")]
     pub device: Option<crate::gpu::Device>,
     /// With --device gpu: the GPUs to use, e.g. 0,1 (numbers as `ddlab check` lists
-    /// them), round-robin over the workers. Default: every GPU found.
+    /// them), round-robin over the workers.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
     pub gpus: Option<Vec<usize>>,
     /// Slow motion: every phase, message and delay lasts F times as long, so the run
@@ -334,9 +334,197 @@ impl ExperimentArgs {
     }
 }
 
+/// How one experiment flag is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagValue {
+    /// Given, followed by this value as a user types it.
+    Given(String),
+    /// A switch given (it takes no value).
+    On,
+    /// Not given: off, none, or (for --gpus) every GPU found.
+    Unset,
+}
+
+impl FlagValue {
+    /// The value as a person reads it after the flag's name: `0.1`, `on`, `none`.
+    pub fn words(&self, flag: &str) -> String {
+        match self {
+            FlagValue::Given(v) => v.clone(),
+            FlagValue::On => "on".into(),
+            FlagValue::Unset => match flag {
+                "overlap" => "off".into(),
+                "gpus" => "every GPU found".into(),
+                _ => "none".into(),
+            },
+        }
+    }
+}
+
+/// `exp` as the command line spells it: every experiment flag (its long name, which is
+/// also its key in lesson files) with its value, in the order of `ddlab run --help`;
+/// the length is one flag, `steps` or `epochs`, and `straggler` comes once per straggler.
+/// It is the inverse of [`ExperimentArgs::apply_to`] (a test parses it back), so that
+/// the help's defaults, lesson checks and hints name settings exactly as a user types
+/// them.
+pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
+    // Every field by name, no `..`: a new field does not compile until it is spelled here.
+    let Experiment {
+        backend,
+        workers,
+        mode,
+        allreduce,
+        dataset,
+        hidden,
+        batch,
+        lr,
+        momentum,
+        weight_decay,
+        lr_scaling,
+        warmup,
+        length,
+        link,
+        stragglers,
+        grad_dtype,
+        nodes,
+        intra_link,
+        overlap,
+        bucket_kb,
+        seed,
+        eval_every,
+        device,
+        gpus,
+        slow,
+    } = exp;
+    let given = |v: String| FlagValue::Given(v);
+    let link_text = |l: &Option<Link>| match l {
+        // a preset by its name, as the lab's `l` key and the lessons write it
+        Some(l) => given(Link::PRESETS.iter().find(|(_, p)| p == l).map_or_else(
+            || format!("{},{}", l.latency_us, l.gbit_s),
+            |(name, _)| name.to_string(),
+        )),
+        None => FlagValue::Unset,
+    };
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let mut flags = vec![
+        (
+            "backend",
+            given(match backend {
+                crate::config::Backend::Threads => "threads".into(),
+                crate::config::Backend::Mpi => "mpi".into(),
+            }),
+        ),
+        ("workers", given(workers.to_string())),
+        ("mode", given(mode.to_string())),
+        ("allreduce", given(allreduce.to_string())),
+        ("dataset", given(dataset.to_string())),
+        (
+            "hidden",
+            given(if hidden.is_empty() { "none".into() } else { list(hidden) }),
+        ),
+        ("batch", given(batch.to_string())),
+        ("lr", given(lr.to_string())),
+        ("momentum", given(momentum.to_string())),
+        ("weight-decay", given(weight_decay.to_string())),
+        ("lr-scaling", given(lr_scaling.to_string())),
+        ("warmup", given(warmup.to_string())),
+        match length {
+            Length::Steps(s) => ("steps", given(s.to_string())),
+            Length::Epochs(e) => ("epochs", given(e.to_string())),
+        },
+        ("link", link_text(link)),
+    ];
+    if stragglers.is_empty() {
+        flags.push(("straggler", FlagValue::Unset));
+    }
+    for s in stragglers {
+        flags.push(("straggler", given(format!("{}:{}", s.worker, s.factor))));
+    }
+    flags.extend([
+        ("nodes", given(nodes.to_string())),
+        ("intra-link", link_text(intra_link)),
+        ("overlap", if *overlap { FlagValue::On } else { FlagValue::Unset }),
+        ("bucket-kb", given(bucket_kb.to_string())),
+        ("grad-dtype", given(grad_dtype.to_string())),
+        ("seed", given(seed.to_string())),
+        ("eval-every", given(eval_every.to_string())),
+        ("device", given(device.name().into())),
+        (
+            "gpus",
+            if gpus.is_empty() {
+                FlagValue::Unset
+            } else {
+                given(list(gpus))
+            },
+        ),
+        ("slow", given(slow.to_string())),
+    ]);
+    flags
+}
+
+/// What `--help` shows as each experiment flag's default: `Experiment::default()` read
+/// through [`flags_of`]. The length flag the default does not use names the one it does.
+fn help_defaults() -> Vec<(&'static str, String)> {
+    let flags = flags_of(&Experiment::default());
+    let mut defaults: Vec<(&'static str, String)> =
+        flags.iter().map(|(name, value)| (*name, value.words(name))).collect();
+    for (flag, other) in [("steps", "epochs"), ("epochs", "steps")] {
+        if let (false, Some((_, v))) = (
+            flags.iter().any(|(n, _)| *n == flag),
+            flags.iter().find(|(n, _)| *n == other),
+        ) {
+            defaults.push((flag, format!("none (--{other} {})", v.words(other))));
+        }
+    }
+    defaults
+}
+
+/// The command line, with every experiment flag's help ending in its default.
+///
+/// The defaults are appended to the help text at run time, from `Experiment::default()`,
+/// so that there is one copy of them. (clap's `default_value` would also set the value,
+/// making every flag look given, and lesson pages lay only the given flags over their
+/// base experiment.)
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let defaults = help_defaults();
+    // The subcommands that take the experiment flags: those holding all of them.
+    let experiment_flags: Vec<String> = ExperimentArgs::augment_args(clap::Command::new("experiment"))
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect();
+    Cli::command().mut_subcommands(|sub| {
+        let longs: Vec<&str> = sub.get_arguments().filter_map(|a| a.get_long()).collect();
+        if !experiment_flags.iter().all(|f| longs.contains(&f.as_str())) {
+            return sub;
+        }
+        sub.mut_args(|arg| {
+            let default = arg
+                .get_long()
+                .and_then(|long| defaults.iter().find(|(flag, _)| *flag == long));
+            match default {
+                Some((_, value)) => {
+                    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                    // `--help` prints the long help where a flag has one
+                    let long = arg.get_long_help().map(|h| format!("{h} [default: {value}]"));
+                    let arg = arg.help(format!("{help} [default: {value}]"));
+                    match long {
+                        Some(long) => arg.long_help(long),
+                        None => arg,
+                    }
+                }
+                None => arg,
+            }
+        })
+    })
+}
+
 /// Parses the command line; clap's errors become one line and exit code 2.
 pub fn parse() -> Result<Cli, CliError> {
-    match Cli::try_parse() {
+    use clap::FromArgMatches;
+    match command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
         Ok(cli) => Ok(cli),
         Err(e)
             if matches!(
@@ -357,5 +545,106 @@ pub fn parse() -> Result<Cli, CliError> {
                 .unwrap_or("invalid arguments");
             Err(CliError::usage(first.trim_start_matches("error: ").to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::Wire;
+    use crate::config::{Backend, Straggler};
+
+    /// The flags of `exp` as arguments, parsed back by the command line's parser.
+    fn parse_back(exp: &Experiment) -> Experiment {
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct Flags {
+            #[command(flatten)]
+            experiment: ExperimentArgs,
+        }
+        let mut args = Vec::new();
+        for (name, value) in flags_of(exp) {
+            match value {
+                FlagValue::Given(v) => args.extend([format!("--{name}"), v]),
+                FlagValue::On => args.push(format!("--{name}")),
+                FlagValue::Unset => {}
+            }
+        }
+        Flags::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .experiment
+            .experiment()
+    }
+
+    #[test]
+    fn flags_of_an_experiment_parse_back_to_the_same_experiment() {
+        let default = Experiment::default();
+        // every field away from its default
+        let changed = Experiment {
+            backend: Backend::Mpi,
+            workers: 8,
+            mode: Mode::Ssp(3),
+            allreduce: AllReduceAlgo::TwoD,
+            dataset: DatasetKind::Spirals,
+            hidden: vec![64, 32],
+            batch: 16,
+            lr: 0.00625,
+            momentum: 0.0,
+            weight_decay: 1e-4,
+            lr_scaling: LrScaling::Linear,
+            warmup: 30,
+            length: Length::Steps(40),
+            link: Some("1gbe".parse().unwrap()),
+            stragglers: vec![Straggler { worker: 1, factor: 8.0 }, "3:2.5".parse().unwrap()],
+            grad_dtype: Wire::Bf16,
+            nodes: 2,
+            intra_link: Some("1.5,250".parse().unwrap()),
+            overlap: true,
+            bucket_kb: 16,
+            seed: 7,
+            eval_every: 5,
+            device: crate::gpu::Device::Gpu,
+            gpus: vec![0, 1],
+            slow: 250.0,
+        };
+        let (a, b) = (flags_of(&default), flags_of(&changed));
+        for flag in &a {
+            assert!(!b.contains(flag), "the test experiment leaves {flag:?} at its default");
+        }
+        assert_eq!(parse_back(&default), default);
+        assert_eq!(parse_back(&changed), changed);
+        let no_hidden = Experiment {
+            hidden: vec![],
+            ..Experiment::default()
+        };
+        assert_eq!(parse_back(&no_hidden), no_hidden);
+    }
+
+    #[test]
+    fn the_help_of_every_experiment_flag_ends_in_its_default() {
+        let mut cmd = command();
+        let run = cmd.find_subcommand_mut("run").expect("a run subcommand");
+        let help = |long: &str| {
+            run.get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .and_then(|a| a.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        let d = Experiment::default();
+        assert!(help("workers").ends_with(&format!("[default: {}]", d.workers)));
+        assert!(help("lr").ends_with(&format!("[default: {}]", d.lr)));
+        assert!(help("mode").ends_with(&format!("[default: {}]", d.mode)));
+        assert!(help("link").ends_with("[default: none]"));
+        assert!(help("overlap").ends_with("[default: off]"));
+        assert!(
+            help("steps").ends_with("[default: none (--epochs 30)]"),
+            "{}",
+            help("steps")
+        );
+        // `bench --device` has its own default and no experiment: left alone
+        let bench = cmd.find_subcommand_mut("bench").expect("a bench subcommand");
+        let device = bench.get_arguments().find(|a| a.get_long() == Some("device")).unwrap();
+        assert!(!device.get_help().unwrap().to_string().contains("[default:"));
     }
 }
