@@ -32,7 +32,12 @@ impl Tmux {
     }
     /// Waits (up to 20 s) until the screen satisfies `pred`.
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_within(Duration::from_secs(20), what, pred)
+    }
+    /// Waits up to `limit` until the screen satisfies `pred` (a person's patience for
+    /// what a key should show).
+    fn wait_within(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             let screen = self.screen();
             if pred(&screen) {
@@ -186,4 +191,166 @@ fn a_lesson_notices_what_the_learner_does_saves_progress_and_resumes() {
     });
     tmux.keys(&["q"]);
     tmux.wait_for("the second exit", |s| s.contains("DDLAB-EXIT-B=0"));
+}
+
+/// A process that keeps one core busy for as long as it lives (a browser, a video call).
+struct Busy(std::process::Child);
+
+impl Busy {
+    fn start() -> Busy {
+        Busy(
+            Command::new("sh")
+                .args(["-c", "exec yes > /dev/null"])
+                .spawn()
+                .expect("sh runs"),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_free_lab_lasts_and_answers_a_person_with_a_busy_process_beside_it() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let _busy = Busy::start();
+    let data = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("ddlab");
+    let tmux = Tmux {
+        socket: format!("ddlab-free-{}", std::process::id()),
+    };
+    let shell_cmd = format!(
+        "DDLAB_DATA_DIR={} {}; echo DDLAB-EXIT=$?; sleep 60",
+        data.path().display(),
+        bin.display()
+    );
+    let started = tmux.cmd(&["new-session", "-d", "-x", "120", "-y", "40", "-s", "lab", &shell_cmd]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    tmux.wait_for("the home screen", |s| s.contains("Free lab"));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the free lab", |s| s.contains("4 workers") && s.contains("running"));
+    // A person reads the screen for a while before acting: the run is still there.
+    std::thread::sleep(Duration::from_secs(5));
+    let screen = tmux.screen();
+    let header = screen.lines().next().unwrap_or("");
+    assert!(
+        header.contains("running"),
+        "the run ended under the learner's hands:\n{screen}"
+    );
+    tmux.keys(&["m"]);
+    tmux.wait_within(Duration::from_secs(2), "the switch to async", |s| {
+        s.contains("· async ·") && s.contains("parameter server")
+    });
+    tmux.keys(&["+"]);
+    tmux.wait_within(Duration::from_secs(2), "a fifth worker", |s| s.contains("5 workers"));
+    tmux.keys(&["q"]);
+    let after = tmux.wait_for("the exit", |s| s.contains("DDLAB-EXIT="));
+    assert!(after.contains("DDLAB-EXIT=0"), "{after}");
+    let alt = tmux.cmd(&["display-message", "-p", "-t", "lab", "#{alternate_on}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&alt.stdout).trim(),
+        "0",
+        "still in the alternate screen"
+    );
+}
+
+/// The keys a person presses for `action` (the mode keys cycle: pressed again until the
+/// prompt ticks).
+fn keys_for(action: ddlab::lesson::LessonAction) -> &'static str {
+    use ddlab::lesson::LessonAction::*;
+    match action {
+        Pause => "Space",
+        StepPhase => "n",
+        SlowMotion => "z",
+        SwitchToSync | SwitchToAsync | SwitchToSsp | SwitchToBackup => "m",
+        AddWorker => "+",
+        RemoveWorker => "-",
+        ChangeAllreduce => "a",
+        ChangeLink => "l",
+        AddStraggler | RemoveStraggler => "s",
+        LinearLrScaling => "r",
+        KeepGhost => "c",
+        Restart => "R",
+    }
+}
+
+#[test]
+fn every_lesson_prompt_can_be_done_by_a_person() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let lessons = ddlab::lesson::load_from(None).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("ddlab");
+    let tmux = Tmux {
+        socket: format!("ddlab-prompts-{}", std::process::id()),
+    };
+    let mut first = true;
+    for lesson in &lessons {
+        for (p, page) in lesson
+            .pages
+            .iter()
+            .enumerate()
+            .filter(|(_, page)| !page.tries.is_empty())
+        {
+            // Open the lesson at this page, as a learner who left off there.
+            let data = tempfile::tempdir().unwrap();
+            let progress = serde_json::json!({ "lessons": { lesson.id.clone(): {
+                "page": p, "visited": [], "completed": false } } });
+            std::fs::write(data.path().join("progress.json"), progress.to_string()).unwrap();
+            let run = format!(
+                "DDLAB_DATA_DIR={} {} lesson {}; echo DDLAB-EXIT=$?; sleep 60",
+                data.path().display(),
+                bin.display(),
+                lesson.number
+            );
+            let started = if first {
+                tmux.cmd(&["new-session", "-d", "-x", "200", "-y", "70", "-s", "lab", &run])
+            } else {
+                tmux.cmd(&["respawn-pane", "-k", "-t", "lab", &run])
+            };
+            first = false;
+            assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+            let at = format!("page {}/{}", p + 1, lesson.pages.len());
+            tmux.wait_for(&format!("lesson {} {at}", lesson.number), |s| {
+                s.contains(&format!("lesson {} ·", lesson.number)) && s.contains(&at) && s.contains("try this")
+            });
+            std::thread::sleep(Duration::from_secs(3));
+            for t in &page.tries {
+                let done = |s: &str| s.matches("☑ done").count();
+                let before = done(&tmux.screen());
+                let mut ticked = false;
+                for _ in 0..4 {
+                    tmux.keys(&[keys_for(t.action)]);
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while Instant::now() < deadline && !ticked {
+                        ticked = done(&tmux.screen()) > before;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    if ticked {
+                        break;
+                    }
+                }
+                assert!(
+                    ticked,
+                    "lesson {} page {}: \"{}\" did not tick:\n{}",
+                    lesson.number,
+                    p + 1,
+                    t.prompt,
+                    tmux.screen()
+                );
+            }
+            tmux.keys(&["q"]);
+            tmux.wait_for("the exit", |s| s.contains("DDLAB-EXIT=0"));
+        }
+    }
 }

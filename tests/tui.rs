@@ -293,3 +293,75 @@ fn lab_screen_on_gpus_shows_the_copies() {
     assert!(screen.contains("BBhh") && screen.contains("AAdd"), "{screen}");
     insta::assert_snapshot!(screen);
 }
+
+/// Reads the lab's run until `pred` holds of it (or fails after 10 s).
+fn drain_until(lab: &mut Lab, what: &str, pred: impl Fn(&Lab) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pred(lab) {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        lab.drain();
+    }
+}
+
+#[test]
+fn switches_made_while_paused_add_up_and_apply_together_and_restart_keeps_the_pace() {
+    let exp = Experiment {
+        workers: 4,
+        ..Default::default()
+    };
+    let mut lab = Lab::start(exp, Arc::new(digits()), true).unwrap();
+    drain_until(&mut lab, "the first segment", |l| l.state().current().is_some());
+    // m m m from sync: async, ssp:2, then backup:1 (the third mode); + + two workers.
+    for _ in 0..3 {
+        lab.update(Action::CycleMode);
+    }
+    lab.update(Action::MoreWorkers);
+    lab.update(Action::MoreWorkers);
+    assert_eq!(lab.exp.mode, Mode::Backup(1));
+    assert_eq!(lab.exp.workers, 6);
+    assert_eq!(lab.error, None);
+    assert_eq!(lab.pending(), "backup:1 · 6 workers");
+    let header = text(&app_with_running(&lab), 200, 40);
+    assert!(
+        header
+            .lines()
+            .next()
+            .unwrap()
+            .contains("on resume: backup:1 · 6 workers"),
+        "{header}"
+    );
+    // Nothing applied while paused: still sync on 4.
+    assert_eq!((lab.current_mode(), lab.current_workers()), (Mode::Sync, 4));
+    lab.update(Action::TogglePause);
+    drain_until(&mut lab, "both switches applied together", |l| {
+        let seg = l.state().current().unwrap();
+        seg.mode == Mode::Backup(1) && seg.workers == 6
+    });
+    // One segment took both: no segment in between ran with only one of them.
+    assert!(lab
+        .state()
+        .segments
+        .iter()
+        .all(|s| (s.mode == Mode::Sync) == (s.workers == 4)));
+    assert_eq!(lab.pending(), "");
+    // Slow motion, paused, restart: the new run keeps the pace and the pause.
+    lab.update(Action::SlowMotion);
+    let pace = lab.exp.slow;
+    assert!(pace > 1.0, "z slows the run: ×{pace}");
+    lab.update(Action::TogglePause);
+    lab.update(Action::Restart);
+    assert!(lab.paused, "a paused lab restarts paused");
+    assert_eq!(lab.exp.slow, pace);
+    let session = lab.session.as_ref().unwrap();
+    assert_eq!(session.experiment().slow, pace, "the new run's pace");
+}
+
+/// An app around a running lab, for drawing it (the lab stays with the test).
+fn app_with_running(lab: &Lab) -> App {
+    let mut replay = Lab::replay(lab.exp.clone(), Arc::clone(&lab.data));
+    replay.replay = lab.state().clone();
+    replay.view = lab.view.clone();
+    replay.paused = lab.paused;
+    app_with(replay)
+}

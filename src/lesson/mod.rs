@@ -144,9 +144,13 @@ struct PageFile {
     /// Flags of the experiment this page runs (the same names as the command line's,
     /// without `--`); absent: the previous page's run goes on.
     experiment: Option<BTreeMap<String, Spanned<toml::Value>>>,
-    /// Whether the page's run starts paused (for stepping).
+    /// Whether the page's run starts paused (for stepping); on a page that goes on with
+    /// the previous run, the page pauses it.
     #[serde(default)]
     start_paused: bool,
+    /// Slow motion for the page's run: the dilation factor (1 = full speed); on a page
+    /// that goes on with the previous run, the page sets the pace.
+    slow: Option<f64>,
     #[serde(default)]
     point_at: Vec<Panel>,
     #[serde(default, rename = "try")]
@@ -336,6 +340,8 @@ pub struct Page {
     /// Whether the page starts a new run (it names an experiment).
     pub starts_run: bool,
     pub start_paused: bool,
+    /// The pace the page asks for (None: the run's own).
+    pub slow: Option<f64>,
     pub point_at: Vec<Panel>,
     pub tries: Vec<Try>,
     pub checks: Vec<Check>,
@@ -514,6 +520,14 @@ pub fn parse_lesson(
         if let Some(table) = &p.experiment {
             current = experiment_from(toml_name, toml_text, table, &Experiment::default())?;
         }
+        if let Some(slow) = p.slow {
+            Experiment {
+                slow,
+                ..Experiment::default()
+            }
+            .validate()
+            .map_err(|e| at(format!("slow: {e}")))?;
+        }
         for c in &p.check {
             if !METRICS.contains(&c.metric.as_str()) {
                 return Err(at(format!(
@@ -572,6 +586,7 @@ pub fn parse_lesson(
             experiment: current.clone(),
             starts_run,
             start_paused: p.start_paused,
+            slow: p.slow,
             point_at: p.point_at,
             tries: p.tries,
             checks: p.check,

@@ -498,21 +498,7 @@ impl Lab {
                 let i = PACES.iter().position(|&p| p == self.pace_target).map_or(0, |i| i + 1);
                 let target = PACES[i % PACES.len()];
                 let factor = target.map_or(1.0, |rate| self.factor_for(rate));
-                let what = match target {
-                    None => "full speed".to_string(),
-                    Some(rate) => format!(
-                        "slow motion ×{factor}: about {} — every phase, message and delay stretched alike",
-                        pace_words(rate)
-                    ),
-                };
-                let next = Experiment {
-                    slow: factor,
-                    ..self.exp.clone()
-                };
-                self.change(Control::SetPace { factor }, next, what);
-                if self.exp.slow == factor {
-                    self.pace_target = target;
-                }
+                self.set_pace(factor, target);
             }
             Action::CycleMode => {
                 let i = MODES.iter().position(|&m| m == self.exp.mode).map_or(0, |i| i + 1);
@@ -659,6 +645,27 @@ impl Lab {
             | Action::PrevPage
             | Action::Answer(_)
             | Action::Back => {}
+        }
+    }
+
+    /// Slow motion ×`factor` (1: full speed), chosen for about `target` steps a second
+    /// (None: as given).
+    pub fn set_pace(&mut self, factor: f64, target: Option<f64>) {
+        let what = match target {
+            _ if factor <= 1.0 => "full speed".to_string(),
+            None => format!("slow motion ×{factor}: every phase, message and delay stretched alike"),
+            Some(rate) => format!(
+                "slow motion ×{factor}: about {} — every phase, message and delay stretched alike",
+                pace_words(rate)
+            ),
+        };
+        let next = Experiment {
+            slow: factor,
+            ..self.exp.clone()
+        };
+        self.change(Control::SetPace { factor }, next, what);
+        if self.exp.slow == factor {
+            self.pace_target = target;
         }
     }
 

@@ -170,10 +170,23 @@ impl App {
     /// Starts a page's run, as the page and the instructor's opening say.
     fn start_page_run(&mut self, page: &crate::lesson::Page) {
         let mut exp = page.experiment.clone();
-        if let Some(slow) = self.opening.slow {
+        if let Some(slow) = self.opening.slow.or(page.slow) {
             exp.slow = slow;
         }
         self.start_lab(exp, page.start_paused || self.opening.paused);
+    }
+
+    /// A page that goes on with the run before it may still pause it or set its pace.
+    fn continue_page_run(&mut self, page: &crate::lesson::Page) {
+        let Some(lab) = self.lab.as_mut() else { return };
+        if let Some(slow) = page.slow.filter(|_| self.opening.slow.is_none()) {
+            if lab.exp.slow != slow {
+                lab.set_pace(slow, None);
+            }
+        }
+        if page.start_paused && !(lab.paused || lab.stepping) {
+            lab.update(Action::TogglePause);
+        }
     }
 
     /// Shows page `page` of the lesson; a page with an experiment starts its run.
@@ -187,6 +200,8 @@ impl App {
         let p = v.current().clone();
         if p.starts_run {
             self.start_page_run(&p);
+        } else {
+            self.continue_page_run(&p);
         }
         self.save_page();
     }

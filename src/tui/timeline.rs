@@ -105,7 +105,13 @@ fn dominant(spans: &std::collections::VecDeque<Span>, cell: &[(u64, u64)]) -> Op
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let (t0, t1) = window(lab);
-    let kept = kept_time(&lab.view.spans, t0, t1);
+    // Only a halted run has gaps that are a person's time (running, a gap is detail
+    // the lab dropped to keep up, and stays visible as such).
+    let kept = if lab.paused || lab.stepping {
+        kept_time(&lab.view.spans, t0, t1)
+    } else {
+        vec![(t0, t1)]
+    };
     let shown: u64 = kept.iter().map(|(a, b)| b - a).sum::<u64>().max(1);
     let cut = if kept.len() > 1 { ", pauses cut" } else { "" };
     let block = Block::default().borders(Borders::ALL).title(TextSpan::styled(
