@@ -277,6 +277,9 @@ fn keys_for(action: ddlab::lesson::LessonAction) -> &'static str {
         ChangeLink => "l",
         AddStraggler | RemoveStraggler => "s",
         LinearLrScaling => "r",
+        RaiseLr => "*",
+        LowerLr => "/",
+        MomentumOff | MomentumOn => "M",
         KeepGhost => "c",
         Restart => "R",
     }

@@ -151,6 +151,8 @@ struct PageFile {
     /// Slow motion for the page's run: the dilation factor (1 = full speed); on a page
     /// that goes on with the previous run, the page sets the pace.
     slow: Option<f64>,
+    /// The curves' x axis on this page (absent: the lab's own choice).
+    axis: Option<Axis>,
     #[serde(default)]
     point_at: Vec<Panel>,
     #[serde(default, rename = "try")]
@@ -161,6 +163,16 @@ struct PageFile {
     claim: Vec<ClaimFile>,
     #[serde(default)]
     quiz: Vec<Quiz>,
+}
+
+/// What the lab's curves are drawn against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Axis {
+    /// Seconds of the run: where throughput is the point.
+    Time,
+    /// Samples processed: where runs are compared on what they learned.
+    Samples,
 }
 
 /// A panel of the lab a page points at.
@@ -194,12 +206,16 @@ pub enum LessonAction {
     AddStraggler,
     RemoveStraggler,
     LinearLrScaling,
+    RaiseLr,
+    LowerLr,
+    MomentumOff,
+    MomentumOn,
     KeepGhost,
     Restart,
 }
 
 impl LessonAction {
-    pub const ALL: [LessonAction; 16] = [
+    pub const ALL: [LessonAction; 20] = [
         LessonAction::Pause,
         LessonAction::StepPhase,
         LessonAction::SlowMotion,
@@ -214,6 +230,10 @@ impl LessonAction {
         LessonAction::AddStraggler,
         LessonAction::RemoveStraggler,
         LessonAction::LinearLrScaling,
+        LessonAction::RaiseLr,
+        LessonAction::LowerLr,
+        LessonAction::MomentumOff,
+        LessonAction::MomentumOn,
         LessonAction::KeepGhost,
         LessonAction::Restart,
     ];
@@ -342,6 +362,8 @@ pub struct Page {
     pub start_paused: bool,
     /// The pace the page asks for (None: the run's own).
     pub slow: Option<f64>,
+    /// The curves' axis the page asks for.
+    pub axis: Option<Axis>,
     pub point_at: Vec<Panel>,
     pub tries: Vec<Try>,
     pub checks: Vec<Check>,
@@ -587,6 +609,7 @@ pub fn parse_lesson(
             starts_run,
             start_paused: p.start_paused,
             slow: p.slow,
+            axis: p.axis,
             point_at: p.point_at,
             tries: p.tries,
             checks: p.check,

@@ -279,6 +279,8 @@ impl Session {
             Control::SetAllReduce(a) => next.allreduce = a,
             Control::SetLink(link) => next.link = link,
             Control::SetLrScaling(r) => next.lr_scaling = r,
+            Control::SetLr(lr) => next.lr = lr,
+            Control::SetMomentum(m) => next.momentum = m,
             Control::SetPace { factor } => next.slow = factor,
             Control::Straggler { worker, factor } => {
                 next.stragglers.retain(|s| s.worker != worker);
@@ -318,6 +320,8 @@ impl Session {
             Control::SetWorkers(n) => Experiment { workers: n, ..base },
             Control::SetAllReduce(a) => Experiment { allreduce: a, ..base },
             Control::SetLrScaling(r) => Experiment { lr_scaling: r, ..base },
+            Control::SetLr(lr) => Experiment { lr, ..base },
+            Control::SetMomentum(momentum) => Experiment { momentum, ..base },
             Control::SetLink(_) => {
                 return Err("over MPI the network is real: an emulated link is for the threads backend".into())
             }

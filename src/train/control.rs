@@ -42,6 +42,10 @@ pub enum Control {
     SetLink(Option<crate::comm::Link>),
     /// Switch the LR scaling rule at the next step.
     SetLrScaling(crate::nn::LrScaling),
+    /// A new base learning rate from the next step (before its rule and warm-up).
+    SetLr(f32),
+    /// A new momentum from the next step (the momentum buffer goes on).
+    SetMomentum(f32),
     /// Time dilation: every piece of work lasts `factor` times as long (1 = full speed).
     SetPace {
         factor: f64,

@@ -13,7 +13,7 @@ use super::{Control, Event, EventSink, Gate, Outcome, Phase};
 use crate::comm::{AllReduceAlgo, Clock, Link};
 use crate::config::{Experiment, Length, Mode, MAX_WORKERS};
 use crate::data::{Dataset, Sharder};
-use crate::nn::{LrScaling, LrSchedule, Mlp, Workspace};
+use crate::nn::{LrScaling, LrSchedule, Mlp, Sgd, Workspace};
 
 /// Knobs for how a run reports, not what it computes.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +100,8 @@ impl EngineHandle {
             Control::SetAllReduce(a) => self.switch(|s| s.allreduce = a),
             Control::SetLink(link) => self.switch(|s| s.link = link),
             Control::SetLrScaling(r) => self.switch(|s| s.lr_scaling = r),
+            Control::SetLr(lr) => self.switch(|s| s.lr = lr),
+            Control::SetMomentum(m) => self.switch(|s| s.momentum = m),
             Control::Straggler { worker, factor } => {
                 if let Some(s) = self.live.stragglers.get(worker) {
                     s.store(factor.max(1.0).to_bits(), Ordering::Relaxed);
@@ -172,11 +174,18 @@ impl RunCtx<'_> {
     /// The LR rule of segment `seg`.
     pub fn schedule(&self, seg: &Segment) -> LrSchedule {
         LrSchedule {
-            base: self.exp.lr,
+            base: seg.lr,
             scaling: seg.lr_scaling,
             workers: seg.workers,
             warmup: self.exp.warmup,
         }
+    }
+
+    /// The optimizer of segment `seg`, going on with the momentum buffer `velocity`.
+    pub fn sgd(&self, seg: &Segment, velocity: &[f32]) -> Sgd {
+        let mut sgd = Sgd::new(self.mlp.num_params(), seg.momentum, self.exp.weight_decay);
+        sgd.set_velocity(velocity);
+        sgd
     }
 
     /// How segment `index` with `workers` workers shards the data.
@@ -274,6 +283,9 @@ pub(super) struct Segment {
     pub allreduce: AllReduceAlgo,
     pub link: Option<Link>,
     pub lr_scaling: LrScaling,
+    /// The base learning rate (before its rule and warm-up) and the momentum.
+    pub lr: f32,
+    pub momentum: f32,
 }
 
 impl Segment {
@@ -285,6 +297,8 @@ impl Segment {
             allreduce: exp.allreduce,
             link: exp.link,
             lr_scaling: exp.lr_scaling,
+            lr: exp.lr,
+            momentum: exp.momentum,
         }
     }
 }
@@ -562,6 +576,8 @@ fn run(
                 allreduce: segment.allreduce,
                 link: segment.link,
                 lr_scaling: segment.lr_scaling,
+                lr: segment.lr,
+                momentum: segment.momentum,
                 update: state.updates,
                 samples: state.samples,
                 params_hash: super::event::params_hash(&state.params),

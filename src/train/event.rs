@@ -144,6 +144,9 @@ pub enum Event {
         allreduce: crate::comm::AllReduceAlgo,
         link: Option<crate::comm::Link>,
         lr_scaling: crate::nn::LrScaling,
+        /// The base learning rate and the momentum of the segment.
+        lr: f32,
+        momentum: f32,
         update: u64,
         samples: u64,
         /// Fingerprint of the parameters the segment starts from (see `params_hash`):

@@ -132,7 +132,7 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     let server = std::sync::Arc::new(Server {
         mode: seg.mode,
         workers: seg.workers,
-        state: Mutex::new(ServerState::resume(ctx, seg.workers, state)),
+        state: Mutex::new(ServerState::resume(ctx, &seg, state)),
         changed: Condvar::new(),
         nic: Mutex::new(()),
         link: seg.link,
@@ -399,7 +399,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
     let w_count = seg.workers;
     let batch = ctx.exp.batch as u64;
     let schedule = ctx.schedule(&seg);
-    let mut st = ServerState::resume(ctx, w_count, state);
+    let mut st = ServerState::resume(ctx, &seg, state);
     let mut claimed = state.samples;
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
@@ -656,10 +656,9 @@ impl ServerState {
 
 impl ServerState {
     /// The server of a segment that starts where `state` left off.
-    fn resume(ctx: &RunCtx, workers: usize, state: &SegState) -> ServerState {
-        let p = ctx.mlp.num_params();
-        let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
-        sgd.set_velocity(&state.velocity);
+    fn resume(ctx: &RunCtx, seg: &Segment, state: &SegState) -> ServerState {
+        let (p, workers) = (ctx.mlp.num_params(), seg.workers);
+        let sgd = ctx.sgd(seg, &state.velocity);
         ServerState {
             params: state.params.clone(),
             sgd,

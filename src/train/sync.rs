@@ -157,8 +157,7 @@ impl Observer for RoundWatch {
 impl<'a> Worker<'a> {
     fn new(ctx: &'a RunCtx<'a>, seg: Segment, start: &SegState, rank: usize) -> Self {
         let p = ctx.mlp.num_params();
-        let mut sgd = Sgd::new(p, ctx.exp.momentum, ctx.exp.weight_decay);
-        sgd.set_velocity(&start.velocity);
+        let sgd = ctx.sgd(&seg, &start.velocity);
         Worker {
             ctx,
             seg,

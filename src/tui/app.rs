@@ -26,6 +26,8 @@ pub const HISTORY_LIMIT: usize = 4096;
 const GHOST_POINTS: usize = 512;
 /// How much slower the `s` key makes the selected worker's compute.
 pub const STRAGGLER_FACTOR: f32 = 4.0;
+/// The momentum the `M` key turns back on (the experiment's default).
+pub const MOMENTUM: f32 = 0.9;
 /// The link presets the `l` key cycles through.
 pub const LINKS: [(&str, Option<Link>); 4] = [
     ("none", None),
@@ -154,11 +156,7 @@ impl Ghost {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Axis {
-    Time,
-    Samples,
-}
+pub use crate::lesson::Axis;
 
 /// A running (or, in tests, replayed) experiment and everything drawn about it.
 pub struct Lab {
@@ -179,7 +177,9 @@ pub struct Lab {
     /// Paused on purpose (space) or stepping (n).
     pub paused: bool,
     pub stepping: bool,
-    pub axis: Axis,
+    /// The curves' x axis as chosen (x, or a lesson page); None: samples when runs are
+    /// compared (ghosts kept), time otherwise.
+    pub axis: Option<Axis>,
     /// What changed, and when (seconds into the run), newest last.
     pub messages: VecDeque<String>,
     /// The last control refused, as one sentence.
@@ -234,7 +234,7 @@ impl Lab {
             pace_target: None,
             paused: false,
             stepping: false,
-            axis: Axis::Time,
+            axis: None,
             messages: VecDeque::new(),
             error: None,
             said: None,
@@ -374,6 +374,12 @@ impl Lab {
         if seg.link != self.exp.link {
             parts.push(link_name(self.exp.link).to_string());
         }
+        if seg.lr != self.exp.lr {
+            parts.push(format!("LR {}", self.exp.lr));
+        }
+        if seg.momentum != self.exp.momentum {
+            parts.push(format!("momentum {}", self.exp.momentum));
+        }
         if seg.lr_scaling != self.exp.lr_scaling {
             parts.push(match self.exp.lr_scaling {
                 LrScaling::Linear => "LR × workers".to_string(),
@@ -439,6 +445,16 @@ impl Lab {
                 false
             }
         }
+    }
+
+    /// The curves' x axis: as chosen, else samples when runs are compared (ghosts are
+    /// kept: at equal samples, the question is which learned more) and time otherwise.
+    pub fn curves_axis(&self) -> Axis {
+        self.axis.unwrap_or(if self.ghosts.is_empty() {
+            Axis::Time
+        } else {
+            Axis::Samples
+        })
     }
 
     /// The mode and worker count now running (or last run).
@@ -598,6 +614,28 @@ impl Lab {
                 };
                 self.change(Control::SetLrScaling(rule), next, what);
             }
+            Action::RaiseLr | Action::LowerLr => {
+                let lr = times_ten(self.exp.lr, action == Action::RaiseLr);
+                let next = Experiment { lr, ..self.exp.clone() };
+                self.change(
+                    Control::SetLr(lr),
+                    next,
+                    format!("learning rate {lr} from the next step"),
+                );
+            }
+            Action::ToggleMomentum => {
+                let momentum = if self.exp.momentum > 0.0 { 0.0 } else { MOMENTUM };
+                let what = if momentum > 0.0 {
+                    format!("momentum {momentum} from the next step")
+                } else {
+                    "momentum off (plain SGD) from the next step".to_string()
+                };
+                let next = Experiment {
+                    momentum,
+                    ..self.exp.clone()
+                };
+                self.change(Control::SetMomentum(momentum), next, what);
+            }
             Action::Restart => self.restart(),
             Action::ToggleBackend => {
                 use crate::config::Backend;
@@ -631,13 +669,20 @@ impl Lab {
                 self.say(format!("kept {label} as a ghost"));
             }
             Action::ToggleAxis => {
-                self.axis = match self.axis {
+                self.axis = Some(match self.curves_axis() {
                     Axis::Time => Axis::Samples,
                     Axis::Samples => Axis::Time,
-                }
+                })
             }
             Action::Help
             | Action::Quit
+            | Action::FocusNext
+            | Action::FocusPrev
+            | Action::Zoom
+            | Action::ScrollUp
+            | Action::ScrollDown
+            | Action::PageUp
+            | Action::PageDown
             | Action::Up
             | Action::Down
             | Action::Enter
@@ -691,6 +736,15 @@ impl Lab {
             Err(e) => self.refuse(e),
         }
     }
+}
+
+/// `lr` × 10 (`up`) or ÷ 10, kept to the digits a person typed (0.1 ÷ 10 = 0.01, not
+/// 0.0099999998).
+pub fn times_ten(lr: f32, up: bool) -> f32 {
+    let x = if up { f64::from(lr) * 10.0 } else { f64::from(lr) / 10.0 };
+    let digits = 6 - x.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    ((x * scale).round() / scale) as f32
 }
 
 /// The `l` key's name for a link (or "custom").

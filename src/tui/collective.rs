@@ -24,7 +24,11 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let n = lab.current_workers();
     let algo = lab.state().current().map_or(lab.exp.allreduce, |s| s.allreduce);
     let rounds = algo.rounds(n);
-    let title = format!(" {algo} all-reduce · {n} workers · {rounds} rounds ");
+    let title = if n == 1 {
+        " all-reduce · 1 worker ".to_string()
+    } else {
+        format!(" {algo} all-reduce · {n} workers · {rounds} rounds ")
+    };
     let block = Block::default()
         .borders(Borders::ALL)
         .title(Span::styled(title, theme.title()));
@@ -33,7 +37,12 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
 
     let mut lines = Vec::new();
     if n == 1 {
-        lines.push(Line::styled("one worker: nothing to all-reduce", theme.dim()));
+        lines.push(Line::styled(
+            "one worker: nothing to all-reduce — its gradient goes to the update as it is",
+            theme.dim(),
+        ));
+        Paragraph::new(lines).wrap(Wrap { trim: true }).render(inner, buf);
+        return;
     }
     // The latest step that has messages, and within it the latest round.
     if let Some(&(step, _)) = lab.view.transfers.back() {
@@ -110,6 +119,9 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     block.render(area, buf);
     let mut lines = Vec::new();
     let rows = inner.height.saturating_sub(3) as usize;
+    let reported = lab.view.reports.iter().flatten().count();
+    // (one row for "+N more" when not every worker fits)
+    let rows = if reported > rows { rows.saturating_sub(1) } else { rows };
     for (w, report) in lab.view.reports.iter().enumerate().take(rows) {
         let Some(r) = report else { continue };
         let what = if r.dropped {
@@ -122,6 +134,12 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             what,
             Span::styled(format!(" · {} ahead of the slowest", r.lead), theme.dim()),
         ]));
+    }
+    if reported > rows {
+        lines.push(Line::styled(
+            format!("  +{} more workers", reported - rows),
+            theme.dim(),
+        ));
     }
     let mean = st.staleness_mean().map_or("–".into(), |m| format!("{m:.2}"));
     lines.push(Line::styled(

@@ -19,7 +19,7 @@ fn x_of(axis: Axis, t_s: f64, samples: f64) -> f64 {
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let st = lab.state();
-    let axis = lab.axis;
+    let axis = lab.curves_axis();
     let loss: Vec<(f64, f64)> = st
         .steps
         .iter()
@@ -66,7 +66,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
 
     let last_loss = loss.last().map_or("–".into(), |p| format!("{:.3}", p.1));
     let loss_chart = Plot {
-        title: format!(" training loss {last_loss} "),
+        title: format!(" training loss {last_loss} · x: {x_title} "),
         name: "loss",
         style: theme.loss(),
         points: &loss,
@@ -77,7 +77,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     loss_chart.render(lab, theme, [0.0, x_max], &x_labels, top, buf);
     let last_acc = acc.last().map_or("–".into(), |p| format!("{:.1} %", p.1 * 100.0));
     let acc_chart = Plot {
-        title: format!(" test accuracy {last_acc} · x: {x_title} "),
+        title: format!(" test accuracy {last_acc} "),
         name: "test acc",
         style: theme.accuracy(),
         points: &acc,

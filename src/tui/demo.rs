@@ -30,6 +30,8 @@ pub fn segment(mode: Mode, workers: usize) -> Event {
         allreduce: AllReduceAlgo::Ring,
         link: None,
         lr_scaling: LrScaling::None,
+        lr: 0.1,
+        momentum: 0.9,
         update: 0,
         samples: 0,
         params_hash: 0,

@@ -75,10 +75,20 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         return;
     }
     let mut x = inner.x;
-    for (worker, batch) in lab.view.batches.iter().enumerate() {
-        let Some((_, indices)) = batch else { continue };
-        let Some(&i) = indices.first() else { continue };
-        if x + cols > inner.x + inner.width {
+    let with_batch: Vec<(usize, u32)> = lab
+        .view
+        .batches
+        .iter()
+        .enumerate()
+        .filter_map(|(w, b)| Some((w, *b.as_ref()?.1.first()?)))
+        .collect();
+    let right = inner.x + inner.width;
+    for (drawn, &(worker, i)) in with_batch.iter().enumerate() {
+        // This image fits, and so does the next one, or it is the last: else "+N more".
+        let last = drawn + 1 == with_batch.len();
+        if x + cols > right || !last && x + 2 * cols + 1 > right {
+            let more = format!("+{} more", with_batch.len() - drawn);
+            buf.set_stringn(x, inner.y, more, (right - x) as usize, theme.dim());
             break;
         }
         let pixels = lab.data.train_x.row(i as usize);

@@ -1,4 +1,10 @@
-//! "What is happening": the current phase in plain words, with the live numbers.
+//! "What is happening": the selected worker's current phase in plain words, with the
+//! live numbers; in step mode, what is about to happen.
+//!
+//! Every sentence is true of the state it describes, for every mode, phase and worker
+//! count: numbers are named with the step they belong to (the reports of a step arrive
+//! when it ends), comparative words are computed from the numbers, and "about to" only
+//! says what is known before the phase runs. `tests` checks this over mode × phase × N.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -8,7 +14,8 @@ use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 use super::app::Lab;
 use super::theme::Theme;
 use crate::comm::AllReduceAlgo;
-use crate::train::Phase;
+use crate::config::Mode;
+use crate::train::{Phase, WorkerStep};
 
 /// The phase that follows `p` in a worker's loop (`gpu`: with the copies between the
 /// GPU and the host).
@@ -24,6 +31,48 @@ pub fn next_phase(p: Phase, server: bool, gpu: bool) -> Phase {
         (Phase::Push, _, _) | (Phase::Wait, _, _) => Phase::Pull,
         (Phase::Pull, _, true) => Phase::ToDevice,
         (Phase::Pull, _, false) | (Phase::ToDevice, true, _) => Phase::Forward,
+    }
+}
+
+/// Everything a sentence may use, gathered once from the lab.
+pub struct Facts<'a> {
+    pub worker: usize,
+    pub workers: usize,
+    pub mode: Mode,
+    pub algo: AllReduceAlgo,
+    pub gpu: bool,
+    /// The worker's latest report (of a finished step), if any.
+    pub report: Option<&'a WorkerStep>,
+    /// The labels of the worker's current batch, as "a 4, a 7 and 30 more".
+    pub saw: Option<String>,
+    /// Inside the all-reduce of the current step: the rounds done so far.
+    pub rounds_done: Option<usize>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(lab: &'a Lab, worker: usize) -> Facts<'a> {
+        let state = lab.state();
+        let step = lab.view.last_span(worker).map(|s| s.step);
+        let rounds_done = step.and_then(|step| {
+            let rounds: Vec<u32> = lab
+                .view
+                .transfers
+                .iter()
+                .filter(|(s, _)| *s == step)
+                .map(|(_, t)| t.round)
+                .collect();
+            rounds.iter().max().map(|&r| r as usize + 1)
+        });
+        Facts {
+            worker,
+            workers: lab.current_workers(),
+            mode: lab.current_mode(),
+            algo: state.current().map_or(lab.exp.allreduce, |s| s.allreduce),
+            gpu: lab.exp.device == crate::gpu::Device::Gpu,
+            report: lab.view.reports.get(worker).and_then(Option::as_ref),
+            saw: seen(lab, worker, 3),
+            rounds_done,
+        }
     }
 }
 
@@ -48,68 +97,207 @@ fn seen(lab: &Lab, w: usize, most: usize) -> Option<String> {
     })
 }
 
-/// One paragraph about the phase `phase` of worker `w`.
-pub fn describe(lab: &Lab, w: usize, phase: Phase) -> String {
-    let n = lab.current_workers();
-    let report = lab.view.reports.get(w).and_then(|r| r.as_ref());
-    let saw = seen(lab, w, 3).unwrap_or_else(|| "its samples".into());
-    let norm = report.map_or("…".into(), |r| format!("{:.3}", r.grad_norm));
-    let reduced = report.map_or("…".into(), |r| format!("{:.3}", r.grad_norm_reduced));
-    let lr = report.map_or(lab.exp.lr, |r| r.lr);
-    let algo = lab.state().current().map_or(lab.exp.allreduce, |s| s.allreduce);
-    let server = lab.current_mode().uses_server();
-    match phase {
-        Phase::Forward => format!(
-            "forward: worker {w} runs its own batch through its copy of the network — it saw {saw} — and scores it: loss {}.",
-            report.map_or("…".into(), |r| format!("{:.3}", r.loss))
-        ),
-        Phase::Backward => format!(
-            "backward: worker {w} computes how every weight should change to lower its loss: its gradient, norm {norm}. The other workers saw other samples, so their gradients differ."
-        ),
-        Phase::AllReduce => format!(
-            "all-reduce: the {n} workers average their gradients ({algo}: {} rounds{}). Afterwards every worker holds the same mean gradient, norm {reduced} — smaller than one worker's {norm}, because averaging cancels noise.",
-            algo.rounds(n),
-            if algo == AllReduceAlgo::Ring { ", each passing 1/N of the gradient to its neighbour" } else { "" }
-        ),
-        Phase::Update => format!(
-            "update: every worker applies the same averaged gradient with learning rate {lr}, so the {n} replicas stay identical, bit for bit."
-        ),
-        Phase::Pull => format!(
-            "pull: worker {w} fetches the current parameters from the server. It will compute on them while others push, so its gradient will be stale when it arrives."
-        ),
-        Phase::Push => format!(
-            "push: worker {w} sends its gradient (norm {norm}); the server applies it at once{}.",
-            report.and_then(|r| r.staleness).map_or(String::new(), |s| format!(" — {s} other updates landed since it pulled (staleness {s})"))
-        ),
-        Phase::Wait => format!(
-            "wait: worker {w} is ahead of the slowest worker (or its step has not closed) and waits — the price SSP and backup workers pay for fresher gradients."
-        ),
-        Phase::ToHost => format!(
-            "to host: worker {w}'s gradient (norm {norm}) is copied from its GPU into host memory, because this all-reduce runs on the host. A GPU-aware library (NCCL) would send it from GPU memory directly and skip both copies."
-        ),
-        Phase::ToDevice => format!(
-            "to device: worker {w} copies {} back into its GPU's memory, where the kernels can use {}.",
-            if server { "the parameters it pulled" } else { "the averaged gradient" },
-            if server { "them" } else { "it" }
-        ),
+/// "1 other update", "3 other updates".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// How the averaged gradient's norm compares with one worker's own, in words computed
+/// from the two numbers.
+fn compared(reduced: f64, own: f64) -> &'static str {
+    if reduced < 0.95 * own {
+        "smaller than"
+    } else if reduced > 1.05 * own {
+        "larger than"
+    } else {
+        "about the same as"
     }
+}
+
+/// One paragraph about `phase` of the worker in `f`: what it does (`about_to`: will do,
+/// with only what is known before it runs), and its latest figures, named by their step.
+pub fn describe(f: &Facts, phase: Phase, about_to: bool) -> String {
+    let (w, n) = (f.worker, f.workers);
+    let many = n > 1;
+    let last = |what: String| match f.report {
+        Some(r) => format!(" (step {}: {what})", r.step),
+        None => String::new(),
+    };
+    let what = match phase {
+        Phase::Forward => {
+            let batch = f.saw.as_ref().map_or(String::new(), |s| format!(" — {s} —"));
+            let scored = last(f.report.map_or(String::new(), |r| format!("loss {:.3}", r.loss)));
+            if about_to {
+                format!("forward: worker {w} will run its batch{batch} through its copy of the network and score it against the labels: its loss.")
+            } else {
+                format!("forward: worker {w} runs its batch{batch} through its copy of the network and scores it against the labels: its loss{scored}.")
+            }
+        }
+        Phase::Backward => {
+            let differ = if many {
+                " The other workers saw other samples, so their gradients differ."
+            } else {
+                ""
+            };
+            let norm = if about_to {
+                String::new()
+            } else {
+                last(f.report.map_or(String::new(), |r| format!("its gradient's norm {:.3}", r.grad_norm)))
+            };
+            format!("backward: worker {w} computes its gradient: how every weight should change to lower its loss{norm}.{differ}")
+        }
+        Phase::AllReduce if !many => {
+            "all-reduce: with one worker there is nothing to average — its gradient goes to the update as it is.".to_string()
+        }
+        Phase::AllReduce => {
+            let rounds = f.algo.rounds(n);
+            let how = match f.algo {
+                AllReduceAlgo::Ring => format!(
+                    "ring: {rounds} rounds, each passing 1/{n} of the gradient to the next worker — {} rounds adding up, then {} passing the sums on",
+                    n - 1,
+                    n - 1
+                ),
+                AllReduceAlgo::Tree => format!("recursive doubling: {rounds} rounds of swapping with a partner and adding"),
+                AllReduceAlgo::Naive => "naive: everyone sends its whole gradient to worker 0, which adds them up and sends the sum back".to_string(),
+                AllReduceAlgo::Hierarchical => "hierarchical: add up inside each node, a ring among the node leaders, then back inside each node".to_string(),
+                AllReduceAlgo::TwoD => "2d: add up each shard inside the node, across the nodes, then gather inside the node".to_string(),
+                AllReduceAlgo::Mpi => "the MPI library's own all-reduce".to_string(),
+            };
+            let at = match (about_to, f.rounds_done) {
+                (true, Some(done)) if done < rounds => format!(" Next: round {} of {rounds}.", done + 1),
+                (false, Some(done)) => format!(" Round {} of {rounds} is done.", done.min(rounds)),
+                _ => String::new(),
+            };
+            let numbers = match f.report.filter(|_| !about_to) {
+                Some(r) => format!(
+                    " At step {}, the mean's norm was {:.3}, {} worker {w}'s own {:.3}{}.",
+                    r.step,
+                    r.grad_norm_reduced,
+                    compared(r.grad_norm_reduced, r.grad_norm),
+                    r.grad_norm,
+                    if r.grad_norm_reduced < 0.95 * r.grad_norm {
+                        ": averaging cancels part of the workers' noise"
+                    } else {
+                        ""
+                    }
+                ),
+                None => String::new(),
+            };
+            let verb = if about_to { "will average" } else { "average" };
+            format!(
+                "all-reduce: the {n} workers {verb} their gradients ({how}). Afterwards every worker holds the same mean gradient.{at}{numbers}"
+            )
+        }
+        Phase::Update => {
+            let lr = f.report.map_or(String::new(), |r| format!(" with learning rate {}", r.lr));
+            if many {
+                format!("update: every worker applies the same averaged gradient{lr}, so the {n} replicas stay identical, bit for bit.")
+            } else {
+                format!("update: worker {w} steps its weights against its gradient{lr}.")
+            }
+        }
+        Phase::Pull => {
+            let why = match f.mode {
+                Mode::Ssp(k) => format!(
+                    " It is at most {} ahead of the slowest worker (SSP's bound).",
+                    count(u64::from(k), "iteration", "iterations")
+                ),
+                Mode::Backup(b) => format!(
+                    " Its gradient will count for this step only if it is among the first {} of {n} to arrive.",
+                    n.saturating_sub(b)
+                ),
+                _ if many => " It computes on them while the others push, so its gradient will be stale when it arrives.".to_string(),
+                _ => String::new(),
+            };
+            let verb = if about_to { "will fetch" } else { "fetches" };
+            format!("pull: worker {w} {verb} the current parameters from the server.{why}")
+        }
+        Phase::Push => {
+            let verb = if about_to { "will send" } else { "sends" };
+            let staleness = match f.report.filter(|_| !about_to).and_then(|r| r.staleness.map(|s| (r, s))) {
+                Some((r, s)) if many => format!(
+                    " At step {}, {} landed between its pull and its push (staleness {s}).",
+                    r.step,
+                    count(s, "other update", "other updates")
+                ),
+                _ => String::new(),
+            };
+            match f.mode {
+                Mode::Backup(b) => {
+                    let dropped = match f.report.filter(|_| !about_to) {
+                        Some(r) if r.dropped => format!(" At step {}, its gradient came too late and was dropped.", r.step),
+                        _ => String::new(),
+                    };
+                    let needed = n.saturating_sub(b);
+                    format!(
+                        "push: worker {w} {verb} its gradient; the server adds it to the step's sum, applies the mean once {needed} of the {n} gradients {} in, and drops the ones that come later.{dropped}",
+                        if needed == 1 { "is" } else { "are" }
+                    )
+                }
+                Mode::Ssp(k) => format!(
+                    "push: worker {w} {verb} its gradient; the server applies it at once. Before its next pull it may have to wait: no worker may be more than {} ahead of the slowest.{staleness}",
+                    count(u64::from(k), "iteration", "iterations")
+                ),
+                _ => format!("push: worker {w} {verb} its gradient; the server applies it at once.{staleness}"),
+            }
+        }
+        Phase::Wait => match f.mode {
+            Mode::Ssp(k) => format!(
+                "wait: worker {w} is {} ahead of the slowest worker and waits for it: SSP's bound keeps its gradients from getting staler.",
+                count(u64::from(k), "iteration", "iterations")
+            ),
+            Mode::Backup(b) => format!(
+                "wait: worker {w}'s gradient is in, and it waits for the step to close ({} of the {n} gradients), the price of synchronous steps.",
+                n.saturating_sub(b)
+            ),
+            _ => format!("wait: worker {w} waits for the server."),
+        },
+        Phase::ToHost => {
+            let why = if many {
+                "this all-reduce runs on the host. A GPU-aware library (NCCL) would send it from GPU memory directly and skip both copies."
+            } else {
+                "the update's gradient goes through the host in this design (with one worker there is nothing to all-reduce: the copies are its price)."
+            };
+            let verb = if about_to { "will be copied" } else { "is copied" };
+            format!("to host: worker {w}'s gradient {verb} from its GPU into host memory, because {why}")
+        }
+        Phase::ToDevice => {
+            let server = f.mode.uses_server();
+            let what = match (server, many) {
+                (true, _) => "the parameters it pulled",
+                (false, true) => "the averaged gradient",
+                (false, false) => "its gradient",
+            };
+            let verb = if about_to { "will copy" } else { "copies" };
+            format!("to device: worker {w} {verb} {what} back into its GPU's memory, where the kernels can use it.")
+        }
+    };
+    what
 }
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let w = lab.selected.min(lab.current_workers().saturating_sub(1));
     let server = lab.current_mode().uses_server();
-    let text = match (lab.diverged_at(), lab.view.last_span(w)) {
-        (Some(step), _) => format!(
-            "DIVERGED at step {step}: the loss became NaN, infinite or absurdly large. The learning rate ({}) is too high for this setup — with {} workers, try r (LR rule) or a smaller --lr, then R to restart.",
-            lab.exp.lr,
-            lab.current_workers()
-        ),
+    let facts = Facts::of(lab, w);
+    let text = match (lab.ended(), lab.view.last_span(w)) {
+        (Some(why), _) => why,
         (None, Some(span)) if lab.paused || lab.stepping => {
-            let next = next_phase(span.phase, server, lab.exp.device == crate::gpu::Device::Gpu);
-            format!("halted. About to: {}", describe(lab, w, next))
+            // Inside the all-reduce, the next thing may be another round of it.
+            let rounds = facts.algo.rounds(facts.workers);
+            let next = match (span.phase, facts.rounds_done) {
+                (Phase::AllReduce, Some(done)) if done < rounds => Phase::AllReduce,
+                (p, _) => next_phase(p, server, facts.gpu),
+            };
+            format!("halted. About to: {}", describe(&facts, next, true))
         }
-        (None, Some(span)) => describe(lab, w, span.phase),
-        (None, None) if lab.is_finished() => "the run has finished: R restarts it, c keeps its curves as a ghost.".into(),
+        (None, Some(span)) => describe(&facts, span.phase, false),
+        (None, None) if lab.paused || lab.stepping => {
+            let first = if server { Phase::Pull } else { Phase::Forward };
+            format!(
+                "halted before the first phase: n steps one phase at a time, space runs. About to: {}",
+                describe(&facts, first, true)
+            )
+        }
         (None, None) => "starting…".into(),
     };
     Paragraph::new(Line::from(text))
@@ -120,4 +308,144 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 .title(Span::styled(format!(" what is happening · worker {w} "), theme.title())),
         )
         .render(area, buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(loss: f64, own: f64, reduced: f64, staleness: Option<u64>, dropped: bool) -> WorkerStep {
+        WorkerStep {
+            worker: 0,
+            step: 41,
+            iteration: 41,
+            epoch: 0,
+            loss,
+            correct: 10,
+            samples: 32,
+            grad_norm: own,
+            grad_norm_reduced: reduced,
+            lr: 0.1,
+            phase_ns: [0; Phase::COUNT],
+            bytes_sent: 0,
+            idle_ns: 0,
+            staleness,
+            dropped,
+            lead: 0,
+            allreduce_start_ns: 0,
+            end_ns: 0,
+        }
+    }
+
+    /// Every mode × phase × worker count × (happening, about to): each sentence checked
+    /// against the state it describes.
+    #[test]
+    fn every_sentence_is_true_for_every_mode_phase_and_worker_count() {
+        let modes = [Mode::Sync, Mode::Async, Mode::Ssp(1), Mode::Ssp(2), Mode::Backup(1)];
+        for mode in modes {
+            for n in [1usize, 2, 4] {
+                if matches!(mode, Mode::Backup(b) if b >= n) {
+                    continue; // (refused as a setting)
+                }
+                for gpu in [false, true] {
+                    for (own, reduced) in [(0.4, 0.2), (0.2, 0.4), (0.3, 0.3)] {
+                        let r = report(2.436, own, reduced, mode.uses_server().then_some(1), false);
+                        for about_to in [false, true] {
+                            for phase in Phase::ALL {
+                                let server_phase = matches!(phase, Phase::Pull | Phase::Push | Phase::Wait);
+                                if server_phase != mode.uses_server() && phase != Phase::Wait
+                                    || phase == Phase::AllReduce && mode.uses_server()
+                                    || matches!(phase, Phase::ToHost | Phase::ToDevice) && !gpu
+                                    || phase == Phase::Update && mode.uses_server()
+                                    || phase == Phase::Wait && !matches!(mode, Mode::Ssp(_) | Mode::Backup(_))
+                                {
+                                    continue;
+                                }
+                                let f = Facts {
+                                    worker: 0,
+                                    workers: n,
+                                    mode,
+                                    algo: AllReduceAlgo::Ring,
+                                    gpu,
+                                    report: Some(&r),
+                                    saw: Some("a 4, a 7 and 30 more".into()),
+                                    rounds_done: None,
+                                };
+                                let s = describe(&f, phase, about_to);
+                                let case = format!("{mode} N={n} {phase:?} about_to={about_to} ({own}→{reduced}): {s}");
+                                // No plural for one, no phantom partners.
+                                assert!(!s.contains("1 workers") && !s.contains("the 1 "), "{case}");
+                                assert!(!s.contains(" 0 rounds"), "{case}");
+                                if n == 1 {
+                                    assert!(!s.contains("other workers") && !s.contains("others"), "{case}");
+                                    assert!(!s.contains("replicas"), "{case}");
+                                }
+                                // "About to" says nothing measured: a phase that has not run
+                                // has no figures, and the last step's are not its result.
+                                if about_to {
+                                    for figure in ["2.436", "0.200", "0.400", "0.300", "staleness 1"] {
+                                        assert!(!s.contains(figure), "{case}");
+                                    }
+                                } else if phase == Phase::Forward {
+                                    assert!(s.contains("(step 41: loss 2.436)"), "{case}");
+                                }
+                                // Comparative words follow the numbers.
+                                if phase == Phase::AllReduce && n > 1 && !about_to {
+                                    let word = if reduced < own {
+                                        "smaller than"
+                                    } else if reduced > own {
+                                        "larger than"
+                                    } else {
+                                        "about the same as"
+                                    };
+                                    assert!(s.contains(word), "{case}");
+                                    assert_eq!(s.contains("cancels"), reduced < own, "{case}");
+                                }
+                                // The server applies at once only where it does.
+                                if phase == Phase::Push {
+                                    assert_eq!(
+                                        s.contains("applies it at once"),
+                                        !matches!(mode, Mode::Backup(_)),
+                                        "{case}"
+                                    );
+                                    if !about_to && n > 1 && !matches!(mode, Mode::Backup(_)) {
+                                        assert!(s.contains("1 other update landed"), "{case}");
+                                    }
+                                }
+                                if let Mode::Ssp(k) = mode {
+                                    if phase == Phase::Wait {
+                                        let bound = if k == 1 { "1 iteration " } else { "iterations" };
+                                        assert!(s.contains(bound), "{case}");
+                                    }
+                                }
+                                if let Mode::Backup(b) = mode {
+                                    if phase == Phase::Push || phase == Phase::Wait {
+                                        assert!(s.contains(&format!("{} of the {n} gradients", n - b)), "{case}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inside_the_all_reduce_the_next_thing_is_the_next_round() {
+        let r = report(1.0, 0.4, 0.2, None, false);
+        let f = Facts {
+            worker: 1,
+            workers: 4,
+            mode: Mode::Sync,
+            algo: AllReduceAlgo::Ring,
+            gpu: false,
+            report: Some(&r),
+            saw: None,
+            rounds_done: Some(2),
+        };
+        let s = describe(&f, Phase::AllReduce, true);
+        assert!(s.contains("Next: round 3 of 6"), "{s}");
+        assert!(s.contains("3 rounds adding up, then 3 passing the sums on"), "{s}");
+    }
 }

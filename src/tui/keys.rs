@@ -17,12 +17,25 @@ pub enum Action {
     SelectWorker,
     ToggleStraggler,
     CycleLrRule,
+    RaiseLr,
+    LowerLr,
+    ToggleMomentum,
     Restart,
     ToggleBackend,
     KeepGhost,
     ToggleAxis,
     Help,
     Quit,
+    /// Move the focus to the next (previous) panel: the one zoom shows, and the lesson
+    /// text that the arrows scroll.
+    FocusNext,
+    FocusPrev,
+    /// Show the focused panel alone on the whole screen (again: back), tmux's zoom.
+    Zoom,
+    ScrollUp,
+    ScrollDown,
+    PageUp,
+    PageDown,
     // Lessons
     NextPage,
     PrevPage,
@@ -47,6 +60,34 @@ pub struct Binding {
     pub help: &'static str,
     /// Shown in the footer (the rest only in the help).
     pub footer: bool,
+}
+
+impl Binding {
+    /// The help's line: the table's words, and for the keys that cycle or set a value,
+    /// the values from the code that uses them (so that the help cannot drift).
+    pub fn help_text(&self) -> String {
+        use super::app::{pace_words, LINKS, MODES, MOMENTUM, PACES, STRAGGLER_FACTOR};
+        let cycle = |names: Vec<String>| format!("{}: {}", self.help, names.join(" → "));
+        match self.action {
+            Action::CycleMode => cycle(MODES.iter().map(ToString::to_string).collect()),
+            Action::CycleAllReduce => cycle(
+                crate::comm::AllReduceAlgo::ALL
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
+            Action::CycleLink => cycle(LINKS.iter().map(|(name, _)| name.to_string()).collect()),
+            Action::SlowMotion => cycle(
+                PACES
+                    .iter()
+                    .map(|p| p.map_or("full speed".to_string(), |r| format!("≈{}", pace_words(r))))
+                    .collect(),
+            ),
+            Action::ToggleStraggler => format!("{} ({STRAGGLER_FACTOR}× its compute)", self.help),
+            Action::ToggleMomentum => format!("{} (on: {MOMENTUM})", self.help),
+            _ => self.help.to_string(),
+        }
+    }
 }
 
 const fn bind(
@@ -90,7 +131,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "z",
         Action::SlowMotion,
         "slow",
-        "slow motion: hold every phase 0 / 20 / 200 ms so that you can follow it",
+        "slow motion, time dilated (every phase, message and delay stretched alike)",
         true,
     ),
     bind(
@@ -98,7 +139,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "m",
         Action::CycleMode,
         "mode",
-        "cycle the training mode: sync → async → ssp:2 → backup:1",
+        "cycle the training mode",
         true,
     ),
     bind(
@@ -122,7 +163,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "a",
         Action::CycleAllReduce,
         "all-reduce",
-        "cycle the all-reduce algorithm: ring → tree → naive",
+        "cycle the all-reduce algorithm",
         true,
     ),
     bind(
@@ -130,7 +171,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "l",
         Action::CycleLink,
         "link",
-        "cycle the emulated link: none → 100 Gb/s InfiniBand → 10 GbE → 1 GbE",
+        "cycle the emulated link",
         true,
     ),
     bind(
@@ -146,7 +187,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "s",
         Action::ToggleStraggler,
         "straggler",
-        "make the selected worker 4× slower, or normal again",
+        "make the selected worker slower, or normal again",
         true,
     ),
     bind(
@@ -155,6 +196,30 @@ pub const LAB_KEYS: &[Binding] = &[
         Action::CycleLrRule,
         "",
         "cycle the LR rule: constant → linear scaling by the worker count",
+        false,
+    ),
+    bind(
+        KeyCode::Char('*'),
+        "*",
+        Action::RaiseLr,
+        "",
+        "learning rate × 10 (from the next step)",
+        false,
+    ),
+    bind(
+        KeyCode::Char('/'),
+        "/",
+        Action::LowerLr,
+        "",
+        "learning rate ÷ 10 (from the next step)",
+        false,
+    ),
+    bind(
+        KeyCode::Char('M'),
+        "M",
+        Action::ToggleMomentum,
+        "",
+        "momentum on ↔ off (plain SGD), from the next step",
         false,
     ),
     bind(
@@ -190,6 +255,42 @@ pub const LAB_KEYS: &[Binding] = &[
         false,
     ),
     bind(
+        KeyCode::Tab,
+        "tab",
+        Action::FocusNext,
+        "",
+        "focus the next panel (shift-tab: the previous one)",
+        false,
+    ),
+    bind(
+        KeyCode::BackTab,
+        "shift-tab",
+        Action::FocusPrev,
+        "",
+        "focus the previous panel",
+        false,
+    ),
+    bind(
+        KeyCode::Char('f'),
+        "f",
+        Action::Zoom,
+        "zoom",
+        "zoom the focused panel to the whole screen, and back (also enter)",
+        true,
+    ),
+    bind(KeyCode::Enter, "enter", Action::Zoom, "", "… the same as f", false),
+    bind(
+        KeyCode::Up,
+        "↑",
+        Action::ScrollUp,
+        "",
+        "scroll the lesson text up (↓ down, PgUp / PgDn a page)",
+        false,
+    ),
+    bind(KeyCode::Down, "↓", Action::ScrollDown, "", "… down", false),
+    bind(KeyCode::PageUp, "PgUp", Action::PageUp, "", "… a page up", false),
+    bind(KeyCode::PageDown, "PgDn", Action::PageDown, "", "… a page down", false),
+    bind(
         KeyCode::Char(']'),
         "]",
         Action::NextPage,
@@ -221,7 +322,7 @@ pub const LAB_KEYS: &[Binding] = &[
         "esc",
         Action::Back,
         "",
-        "back to the lesson menu (progress is saved)",
+        "out of a zoomed panel; else back to the lesson menu (progress is saved)",
         false,
     ),
     bind(

@@ -30,6 +30,10 @@ pub struct LessonView {
     /// Live checks of this page: the metric's value, when the run has it.
     pub checks: Vec<Option<f64>>,
     checked_at: Option<Instant>,
+    /// Lines of the page scrolled past (the arrows move it).
+    pub scroll: u16,
+    /// How far the page could scroll when it was last drawn (the view measures it).
+    pub max_scroll: std::cell::Cell<u16>,
 }
 
 impl LessonView {
@@ -42,6 +46,8 @@ impl LessonView {
             answers: Vec::new(),
             checks: Vec::new(),
             checked_at: None,
+            scroll: 0,
+            max_scroll: std::cell::Cell::new(u16::MAX),
         };
         v.reset_page();
         v
@@ -58,6 +64,14 @@ impl LessonView {
         self.answers = vec![None; p.quiz.len()];
         self.checks = vec![None; p.checks.len()];
         self.checked_at = None;
+        self.scroll = 0;
+        self.max_scroll.set(u16::MAX);
+    }
+
+    /// Scrolls the page `by` lines (down when positive), as far as it goes.
+    pub fn scroll_by(&mut self, by: i32) {
+        let max = i32::from(self.max_scroll.get());
+        self.scroll = (i32::from(self.scroll) + by).clamp(0, max) as u16;
     }
 
     /// Marks the prompts `did` satisfies; returns the indices newly done.
@@ -138,6 +152,16 @@ pub fn detect(action: Action, before: &Experiment, after: &Experiment) -> Vec<Le
     }
     if before.lr_scaling != after.lr_scaling && after.lr_scaling == crate::nn::LrScaling::Linear {
         did.push(LessonAction::LinearLrScaling);
+    }
+    if after.lr > before.lr {
+        did.push(LessonAction::RaiseLr);
+    } else if after.lr < before.lr {
+        did.push(LessonAction::LowerLr);
+    }
+    if before.momentum > 0.0 && after.momentum == 0.0 {
+        did.push(LessonAction::MomentumOff);
+    } else if before.momentum == 0.0 && after.momentum > 0.0 {
+        did.push(LessonAction::MomentumOn);
     }
     did
 }
@@ -250,25 +274,57 @@ pub fn render(v: &LessonView, theme: &Theme, area: Rect, buf: &mut Buffer) {
             None => {}
         }
     }
-    lines.push(Line::raw(""));
-    lines.push(Line::styled(
-        "[ previous page · ] next page · 1–4 answer · esc lessons",
-        theme.dim(),
-    ));
+    // (the page number first: a narrow pane cuts the title's end)
     let title = format!(
-        " lesson {} · {} — page {}/{}: {} ",
-        v.lesson.number,
-        v.lesson.title,
+        " page {}/{} · lesson {} · {}: {} ",
         v.page + 1,
         v.lesson.pages.len(),
+        v.lesson.number,
+        v.lesson.title,
         page.title
     );
-    Paragraph::new(lines)
-        .wrap(Wrap { trim: false })
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(Span::styled(title, theme.title())),
-        )
-        .render(area, buf);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(title, theme.title()));
+    let inner = block.inner(area);
+    block.render(area, buf);
+    // The keys stay at the bottom, whatever the scroll; the text scrolls above them.
+    let text = Paragraph::new(lines).wrap(Wrap { trim: false });
+    let keys_line = |more: &'static str| {
+        Paragraph::new(Line::from(vec![
+            Span::styled(more, theme.warn()),
+            Span::styled(
+                "↑↓ PgUp PgDn scroll · [ ] pages · 1–4 answer · tab panels · esc lessons",
+                theme.dim(),
+            ),
+        ]))
+        .wrap(Wrap { trim: true })
+    };
+    let widest = keys_line("↑↓ more above and below · ").line_count(inner.width) as u16;
+    let text_h = inner.height.saturating_sub(widest);
+    let total = text.line_count(inner.width) as u16;
+    let max = total.saturating_sub(text_h);
+    v.max_scroll.set(max);
+    let scroll = v.scroll.min(max);
+    text.scroll((scroll, 0)).render(
+        Rect {
+            height: text_h,
+            ..inner
+        },
+        buf,
+    );
+    let more = match (scroll > 0, scroll < max) {
+        (false, true) => "↓ more below · ",
+        (true, true) => "↑↓ more above and below · ",
+        (true, false) => "↑ more above · ",
+        (false, false) => "",
+    };
+    keys_line(more).render(
+        Rect {
+            y: inner.y + text_h,
+            height: inner.height - text_h,
+            ..inner
+        },
+        buf,
+    );
 }

@@ -25,7 +25,7 @@ use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind
 use crate::cli::CliError;
 use crate::config::Experiment;
 use crate::data::Dataset;
-use crate::lesson::{Lesson, ProgressStore};
+use crate::lesson::{Lesson, Panel, ProgressStore};
 pub use app::Lab;
 use keys::{Action, HOME_KEYS, LAB_KEYS};
 pub use lesson::LessonView;
@@ -49,6 +49,8 @@ pub enum Screen {
 pub struct App {
     pub screen: Screen,
     pub help: bool,
+    /// Lines of the help scrolled past (the view keeps it within the help's length).
+    pub help_scroll: std::cell::Cell<u16>,
     pub quit: bool,
     pub lab: Option<Lab>,
     pub home_selected: usize,
@@ -64,7 +66,31 @@ pub struct App {
     pub lesson: Option<LessonView>,
     /// How an instructor wants every page's run to open (over what the page says).
     pub opening: Opening,
+    /// Where tab put the focus (None: nowhere yet).
+    pub focus: Option<Focus>,
+    /// The focused panel fills the screen (f or enter; again, or esc, to go back).
+    pub zoomed: bool,
 }
+
+/// What the focus can be on: the lesson text, or one panel of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Lesson,
+    Panel(Panel),
+}
+
+/// The lab's panels in the order tab visits them.
+pub const PANELS: [Panel; 6] = [
+    Panel::Timeline,
+    Panel::Collective,
+    Panel::Curves,
+    Panel::Numbers,
+    Panel::Explain,
+    Panel::Digits,
+];
+
+/// Lines the arrows scroll the lesson text by (PgUp/PgDn: a page).
+const SCROLL_PAGE: u16 = 10;
 
 /// How runs open when an instructor says so on the command line: paused, at a pace.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -90,6 +116,7 @@ impl App {
         App {
             screen,
             help: false,
+            help_scroll: std::cell::Cell::new(0),
             quit: false,
             lab,
             home_selected: 0,
@@ -105,7 +132,38 @@ impl App {
             },
             lesson: None,
             opening: Opening::default(),
+            focus: None,
+            zoomed: false,
         }
+    }
+
+    /// What a zoom (or a narrow lesson screen) shows: the focus, else the first lab panel
+    /// the lesson page points at, else the timeline.
+    pub fn shown(&self) -> Focus {
+        self.focus.unwrap_or_else(|| {
+            let pointed = self
+                .lesson
+                .as_ref()
+                .and_then(|v| v.current().point_at.iter().copied().find(|p| PANELS.contains(p)));
+            Focus::Panel(pointed.unwrap_or(Panel::Timeline))
+        })
+    }
+
+    /// Moves the focus `by` places along the lesson text (when one is open) and the panels.
+    fn move_focus(&mut self, by: isize) {
+        let mut order: Vec<Focus> = PANELS.iter().map(|&p| Focus::Panel(p)).collect();
+        if self.lesson.is_some() {
+            order.insert(0, Focus::Lesson);
+        }
+        let now = self.shown();
+        if self.focus.is_none() {
+            // The first tab shows where the focus is (what a zoom would show).
+            self.focus = Some(now);
+            return;
+        }
+        let i = order.iter().position(|&f| f == now).unwrap_or(0) as isize;
+        let n = order.len() as isize;
+        self.focus = Some(order[((i + by) % n + n) as usize % n as usize]);
     }
 
     pub fn home_items(&self) -> Vec<HomeItem> {
@@ -164,6 +222,9 @@ impl App {
         let p = view.current().clone();
         self.lesson = Some(view);
         self.start_page_run(&p);
+        if let (Some(lab), Some(axis)) = (self.lab.as_mut(), p.axis) {
+            lab.axis = Some(axis);
+        }
         self.save_page();
     }
 
@@ -203,6 +264,9 @@ impl App {
         } else {
             self.continue_page_run(&p);
         }
+        if let (Some(lab), Some(axis)) = (self.lab.as_mut(), p.axis) {
+            lab.axis = Some(axis);
+        }
         self.save_page();
     }
 
@@ -223,9 +287,23 @@ impl App {
         if key.kind != KeyEventKind::Press {
             return;
         }
-        if self.help && key.code == KeyCode::Esc {
-            self.help = false;
-            return;
+        if self.help {
+            // The help takes the arrows (to scroll it) and esc (to close it).
+            let scroll = &self.help_scroll;
+            match key.code {
+                KeyCode::Esc => self.help = false,
+                KeyCode::Up => scroll.set(scroll.get().saturating_sub(1)),
+                KeyCode::Down => scroll.set(scroll.get() + 1),
+                KeyCode::PageUp => scroll.set(scroll.get().saturating_sub(SCROLL_PAGE)),
+                KeyCode::PageDown => scroll.set(scroll.get() + SCROLL_PAGE),
+                _ => {}
+            }
+            if matches!(
+                key.code,
+                KeyCode::Esc | KeyCode::Up | KeyCode::Down | KeyCode::PageUp | KeyCode::PageDown
+            ) {
+                return;
+            }
         }
         let table = if self.screen == Screen::Lab {
             LAB_KEYS
@@ -255,10 +333,26 @@ impl App {
                     HomeItem::Quit => self.quit = true,
                 }
             }
+            (Screen::Lab, Action::Back) if self.zoomed => self.zoomed = false,
             (Screen::Lab, Action::Back) => {
                 self.lab = None; // stops the run
                 self.lesson = None;
+                self.focus = None;
                 self.screen = Screen::Home;
+            }
+            (Screen::Lab, Action::FocusNext) => self.move_focus(1),
+            (Screen::Lab, Action::FocusPrev) => self.move_focus(-1),
+            (Screen::Lab, Action::Zoom) => self.zoomed = !self.zoomed,
+            (Screen::Lab, Action::ScrollUp | Action::ScrollDown | Action::PageUp | Action::PageDown) => {
+                if let Some(v) = self.lesson.as_mut() {
+                    let by = match action {
+                        Action::ScrollUp => -1,
+                        Action::ScrollDown => 1,
+                        Action::PageUp => -(SCROLL_PAGE as i32),
+                        _ => SCROLL_PAGE as i32,
+                    };
+                    v.scroll_by(by);
+                }
             }
             (Screen::Lab, Action::NextPage) => {
                 let next = self.lesson.as_ref().map(|v| v.page + 1);

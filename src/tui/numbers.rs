@@ -29,6 +29,24 @@ pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
     (updates / dt, samples / dt)
 }
 
+/// Why the measured communication is far above the α-β model's price, when it is: on
+/// a link this fast the messages cost little, and the time goes to the threads taking
+/// turns on the cores (or to the machine's other programs).
+pub fn beyond_the_model(model_ns: u64, measured_ns: u64, workers: usize) -> Option<String> {
+    if measured_ns <= 3 * model_ns.max(1) {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(if workers > cores {
+        format!(
+            "(measured ≫ model: {workers} worker threads share {cores} cores, so waiting for a core, not the link, takes the time)"
+        )
+    } else {
+        "(measured ≫ model: on a link this fast, handing messages between threads costs more than the link's α and β)"
+            .to_string()
+    })
+}
+
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let st = lab.state();
     let (steps_s, samples_s) = recent_rates(st, 1.0);
@@ -67,6 +85,9 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                     last.allreduce_comm_ns as f64 / 1e6
                 )),
             ]));
+            if let Some(why) = beyond_the_model(model, last.allreduce_comm_ns, lab.current_workers()) {
+                lines.push(Line::styled(why, theme.dim()));
+            }
         }
     }
     lines.push(Line::from(vec![

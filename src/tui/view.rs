@@ -35,63 +35,86 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
             .render(area, buf);
         return;
     }
-    match (&app.screen, &app.lab, &app.lesson) {
-        (Screen::Lab, Some(lab), Some(lesson)) => {
-            // The narrative beside the lab: a third of a wide screen, less of a narrow one.
-            let share = if area.width >= 160 { 34 } else { 40 };
-            let [text, rest] =
-                Layout::horizontal([Constraint::Percentage(share), Constraint::Percentage(100 - share)]).areas(area);
-            super::lesson::render(lesson, theme, text, buf);
-            let panels = lab_screen(lab, theme, rest, buf);
-            for (panel, rect) in panels {
-                if lesson.current().point_at.contains(&panel) {
-                    highlight(rect, theme, buf);
-                }
-            }
-        }
-        (Screen::Lab, Some(lab), None) => {
-            lab_screen(lab, theme, area, buf);
-        }
+    match (&app.screen, &app.lab) {
+        (Screen::Lab, Some(lab)) => lab_view(app, lab, theme, area, buf),
         _ => home(app, theme, area, buf),
     }
     if app.help {
         let keys = if app.screen == Screen::Lab { LAB_KEYS } else { HOME_KEYS };
-        help(keys, theme, area, buf);
+        help(keys, &app.help_scroll, theme, area, buf);
     }
 }
 
-/// The footer: the table's footer keys that fit in `width`, always ending with help and
-/// quit (so that a narrow terminal still says how to get out).
-fn footer(keys: &[Binding], theme: &Theme, width: u16) -> Line<'static> {
+/// The footer: the table's footer keys, on one line or two when one is too narrow,
+/// always ending with help and quit (so that a narrow terminal still says how to get
+/// out); keys that fit on neither line are left to the help.
+fn footer(keys: &[Binding], theme: &Theme, width: u16) -> Vec<Line<'static>> {
     let entry = |b: &Binding| (b.label.chars().count() + b.short.chars().count() + 3) as u16;
-    let last: Vec<&Binding> = keys
-        .iter()
-        .filter(|b| matches!(b.action, Action::Help | Action::Quit))
-        .collect();
-    let mut room = width.saturating_sub(last.iter().map(|b| entry(b)).sum());
-    let mut shown: Vec<&Binding> = Vec::new();
-    for b in keys
-        .iter()
-        .filter(|b| b.footer && !last.iter().any(|l| std::ptr::eq(*l, *b)))
-    {
-        if entry(b) > room {
-            break;
+    let is_last = |b: &Binding| matches!(b.action, Action::Help | Action::Quit);
+    let mut order: Vec<&Binding> = keys.iter().filter(|b| b.footer && !is_last(b)).collect();
+    order.extend(keys.iter().filter(|b| is_last(b)));
+    let fits = |n: usize| order[..n].iter().map(|b| entry(b)).sum::<u16>() <= width;
+    let mut lines: Vec<Vec<&Binding>> = Vec::new();
+    if fits(order.len()) {
+        lines.push(order);
+    } else {
+        // Two lines: the first as full as it goes, the rest (help and quit kept) below.
+        let mut first = Vec::new();
+        let mut room = width;
+        let mut rest: Vec<&Binding> = Vec::new();
+        for b in order {
+            if rest.is_empty() && !is_last(b) && entry(b) <= room {
+                room -= entry(b);
+                first.push(b);
+            } else {
+                rest.push(b);
+            }
         }
-        room -= entry(b);
-        shown.push(b);
+        let mut room = width.saturating_sub(rest.iter().filter(|b| is_last(b)).map(|b| entry(b)).sum());
+        let second: Vec<&Binding> = rest
+            .into_iter()
+            .filter(|b| {
+                if is_last(b) {
+                    return true;
+                }
+                let keep = entry(b) <= room;
+                room = room.saturating_sub(if keep { entry(b) } else { 0 });
+                keep
+            })
+            .collect();
+        lines.push(first);
+        lines.push(second);
     }
-    shown.extend(last);
-    let mut spans = Vec::new();
-    for b in shown {
-        spans.push(Span::styled(b.label, theme.key()));
-        spans.push(Span::raw(format!(" {}  ", b.short)));
-    }
-    Line::from(spans)
+    lines
+        .into_iter()
+        .map(|shown| {
+            let mut spans = Vec::new();
+            for b in shown {
+                spans.push(Span::styled(b.label, theme.key()));
+                spans.push(Span::raw(format!(" {}  ", b.short)));
+            }
+            Line::from(spans)
+        })
+        .collect()
 }
 
-fn help(keys: &[Binding], theme: &Theme, area: Rect, buf: &mut Buffer) {
-    let w = area.width.min(86);
-    let h = (keys.len() as u16 + 4).min(area.height);
+/// The help overlay: every binding of the table, scrolled by the arrows when the screen
+/// is too short for all of them.
+fn help(keys: &[Binding], scroll: &std::cell::Cell<u16>, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let w = area.width.min(90);
+    let label_w = keys.iter().map(|b| b.label.chars().count()).max().unwrap_or(1);
+    let lines: Vec<Line> = keys
+        .iter()
+        .map(|b| {
+            Line::from(vec![
+                Span::styled(format!("{:>label_w$}  ", b.label), theme.key()),
+                Span::raw(b.help_text()),
+            ])
+        })
+        .collect();
+    let body = Paragraph::new(lines).wrap(Wrap { trim: false });
+    let total = body.line_count(w.saturating_sub(2)) as u16;
+    let h = (total + 3).min(area.height);
     let r = Rect {
         x: area.x + (area.width - w) / 2,
         y: area.y + (area.height - h) / 2,
@@ -99,28 +122,39 @@ fn help(keys: &[Binding], theme: &Theme, area: Rect, buf: &mut Buffer) {
         height: h,
     };
     Clear.render(r, buf);
-    let mut lines: Vec<Line> = keys
-        .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>7}  ", b.label), theme.key()),
-                Span::raw(b.help),
-            ])
-        })
-        .collect();
-    lines.push(Line::styled("  ? or Esc closes this help", theme.dim()));
-    Paragraph::new(lines)
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(Span::styled(" keys ", theme.title())),
-        )
-        .render(r, buf);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(" keys ", theme.title()));
+    let inner = block.inner(r);
+    block.render(r, buf);
+    let text_h = inner.height.saturating_sub(1);
+    let max = total.saturating_sub(text_h);
+    scroll.set(scroll.get().min(max));
+    body.scroll((scroll.get(), 0)).render(
+        Rect {
+            height: text_h,
+            ..inner
+        },
+        buf,
+    );
+    let more = if max > 0 { "↑↓ scroll · " } else { "" };
+    buf.set_stringn(
+        inner.x,
+        inner.y + text_h,
+        format!("{more}? or Esc closes this help"),
+        inner.width as usize,
+        theme.dim(),
+    );
 }
 
 fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
-    let [title, body, foot] =
-        Layout::vertical([Constraint::Length(4), Constraint::Min(5), Constraint::Length(1)]).areas(area);
+    let keys = footer(HOME_KEYS, theme, area.width);
+    let [title, body, foot] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Min(5),
+        Constraint::Length(keys.len() as u16),
+    ])
+    .areas(area);
     Paragraph::new(vec![
         Line::styled(
             "ddlab — a lab for data-parallel distributed deep learning",
@@ -183,7 +217,7 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         }),
         buf,
     );
-    Paragraph::new(footer(HOME_KEYS, theme, foot.width)).render(foot, buf);
+    Paragraph::new(keys).render(foot, buf);
 }
 
 /// One piece of the header: kept in order of `keep` (higher first) when the line is
@@ -195,36 +229,30 @@ struct Part {
     style: ratatui::style::Style,
 }
 
-/// The parts that fit in `width` columns, each long if possible, in their order: the
-/// least important are dropped first, so the header never wraps.
+/// The parts that fit in `width` columns, in their order, so that the header never
+/// wraps: by importance, each takes its long form if it fits, else its short one, else
+/// it is left out.
 fn fit(parts: &[Part], width: usize) -> Vec<(String, ratatui::style::Style)> {
     const SEP: usize = 3; // " · "
     let mut order: Vec<usize> = (0..parts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(parts[i].keep));
     let len = |s: &str| s.chars().count();
-    // Take parts by importance, short, while they fit; then lengthen in the same order.
-    let mut chosen: Vec<Option<bool>> = vec![None; parts.len()]; // Some(long?)
+    let mut chosen: Vec<Option<&str>> = vec![None; parts.len()];
     let mut used = 0usize;
     for &i in &order {
-        let need = len(&parts[i].short) + if used == 0 { 0 } else { SEP };
-        if used + need <= width {
-            chosen[i] = Some(false);
-            used += need;
-        }
-    }
-    for &i in &order {
-        if chosen[i] == Some(false) {
-            let extra = len(&parts[i].long) - len(&parts[i].short).min(len(&parts[i].long));
-            if used + extra <= width {
-                chosen[i] = Some(true);
-                used += extra;
+        let sep = if used == 0 { 0 } else { SEP };
+        for form in [&parts[i].long, &parts[i].short] {
+            if used + sep + len(form) <= width {
+                chosen[i] = Some(form);
+                used += sep + len(form);
+                break;
             }
         }
     }
     parts
         .iter()
         .zip(chosen)
-        .filter_map(|(p, c)| c.map(|long| (if long { p.long.clone() } else { p.short.clone() }, p.style)))
+        .filter_map(|(p, c)| c.map(|text| (text.to_string(), p.style)))
         .collect()
 }
 
@@ -298,7 +326,10 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 backend.to_string(),
             )
         },
-        part(8, format!("{n} workers"), format!("{n}w")),
+        {
+            let workers = format!("{n} worker{}", if n == 1 { "" } else { "s" });
+            part(8, workers.clone(), workers)
+        },
         part(8, mode.to_string(), mode.to_string()),
         part(
             5,
@@ -314,18 +345,22 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             },
         ),
         match link {
-            None => part(2, "link: shared memory".into(), "shm".into()),
+            None => part(2, "link: shared memory".into(), "shared memory".into()),
             Some(l) => part(
                 6,
                 format!("link: {} ({l}) EMULATED", super::app::link_name(Some(l))),
                 format!("{} EMULATED", super::app::link_name(Some(l))),
             ),
         },
-        match rule {
-            LrScaling::None => part(4, format!("LR {}", lab.exp.lr), format!("LR {}", lab.exp.lr)),
-            LrScaling::Linear => part(4, format!("LR {}×{n}", lab.exp.lr), format!("LR {}×{n}", lab.exp.lr)),
+        {
+            let (lr, momentum) = seg.map_or((lab.exp.lr, lab.exp.momentum), |s| (s.lr, s.momentum));
+            let lr = match rule {
+                LrScaling::None => format!("LR {lr}"),
+                LrScaling::Linear => format!("LR {lr}×{n}"),
+            };
+            part(4, format!("{lr}, momentum {momentum}"), lr)
         },
-        part(7, format!("step {}", st.updates()), format!("s{}", st.updates())),
+        part(7, format!("step {}", st.updates()), format!("step {}", st.updates())),
         part(
             3,
             if lab.passed_length {
@@ -333,7 +368,7 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             } else {
                 format!("epoch {epoch}")
             },
-            format!("ep {epoch}"),
+            format!("epoch {epoch}"),
         ),
         Part {
             keep: 10,
@@ -385,11 +420,129 @@ pub fn devices_text(devices: &[String], n: usize) -> String {
     format!(" on {}", parts.join(", "))
 }
 
-/// Draws a panel's border heavy (and in the warning colour): where a lesson points.
-fn highlight(r: Rect, theme: &Theme, buf: &mut Buffer) {
-    if r.width < 2 || r.height < 2 {
+/// Narrower than this, a lesson shows its text beside one panel of the lab at a time
+/// (tab chooses it) instead of beside the whole lab squeezed.
+pub const WIDE_LESSON: u16 = 120;
+
+/// The lab, the lesson beside it, or the focused panel zoomed.
+fn lab_view(app: &App, lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let lesson = app.lesson.as_ref();
+    let pointed = |p: Panel| lesson.is_some_and(|v| v.current().point_at.contains(&p));
+    if app.zoomed || lesson.is_some() && area.width < WIDE_LESSON {
+        // One panel (or the lesson text) under the header, with the status and the keys.
+        let (said, bad) = lab.status();
+        let status_h = status_height(&said, area.width);
+        let keys = footer(LAB_KEYS, theme, area.width);
+        let [main, status, foot] = Layout::vertical([
+            Constraint::Min(4),
+            Constraint::Length(status_h),
+            Constraint::Length(keys.len() as u16),
+        ])
+        .areas(area);
+        let (text, right) = match (app.zoomed, lesson) {
+            (false, Some(_)) => {
+                let [text, right] =
+                    Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(main);
+                (Some(text), right)
+            }
+            _ => (None, main),
+        };
+        let [head, body] = Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(right);
+        header(lab, theme, head, buf);
+        match app.shown() {
+            super::Focus::Lesson => {
+                if let Some(v) = lesson {
+                    super::lesson::render(v, theme, body, buf);
+                }
+            }
+            super::Focus::Panel(p) => {
+                draw_panel(lab, p, theme, body, buf);
+                if pointed(p) {
+                    highlight(body, theme, buf);
+                }
+            }
+        }
+        if let (Some(text), Some(v)) = (text, lesson) {
+            super::lesson::render(v, theme, text, buf);
+        }
+        status_line(&said, bad, theme, status, buf);
+        Paragraph::new(keys).render(foot, buf);
         return;
     }
+    let (lab_area, text) = match lesson {
+        Some(_) => {
+            // The narrative beside the lab: a third of a wide screen, more of a narrower one.
+            let share = if area.width >= 160 { 34 } else { 40 };
+            let [text, rest] =
+                Layout::horizontal([Constraint::Percentage(share), Constraint::Percentage(100 - share)]).areas(area);
+            (rest, Some(text))
+        }
+        None => (area, None),
+    };
+    if let (Some(text), Some(v)) = (text, lesson) {
+        super::lesson::render(v, theme, text, buf);
+        if app.focus == Some(super::Focus::Lesson) {
+            focus_border(text, buf);
+        }
+    }
+    for (panel, rect) in lab_screen(lab, theme, lab_area, buf) {
+        if pointed(panel) {
+            highlight(rect, theme, buf);
+        }
+        if app.focus == Some(super::Focus::Panel(panel)) {
+            focus_border(rect, buf);
+        }
+    }
+}
+
+/// Draws one panel of the lab into `area`.
+fn draw_panel(lab: &Lab, panel: Panel, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    match panel {
+        Panel::Header => header(lab, theme, area, buf),
+        Panel::Timeline => super::timeline::render(lab, theme, area, buf),
+        Panel::Collective => super::collective::render(lab, theme, area, buf),
+        Panel::Curves => super::curves::render(lab, theme, area, buf),
+        Panel::Numbers => super::numbers::render(lab, theme, area, buf),
+        Panel::Explain => super::explain::render(lab, theme, area, buf),
+        Panel::Digits => super::digits::render(lab, theme, area, buf),
+    }
+}
+
+/// Rows the status line needs: two when its sentence is longer than a row, so that no
+/// refusal or message is ever cut.
+fn status_height(said: &str, width: u16) -> u16 {
+    match said.chars().count() {
+        0 => 0,
+        n if n > width as usize => 2,
+        _ => 1,
+    }
+}
+
+fn status_line(said: &str, bad: bool, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    Paragraph::new(Line::styled(
+        said.to_string(),
+        if bad { theme.bad() } else { theme.warn() },
+    ))
+    .wrap(Wrap { trim: true })
+    .render(area, buf);
+}
+
+/// Redraws a panel's border doubled: the panel that has the focus (tab moves it, f
+/// zooms it).
+fn focus_border(r: Rect, buf: &mut Buffer) {
+    restyle_border(r, buf, None, |s| match s {
+        "─" | "━" => Some("═"),
+        "│" | "┃" => Some("║"),
+        "┌" | "┏" => Some("╔"),
+        "┐" | "┓" => Some("╗"),
+        "└" | "┗" => Some("╚"),
+        "┘" | "┛" => Some("╝"),
+        _ => None,
+    });
+}
+
+/// Draws a panel's border heavy (and in the warning colour): where a lesson points.
+fn highlight(r: Rect, theme: &Theme, buf: &mut Buffer) {
     let heavy = |s: &str| match s {
         "─" => Some("━"),
         "│" => Some("┃"),
@@ -399,15 +552,30 @@ fn highlight(r: Rect, theme: &Theme, buf: &mut Buffer) {
         "┘" => Some("┛"),
         _ => None,
     };
+    restyle_border(r, buf, Some(theme.warn()), heavy);
+}
+
+/// Replaces the border symbols of `r` by what `to` says (and their style, if given).
+fn restyle_border(
+    r: Rect,
+    buf: &mut Buffer,
+    style: Option<ratatui::style::Style>,
+    to: impl Fn(&str) -> Option<&'static str>,
+) {
+    if r.width < 2 || r.height < 2 {
+        return;
+    }
     let (x1, y1) = (r.x + r.width - 1, r.y + r.height - 1);
     let perimeter = (r.x..=x1)
         .flat_map(|x| [(x, r.y), (x, y1)])
         .chain((r.y..=y1).flat_map(|y| [(r.x, y), (x1, y)]));
     for (x, y) in perimeter {
         if let Some(cell) = buf.cell_mut((x, y)) {
-            if let Some(h) = heavy(cell.symbol()) {
+            if let Some(h) = to(cell.symbol()) {
                 cell.set_symbol(h);
-                cell.set_style(theme.warn());
+                if let Some(style) = style {
+                    cell.set_style(style);
+                }
             }
         }
     }
@@ -421,21 +589,17 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
         .data
         .image
         .map_or(1, |(_, h)| (if h > 16 { h / 2 } else { h } as u16).div_ceil(2) + 1);
-    let explain_h = if area.height >= 28 { (digit_rows + 2).max(6) } else { 5 };
-    // The status line: what was just said, or what the state allows (two rows when it
-    // needs them, so that no refusal is ever cut).
+    let explain_h = if area.height >= 28 { (digit_rows + 2).max(6) } else { 6 };
+    // The status line: what was just said, or what the state allows.
     let (said, bad) = lab.status();
-    let status_h = if said.chars().count() > area.width as usize {
-        2
-    } else {
-        1
-    };
+    let status_h = status_height(&said, area.width);
+    let keys = footer(LAB_KEYS, theme, area.width);
     let [head, body, bottom, status, foot] = Layout::vertical([
         Constraint::Length(header_h),
         Constraint::Min(8),
         Constraint::Length(explain_h),
         Constraint::Length(status_h),
-        Constraint::Length(1),
+        Constraint::Length(keys.len() as u16),
     ])
     .areas(area);
     header(lab, theme, head, buf);
@@ -450,7 +614,9 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
     super::curves::render(lab, theme, curves, buf);
     super::numbers::render(lab, theme, numbers, buf);
 
+    // (on a narrow screen the explanation needs the whole width more than the digits)
     let digits_w = match lab.data.image {
+        _ if bottom.width < 100 => 0,
         Some((w, _)) if w > 16 => 15 * 4 + 2,
         Some(_) => 9 * 6 + 2,
         None => 26,
@@ -458,11 +624,11 @@ fn lab_screen(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) -> Vec<(Pa
     .min(bottom.width / 2);
     let [explain, digits] = Layout::horizontal([Constraint::Min(20), Constraint::Length(digits_w)]).areas(bottom);
     super::explain::render(lab, theme, explain, buf);
-    super::digits::render(lab, theme, digits, buf);
-    Paragraph::new(Line::styled(said, if bad { theme.bad() } else { theme.warn() }))
-        .wrap(Wrap { trim: true })
-        .render(status, buf);
-    Paragraph::new(footer(LAB_KEYS, theme, foot.width)).render(foot, buf);
+    if digits.width > 0 {
+        super::digits::render(lab, theme, digits, buf);
+    }
+    status_line(&said, bad, theme, status, buf);
+    Paragraph::new(keys).render(foot, buf);
     vec![
         (Panel::Header, head),
         (Panel::Timeline, timeline),
