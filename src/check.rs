@@ -1154,14 +1154,14 @@ fn render_links(s: &mut String, report: &CheckReport) {
         .collect();
     let _ = writeln!(
         s,
-        "    share of the best link of its kind: ██ ≥ ¾  ▓▓ ≥ ½  ▒▒ ≥ ¼  ░░ slow{}; {}",
+        "    share of the best link of its kind: ██ ≥ ¾  ▓▓ ≥ ½  ▒▒ ≥ ¼  ░░ slow (under ¼){}",
         if info.pairs < info.pairs_total {
-            "  (blank: not measured)"
+            "  blank: not measured"
         } else {
             ""
         },
-        refs.join(", ")
     );
+    let _ = writeln!(s, "    {}", refs.join("; "));
     if info.pairs < info.pairs_total {
         let _ = writeln!(
             s,
@@ -1176,7 +1176,7 @@ fn render_links(s: &mut String, report: &CheckReport) {
     if report.hosts.len() == 2 {
         let _ = writeln!(
             s,
-            "    (two hosts: network links are compared only with each other, so a link slow both ways cannot show; one slow direction does)"
+            "    (two hosts: a network link slow both ways has no other network link to be compared with; one slow direction shows)"
         );
     }
 }

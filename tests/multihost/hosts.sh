@@ -80,11 +80,11 @@ set_limit() {
   # shapes what the host receives, the namespace's end what it sends.
   if [ "$dir" != out ]; then
     tc qdisc add dev "$veth" root handle 1: htb default 1
-    tc class add dev "$veth" parent 1: classid 1:1 htb rate "$rate"
+    tc class add dev "$veth" parent 1: classid 1:1 htb rate "$rate" quantum 65536
   fi
   if [ "$dir" != in ]; then
     ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: htb default 1
-    ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:1 htb rate "$rate"
+    ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:1 htb rate "$rate" quantum 65536
   fi
 }
 
