@@ -80,12 +80,27 @@ pub struct Timing {
     pub time_us: f64,
 }
 
-/// One link of the map as its receiver timed it: the median time of a message from
-/// rank `from`.
+/// One link of the map as its receiver timed a message from rank `from`: the fastest of
+/// its repetitions (what the link can do: other processes can only delay a message), and
+/// the median (what it did).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkTime {
     pub from: usize,
     pub us: f64,
+    pub median_us: f64,
+    /// A link that looked slow, measured again alone beside a yardstick.
+    #[serde(default)]
+    pub alone: Option<Alone>,
+}
+
+/// A suspect link measured again alone, alternated with a yardstick link of its kind:
+/// the fastest time of each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alone {
+    pub us: f64,
+    pub against_from: usize,
+    pub against_to: usize,
+    pub against_us: f64,
 }
 
 /// What one rank measured.
@@ -250,9 +265,11 @@ pub fn run_rank<T: Transport + ?Sized>(
             .extend(timings.iter().filter(|x| x.algorithm == algo.name()).cloned());
     }
 
-    // The link map: every ordered pair, in shifted rounds (mpiGraph's pattern).
+    // The link map: every ordered pair, in shifted rounds (mpiGraph's pattern); a link
+    // that looks slow is measured again alone before it is called slow.
     if n > 1 {
         report.links = link_map_rank(t, opts)?;
+        confirm_slow_links(t, opts, &mut report.links)?;
     }
 
     // 4. Training works: a short sync run on digits.
@@ -347,8 +364,7 @@ pub fn shift_phases(k: usize, node: &[usize]) -> Vec<Vec<usize>> {
 
 /// This rank's part of the link map: for each shift, each phase after a barrier, the
 /// senders send one message and the receivers time it from the barrier. Returns the
-/// median time of each link into this rank (a warm-up round first, then 5 repetitions,
-/// 9 without `--quick`).
+/// links into this rank (a warm-up round first, then 5 repetitions, 9 without `--quick`).
 fn link_map_rank<T: Transport + ?Sized>(t: &mut T, opts: &CheckOptions) -> crate::comm::Result<Vec<LinkTime>> {
     let (rank, n) = (t.rank(), t.size());
     let node: Vec<usize> = (0..n).map(|r| t.node_of(r)).collect();
@@ -381,10 +397,115 @@ fn link_map_rank<T: Transport + ?Sized>(t: &mut T, opts: &CheckOptions) -> crate
         }
         links.push(LinkTime {
             from,
-            us: crate::nn::median(times),
+            us: times.iter().copied().fold(f64::INFINITY, f64::min),
+            median_us: crate::nn::median(times),
+            alone: None,
         });
     }
     Ok(links)
+}
+
+/// At most this many links that look slow are measured again (the slowest first).
+pub const CONFIRM_MOST: usize = 32;
+/// Repetitions of a suspect link and its yardstick, alternated, measured alone.
+const CONFIRM_REPS: usize = 9;
+
+/// Whether a link's fastest figure `gbps` looks slow beside `best`, the best of its kind.
+fn looks_slow(gbps: f64, best: f64) -> bool {
+    gbps < best * SLOW_SHARE
+}
+
+/// Measures again each link that looks slow in the map, alternated with a yardstick
+/// measured the same way at the same time: the fastest typical link of the best pair of
+/// hosts of its kind. Each is alone on the whole job; a suspect stays slow only if its
+/// fastest repetition is under a quarter of the yardstick's. (On a busy machine, links
+/// measured seconds apart see different neighbours: a healthy link can look slow beside
+/// one measured in a quiet moment, and a slow one fast beside one measured in a busy
+/// moment.) Every rank learns every link's figures (a sum of the matrix each rank fills
+/// its column of) and so picks the same suspects; `links` are this rank's links in.
+fn confirm_slow_links<T: Transport + ?Sized>(
+    t: &mut T,
+    opts: &CheckOptions,
+    links: &mut [LinkTime],
+) -> crate::comm::Result<()> {
+    let (rank, n) = (t.rank(), t.size());
+    let node: Vec<usize> = (0..n).map(|r| t.node_of(r)).collect();
+    // [fastest | median] µs of link (from → to) at [from·n + to | n² + from·n + to]
+    let mut matrix = vec![0.0f32; 2 * n * n];
+    for l in links.iter() {
+        matrix[l.from * n + rank] = l.us as f32;
+        matrix[n * n + l.from * n + rank] = l.median_us as f32;
+    }
+    let mut scratch = Vec::new();
+    all_reduce_sum(t, AllReduceAlgo::Ring, &mut matrix, &mut scratch)?;
+    let gbps = |us: f32| opts.link_bytes as f64 / (f64::from(us) * 1e-6).max(1e-9) / 1e9;
+    let measured: Vec<(usize, usize)> = (0..n * n)
+        .filter(|&i| matrix[i] > 0.0)
+        .map(|i| (i / n, i % n))
+        .collect();
+    let fastest: Vec<(usize, usize, f64)> = measured
+        .iter()
+        .map(|&(from, to)| (node[from], node[to], gbps(matrix[from * n + to])))
+        .collect();
+    let best = best_of_kinds(&fastest);
+    let mut suspects: Vec<(usize, usize, f64)> = measured
+        .iter()
+        .map(|&(from, to)| (from, to, gbps(matrix[from * n + to])))
+        .filter(|&(from, to, g)| best[usize::from(node[from] != node[to])].is_some_and(|(b, _, _)| looks_slow(g, b)))
+        .collect();
+    suspects.sort_by(|a, b| a.2.total_cmp(&b.2));
+    suspects.truncate(CONFIRM_MOST);
+    let len = (opts.link_bytes / 4).max(1);
+    let (out, mut into) = (vec![1.0f32; len], vec![0.0f32; len]);
+    for (from, to, _) in suspects {
+        // the yardstick: the best pair of hosts' link of the highest median figure
+        let Some((_, ha, hb)) = best[usize::from(node[from] != node[to])] else {
+            continue;
+        };
+        let yardstick = measured
+            .iter()
+            .copied()
+            .filter(|&(f, r)| node[f] == ha && node[r] == hb && (f, r) != (from, to))
+            .max_by(|a, b| matrix[n * n + b.0 * n + b.1].total_cmp(&matrix[n * n + a.0 * n + a.1]));
+        let Some(yardstick) = yardstick else { continue };
+        let mut best_us = [f64::INFINITY; 2];
+        for rep in 0..=CONFIRM_REPS {
+            for (which, (f, r)) in [(from, to), yardstick].into_iter().enumerate() {
+                t.barrier()?;
+                let t0 = Instant::now();
+                if rank == f {
+                    if opts.fault == Some(Fault::Slow(rank)) {
+                        std::thread::sleep(std::time::Duration::from_millis(25));
+                    }
+                    t.send(r, &out, Tag::default())?;
+                }
+                if rank == r {
+                    t.recv(f, &mut into, Op::Copy)?;
+                    if rep > 0 {
+                        best_us[which] = best_us[which].min(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+            }
+        }
+        // the suspect's receiver learns the yardstick's figure
+        let mut both = [0.0f32; 2];
+        if rank == to {
+            both[0] = best_us[0] as f32;
+        }
+        if rank == yardstick.1 {
+            both[1] = best_us[1] as f32;
+        }
+        all_reduce_sum(t, AllReduceAlgo::Ring, &mut both, &mut scratch)?;
+        if let Some(l) = links.iter_mut().find(|l| rank == to && l.from == from) {
+            l.alone = Some(Alone {
+                us: f64::from(both[0]),
+                against_from: yardstick.0,
+                against_to: yardstick.1,
+                against_us: f64::from(both[1]),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The experiment the training check runs with `n` ranks (per-rank batch 16).
@@ -502,15 +623,33 @@ pub struct LinkRow {
     pub from_host: String,
     pub to_host: String,
     pub kind: LinkKind,
+    /// The fastest repetition's figure, which is judged.
     pub gbps: f64,
-    /// Under [`SLOW_SHARE`] of the best links of its kind.
+    /// The median repetition's.
+    pub median_gbps: f64,
+    /// Where it looked slow: measured again alone beside a yardstick link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alone: Option<AloneRow>,
+    /// Its fastest repetition under [`SLOW_SHARE`] of the best of its kind, and (where
+    /// measured again) under that share of its yardstick's.
     pub slow: bool,
 }
 
-/// A link slower than this share of the best of its kind fails the check.
+/// A suspect link measured again alone, and the yardstick it was alternated with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AloneRow {
+    pub gbps: f64,
+    pub against_from_rank: usize,
+    pub against_to_rank: usize,
+    pub against_gbps: f64,
+}
+
+/// A link whose fastest repetition is under this share of the best of its kind fails
+/// the check.
 pub const SLOW_SHARE: f64 = 0.25;
 
-/// The best figure of one kind of link: the fastest host pair's median.
+/// The best figure of one kind of link: the fastest host pair's median of its links'
+/// fastest figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkReference {
     pub kind: LinkKind,
@@ -800,8 +939,28 @@ fn rank_list(ranks: &[usize]) -> String {
     parts.join(", ")
 }
 
-/// The map's rows, and each kind's best figure (the fastest host pair's median, so
-/// that one lucky link does not set the bar): a link under [`SLOW_SHARE`] of it is slow.
+/// The best link of each kind — shared memory (both ends on one host), then network —
+/// as the fastest pair of hosts' median, with that pair; `links` are (from host, to host,
+/// GB/s). A median per pair of hosts, so that one lucky link does not set the bar.
+fn best_of_kinds<H: Ord + Copy>(links: &[(H, H, f64)]) -> [Option<(f64, H, H)>; 2] {
+    let mut pairs: std::collections::BTreeMap<(H, H), Vec<f64>> = Default::default();
+    for &(a, b, gbps) in links {
+        pairs.entry((a, b)).or_default().push(gbps);
+    }
+    let mut best: [Option<(f64, H, H)>; 2] = [None, None];
+    for ((a, b), g) in pairs {
+        let (median, kind) = (crate::nn::median(g), usize::from(a != b));
+        if best[kind].is_none_or(|(m, _, _)| median > m) {
+            best[kind] = Some((median, a, b));
+        }
+    }
+    best
+}
+
+/// The map's rows, and each kind's best figure (the fastest host pair's median, so that
+/// one lucky link does not set the bar): a link whose fastest repetition is under
+/// [`SLOW_SHARE`] of it, and under that share of its yardstick where it was measured
+/// again, is slow.
 fn link_rows(reports: &[RankReport], link_bytes: usize) -> (Vec<LinkRow>, LinkMapInfo) {
     let n = reports.len();
     let mut links: Vec<LinkRow> = Vec::new();
@@ -819,22 +978,25 @@ fn link_rows(reports: &[RankReport], link_bytes: usize) -> (Vec<LinkRow>, LinkMa
                     LinkKind::Net
                 },
                 gbps: link_bytes as f64 / (l.us * 1e-6).max(1e-9) / 1e9,
+                median_gbps: link_bytes as f64 / (l.median_us * 1e-6).max(1e-9) / 1e9,
+                alone: l.alone.as_ref().map(|a| AloneRow {
+                    gbps: link_bytes as f64 / (a.us * 1e-6).max(1e-9) / 1e9,
+                    against_from_rank: a.against_from,
+                    against_to_rank: a.against_to,
+                    against_gbps: link_bytes as f64 / (a.against_us * 1e-6).max(1e-9) / 1e9,
+                }),
                 slow: false,
             });
         }
     }
     links.sort_by_key(|l| (l.from_rank, l.to_rank));
+    let figures: Vec<(&str, &str, f64)> = links
+        .iter()
+        .map(|l| (l.from_host.as_str(), l.to_host.as_str(), l.gbps))
+        .collect();
     let mut references = Vec::new();
-    for kind in [LinkKind::Shm, LinkKind::Net] {
-        let mut pairs: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
-        for l in links.iter().filter(|l| l.kind == kind) {
-            pairs.entry((&l.from_host, &l.to_host)).or_default().push(l.gbps);
-        }
-        let best = pairs
-            .into_iter()
-            .map(|(hosts, g)| (hosts, crate::nn::median(g)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some(((from_host, to_host), gbps)) = best {
+    for (kind, best) in [LinkKind::Shm, LinkKind::Net].into_iter().zip(best_of_kinds(&figures)) {
+        if let Some((gbps, from_host, to_host)) = best {
             references.push(LinkReference {
                 kind,
                 gbps,
@@ -846,7 +1008,7 @@ fn link_rows(reports: &[RankReport], link_bytes: usize) -> (Vec<LinkRow>, LinkMa
     }
     for l in &mut links {
         let best = references.iter().find(|r| r.kind == l.kind).map_or(0.0, |r| r.gbps);
-        l.slow = l.gbps < best * SLOW_SHARE;
+        l.slow = looks_slow(l.gbps, best) && l.alone.as_ref().is_none_or(|a| looks_slow(a.gbps, a.against_gbps));
     }
     let shifts: std::collections::BTreeSet<usize> = links.iter().map(|l| (l.to_rank + n - l.from_rank) % n).collect();
     let info = LinkMapInfo {
@@ -1039,6 +1201,15 @@ pub fn render(report: &CheckReport, quick: bool) -> String {
     s
 }
 
+/// A link's share of the best of its kind, as judged: beside its yardstick where it was
+/// measured again alone.
+fn share(l: &LinkRow, best: f64) -> f64 {
+    match &l.alone {
+        Some(a) => a.gbps / a.against_gbps.max(1e-12),
+        None => l.gbps / best.max(1e-12),
+    }
+}
+
 /// A heat-map cell: a link's share of the best of its kind, in four shades.
 fn shade(share: f64) -> &'static str {
     match share {
@@ -1061,9 +1232,15 @@ fn render_links(s: &mut String, report: &CheckReport) {
     let best = |kind: LinkKind| info.references.iter().find(|r| r.kind == kind).map_or(0.0, |r| r.gbps);
     let slow: Vec<&LinkRow> = report.links.iter().filter(|l| l.slow).collect();
     for l in slow.iter().take(8) {
+        let alone = l.alone.as_ref().map_or(String::new(), |a| {
+            format!(
+                "; alone {:.3} GB/s beside rank {} → rank {} at {:.2}",
+                a.gbps, a.against_from_rank, a.against_to_rank, a.against_gbps
+            )
+        });
         let _ = writeln!(
             s,
-            "    slow link: {} → {}: {:.3} GB/s, best {} {:.2} GB/s",
+            "    slow link: {} → {}: {:.3} GB/s, best {} {:.2} GB/s{alone}",
             rank_at(l.from_rank, &l.from_host),
             rank_at(l.to_rank, &l.to_host),
             l.gbps,
@@ -1102,7 +1279,7 @@ fn render_links(s: &mut String, report: &CheckReport) {
             for to in 0..n {
                 let cell = match report.links.iter().find(|l| l.from_rank == from && l.to_rank == to) {
                     _ if from == to => "  ·".to_string(),
-                    Some(l) => format!(" {}", shade(l.gbps / best(l.kind).max(1e-12))),
+                    Some(l) => format!(" {}", shade(share(l, best(l.kind)))),
                     None => "   ".into(),
                 };
                 s.push_str(&cell);
@@ -1128,12 +1305,11 @@ fn render_links(s: &mut String, report: &CheckReport) {
                     .iter()
                     .filter(|l| l.from_host == ha.host && l.to_host == hb.host)
                     .collect();
-                let cell = match between.first() {
-                    None => "  ·".to_string(),
-                    Some(l) => {
-                        let g = crate::nn::median(between.iter().map(|l| l.gbps).collect());
-                        format!(" {}", shade(g / best(l.kind).max(1e-12)))
-                    }
+                let cell = if between.is_empty() {
+                    "  ·".to_string()
+                } else {
+                    let shares = between.iter().map(|l| share(l, best(l.kind))).collect();
+                    format!(" {}", shade(crate::nn::median(shares)))
                 };
                 s.push_str(&cell);
             }
@@ -1155,7 +1331,7 @@ fn render_links(s: &mut String, report: &CheckReport) {
     let _ = writeln!(
         s,
         "    share of the best link of its kind: ██ ≥ ¾  ▓▓ ≥ ½  ▒▒ ≥ ¼  ░░ slow (under ¼){}",
-        if info.pairs < info.pairs_total {
+        if n <= MAP_RANKS && info.pairs < info.pairs_total {
             "  blank: not measured"
         } else {
             ""
@@ -1263,9 +1439,14 @@ mod tests {
                 timings: Vec::new(),
                 links: (0..n)
                     .filter(|&f| f != rank)
-                    .map(|from| LinkTime {
-                        from,
-                        us: (1 << 20) as f64 / (gbps(from, rank) * 1e9) * 1e6,
+                    .map(|from| {
+                        let us = (1 << 20) as f64 / (gbps(from, rank) * 1e9) * 1e6;
+                        LinkTime {
+                            from,
+                            us,
+                            median_us: us,
+                            alone: None,
+                        }
                     })
                     .collect(),
                 params: Vec::new(),
@@ -1318,6 +1499,41 @@ mod tests {
     }
 
     #[test]
+    fn a_link_that_looked_slow_but_kept_up_with_its_yardstick_alone_passes() {
+        let hosts = ["a", "a", "b", "b"];
+        let mut r = reports(&hosts, |f, t| if hosts[f] == hosts[t] { 9.0 } else { 1.0 });
+        // 0 → 2 looked slow in the map (a busy moment), but alone kept pace with 1 → 3
+        let l = r[2].links.iter_mut().find(|l| l.from == 0).unwrap();
+        l.us *= 10.0;
+        l.alone = Some(Alone {
+            us: 1000.0,
+            against_from: 1,
+            against_to: 3,
+            against_us: 900.0,
+        });
+        let report = judge("mpi", &r, &[], 1 << 20, true, true);
+        assert!(report.links.iter().all(|l| !l.slow), "{:?}", report.links);
+        // and one that fell behind it alone too is slow
+        r[2].links
+            .iter_mut()
+            .find(|l| l.from == 0)
+            .unwrap()
+            .alone
+            .as_mut()
+            .unwrap()
+            .us = 9000.0;
+        let report = judge("mpi", &r, &[], 1 << 20, true, true);
+        let slow: Vec<_> = report
+            .links
+            .iter()
+            .filter(|l| l.slow)
+            .map(|l| (l.from_rank, l.to_rank))
+            .collect();
+        assert_eq!(slow, vec![(0, 2)]);
+        assert!(render(&report, false).contains("alone 0.117 GB/s beside rank 1 → rank 3 at 1.17"));
+    }
+
+    #[test]
     fn one_slow_direction_between_two_hosts_is_named_by_its_direction() {
         let hosts = ["a", "b"];
         let r = reports(&hosts, |f, _| if f == 1 { 0.03 } else { 0.3 });
@@ -1325,6 +1541,29 @@ mod tests {
         let links = report.steps.iter().find(|s| s.name == "links").unwrap();
         assert!(!links.passed);
         assert!(links.line.contains("rank 1 (b) → rank 0 (a)"), "{}", links.line);
+    }
+
+    #[test]
+    fn a_quick_map_of_many_ranks_says_what_it_sampled_and_draws_hosts() {
+        // 20 ranks on 4 hosts, measured in the quick shifts only
+        let hosts: Vec<String> = (0..20).map(|r| format!("h{}", r / 5)).collect();
+        let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let mut r = reports(&names, |f, t| if f / 5 == t / 5 { 9.0 } else { 1.0 });
+        let shifts = link_shifts(20, true);
+        for rank in &mut r {
+            let to = rank.rank;
+            rank.links.retain(|l| shifts.contains(&((to + 20 - l.from) % 20)));
+        }
+        let report = judge("mpi", &r, &[], 1 << 20, true, true);
+        let info = report.link_map.as_ref().unwrap();
+        assert_eq!((info.pairs, info.pairs_total), (8 * 20, 380));
+        let text = render(&report, true);
+        assert!(
+            text.contains("quick: 8 of the 19 shifted rounds (k = 1, 3, 6, 8, 11, 13, 16, 19), 160 of 380 pairs"),
+            "{text}"
+        );
+        assert!(text.contains("median per pair of hosts"), "{text}");
+        assert!(text.contains("h3                3  ██ ██ ██ ██"), "{text}");
     }
 
     #[test]

@@ -76,15 +76,16 @@ set_limit() {
   ip netns exec "$ns" tc qdisc del dev eth0 root 2>/dev/null || true
   [ "$rate" = none ] && return 0
   command -v tc >/dev/null 2>&1 || die "needs 'tc' (iproute2) to limit a link"
-  # htb, not tbf: it sizes its own bursts for any rate. The bridge's end of the veth
-  # shapes what the host receives, the namespace's end what it sends.
+  # htb with small bursts (16 KB), so that a 1 MB message after an idle moment is held
+  # to the rate too. The bridge's end of the veth shapes what the host receives, the
+  # namespace's end what it sends.
   if [ "$dir" != out ]; then
     tc qdisc add dev "$veth" root handle 1: htb default 1
-    tc class add dev "$veth" parent 1: classid 1:1 htb rate "$rate" quantum 65536
+    tc class add dev "$veth" parent 1: classid 1:1 htb rate "$rate" burst 16k cburst 16k quantum 65536
   fi
   if [ "$dir" != in ]; then
     ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: htb default 1
-    ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:1 htb rate "$rate" quantum 65536
+    ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:1 htb rate "$rate" burst 16k cburst 16k quantum 65536
   fi
 }
 
