@@ -94,7 +94,7 @@ pub struct LinkTime {
 }
 
 /// A suspect link measured again alone, alternated with a yardstick link of its kind:
-/// the fastest time of each.
+/// the suspect's fastest time and the yardstick's median.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alone {
     pub us: f64,
@@ -417,8 +417,9 @@ fn looks_slow(gbps: f64, best: f64) -> bool {
 
 /// Measures again each link that looks slow in the map, alternated with a yardstick
 /// measured the same way at the same time: the fastest typical link of the best pair of
-/// hosts of its kind. Each is alone on the whole job; a suspect stays slow only if its
-/// fastest repetition is under a quarter of the yardstick's. (On a busy machine, links
+/// hosts of its kind. Each is alone on the whole job; a suspect stays slow only if even
+/// its fastest repetition is under a quarter of the yardstick's median one (a lucky
+/// repetition of the yardstick must not condemn it). (On a busy machine, links
 /// measured seconds apart see different neighbours: a healthy link can look slow beside
 /// one measured in a quiet moment, and a slow one fast beside one measured in a busy
 /// moment.) Every rank learns every link's figures (a sum of the matrix each rank fills
@@ -468,7 +469,8 @@ fn confirm_slow_links<T: Transport + ?Sized>(
             .filter(|&(f, r)| node[f] == ha && node[r] == hb && (f, r) != (from, to))
             .max_by(|a, b| matrix[n * n + b.0 * n + b.1].total_cmp(&matrix[n * n + a.0 * n + a.1]));
         let Some(yardstick) = yardstick else { continue };
-        let mut best_us = [f64::INFINITY; 2];
+        // the suspect's fastest repetition, the yardstick's median one
+        let (mut fastest, mut yard) = (f64::INFINITY, Vec::with_capacity(CONFIRM_REPS));
         for rep in 0..=CONFIRM_REPS {
             for (which, (f, r)) in [(from, to), yardstick].into_iter().enumerate() {
                 t.barrier()?;
@@ -481,8 +483,11 @@ fn confirm_slow_links<T: Transport + ?Sized>(
                 }
                 if rank == r {
                     t.recv(f, &mut into, Op::Copy)?;
-                    if rep > 0 {
-                        best_us[which] = best_us[which].min(t0.elapsed().as_secs_f64() * 1e6);
+                    let us = t0.elapsed().as_secs_f64() * 1e6;
+                    match (rep, which) {
+                        (0, _) => {}
+                        (_, 0) => fastest = fastest.min(us),
+                        _ => yard.push(us),
                     }
                 }
             }
@@ -490,10 +495,10 @@ fn confirm_slow_links<T: Transport + ?Sized>(
         // the suspect's receiver learns the yardstick's figure
         let mut both = [0.0f32; 2];
         if rank == to {
-            both[0] = best_us[0] as f32;
+            both[0] = fastest as f32;
         }
         if rank == yardstick.1 {
-            both[1] = best_us[1] as f32;
+            both[1] = crate::nn::median(yard) as f32;
         }
         all_reduce_sum(t, AllReduceAlgo::Ring, &mut both, &mut scratch)?;
         if let Some(l) = links.iter_mut().find(|l| rank == to && l.from == from) {
