@@ -233,7 +233,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     use crate::comm::mpi::{host_name, MpiWorld};
     use crate::comm::Transport;
 
-    let world = MpiWorld::init().map_err(CliError::failure)?;
+    let world = MpiWorld::init_single().map_err(CliError::failure)?;
     let mut t = world.transport(Clock::start());
     let (rank, n) = (t.rank(), t.size());
     let opts = options(args, true);
