@@ -377,12 +377,16 @@ mod lab_controller {
     use ddlab::train::{Control, Event, Outcome};
 
     fn job(workers: usize, seed: u64) -> Session {
+        job_with(workers, seed, MpiLaunch::default())
+    }
+
+    fn job_with(workers: usize, seed: u64, launch: MpiLaunch) -> Session {
         std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT", "1");
         std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
         std::env::set_var("OMPI_MCA_rmaps_base_oversubscribe", "1");
         let launch = MpiLaunch {
             exe: Some(assert_cmd::cargo::cargo_bin("ddlab")),
-            ..MpiLaunch::default()
+            ..launch
         };
         let exp = Experiment {
             backend: Backend::Mpi,
@@ -504,6 +508,71 @@ mod lab_controller {
         assert!(
             std::net::TcpStream::connect(&addr).is_err(),
             "the controller still listens on {addr}"
+        );
+    }
+
+    #[test]
+    fn a_pause_longer_than_the_stall_timeout_is_not_a_stall_but_a_stopped_rank_is() {
+        let _serial = super::serial();
+        let mut events = Vec::new();
+        let launch = MpiLaunch {
+            stall_timeout: Some(2.0),
+            ..MpiLaunch::default()
+        };
+        let mut s = job_with(2, 9104, launch);
+        until(&mut s, &mut events, "steps", |s| s.state().updates() > 20);
+        // A person pauses for twice the stall timeout: rank 1 waits for rank 0 all that
+        // time, on purpose.
+        s.control(Control::Pause).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        s.poll(|e| events.push(e.clone()));
+        assert_eq!(s.state().outcome, None, "a pause ended the job");
+        s.control(Control::Resume).unwrap();
+        let at = s.state().updates();
+        until(&mut s, &mut events, "training to resume", |s| {
+            s.state().updates() > at + 20
+        });
+        // A rank that stops (a frozen node) is named, and the lab says FAILED.
+        let victim = super::pids_with("9104", Some(1));
+        assert_eq!(victim.len(), 1);
+        let t0 = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-STOP", &victim[0].to_string()])
+            .status()
+            .unwrap();
+        until(&mut s, &mut events, "the stall", |s| s.state().outcome.is_some());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &victim[0].to_string()])
+            .status();
+        assert!(t0.elapsed() < Duration::from_secs(2 + 10), "took {:?}", t0.elapsed());
+        let Some(Outcome::Failed { message }) = s.state().outcome.clone() else {
+            panic!("{:?}", s.state().outcome)
+        };
+        assert!(
+            message.contains("has waited") && message.contains("for rank 1"),
+            "{message}"
+        );
+        drop(s);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(super::pids_with("9104", None), Vec::<u32>::new(), "stray processes");
+    }
+
+    #[test]
+    fn a_rank_whose_compute_fails_under_the_lab_is_named_with_its_step() {
+        let _serial = super::serial();
+        let mut events = Vec::new();
+        let launch = MpiLaunch {
+            mpirun_args: vec!["-x".into(), "DDLAB_FAIL_AT_STEP=30@1".into()],
+            ..MpiLaunch::default()
+        };
+        let mut s = job_with(2, 9105, launch);
+        until(&mut s, &mut events, "the failure", |s| s.state().outcome.is_some());
+        let Some(Outcome::Failed { message }) = s.state().outcome.clone() else {
+            panic!("{:?}", s.state().outcome)
+        };
+        assert!(
+            message.contains("rank 1 on ") && message.contains("at step 30") && message.contains("DDLAB_FAIL_AT_STEP"),
+            "{message}"
         );
     }
 

@@ -108,7 +108,7 @@ fn finish(report: &CheckReport, args: &CheckArgs) -> Result<(), CliError> {
 }
 
 pub fn check(args: &CheckArgs) -> Result<(), CliError> {
-    let under_launcher = launched_by_mpirun();
+    let under_launcher = crate::session::spmd::launched_by_mpirun();
     let backend = args.backend.unwrap_or(if under_launcher && cfg!(feature = "mpi") {
         Backend::Mpi
     } else {
@@ -123,9 +123,11 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
         Backend::Mpi => check_mpi(args),
         Backend::Threads => {
             if under_launcher {
-                return Err(CliError::usage(
-                    "ddlab check runs under mpirun but this ddlab was built without MPI: rebuild with `cargo build --release --features mpi`, or run `ddlab check` without mpirun to check this machine's threads",
-                ));
+                return Err(CliError::usage(if cfg!(feature = "mpi") {
+                    "--backend threads checks this machine's threads, not the ranks mpirun started: run `ddlab check` without mpirun for the threads, or drop --backend threads to check the ranks"
+                } else {
+                    "ddlab check runs under mpirun but this ddlab was built without MPI: rebuild with `cargo build --release --features mpi`, or run `ddlab check` without mpirun to check this machine's threads"
+                }));
             }
             check_threads(args)
         }
@@ -167,12 +169,6 @@ fn hostfile_given() -> bool {
         pid = ppid;
     }
     false
-}
-
-fn launched_by_mpirun() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
 }
 
 fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
@@ -228,18 +224,50 @@ fn check_mpi(_args: &CheckArgs) -> Result<(), CliError> {
     ))
 }
 
+/// Every rank checks itself; rank 0 judges and prints, and all leave with its verdict.
+/// The rank's life (MPI at `THREAD_SINGLE`: every call from this thread, as a plain
+/// `MPI_Init` program times them; the abort on a panic; agreeing that every rank was
+/// given the same check and could load what it needs) is `session::spmd`'s.
 #[cfg(feature = "mpi")]
 fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
-    use crate::comm::mpi::{host_name, MpiWorld};
-    use crate::comm::Transport;
+    use crate::session::spmd::{self, exit, Rank};
 
-    let world = MpiWorld::init_single().map_err(CliError::failure)?;
-    let mut t = world.transport(Clock::start());
-    let (rank, n) = (t.rank(), t.size());
+    let mut rank = Rank::start(false).map_err(CliError::failure)?;
+    // A rank that waits too long in a collective names whom it waits for and ends the job.
+    rank.watch_for_stalls(None, |sentence| {
+        eprintln!("ddlab: {sentence}");
+        spmd::ended();
+        std::process::exit(exit::STALLED);
+    });
+    let n = rank.size;
     let opts = options(args, true);
-    let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| CliError::failure(e.to_string()))?);
-    let report = check::run_rank(&mut t, &opts, host_name(), &data)
-        .map_err(|e| CliError::failure(format!("the check could not finish on rank {rank}: {e}")))?;
+    let refused = |_| CliError {
+        code: exit::BAD_INPUT,
+        message: String::new(), // (rank 0 has said it)
+    };
+    // The same check on every rank (sizes that differ would make the ranks disagree on
+    // the very messages they exchange).
+    let given = serde_json::json!({
+        "sizes": opts.sizes,
+        "quick": opts.quick,
+        "inject": opts.fault.map(|f| format!("{f:?}")),
+    });
+    rank.same_everywhere("check", &given).map_err(refused)?;
+    let data = Dataset::load(DatasetKind::Digits)
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    rank.agree(data.as_ref().map(|_| ()).map_err(Clone::clone))
+        .map_err(refused)?;
+    let data = data.expect("every rank agreed it has the data");
+    let mut t = rank.transport(Clock::start());
+    let report = check::run_rank(&mut t, &opts, rank.host.clone(), &data)
+        .map_err(|e| format!("the check could not finish: {e}"));
+    rank.agree(report.as_ref().map(|_| ()).map_err(Clone::clone))
+        .map_err(|_| CliError {
+            code: exit::FAILED,
+            message: String::new(),
+        })?;
+    let report = report.expect("every rank agreed it finished");
     let bytes = serde_json::to_vec(&report).map_err(|e| CliError::failure(e.to_string()))?;
     let gathered = t.gather_bytes(&bytes);
     let mut verdict = vec![0u8];
@@ -258,13 +286,13 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     }
     // Everyone leaves with rank 0's verdict.
     t.broadcast_bytes(&mut verdict, 0);
-    if rank == 0 {
+    if rank.rank == 0 {
         result
     } else if verdict[0] == 1 {
         Ok(())
     } else {
         Err(CliError {
-            code: 1,
+            code: exit::FAILED,
             message: String::new(),
         })
     }

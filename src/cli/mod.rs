@@ -105,6 +105,10 @@ pub struct LabArgs {
     /// Open paused, before the first phase (space starts, n steps).
     #[arg(long)]
     pub paused: bool,
+    /// With --backend mpi: a rank that waits this many seconds in one MPI call names
+    /// whom it waits for and ends the job (default: 30, or 100 steps, at least 5).
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_timeout: Option<f64>,
 }
 
 impl LabArgs {
@@ -119,6 +123,7 @@ impl LabArgs {
                 .unwrap_or_default(),
             bind: self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
             exe: None,
+            stall_timeout: self.stall_timeout,
         });
         self.experiment.experiment()
     }
@@ -167,6 +172,13 @@ pub struct RunArgs {
     /// No progress bar, no table: just the exit code and the exports.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Over MPI: a rank that waits this many seconds in one call names whom it waits
+    /// for and ends the job (default: 30, or 100 steps when steps are fast, at least 5).
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_timeout: Option<f64>,
+    /// Over MPI: after naming a stalled rank, keep waiting for it instead of ending the job.
+    #[arg(long)]
+    pub stall_wait: bool,
 }
 
 /// The experiment flags, the same for every command (and keys of lesson files).

@@ -23,7 +23,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
     let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
     let session = Session::start(exp, SessionOptions::default()).map_err(session_error)?;
-    drive(args, session, exports, false)
+    drive(args, session, exports)
 }
 
 fn session_error(e: SessionError) -> CliError {
@@ -42,120 +42,144 @@ fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliEr
 }
 
 /// SPMD: every rank of `mpirun -n N ddlab run --backend mpi …` runs this; each trains
-/// one worker, rank 0 prints the progress, the summary and the exports.
+/// one worker, rank 0 prints the progress, the summary and the exports. The rank's life
+/// (start, agreement, stalls, exit codes) is `session::spmd`'s.
 #[cfg(feature = "mpi")]
 fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), CliError> {
-    use crate::comm::mpi::{abort_world, MpiWorld};
-    use crate::comm::{Clock, Collective, Comm, Transport};
+    use crate::comm::{Clock, Comm};
+    use crate::session::spmd::{self, exit, Rank};
 
-    let world = MpiWorld::init().map_err(CliError::failure)?;
-    // A panicking rank takes the job down at once: nobody waits forever in a collective.
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("ddlab: rank panicked: {info}");
-        abort_world(70);
-    }));
-    let mut t = world.transport(Clock::start());
-    let (rank, size) = (t.rank(), t.size());
-    // Rank 0 says it before anyone leaves: mpirun stops the job at the first rank to exit
-    // with an error, which could otherwise be before rank 0 has printed.
-    let mut refuse = |message: String| {
-        if rank == 0 {
-            eprintln!("ddlab: {message}");
+    let mut rank = Rank::start(true).map_err(CliError::failure)?;
+    let (me, size) = (rank.rank, rank.size);
+    // What each rank checks alone; then all go on, or all leave with the first refusal.
+    let prepared = (|| -> Result<_, String> {
+        // Sync: every rank is a worker. The parameter-server modes: rank 0 is the server.
+        let workers = if exp.mode.uses_server() { size - 1 } else { size };
+        if let Some(n) = args.experiment.workers.filter(|&n| n != workers) {
+            return Err(format!(
+                "--workers {n} but mpirun started {size} ranks, which make {workers} workers in {} mode (every rank is a worker{}); drop --workers or change mpirun -n",
+                exp.mode,
+                if exp.mode.uses_server() { ", but rank 0 is the parameter server" } else { "" }
+            ));
         }
-        let _ = t.barrier();
-        Err(CliError {
-            code: 2,
-            message: String::new(),
-        })
+        if workers == 0 {
+            return Err(format!(
+                "--mode {} needs a parameter server and at least one worker: use mpirun -n 2 or more",
+                exp.mode
+            ));
+        }
+        exp.workers = workers;
+        if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
+            return Err("--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real and the nodes are the hosts (hierarchical and 2d use them): drop them or use --backend threads".into());
+        }
+        exp.validate().map_err(|e| e.to_string())?;
+        let data = std::sync::Arc::new(crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
+        exp.check_against(data.train_len()).map_err(|e| e.to_string())?;
+        crate::gpu::preflight(&exp, data.inputs(), data.classes)?;
+        // (only rank 0 writes exports; a path it cannot write stops every rank)
+        let exports = match me {
+            0 => Some(
+                Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
+                    .map_err(|e| e.message)?,
+            ),
+            _ => None,
+        };
+        Ok((data, exports))
+    })();
+    let refused = |_| CliError {
+        code: exit::BAD_INPUT,
+        message: String::new(), // (rank 0 has said it)
     };
-    // Sync: every rank is a worker. The parameter-server modes: rank 0 is the server.
-    let workers = if exp.mode.uses_server() { size - 1 } else { size };
-    if let Some(n) = args.experiment.workers.filter(|&n| n != workers) {
-        return refuse(format!(
-            "--workers {n} but mpirun started {size} ranks, which make {workers} workers in {} mode (every rank is a worker{}); drop --workers or change mpirun -n",
-            exp.mode,
-            if exp.mode.uses_server() { ", but rank 0 is the parameter server" } else { "" }
-        ));
-    }
-    if workers == 0 {
-        return refuse(format!(
-            "--mode {} needs a parameter server and at least one worker: use mpirun -n 2 or more",
-            exp.mode
-        ));
-    }
-    exp.workers = workers;
-    if exp.overlap || exp.link.is_some() || exp.nodes > 1 || exp.intra_link.is_some() {
-        return refuse(
-            "--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real and the nodes are the hosts (hierarchical and 2d use them): drop them or use --backend threads".into(),
-        );
-    }
-    if let Err(e) = exp.validate() {
-        return refuse(e.to_string());
-    }
-    let data = match crate::data::Dataset::load(exp.dataset) {
-        Ok(d) => std::sync::Arc::new(d),
-        Err(e) => return refuse(e.to_string()),
+    let (data, exports) = match prepared {
+        Ok(p) => {
+            rank.agree(Ok(())).map_err(refused)?;
+            p
+        }
+        Err(why) => return Err(rank.agree(Err(why)).map_err(refused).unwrap_err()),
     };
-    let mut comm = Comm::new(t, exp.allreduce);
-    // --device gpu: every rank needs a GPU. The first rank without one says why, and
-    // every rank leaves together.
-    let gpu = crate::gpu::preflight(&exp, data.inputs(), data.classes);
-    let mut failed = vec![0.0f32; size];
-    failed[rank] = f32::from(u8::from(gpu.is_err()));
-    if comm.all_reduce_sum(&mut failed).is_err() {
-        abort_world(2);
-    }
-    if let Some(first) = failed.iter().position(|&f| f > 0.0) {
-        if let (true, Err(e)) = (rank == first, gpu) {
-            let others = failed.iter().filter(|&&f| f > 0.0).count() - 1;
-            let also = if others > 0 {
-                format!(" (and on {others} more)")
+    let json = serde_json::to_value(&exp).unwrap_or_default();
+    rank.same_everywhere("experiment", &json).map_err(refused)?;
+
+    // A rank that waits for another too long names it and ends the job (rank 0 first
+    // writes its exports), unless told to keep waiting.
+    let stalled: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let on_stall = {
+        let (stalled, keep_waiting) = (Arc::clone(&stalled), args.stall_wait);
+        move |sentence: String| {
+            if keep_waiting {
+                eprintln!(
+                    "ddlab: {}",
+                    sentence.replace("; ending the job", "; waiting on (--stall-wait)")
+                );
+            } else if me == 0 {
+                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
             } else {
-                String::new()
-            };
-            eprintln!("ddlab: rank {rank}{also}: {e}");
+                eprintln!("ddlab: {sentence}");
+                spmd::ended();
+                std::process::exit(exit::STALLED);
+            }
         }
-        return Err(CliError {
-            code: 2,
-            message: String::new(),
-        });
-    }
-    if rank == 0 {
-        crate::comm::mpi::name_step_at_exit();
-        let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())
-            .inspect_err(|_| abort_world(2))?;
-        let session = Session::start_rank(exp, data, SessionOptions::default(), comm, None).map_err(session_error)?;
-        let result = drive(args, session, exports, true);
-        crate::comm::mpi::ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(world);
-        result
+    };
+    rank.watch_for_stalls(args.stall_timeout.map(Duration::from_secs_f64), on_stall);
+
+    let comm = Comm::new(rank.transport(Clock::start()), exp.allreduce);
+    let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm, None)
+        .map_err(|e| CliError::failure(rank.about_me(&session_error(e).message)))?;
+    let mut exports = exports;
+    let outcome = if me == 0 {
+        follow(args, &mut session, &mut exports, Some(&stalled))?
     } else {
         // A termination signal is rank 0's to act on (it names the step and writes the
         // exports, then leaves, which ends the job); were the others to die of it first,
         // rank 0's transport would fail under it before it could.
         let _ = ctrlc::set_handler(|| {});
-        let mut session =
-            Session::start_rank(exp, data, SessionOptions::default(), comm, None).map_err(session_error)?;
-        let outcome = session.run_to_end(|_| {});
-        drop(session);
-        drop(world);
-        // Rank 0 says what happened; the others only set the exit code.
-        match outcome {
-            Outcome::Completed | Outcome::Stopped => Ok(()),
-            Outcome::Diverged { .. } => Err(CliError {
-                code: 3,
-                message: String::new(),
-            }),
-            Outcome::Failed { message } => Err(CliError::failure(format!("rank {rank}: {message}"))),
+        session.run_to_end(|e| {
+            if let crate::train::Event::WorkerStep(w) = e {
+                spmd::stepped(w.step);
+            }
+        })
+    };
+    // Every rank's end, agreed: rank 0's summary and exports say the job's.
+    let verdict = rank.agree_end(&outcome);
+    if me == 0 {
+        session.settle(verdict.outcome.clone());
+        if let Some(exports) = exports.take() {
+            exports.finish(session.state(), &session.summary())?;
         }
+        if !args.quiet {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(table(&session.summary()).as_bytes());
+        }
+        if !verdict.sentence.is_empty() {
+            eprintln!("ddlab: {}", verdict.sentence);
+        }
+    }
+    drop(session);
+    drop(rank); // finalises MPI
+    match verdict.code {
+        exit::DONE => Ok(()),
+        code => Err(CliError {
+            code,
+            message: String::new(), // (rank 0 has said it)
+        }),
     }
 }
 
-/// Shows a run's progress, then its summary, and writes its exports.
-/// `spmd`: this is rank 0 of an MPI job, whose collectives cannot be interrupted: a
-/// termination signal (mpirun ending the job because a rank died, or Ctrl-C) then ends
-/// this process at once, after it has said at which step and written the exports.
-fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool) -> Result<(), CliError> {
+/// Follows a run to its end: progress, exports, Ctrl-C (stop at the next phase, keep
+/// the exports); returns how it ended. `stalled`: this is rank 0 of an MPI job, whose
+/// collectives cannot be interrupted: a termination signal (mpirun ending the job
+/// because a rank died, or Ctrl-C) or a stall its watchdog found then ends this process
+/// at once, after it has said at which step and written the exports.
+fn follow(
+    args: &RunArgs,
+    session: &mut Session,
+    slot: &mut Option<Exports>,
+    stalled: Option<&std::sync::Mutex<Option<String>>>,
+) -> Result<Outcome, CliError> {
+    let Some(exports) = slot.as_mut() else {
+        return Err(CliError::failure("the exports were already written"));
+    };
+    let spmd = stalled.is_some();
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10))
     } else {
@@ -175,13 +199,8 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
     let mut export_err = None;
     let mut stopping = false;
     loop {
-        #[cfg(feature = "mpi")]
-        if spmd {
-            if let Some(s) = session.state().last_step() {
-                crate::comm::mpi::STEP.store(s.step, Ordering::SeqCst);
-            }
-        }
-        if spmd && interrupted.load(Ordering::SeqCst) {
+        let stall = stalled.and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        if spmd && (interrupted.load(Ordering::SeqCst) || stall.is_some()) {
             bar.finish_and_clear();
             let _ = session.poll(|event| {
                 let _ = exports.on_event(event);
@@ -189,13 +208,19 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
             let state = session.state();
             let step = state.last_step().map_or(0, |s| s.step);
             let _ = exports.sync(state);
-            let _ = exports.finish(state, &session.summary());
-            eprintln!(
-                "ddlab: the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you); the summary and exports cover the steps done"
-            );
-            #[cfg(feature = "mpi")]
-            crate::comm::mpi::ENDED.store(true, Ordering::SeqCst);
-            std::process::exit(143);
+            if let Some(exports) = slot.take() {
+                let _ = exports.finish(state, &session.summary());
+            }
+            let (code, why) = match stall {
+                Some(sentence) => (crate::session::spmd::exit::STALLED, sentence),
+                None => (
+                    crate::session::spmd::exit::TERMINATED,
+                    format!("the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you)"),
+                ),
+            };
+            eprintln!("ddlab: {why}; the summary and exports cover the steps done");
+            crate::session::spmd::ended();
+            std::process::exit(code);
         }
         if interrupted.load(Ordering::SeqCst) && !stopping {
             stopping = true;
@@ -209,6 +234,9 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
             }
         });
         let state = session.state();
+        if let Some(last) = state.last_step() {
+            crate::session::spmd::stepped(last.step);
+        }
         bar.set_length(state.total_samples);
         bar.set_position(state.samples());
         if let Some(last) = state.last_step() {
@@ -231,26 +259,43 @@ fn drive(args: &RunArgs, mut session: Session, mut exports: Exports, spmd: bool)
         }
     }
     bar.finish_and_clear();
+    let outcome = session.state().outcome.clone().unwrap_or(Outcome::Failed {
+        message: "the engine ended without a result".into(),
+    });
+    if !spmd {
+        // (an MPI job's rank 0 writes them once the ranks have agreed how it ended)
+        if let Some(exports) = slot.take() {
+            exports.finish(session.state(), &session.summary())?;
+        }
+    }
+    if stopping && outcome == Outcome::Stopped {
+        return Err(CliError {
+            code: 130,
+            message: "interrupted: the summary and exports cover the steps done".into(),
+        });
+    }
+    Ok(outcome)
+}
 
-    let summary = session.summary();
-    exports.finish(session.state(), &summary)?;
+/// Shows a run's progress, then its summary, and writes its exports; the exit code
+/// from how it ended.
+fn drive(args: &RunArgs, mut session: Session, exports: Exports) -> Result<(), CliError> {
+    let outcome = follow(args, &mut session, &mut Some(exports), None)?;
     if !args.quiet {
         use std::io::Write;
         // A closed pipe (`ddlab run | head`) is not an error worth a panic.
-        let _ = std::io::stdout().write_all(table(&summary).as_bytes());
+        let _ = std::io::stdout().write_all(table(&session.summary()).as_bytes());
     }
-    match session.state().outcome.clone() {
-        Some(Outcome::Stopped) if stopping => Err(CliError { code: 130, message: "interrupted: the summary and exports cover the steps done".into() }),
-        Some(Outcome::Completed) | Some(Outcome::Stopped) => Ok(()),
-        Some(Outcome::Diverged { step, worker }) => Err(CliError {
+    match outcome {
+        Outcome::Completed | Outcome::Stopped => Ok(()),
+        Outcome::Diverged { step, worker } => Err(CliError {
             code: 3,
             message: format!(
                 "the run diverged at step {step}: worker {worker}'s loss became NaN, infinite or over 100× chance level; lower --lr (it was {}) or add --warmup",
                 session.experiment().lr
             ),
         }),
-        Some(Outcome::Failed { message }) => Err(CliError::failure(message)),
-        None => Err(CliError::failure("the run ended without a result")),
+        Outcome::Failed { message } => Err(CliError::failure(message)),
     }
 }
 

@@ -22,6 +22,10 @@ pub struct WorkerArgs {
     /// Continue a run: UPDATES,SAMPLES already done (rank 0 gets the parameters).
     #[arg(long, value_name = "UPDATES,SAMPLES")]
     pub resume_at: Option<String>,
+    /// A rank that waits this many seconds in one MPI call names whom it waits for and
+    /// ends the job (default: 30, or 100 steps when steps are fast, at least 5).
+    #[arg(long, value_name = "SECONDS")]
+    pub stall_timeout: Option<f64>,
 }
 
 #[cfg(not(feature = "mpi"))]
@@ -37,64 +41,117 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
 
-    use crate::comm::mpi::{abort_world, host_name, MpiWorld};
-    use crate::comm::{Clock, Comm, Transport};
+    use crate::comm::{Clock, Comm};
     use crate::config::Experiment;
     use crate::session::remote::Line;
+    use crate::session::spmd::{self, exit, Rank};
     use crate::session::{Resume, Session, SessionOptions};
-    use crate::train::{Control, Event};
+    use crate::train::{Control, Event, Outcome};
 
-    let world = MpiWorld::init().map_err(CliError::failure)?;
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("ddlab worker: rank panicked: {info}");
-        abort_world(70);
-    }));
-    let t = world.transport(Clock::start());
-    let (rank, size) = (t.rank(), t.size());
-    let host = host_name();
-    let fail = |message: String| -> ! {
-        eprintln!("ddlab worker (rank {rank} on {host}): {message}");
-        abort_world(1)
-    };
-    let exp: Experiment = serde_json::from_str(&args.experiment)
-        .unwrap_or_else(|e| fail(format!("the experiment from the lab is unreadable: {e}")));
-    let resume_at = args.resume_at.as_deref().map(|s| {
-        s.split_once(',')
-            .and_then(|(u, n)| Some((u.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
-            .unwrap_or_else(|| fail(format!("--resume-at {s}: expected UPDATES,SAMPLES")))
-    });
-    // Reach the controller, or say why not (never hang).
-    let addr = args
-        .controller
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| fail(format!("the controller address {} does not resolve", args.controller)));
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap_or_else(|e| {
-        fail(format!(
-            "cannot reach the lab at {}: {e} (on several nodes, give the lab an address the nodes can reach: --controller-addr)",
-            args.controller
-        ))
-    });
-    let mut out = stream.try_clone().unwrap_or_else(|e| fail(e.to_string()));
-    let hello = Line::Hello {
-        token: args.token.clone(),
-        rank,
-        size,
-        host: host.clone(),
-        pid: std::process::id(),
-    };
     fn send(out: &mut impl Write, line: &Line) -> bool {
         serde_json::to_string(line).is_ok_and(|l| writeln!(out, "{l}").is_ok())
     }
-    if !send(&mut out, &hello) {
-        fail("the lab closed the connection".into());
+    let mut rank = Rank::start(true).map_err(CliError::failure)?;
+    let (me, size, host) = (rank.rank, rank.size, rank.host.clone());
+    // What each rank does alone before the job can start: read what the lab sent, reach
+    // the lab, load the data. Then all go on, or all leave with the first failure.
+    let prepared = (|| -> Result<_, String> {
+        let exp: Experiment = serde_json::from_str(&args.experiment)
+            .map_err(|e| format!("the experiment from the lab is unreadable: {e}"))?;
+        let resume_at = match args.resume_at.as_deref() {
+            None => None,
+            Some(s) => Some(
+                s.split_once(',')
+                    .and_then(|(u, n)| Some((u.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+                    .ok_or_else(|| format!("--resume-at {s}: expected UPDATES,SAMPLES"))?,
+            ),
+        };
+        // Reach the controller, or say why not (never hang).
+        let addr = args
+            .controller
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("the controller address {} does not resolve", args.controller))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| {
+            format!(
+                "cannot reach the lab at {}: {e} (on several nodes, give the lab an address the nodes can reach: --controller-addr)",
+                args.controller
+            )
+        })?;
+        let mut out = stream.try_clone().map_err(|e| e.to_string())?;
+        let hello = Line::Hello {
+            token: args.token.clone(),
+            rank: me,
+            size,
+            host: host.clone(),
+            pid: std::process::id(),
+        };
+        if !send(&mut out, &hello) {
+            return Err("the lab closed the connection".into());
+        }
+        let data = crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?;
+        Ok((exp, resume_at, stream, out, std::sync::Arc::new(data)))
+    })();
+    let (exp, resume_at, stream, mut out, data) = match prepared {
+        Ok(p) => {
+            let agreed = rank.agree(Ok(()));
+            if let Err(why) = agreed {
+                // Rank 0 tells the lab why the job cannot start.
+                if me == 0 {
+                    let mut out = p.3;
+                    let failed = Event::Finished {
+                        outcome: Outcome::Failed { message: why },
+                        t_ns: 0,
+                    };
+                    let _ = send(&mut out, &Line::Event(Box::new(failed)));
+                }
+                return Err(CliError {
+                    code: exit::BAD_INPUT,
+                    message: String::new(),
+                });
+            }
+            p
+        }
+        Err(why) => {
+            let _ = rank.agree(Err(why));
+            return Err(CliError {
+                code: exit::BAD_INPUT,
+                message: String::new(),
+            });
+        }
+    };
+    // A rank that waits too long in MPI names whom it waits for and ends the job; rank 0
+    // first tells the lab.
+    let stalled: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    {
+        let stalled = std::sync::Arc::clone(&stalled);
+        rank.watch_for_stalls(args.stall_timeout.map(Duration::from_secs_f64), move |sentence| {
+            if me == 0 {
+                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
+            } else {
+                eprintln!("ddlab: {sentence}");
+                spmd::ended();
+                std::process::exit(exit::STALLED);
+            }
+        });
     }
-    let data = crate::data::Dataset::load(exp.dataset).unwrap_or_else(|e| fail(e.to_string()));
-    let data = std::sync::Arc::new(data);
-    let comm = Comm::new(t, exp.allreduce);
+    let comm = Comm::new(rank.transport(Clock::start()), exp.allreduce);
+    let fail = |message: String| -> CliError { CliError::failure(rank.about_me(&message)) };
 
-    if rank != 0 {
+    if me != 0 {
+        // The lab says when a person holds the run (this rank then waits for rank 0 on
+        // purpose, however long).
+        if let Ok(from_lab) = stream.try_clone() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(from_lab).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(Line::Held(on)) = serde_json::from_str::<Line>(&line) {
+                        crate::comm::mpi::waiting::hold(on);
+                    }
+                }
+            });
+        }
         // (no parameters: rank 0's reach everyone by broadcast, or from the server)
         let resume = resume_at.map(|(updates, samples)| Resume {
             params: Vec::new(),
@@ -107,23 +164,26 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
             detail: true,
             ..SessionOptions::default()
         };
-        let mut session = Session::start_rank(exp, data, options, comm, resume).unwrap_or_else(|e| fail(e.to_string()));
-        let mut writer = std::io::BufWriter::new(out.try_clone().unwrap_or_else(|e| fail(e.to_string())));
-        loop {
+        let mut session = Session::start_rank(exp, data, options, comm, resume).map_err(|e| fail(e.to_string()))?;
+        let mut writer = std::io::BufWriter::new(out.try_clone().map_err(|e| fail(e.to_string()))?);
+        let outcome = loop {
             let over = session.poll(|e: &Event| {
+                if let Event::WorkerStep(w) = e {
+                    spmd::stepped(w.step);
+                }
                 if e.is_visual() {
                     let _ = send(&mut writer, &Line::Event(Box::new(e.clone())));
                 }
             });
             let _ = writer.flush();
             if over {
-                break;
+                break session.state().outcome.clone().unwrap_or(Outcome::Stopped);
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         drop(writer);
+        rank.agree_end(&outcome);
         let _ = send(&mut out, &Line::Bye);
-        drop(out);
         return Ok(());
     }
 
@@ -140,7 +200,13 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                 .and_then(|_| serde_json::from_str::<Line>(&line).ok())
             {
                 Some(Line::Resume(r)) => Some(Resume { updates, samples, ..r }),
-                _ => fail("the lab did not send the parameters to resume from".into()),
+                _ => {
+                    eprintln!(
+                        "ddlab: {}",
+                        rank.about_me("the lab did not send the parameters to resume from")
+                    );
+                    crate::comm::mpi::abort_world(exit::FAILED)
+                }
             }
         }
     };
@@ -159,15 +225,33 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         detail: true,
         ..SessionOptions::default()
     };
-    let mut session = Session::start_rank(exp, data, options, comm, resume).unwrap_or_else(|e| fail(e.to_string()));
+    let mut session = Session::start_rank(exp, data, options, comm, resume).map_err(|e| fail(e.to_string()))?;
     let mut writer = std::io::BufWriter::new(out);
-    // The end is told after where it ended (so that the lab has both when it sees it).
-    let mut finished = None;
     loop {
+        if let Some(sentence) = stalled.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            // The job cannot go on: the lab hears why, then the job ends.
+            let failed = Event::Finished {
+                outcome: Outcome::Failed {
+                    message: sentence.clone(),
+                },
+                t_ns: 0,
+            };
+            let _ = send(&mut writer, &Line::Event(Box::new(failed)));
+            let _ = writer.flush();
+            eprintln!("ddlab: {sentence}");
+            spmd::ended();
+            std::process::exit(exit::STALLED);
+        }
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 // The lab went away: nobody is watching; end the job.
-                None => fail("the lab closed the connection; stopping the job".into()),
+                None => {
+                    eprintln!(
+                        "ddlab: {}",
+                        rank.about_me("the lab closed the connection; stopping the job")
+                    );
+                    crate::comm::mpi::abort_world(exit::FAILED)
+                }
                 // Stop, and any change of the experiment (the lab relaunches): every rank
                 // must stop at the same step, so it travels as a switch in the all-reduce.
                 Some(Control::Stop) => {
@@ -176,6 +260,11 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                     let _ = session.control(Control::Resume);
                 }
                 Some(c @ (Control::Pause | Control::Resume | Control::StepPhase | Control::SetPace { .. })) => {
+                    match c {
+                        Control::Pause | Control::StepPhase => crate::comm::mpi::waiting::hold(true),
+                        Control::Resume => crate::comm::mpi::waiting::hold(false),
+                        _ => {}
+                    }
                     let _ = session.control(c);
                 }
                 Some(_) => {}
@@ -183,15 +272,21 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         }
         let mut broken = false;
         let over = session.poll(|e: &Event| {
-            if matches!(e, Event::Finished { .. }) {
-                finished = Some(e.clone());
-            } else {
+            if let Event::WorkerStep(w) = e {
+                spmd::stepped(w.step);
+            }
+            // (the end is told once every rank has agreed on it)
+            if !matches!(e, Event::Finished { .. }) {
                 broken |= !send(&mut writer, &Line::Event(Box::new(e.clone())));
             }
         });
         broken |= writer.flush().is_err();
         if broken {
-            fail("the lab stopped listening; stopping the job".into());
+            eprintln!(
+                "ddlab: {}",
+                rank.about_me("the lab stopped listening; stopping the job")
+            );
+            crate::comm::mpi::abort_world(exit::FAILED)
         }
         if over {
             break;
@@ -204,12 +299,17 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         updates: st.updates(),
         samples: st.samples(),
     };
+    let outcome = st.outcome.clone().unwrap_or(Outcome::Stopped);
+    let t_ns = st.finished_ns.unwrap_or(0);
+    let verdict = rank.agree_end(&outcome);
     let _ = send(&mut writer, &Line::Final(end));
-    if let Some(e) = finished {
-        let _ = send(&mut writer, &Line::Event(Box::new(e)));
-    }
+    let finished = Event::Finished {
+        outcome: verdict.outcome,
+        t_ns,
+    };
+    let _ = send(&mut writer, &Line::Event(Box::new(finished)));
     let _ = writer.flush();
     drop(session);
-    drop(world);
+    drop(rank);
     Ok(())
 }

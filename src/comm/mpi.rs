@@ -45,31 +45,72 @@ impl MpiWorld {
     }
 }
 
-/// The step rank 0 has reached, and whether its run ended: for `name_step_at_exit`.
-pub static STEP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// What this process's MPI calls are blocked on, kept for the stall watchdog (a thread
+/// that makes no MPI call itself, so that `MPI_THREAD_SERIALIZED` holds): every
+/// blocking call of [`MpiTransport`] says whom it waits for while it waits.
+pub mod waiting {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
-/// Makes this process say at which step it was when it leaves before its run ended —
-/// also when the MPI library ends it because another rank died (it exits through
-/// `exit`, so handlers registered with `atexit` still run).
-pub fn name_step_at_exit() {
-    extern "C" fn say() {
-        use std::sync::atomic::Ordering;
-        if !ENDED.load(Ordering::SeqCst) {
-            eprintln!(
-                "ddlab: rank 0 ({}) left the job at step {}: the job ended early (see the rank named above)",
-                host_name(),
-                STEP.load(Ordering::SeqCst)
-            );
+    /// Not in an MPI call.
+    const NONE: i64 = -1;
+    /// Waiting for whichever rank sends first (a parameter server).
+    pub const ANY: i64 = -2;
+    /// In a collective of every rank (the library's all-reduce, a barrier).
+    pub const ALL: i64 = -3;
+
+    static PEER: AtomicI64 = AtomicI64::new(NONE);
+    static SINCE_NS: AtomicU64 = AtomicU64::new(0);
+    /// A person holds the run (the lab is paused or stepping): waits are theirs, not a
+    /// stall; 0 when not held, else when the hold began (+1, so that 0 stays free).
+    static HELD_SINCE_NS: AtomicU64 = AtomicU64::new(0);
+    /// When the last hold ended: a wait is counted from then at the earliest.
+    static RELEASED_NS: AtomicU64 = AtomicU64::new(0);
+
+    fn now_ns() -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+
+    /// Marks the start of a blocking call waiting for `peer` (a rank, [`ANY`] or [`ALL`]).
+    pub fn enter(peer: i64) {
+        SINCE_NS.store(now_ns(), Ordering::SeqCst);
+        PEER.store(peer, Ordering::SeqCst);
+    }
+
+    pub fn leave() {
+        PEER.store(NONE, Ordering::SeqCst);
+    }
+
+    /// A person holds the run (true) or lets it go on (false): while held no wait is a
+    /// stall, and after it a wait counts from the release.
+    pub fn hold(on: bool) {
+        if on {
+            let _ = HELD_SINCE_NS.compare_exchange(0, now_ns() + 1, Ordering::SeqCst, Ordering::SeqCst);
+        } else if HELD_SINCE_NS.swap(0, Ordering::SeqCst) != 0 {
+            RELEASED_NS.store(now_ns(), Ordering::SeqCst);
         }
     }
-    extern "C" {
-        fn atexit(f: extern "C" fn()) -> std::os::raw::c_int;
+
+    /// Whom the process waits for, and for how long, if it is in a blocking MPI call
+    /// that nobody holds on purpose.
+    pub fn now() -> Option<(i64, Duration)> {
+        let peer = PEER.load(Ordering::SeqCst);
+        if peer == NONE || HELD_SINCE_NS.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let since = SINCE_NS.load(Ordering::SeqCst).max(RELEASED_NS.load(Ordering::SeqCst));
+        Some((peer, Duration::from_nanos(now_ns().saturating_sub(since))))
     }
-    // SAFETY: `atexit` from the C library, with a function that lives forever.
-    unsafe {
-        atexit(say);
-    }
+}
+
+/// Runs a blocking MPI call that waits for `peer`, for the stall watchdog to see.
+fn blocking<T>(peer: i64, call: impl FnOnce() -> T) -> T {
+    waiting::enter(peer);
+    let out = call();
+    waiting::leave();
+    out
 }
 
 /// This host's name as MPI reports it.
@@ -168,17 +209,24 @@ impl MpiTransport {
         let len = data.len() as u64;
         if self.rank == 0 {
             let mut lens = vec![0u64; self.size];
-            root.gather_into_root(&len, &mut lens[..]);
+            blocking(waiting::ALL, || root.gather_into_root(&len, &mut lens[..]));
             let mut out = vec![data.to_vec()];
             for (r, &l) in lens.iter().enumerate().skip(1) {
                 let mut buf = vec![0u8; l as usize];
-                self.world.process_at_rank(r as i32).receive_into(&mut buf[..]);
+                // (nothing is sent for an empty buffer: MPI refuses one)
+                if l > 0 {
+                    blocking(r as i64, || {
+                        self.world.process_at_rank(r as i32).receive_into(&mut buf[..])
+                    });
+                }
                 out.push(buf);
             }
             Some(out)
         } else {
-            root.gather_into(&len);
-            root.send(data);
+            blocking(waiting::ALL, || root.gather_into(&len));
+            if len > 0 {
+                blocking(0, || root.send(data));
+            }
             None
         }
     }
@@ -187,9 +235,11 @@ impl MpiTransport {
     pub fn broadcast_bytes(&mut self, data: &mut Vec<u8>, root: usize) {
         let root = self.world.process_at_rank(root as i32);
         let mut len = data.len() as u64;
-        root.broadcast_into(&mut len);
+        blocking(waiting::ALL, || root.broadcast_into(&mut len));
         data.resize(len as usize, 0);
-        root.broadcast_into(&mut data[..]);
+        if len > 0 {
+            blocking(waiting::ALL, || root.broadcast_into(&mut data[..]));
+        }
     }
 }
 
@@ -205,11 +255,11 @@ impl Transport for MpiTransport {
         let t0 = self.clock.ns();
         let dest = self.world.process_at_rank(to as i32);
         match self.wire {
-            Wire::F32 => dest.send(data),
+            Wire::F32 => blocking(to as i64, || dest.send(data)),
             wire => {
                 self.out16.clear();
                 self.out16.extend(data.iter().map(|&v| wire.encode(v)));
-                dest.send(&self.out16[..]);
+                blocking(to as i64, || dest.send(&self.out16[..]));
             }
         }
         self.record(to, tag, data.len(), t0);
@@ -219,18 +269,19 @@ impl Transport for MpiTransport {
     fn recv(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()> {
         let t0 = self.clock.ns();
         let src = self.world.process_at_rank(from as i32);
+        let peer = from as i64;
         match (self.wire, op) {
             (Wire::F32, Op::Copy) => {
-                src.receive_into(into);
+                blocking(peer, || src.receive_into(into));
             }
             (Wire::F32, Op::Add) => {
                 self.scratch.resize(into.len(), 0.0);
-                src.receive_into(&mut self.scratch[..]);
+                blocking(peer, || src.receive_into(&mut self.scratch[..]));
                 super::kernels::add_assign(into, &self.scratch);
             }
             (wire, op) => {
                 self.in16.resize(into.len(), 0);
-                src.receive_into(&mut self.in16[..]);
+                blocking(peer, || src.receive_into(&mut self.in16[..]));
                 Self::apply(into, self.in16.iter().map(|&b| wire.decode(b)), op);
             }
         }
@@ -245,7 +296,9 @@ impl Transport for MpiTransport {
         match self.wire {
             Wire::F32 => {
                 self.scratch.resize(into.len(), 0.0);
-                mpi::point_to_point::send_receive_into(out, &dest, &mut self.scratch[..], &src);
+                blocking(from as i64, || {
+                    mpi::point_to_point::send_receive_into(out, &dest, &mut self.scratch[..], &src)
+                });
                 match op {
                     Op::Add => super::kernels::add_assign(into, &self.scratch),
                     Op::Copy => into.copy_from_slice(&self.scratch),
@@ -255,7 +308,9 @@ impl Transport for MpiTransport {
                 self.out16.clear();
                 self.out16.extend(out.iter().map(|&v| wire.encode(v)));
                 self.in16.resize(into.len(), 0);
-                mpi::point_to_point::send_receive_into(&self.out16[..], &dest, &mut self.in16[..], &src);
+                blocking(from as i64, || {
+                    mpi::point_to_point::send_receive_into(&self.out16[..], &dest, &mut self.in16[..], &src)
+                });
                 Self::apply(into, self.in16.iter().map(|&b| wire.decode(b)), op);
             }
         }
@@ -266,7 +321,7 @@ impl Transport for MpiTransport {
 
     fn barrier(&mut self) -> Result<()> {
         let t0 = self.clock.ns();
-        self.world.barrier();
+        blocking(waiting::ALL, || self.world.barrier());
         self.waited_ns += self.clock.ns() - t0;
         Ok(())
     }
@@ -277,7 +332,9 @@ impl Transport for MpiTransport {
         send.clear();
         send.extend_from_slice(buf);
         let t0 = self.clock.ns();
-        self.world.all_reduce_into(&send[..], buf, SystemOperation::sum());
+        blocking(waiting::ALL, || {
+            self.world.all_reduce_into(&send[..], buf, SystemOperation::sum())
+        });
         self.waited_ns += self.clock.ns() - t0;
         self.bytes_sent += (buf.len() * 4) as u64;
         self.scratch = send;
@@ -295,7 +352,7 @@ impl Transport for MpiTransport {
 
     fn recv_any(&mut self, into: &mut [f32]) -> Result<usize> {
         let t0 = self.clock.ns();
-        let status = self.world.any_process().receive_into(into);
+        let status = blocking(waiting::ANY, || self.world.any_process().receive_into(into));
         self.waited_ns += self.clock.ns() - t0;
         Ok(status.source_rank() as usize)
     }
@@ -308,10 +365,10 @@ impl Transport for MpiTransport {
         let root = self.world.process_at_rank(0);
         if self.rank == 0 {
             let mut all = vec![0.0f64; mine.len() * self.size];
-            root.gather_into_root(mine, &mut all[..]);
+            blocking(waiting::ALL, || root.gather_into_root(mine, &mut all[..]));
             Ok(all)
         } else {
-            root.gather_into(mine);
+            blocking(waiting::ALL, || root.gather_into(mine));
             Ok(Vec::new())
         }
     }

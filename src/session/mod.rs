@@ -2,6 +2,7 @@
 //! its events, send controls, read its state (a pure reducer over the events).
 
 pub mod remote;
+pub mod spmd;
 mod state;
 mod summary;
 
@@ -253,6 +254,12 @@ impl Session {
     }
     pub fn is_paused(&self) -> bool {
         self.gate.is_paused()
+    }
+
+    /// How the run ended, as decided beyond this process (an MPI job's ranks agree on
+    /// it): the state, the summary and the exports then say so.
+    pub fn settle(&mut self, outcome: Outcome) {
+        self.state.outcome = Some(outcome);
     }
     /// Visual events dropped because this front end fell behind.
     pub fn dropped_events(&self) -> u64 {

@@ -31,6 +31,9 @@ pub struct MpiLaunch {
     pub bind: String,
     /// The ddlab binary the ranks run (default: this one).
     pub exe: Option<std::path::PathBuf>,
+    /// Seconds a rank may wait in one MPI call before it is called stalled (None: the
+    /// ranks' own default).
+    pub stall_timeout: Option<f64>,
 }
 
 impl Default for MpiLaunch {
@@ -40,6 +43,7 @@ impl Default for MpiLaunch {
             mpirun_args: Vec::new(),
             bind: "127.0.0.1:0".into(),
             exe: None,
+            stall_timeout: None,
         }
     }
 }
@@ -78,6 +82,9 @@ pub enum Line {
     Control(Control),
     /// A rank other than 0 is done (its connection closes on purpose).
     Bye,
+    /// Controller → every rank but 0: a person holds the run (paused or stepping) or
+    /// lets it go on. Waits while held are not stalls.
+    Held(bool),
 }
 
 struct Shared {
@@ -90,6 +97,10 @@ struct Shared {
     connected: AtomicUsize,
     hosts: Mutex<BTreeMap<usize, String>>,
     rank0: Mutex<Option<TcpStream>>,
+    /// The other ranks' connections, to tell them when a person holds the run.
+    others: Mutex<Vec<TcpStream>>,
+    /// Whether a person holds the run now (for ranks that connect later too).
+    held: AtomicBool,
     resume: Option<Resume>,
     final_state: Mutex<Option<Resume>>,
     notes: Mutex<Vec<String>>,
@@ -200,6 +211,9 @@ impl MpiJob {
         if let Some(r) = &resume {
             args.extend(["--resume-at".into(), format!("{},{}", r.updates, r.samples)]);
         }
+        if let Some(s) = launch.stall_timeout {
+            args.extend(["--stall-timeout".into(), s.to_string()]);
+        }
         let command = format!(
             "{} {} … worker --controller {address}",
             launch.mpirun,
@@ -224,6 +238,8 @@ impl MpiJob {
             connected: AtomicUsize::new(0),
             hosts: Mutex::new(BTreeMap::new()),
             rank0: Mutex::new(None),
+            others: Mutex::new(Vec::new()),
+            held: AtomicBool::new(false),
             resume,
             final_state: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
@@ -259,8 +275,23 @@ impl MpiJob {
         let Some(stream) = rank0.as_mut() else {
             return Err("the MPI job has not connected yet: try again in a moment".into());
         };
+        let held = match control {
+            Control::Pause | Control::StepPhase => Some(true),
+            Control::Resume => Some(false),
+            _ => None,
+        };
         let line = serde_json::to_string(&Line::Control(control)).map_err(|e| e.to_string())?;
-        writeln!(stream, "{line}").map_err(|e| format!("rank 0 cannot be reached: {e}"))
+        writeln!(stream, "{line}").map_err(|e| format!("rank 0 cannot be reached: {e}"))?;
+        if let Some(held) = held {
+            // The other ranks wait in MPI for rank 0 while a person holds it: they are
+            // told, so that their stall watch does not end the job.
+            self.shared.held.store(held, Ordering::SeqCst);
+            let line = serde_json::to_string(&Line::Held(held)).map_err(|e| e.to_string())?;
+            for other in self.shared.others.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+                let _ = writeln!(other, "{line}");
+            }
+        }
+        Ok(())
     }
 
     /// What the job has said since the last call (connections, refusals).
@@ -361,6 +392,12 @@ fn serve_rank(stream: TcpStream, s: Arc<Shared>) {
             }
         }
         *s.rank0.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    } else if let Ok(mut w) = write_half.try_clone() {
+        let mut others = s.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(line) = serde_json::to_string(&Line::Held(s.held.load(Ordering::SeqCst))) {
+            let _ = writeln!(w, "{line}");
+        }
+        others.push(w);
     }
     let mut done = false;
     for line in lines {

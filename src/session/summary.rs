@@ -10,6 +10,8 @@ use crate::train::{Outcome, Phase};
 pub struct Summary {
     pub kind: &'static str,
     pub outcome: &'static str,
+    /// Why the run failed, when it did (for an MPI job: the rank, its host and the step).
+    pub failure: Option<String>,
     pub diverged: bool,
     pub diverged_step: Option<u64>,
     /// threads or mpi.
@@ -91,6 +93,10 @@ impl Summary {
             },
             final_params_hash: None,
             outcome,
+            failure: match &state.outcome {
+                Some(Outcome::Failed { message }) => Some(message.clone()),
+                _ => None,
+            },
             diverged: diverged_step.is_some(),
             diverged_step,
             mode: state.mode().to_string(),

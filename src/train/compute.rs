@@ -114,6 +114,13 @@ impl Compute {
         (x, labels): (&ArrayView2<f32>, &[u8]),
     ) -> Result<BatchScore, SegEnd> {
         let mlp = &ctx.mlp;
+        if let Some(at) = injected_failure() {
+            if step >= at {
+                return Err(SegEnd::Failed(
+                    "its compute failed (a failure injected with DDLAB_FAIL_AT_STEP)".into(),
+                ));
+            }
+        }
         match self {
             Compute::Cpu(ws) => ctx.phase(worker, step, Phase::Forward, phase_ns, || {
                 mlp.forward(params, x, ws);
@@ -191,4 +198,26 @@ impl Compute {
             }
         }
     }
+}
+
+/// A compute failure injected for tests, as `ddlab check --inject` injects faults:
+/// `DDLAB_FAIL_AT_STEP=N` makes this process's compute fail from step N on, and
+/// `N@R` only on the MPI rank R (as the launcher numbers it), so that one rank of a job
+/// fails as a broken GPU or node would.
+fn injected_failure() -> Option<u64> {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| {
+        let spec = std::env::var("DDLAB_FAIL_AT_STEP").ok()?;
+        let (step, rank) = match spec.split_once('@') {
+            Some((s, r)) => (s, Some(r)),
+            None => (spec.as_str(), None),
+        };
+        let mine = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok());
+        match rank {
+            Some(r) if Some(r.trim()) != mine.as_deref().map(str::trim) => None,
+            _ => step.trim().parse().ok(),
+        }
+    })
 }

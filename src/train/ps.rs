@@ -334,6 +334,8 @@ const REPLY: usize = 6;
 const HELLO: f32 = 0.0;
 const PUSH: f32 = 1.0;
 const DIVERGED: f32 = 2.0;
+/// The worker's compute failed: it leaves (its own sentence says why at the end).
+const FAILED: f32 = 3.0;
 
 /// Writes `v` exactly into `buf[at..at + 2]` (its bits, not its value).
 fn put_u64(buf: &mut [f32], at: usize, v: u64) {
@@ -413,11 +415,15 @@ fn serve<T: crate::comm::Transport + ?Sized>(
         let kind = msg[KIND];
         let pulled = get_u64(&msg, PULLED);
         let iteration = get_u64(&msg, ITERATION);
-        if kind == DIVERGED {
+        if kind == DIVERGED || kind == FAILED {
             if end == SegEnd::Completed {
-                end = SegEnd::Diverged {
-                    step: pulled,
-                    worker: w,
+                end = if kind == DIVERGED {
+                    SegEnd::Diverged {
+                        step: pulled,
+                        worker: w,
+                    }
+                } else {
+                    SegEnd::Stopped // (the failed worker's own end says why)
                 };
             }
             st.closed = true;
@@ -564,26 +570,27 @@ fn work<T: crate::comm::Transport + ?Sized>(
         let score = compute
             .pulled(ctx, (w, pulled), &mut phase_ns, params)
             .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, &labels)));
+        let at = |e: String| SegEnd::Failed(format!("at server version {pulled}: {e}"));
         let score = match score {
             Ok(score) => score,
-            Err(SegEnd::Failed(e)) => return Ok(SegEnd::Failed(e)),
+            Err(SegEnd::Failed(e)) => return leave_with(t, &mut msg, FAILED, (pulled, i), at(e)),
             Err(_) => return Ok(SegEnd::Stopped),
         };
-        put_u64(&mut msg, PULLED, pulled);
-        put_u64(&mut msg, ITERATION, i);
         if diverged(score.mean_loss(), data.classes) {
-            msg[KIND] = DIVERGED;
-            t.send(0, &msg, crate::comm::Tag::default())?;
-            t.recv(0, &mut reply, crate::comm::Op::Copy)?;
-            return Ok(SegEnd::Diverged {
+            let end = SegEnd::Diverged {
                 step: pulled,
                 worker: w,
-            });
+            };
+            return leave_with(t, &mut msg, DIVERGED, (pulled, i), end);
         }
+        if let Err(SegEnd::Failed(e)) =
+            compute.backward(ctx, (w, pulled), &mut phase_ns, params, &xv, &mut msg[HEADER..])
+        {
+            return leave_with(t, &mut msg, FAILED, (pulled, i), at(e));
+        }
+        put_u64(&mut msg, PULLED, pulled);
+        put_u64(&mut msg, ITERATION, i);
         let grads = &mut msg[HEADER..];
-        if let Err(SegEnd::Failed(e)) = compute.backward(ctx, (w, pulled), &mut phase_ns, params, &xv, grads) {
-            return Ok(SegEnd::Failed(e));
-        }
         let wire = exp.grad_dtype;
         if wire != crate::comm::Wire::F32 {
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
@@ -602,6 +609,25 @@ fn work<T: crate::comm::Transport + ?Sized>(
         put_u64(&mut msg, LEAD, lead);
     }
     Ok(SegEnd::Completed)
+}
+
+/// A worker that diverged or failed tells the server before it leaves, so that the
+/// server (and through it every worker) ends instead of waiting for it; it takes the
+/// server's last reply and ends with `end`.
+fn leave_with<T: crate::comm::Transport + ?Sized>(
+    t: &mut T,
+    msg: &mut [f32],
+    kind: f32,
+    (pulled, iteration): (u64, u64),
+    end: SegEnd,
+) -> crate::comm::Result<SegEnd> {
+    msg[KIND] = kind;
+    put_u64(msg, PULLED, pulled);
+    put_u64(msg, ITERATION, iteration);
+    t.send(0, msg, crate::comm::Tag::default())?;
+    let mut reply = vec![0.0f32; REPLY + msg.len() - HEADER];
+    t.recv(0, &mut reply, crate::comm::Op::Copy)?;
+    Ok(end)
 }
 
 /// What a push did, for the worker's report.

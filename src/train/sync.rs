@@ -16,9 +16,21 @@ use crate::comm::{
 use crate::nn::{l2_norm, Sgd};
 
 /// Values all-reduced with the gradient, past its end, so that every replica agrees on
-/// them after the same step: [0] a switch after this step, [1] detail in the next one,
-/// [2] the pace (log₂ of the dilation factor, from rank 0: MPI ranks learn it so).
-pub const STEP_FLAGS: usize = 3;
+/// them after the same step (the all-reduce takes their mean: a count is N × it).
+mod flag {
+    /// A switch (of mode, workers, …) after this step.
+    pub const SWITCH: usize = 0;
+    /// Detail (batches, messages) in the next step, rank 0's choice.
+    pub const DETAIL: usize = 1;
+    /// The pace: log₂ of the dilation factor, from rank 0 (MPI ranks learn it so).
+    pub const PACE: usize = 2;
+    /// Workers whose loss diverged in this step, and (when one did) its rank + 1.
+    pub const DIVERGED: usize = 3;
+    pub const DIVERGED_WHO: usize = 4;
+    /// Workers whose compute failed in this step.
+    pub const FAILED: usize = 5;
+}
+pub const STEP_FLAGS: usize = 6;
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
 /// requested, or the run stops; leaves the replicas' parameters and optimizer state in
@@ -276,29 +288,50 @@ impl<'a> Worker<'a> {
             let mut phase_ns = [0u64; Phase::COUNT];
             let (params, grads) = (&mut self.params, &mut self.grads);
 
-            let score = compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, &labels))?;
-            if diverged(score.mean_loss(), data.classes) {
-                return Err(SegEnd::Diverged { step, worker: rank });
+            // A worker that diverges or fails alone: on threads it leaves at once (its
+            // peers are released from the collective); a process per worker (MPI) says
+            // so in the step's flags instead, so that every rank leaves after the same
+            // all-reduce and none is left waiting in it.
+            let mut trouble: Option<SegEnd> = None;
+            let score = match compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, &labels)) {
+                Ok(score) => Some(score),
+                Err(SegEnd::Failed(e)) if per_rank => {
+                    trouble = Some(SegEnd::Failed(format!("at step {step}: {e}")));
+                    None
+                }
+                Err(end) => return Err(end),
+            };
+            let diverged_here = score.as_ref().is_some_and(|s| diverged(s.mean_loss(), data.classes));
+            if diverged_here {
+                if !per_rank {
+                    return Err(SegEnd::Diverged { step, worker: rank });
+                }
+                trouble = Some(SegEnd::Diverged { step, worker: rank });
             }
             // The step's flags travel with the gradient (see `grads`): a switch after this
             // step? Detail (batches, messages) for the next? Detail comes at most every
             // DETAIL_EVERY: a screen cannot show more, and every step at full speed would
             // cost training time. Rank 0 decides; the all-reduce tells everyone.
-            grads[p] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
-            grads[p + 1] = 0.0;
+            let flags = &mut grads[p..];
+            flags.fill(0.0);
+            flags[flag::SWITCH] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
             if rank == 0 && ctx.options.detail && (local == 0 || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS) {
-                grads[p + 1] = 1.0;
+                flags[flag::DETAIL] = 1.0;
                 last_detail_ns = ctx.clock.ns();
             }
             // (the mean divides by N; log₂ keeps the factor within f16's range)
-            grads[p + 2] = if rank == 0 && per_rank {
-                ctx.gate.pace().factor().log2() as f32 * self.seg.workers as f32
-            } else {
-                0.0
-            };
-            let flags: [f32; STEP_FLAGS] = [grads[p], grads[p + 1], grads[p + 2]];
+            if rank == 0 && per_rank {
+                flags[flag::PACE] = ctx.gate.pace().factor().log2() as f32 * self.seg.workers as f32;
+            }
+            if diverged_here {
+                flags[flag::DIVERGED] = 1.0;
+                flags[flag::DIVERGED_WHO] = (rank + 1) as f32;
+            }
+            let flags: [f32; STEP_FLAGS] = std::array::from_fn(|i| flags[i]);
             let forward_ns = phase_ns[Phase::Forward.index()];
             match (&mut exchange, &mut *compute) {
+                // (nothing worth computing: the step only carries the news)
+                _ if trouble.is_some() => grads[..p].fill(0.0),
                 (Exchange::Overlap(overlap), Compute::Cpu(ws)) => {
                     ctx.phase(rank, step, Phase::Backward, &mut phase_ns, || {
                         let t0 = std::time::Instant::now();
@@ -309,7 +342,16 @@ impl<'a> Worker<'a> {
                         ctx.straggle(rank, forward_ns, t0.elapsed());
                     })?;
                 }
-                _ => compute.backward(ctx, (rank, step), &mut phase_ns, params, &xv, &mut grads[..p])?,
+                _ => match compute.backward(ctx, (rank, step), &mut phase_ns, params, &xv, &mut grads[..p]) {
+                    Err(SegEnd::Failed(e)) if per_rank => {
+                        grads[..p].fill(0.0);
+                        trouble = Some(SegEnd::Failed(format!("at step {step}: {e}")));
+                    }
+                    done => done?,
+                },
+            }
+            if matches!(trouble, Some(SegEnd::Failed(_))) {
+                grads[p + flag::FAILED] = 1.0;
             }
             let mut allreduce_start_ns = 0;
             let (grad_norm, bytes_sent, idle_ns) = match &mut exchange {
@@ -346,9 +388,31 @@ impl<'a> Worker<'a> {
                     Wire::F16.max()
                 )));
             }
-            detail = grads[p + 1] > 0.0;
+            let n = self.seg.workers as f32;
+            let count = |i: usize| (grads[p + i] * n).round() as usize;
+            if count(flag::FAILED) > 0 {
+                // (the others stop: the failing rank's own end says why)
+                return Err(match trouble {
+                    Some(failed @ SegEnd::Failed(_)) => failed,
+                    _ => SegEnd::Stopped,
+                });
+            }
+            if count(flag::DIVERGED) > 0 {
+                // (who, when exactly one did; else each names itself, the others none)
+                let worker = match trouble {
+                    Some(SegEnd::Diverged { worker, .. }) => worker,
+                    _ if count(flag::DIVERGED) == 1 => count(flag::DIVERGED_WHO).saturating_sub(1),
+                    _ => usize::MAX,
+                };
+                return Err(SegEnd::Diverged { step, worker });
+            }
+            // (a worker with no score had trouble, and every worker has left above)
+            let Some(score) = score else {
+                return Err(trouble.unwrap_or(SegEnd::Failed("a step without a score".into())));
+            };
+            detail = grads[p + flag::DETAIL] > 0.0;
             if per_rank && rank != 0 {
-                ctx.gate.pace().set(f64::from(grads[p + 2]).exp2());
+                ctx.gate.pace().set(f64::from(grads[p + flag::PACE]).exp2());
             }
             match &mut exchange {
                 Exchange::Direct(comm) => {
@@ -401,7 +465,7 @@ impl<'a> Worker<'a> {
                 compute.store(params, None)?;
                 ctx.evaluate(updates, samples_before + global_batch, params, end_ns);
             }
-            if grads[p] > 0.0 {
+            if grads[p + flag::SWITCH] > 0.0 {
                 return Err(SegEnd::Switch); // everyone saw the same flag after the same step
             }
         }

@@ -1,0 +1,414 @@
+//! One owner for "this process is an MPI rank" (DESIGN.md decision 8): MPI's start and
+//! its threading level, the panic → abort hook, the launcher's facts, agreement (every
+//! rank says it can go on, or all leave together with the first failure's sentence,
+//! naming its rank and host), the step reached at exit, the stall watchdog, and the
+//! exit codes. `ddlab run --backend mpi`, `ddlab worker` and `ddlab check` use it, and
+//! keep only their own job.
+//!
+//! A decision one rank takes alone must never leave the others waiting in a collective:
+//! what a rank finds before training (bad flags, missing data, no GPU, an unwritable
+//! export) is agreed on at start; what it finds while training (its loss diverged, its
+//! compute failed) travels with the step's collective (see `train::sync`) or the
+//! parameter server's messages; how the run ended is agreed on at the end.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The exit codes of every ddlab command (the README's table).
+pub mod exit {
+    /// Done: the run completed or was stopped as asked; the check passed.
+    pub const DONE: i32 = 0;
+    /// A failure (a rank or its compute failed; the check found a fault).
+    pub const FAILED: i32 = 1;
+    /// Bad input: a flag, a file, a launch that cannot work (one sentence says which).
+    pub const BAD_INPUT: i32 = 2;
+    /// The run diverged (the loss became NaN, infinite or over 100× chance level).
+    pub const DIVERGED: i32 = 3;
+    /// A rank made no progress for the stall timeout: the job was ended.
+    pub const STALLED: i32 = 4;
+    /// A rank panicked (a bug): the job was aborted.
+    pub const PANICKED: i32 = 70;
+    /// Interrupted by the user (Ctrl-C): the exports cover the steps done.
+    pub const INTERRUPTED: i32 = 130;
+    /// Terminated (SIGTERM, e.g. by mpirun when another rank failed).
+    pub const TERMINATED: i32 = 143;
+}
+
+/// Whether this process was started by an MPI launcher (mpirun, mpiexec, srun).
+pub fn launched_by_mpirun() -> bool {
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MPI_LOCALNRANKS",
+        "SLURM_STEP_ID",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+/// The step this rank has reached (the stall report and the sentence at exit name it),
+/// and how long its steps take (the stall timeout follows it).
+static STEP: AtomicU64 = AtomicU64::new(0);
+static STEP_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_STEP_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// Set once this rank's run has ended as it should: leaving then needs no sentence.
+static ENDED: AtomicBool = AtomicBool::new(false);
+
+fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
+
+/// This rank finished step `step` (from its event stream).
+pub fn stepped(step: u64) {
+    let now = now_ns();
+    let before = LAST_STEP_AT_NS.swap(now, Ordering::SeqCst);
+    if step > STEP.swap(step, Ordering::SeqCst) && before > 0 {
+        // A moving average of the time between steps.
+        let took = now - before;
+        let avg = STEP_NS.load(Ordering::SeqCst);
+        STEP_NS.store(if avg == 0 { took } else { (avg * 7 + took) / 8 }, Ordering::SeqCst);
+    }
+}
+
+/// The step this rank has reached.
+pub fn step() -> u64 {
+    STEP.load(Ordering::SeqCst)
+}
+
+/// This rank's run has ended as it should (no "left early" sentence at exit).
+pub fn ended() {
+    ENDED.store(true, Ordering::SeqCst);
+}
+
+/// How long a rank may wait in one MPI call before it is called stalled: 30 s, or
+/// 100 steps when steps are fast (at least 5 s), unless the user said.
+pub fn stall_timeout(given: Option<Duration>) -> Duration {
+    if let Some(t) = given {
+        return t;
+    }
+    match STEP_NS.load(Ordering::SeqCst) {
+        0 => Duration::from_secs(30),
+        ns => Duration::from_nanos(ns.saturating_mul(100)).clamp(Duration::from_secs(5), Duration::from_secs(30)),
+    }
+}
+
+#[cfg(feature = "mpi")]
+pub use rank::{Rank, Verdict};
+
+#[cfg(feature = "mpi")]
+mod rank {
+    use std::time::Duration;
+
+    use super::{exit, stall_timeout, step, ENDED};
+    use crate::comm::mpi::{abort_world, host_name, waiting, MpiTransport, MpiWorld};
+    use crate::comm::{Clock, Transport};
+    use crate::train::Outcome;
+
+    /// This process as a rank of an MPI job.
+    pub struct Rank {
+        pub rank: usize,
+        pub size: usize,
+        pub host: String,
+        /// The transport agreements go over (the engine has one of its own).
+        control: MpiTransport,
+        world: Option<MpiWorld>,
+    }
+
+    /// How the job ended, as every rank agreed: the outcome, the exit code, and the
+    /// sentence that says why (empty when there is nothing to say).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Verdict {
+        pub outcome: Outcome,
+        pub code: i32,
+        pub sentence: String,
+    }
+
+    impl Rank {
+        /// Starts MPI (at `MPI_THREAD_SERIALIZED`, checked, or at `SINGLE` for a rank
+        /// that makes every call from its main thread), makes a panic abort the whole
+        /// job at once (nobody waits forever in a collective), and says at exit at which
+        /// step a rank left a run that had not ended.
+        pub fn start(serialized: bool) -> Result<Rank, String> {
+            let world = if serialized {
+                MpiWorld::init()?
+            } else {
+                MpiWorld::init_single()?
+            };
+            let control = world.transport(Clock::start());
+            let (rank, size) = (control.rank(), control.size());
+            let host = host_name();
+            let who = format!("rank {rank} on {host}");
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                previous(info);
+                eprintln!("ddlab: {who} panicked (a bug, please report it): the job is aborted");
+                abort_world(exit::PANICKED);
+            }));
+            name_step_at_exit(rank, host.clone());
+            Ok(Rank {
+                rank,
+                size,
+                host,
+                control,
+                world: Some(world),
+            })
+        }
+
+        /// A new transport over every rank, for the engine (collective: every rank
+        /// calls it at the same point).
+        pub fn transport(&self, clock: Clock) -> MpiTransport {
+            self.world.as_ref().expect("MPI is running").transport(clock)
+        }
+
+        /// "rank 2 on node-b: …": a sentence about this rank.
+        pub fn about_me(&self, what: &str) -> String {
+            format!("rank {} on {}: {what}", self.rank, self.host)
+        }
+
+        /// Every rank brings `mine` (Ok, or a sentence saying why it cannot go on): all
+        /// go on, or all leave together, rank 0 saying why once: the reason alone when
+        /// every rank gives the same one (a bad flag), else the first failing rank's,
+        /// with its rank and host. Returns that sentence. Collective.
+        pub fn agree(&mut self, mine: Result<(), String>) -> Result<(), String> {
+            let bytes = mine
+                .err()
+                .map(|why| format!("{}\0{why}", self.host).into_bytes())
+                .unwrap_or_default();
+            let mut verdict = Vec::new();
+            if let Some(all) = self.control.gather_bytes(&bytes) {
+                let failed: Vec<(usize, String, String)> = all
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(r, b)| {
+                        let text = String::from_utf8_lossy(&b).into_owned();
+                        let (host, why) = text.split_once('\0').unwrap_or(("?", &text));
+                        (r, host.to_string(), why.to_string())
+                    })
+                    .collect();
+                if let Some((r, host, why)) = failed.first() {
+                    let all_alike = failed.len() == self.size && failed.iter().all(|f| f.2 == *why);
+                    verdict = if all_alike {
+                        why.clone()
+                    } else if failed.len() == 1 {
+                        format!("rank {r} on {host}: {why}")
+                    } else {
+                        format!(
+                            "rank {r} on {host}: {why} (and {} more ranks cannot go on)",
+                            failed.len() - 1
+                        )
+                    }
+                    .into_bytes();
+                }
+            }
+            self.control.broadcast_bytes(&mut verdict, 0);
+            if verdict.is_empty() {
+                return Ok(());
+            }
+            let sentence = String::from_utf8_lossy(&verdict).into_owned();
+            if self.rank == 0 {
+                eprintln!("ddlab: {sentence}");
+            }
+            ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(sentence)
+        }
+
+        /// Every rank was given the same `what` (e.g. the experiment, as JSON): else
+        /// all leave, and rank 0 says which rank differs in which setting. Collective.
+        pub fn same_everywhere(&mut self, what: &str, mine: &serde_json::Value) -> Result<(), String> {
+            let bytes = serde_json::to_vec(mine).unwrap_or_default();
+            let mut differs = Ok(());
+            if let Some(all) = self.control.gather_bytes(&bytes) {
+                for (r, theirs) in all.iter().enumerate().skip(1) {
+                    let theirs: serde_json::Value = serde_json::from_slice(theirs).unwrap_or_default();
+                    if let Some(diff) = first_difference(mine, &theirs) {
+                        differs = Err(format!(
+                            "the ranks were given different {what}s: rank {r} has {diff}: give every rank the same flags (with mpirun's MPMD syntax, the same on both sides of ':')"
+                        ));
+                        break;
+                    }
+                }
+            }
+            self.agree(differs)
+        }
+
+        /// How the job ended: every rank brings its own end; rank 0 decides (a failure
+        /// first, the lowest rank's; then a divergence; then its own end) and says why
+        /// once; every rank gets the same verdict. Collective.
+        pub fn agree_end(&mut self, mine: &Outcome) -> Verdict {
+            let end = match mine {
+                Outcome::Failed { message } => Outcome::Failed {
+                    message: self.about_me(message),
+                },
+                other => other.clone(),
+            };
+            let bytes = serde_json::to_vec(&end).unwrap_or_default();
+            let mut verdict = Vec::new();
+            if let Some(all) = self.control.gather_bytes(&bytes) {
+                let ends: Vec<Outcome> = all
+                    .iter()
+                    .map(|b| {
+                        serde_json::from_slice(b).unwrap_or(Outcome::Failed {
+                            message: "a rank's end was unreadable".into(),
+                        })
+                    })
+                    .collect();
+                verdict = serde_json::to_vec(&decide(&ends)).unwrap_or_default();
+            }
+            self.control.broadcast_bytes(&mut verdict, 0);
+            ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+            serde_json::from_slice::<(Outcome, i32, String)>(&verdict)
+                .map(|(outcome, code, sentence)| Verdict {
+                    outcome,
+                    code,
+                    sentence,
+                })
+                .unwrap_or(Verdict {
+                    outcome: end,
+                    code: exit::FAILED,
+                    sentence: "the ranks could not agree on how the job ended".into(),
+                })
+        }
+
+        /// Watches this rank's MPI calls from a thread of its own (which makes none):
+        /// a call that waits longer than the stall timeout (`given`, else 30 s or 100
+        /// steps) is reported — whom this rank waits for, at which step — and
+        /// `on_stall` decides what then happens (by default: end the job).
+        pub fn watch_for_stalls(&self, given: Option<Duration>, on_stall: impl Fn(String) + Send + 'static) {
+            let (rank, host, size) = (self.rank, self.host.clone(), self.size);
+            std::thread::Builder::new()
+                .name("ddlab-stall-watch".into())
+                .spawn(move || {
+                    let mut reported = false;
+                    loop {
+                        std::thread::sleep(Duration::from_millis(200));
+                        match waiting::now() {
+                            Some((peer, waited)) if !reported && waited > stall_timeout(given) => {
+                                reported = true;
+                                let whom = match peer {
+                                    waiting::ANY => "any worker's push (the parameter server)".to_string(),
+                                    // (a collective does not say who has not arrived; with
+                                    // two ranks it can only be the other one)
+                                    waiting::ALL if size == 2 => format!("rank {}, in a collective", 1 - rank),
+                                    waiting::ALL => format!(
+                                        "one or more of the other {} ranks, in a collective (every rank that is not stalled names the same wait)",
+                                        size - 1
+                                    ),
+                                    p => format!("rank {p}"),
+                                };
+                                on_stall(format!(
+                                    "rank {rank} on {host} has waited {:.0} s for {whom} at step {}: that rank is stalled (stopped, swapping, or cut off) or dead; ending the job",
+                                    waited.as_secs_f64(),
+                                    step()
+                                ));
+                            }
+                            None => reported = false,
+                            _ => {}
+                        }
+                    }
+                })
+                .expect("the OS can start a thread");
+        }
+    }
+
+    impl Drop for Rank {
+        fn drop(&mut self) {
+            ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(self.world.take()); // finalises MPI
+        }
+    }
+
+    /// Rank 0's verdict from every rank's end (in rank order): the outcome, the exit
+    /// code and the sentence.
+    pub(super) fn decide(ends: &[Outcome]) -> (Outcome, i32, String) {
+        if let Some(Outcome::Failed { message }) = ends.iter().find(|e| matches!(e, Outcome::Failed { .. })) {
+            // (the first failure by rank names the cause; the others failed because of it)
+            return (
+                Outcome::Failed {
+                    message: message.clone(),
+                },
+                exit::FAILED,
+                message.clone(),
+            );
+        }
+        let diverged = ends
+            .iter()
+            .filter_map(|e| match e {
+                Outcome::Diverged { step, worker } => Some((*step, *worker)),
+                _ => None,
+            })
+            .min();
+        if let Some((step, worker)) = diverged {
+            let sentence = format!(
+                "the run diverged at step {step}: worker {worker}'s loss became NaN, infinite or over 100× chance level; every rank stopped at that step"
+            );
+            return (Outcome::Diverged { step, worker }, exit::DIVERGED, sentence);
+        }
+        let own = ends.first().cloned().unwrap_or(Outcome::Completed);
+        (own, exit::DONE, String::new())
+    }
+
+    /// The first setting in which `theirs` differs from `mine`: "steps 100 (rank 0: 50)".
+    fn first_difference(mine: &serde_json::Value, theirs: &serde_json::Value) -> Option<String> {
+        match (mine, theirs) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                keys.into_iter().find_map(|k| {
+                    let (x, y) = (a.get(k), b.get(k));
+                    (x != y).then(|| {
+                        let show = |v: Option<&serde_json::Value>| v.map_or("nothing".to_string(), |v| v.to_string());
+                        format!("{k} {} where rank 0 has {}", show(y), show(x))
+                    })
+                })
+            }
+            (a, b) if a != b => Some(format!("{b} where rank 0 has {a}")),
+            _ => None,
+        }
+    }
+
+    /// Makes this process say at which step it was when it leaves before its run ended —
+    /// also when the MPI library ends it because another rank died (it exits through
+    /// `exit`, so handlers registered with `atexit` still run).
+    fn name_step_at_exit(rank: usize, host: String) {
+        static WHO: std::sync::OnceLock<(usize, String)> = std::sync::OnceLock::new();
+        let _ = WHO.set((rank, host));
+        extern "C" fn say() {
+            if !ENDED.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some((rank, host)) = WHO.get() {
+                    eprintln!(
+                        "ddlab: rank {rank} ({host}) left the job at step {}: the job ended early (the rank or host named above is why)",
+                        step()
+                    );
+                }
+            }
+        }
+        extern "C" {
+            fn atexit(f: extern "C" fn()) -> std::os::raw::c_int;
+        }
+        // SAFETY: `atexit` from the C library, with a function that lives forever.
+        unsafe {
+            atexit(say);
+        }
+    }
+}
+
+#[cfg(all(test, feature = "mpi"))]
+mod tests {
+    use super::rank::decide;
+    use crate::train::Outcome;
+
+    #[test]
+    fn the_first_failure_by_rank_decides_then_the_earliest_divergence() {
+        let failed = |m: &str| Outcome::Failed { message: m.into() };
+        let (o, code, s) = decide(&[Outcome::Completed, failed("rank 1: no data"), failed("rank 2: x")]);
+        assert_eq!((o, code, s.as_str()), (failed("rank 1: no data"), 1, "rank 1: no data"));
+        let (o, code, _) = decide(&[
+            Outcome::Diverged { step: 9, worker: 2 },
+            Outcome::Diverged { step: 7, worker: 1 },
+        ]);
+        assert_eq!((o, code), (Outcome::Diverged { step: 7, worker: 1 }, 3));
+        assert_eq!(decide(&[Outcome::Completed, Outcome::Completed]).1, 0);
+    }
+}
