@@ -112,3 +112,25 @@ fn without_the_mpi_feature_the_mpi_backend_says_how_to_rebuild() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--features mpi"), "{stderr}");
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_busy_machine_is_named_beside_the_figures_it_lowers() {
+    // A process that keeps a core busy for the whole check (as a browser or a build would).
+    let mut busy = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let (code, stdout, report) = check(&["--workers", "2"]);
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert_eq!(code, Some(0), "a busy machine is not a broken one: {stdout}");
+    assert!(stdout.contains("⚠ other programs used"), "{stdout}");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("check again when it is quiet")),
+        "{report}"
+    );
+}

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::CliError;
-use crate::comm::{thread_group, AllReduceAlgo, BandwidthRow, Clock, Collective, Comm, Transport};
+use crate::comm::{thread_group, AllReduceAlgo, BandwidthRow, Clock, Collective, Comm};
 use crate::nn::{median, Mlp, Sgd, Workspace};
 
 #[derive(Debug, Args)]
@@ -83,6 +83,88 @@ pub struct StepBench {
     pub min_us: f64,
 }
 
+/// The default run (`ddlab run`'s experiment) beside `busy` processes that spin.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBench {
+    pub busy: usize,
+    /// Median steps/s.
+    pub steps_per_s: f64,
+    /// Against the same run with no busy process beside it.
+    pub ratio: f64,
+}
+
+/// Steps/s of the default run with `busy` spinning child processes beside it (which it
+/// starts and stops itself): the median of `trials`, each `steps` long.
+pub fn bench_under_load(busy: &[usize], steps: u64, trials: usize) -> Result<Vec<LoadBench>, String> {
+    use crate::config::{Experiment, Length};
+    use crate::session::{Session, SessionOptions};
+    let exp = Experiment {
+        length: Length::Steps(steps),
+        ..Experiment::default()
+    };
+    let data = std::sync::Arc::new(crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
+    let one = || -> Result<f64, String> {
+        let mut s = Session::start_with_data(
+            exp.clone(),
+            std::sync::Arc::clone(&data),
+            SessionOptions::default(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        s.run_to_end(|_| {});
+        Ok(s.summary().steps_per_sec)
+    };
+    // Trials of every load interleaved, so that a slow minute of the machine touches all.
+    let mut seen: Vec<Vec<f64>> = vec![Vec::new(); busy.len()];
+    for _ in 0..trials {
+        for (i, &k) in busy.iter().enumerate() {
+            let children = Busy::start(k)?;
+            std::thread::sleep(Duration::from_millis(300)); // (they get going; ddlab notices)
+            let r = one();
+            drop(children);
+            seen[i].push(r?);
+        }
+    }
+    let medians: Vec<f64> = seen.into_iter().map(median).collect();
+    let idle = busy.iter().position(|&k| k == 0).map_or(f64::NAN, |i| medians[i]);
+    Ok(busy
+        .iter()
+        .zip(medians)
+        .map(|(&busy, steps_per_s)| LoadBench {
+            busy,
+            steps_per_s,
+            ratio: steps_per_s / idle,
+        })
+        .collect())
+}
+
+/// Processes that keep a core busy (`sh -c 'while :; do :; done'`), ended when dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn start(k: usize) -> Result<Busy, String> {
+        let mut busy = Busy(Vec::new());
+        for _ in 0..k {
+            let child = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start a busy process (sh): {e}"))?;
+            busy.0.push(child);
+        }
+        Ok(busy)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MemcpyBench {
     pub bytes: usize,
@@ -101,6 +183,8 @@ pub struct BenchReport {
     pub allreduce: Vec<BandwidthRow>,
     /// Median milliseconds to draw one lab frame of 16 workers at 200×60.
     pub tui_frame_ms: f64,
+    /// The default run beside 0, 1 and 2 busy processes.
+    pub under_load: Vec<LoadBench>,
     /// With --device gpu.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuBenchReport>,
@@ -344,7 +428,7 @@ pub fn bench_allreduce(algo: AllReduceAlgo, workers: usize, bytes: usize, budget
             .into_iter()
             .map(|t| {
                 s.spawn(move || {
-                    crate::comm::pin_to_core(t.rank());
+                    crate::comm::worker_thread();
                     let mut comm = Comm::new(t, algo);
                     let mut buf = vec![0.0f32; len]; // zeros stay zeros: no overflow to inf over thousands of sums
                     let mut once = || comm.all_reduce_sum(&mut buf).expect("no one aborts a benchmark");
@@ -473,6 +557,17 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     }
     let tui_frame_ms = bench_frame(16, (200, 60), if args.quick { 10 } else { 200 });
     say!("\nlab frame, 16 workers, 200×60: {tui_frame_ms:.2} ms (median)");
+    say!("\nthe default run (`ddlab run`) beside busy processes (each spins on a core)");
+    let (load_steps, trials) = if args.quick { (300, 1) } else { (2000, 3) };
+    let under_load = bench_under_load(&[0, 1, 2], load_steps, trials).map_err(CliError::failure)?;
+    for r in &under_load {
+        say!(
+            "  {} busy: {:>8.0} steps/s  {:>5.2}× of idle",
+            r.busy,
+            r.steps_per_s,
+            r.ratio
+        );
+    }
     let gpu = match args.device {
         crate::gpu::Device::Gpu => Some(bench_gpu(args)?),
         crate::gpu::Device::Cpu => None,
@@ -484,6 +579,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
         memcpy,
         allreduce,
         tui_frame_ms,
+        under_load,
         gpu,
     };
     if let Some(file) = out {

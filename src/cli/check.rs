@@ -187,6 +187,8 @@ fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
     }
     let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| CliError::failure(e.to_string()))?);
     let host = hostname();
+    // (other programs busy beside the check lower every figure: it says so)
+    let others = crate::comm::OthersMeter::start();
     let group = thread_group(n, Clock::start(), None, false);
     let reports: Vec<Result<RankReport, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = group
@@ -213,7 +215,12 @@ fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
         .collect::<Result<_, _>>()
         .map_err(|e| CliError::failure(format!("the check could not finish: {e}")))?;
     let reference = reference(n, &opts, data)?;
-    let report = check::judge("threads", &reports, &reference, opts.link_bytes, false, false);
+    let mut report = check::judge("threads", &reports, &reference, opts.link_bytes, false, false);
+    if let Some(cores) = others.cores().filter(|&c| c >= 0.5) {
+        report.warnings.push(format!(
+            "other programs used {cores:.1} cores of this machine while it was checked: the bandwidth and timings are lower than it can reach; check again when it is quiet"
+        ));
+    }
     finish(&report, args)
 }
 

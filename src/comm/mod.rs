@@ -23,7 +23,7 @@ pub use allreduce::{all_reduce_sum, all_reduce_window, broadcast, chunk_range, C
 pub use link::{alpha_beta, alpha_beta_on, Link};
 pub use pace::{Pace, MAX_FACTOR as MAX_PACE, SITES as PACE_SITES};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
-pub use wait::precise_sleep;
+pub use wait::{precise_sleep, OthersMeter};
 pub use wire::Wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,12 +297,57 @@ impl Clock {
     }
 }
 
-/// Pins the calling thread to core `rank % cores`, as MPI launchers bind ranks. Otherwise
-/// the OS may start every worker on the core of the thread that spawned them, and
-/// workers that take turns through one core spend rounds waiting for each other. Best
-/// effort: where pinning is not possible, nothing happens.
-pub fn pin_to_core(rank: usize) {
-    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
-        core_affinity::set_for_current(cores[rank % cores.len()]);
+/// Readies the calling thread to be one of the workers that hand data to each other
+/// many times a step. Linux: it asks for short time slices (`sched_setattr`'s runtime
+/// for a normal thread, honoured by the EEVDF scheduler since Linux 6.12; ignored
+/// before), so that a worker woken by its partner runs at once instead of after another
+/// program's whole slice; it leaves its priority and policy as they were.
+///
+/// Workers are not pinned to cores: a pinned worker cannot leave the core another
+/// program is busy on (with one busy process beside a 4-worker run, pinned workers
+/// made 46 steps/s, unpinned ones 1600 of an idle machine's 2300), and measured idle,
+/// unpinned workers are as fast.
+pub fn worker_thread() {
+    wait::watch_crowding();
+    #[cfg(target_os = "linux")]
+    short_slices(std::time::Duration::from_micros(100));
+}
+
+/// `sched_attr` as the kernel defines it (include/uapi/linux/sched/types.h).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Asks for time slices of `slice` for the calling thread, keeping the rest of its
+/// scheduling attributes. Best effort: an older kernel or a refusal changes nothing.
+#[cfg(target_os = "linux")]
+fn short_slices(slice: std::time::Duration) {
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    let mut attr = SchedAttr::default();
+    // SAFETY: sched_getattr/sched_setattr read or write exactly `size` bytes of `attr`, a
+    // live, properly aligned struct of the layout the kernel expects; pid 0 is this thread.
+    unsafe {
+        if libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) != 0 {
+            return;
+        }
+        // Only a normal (SCHED_OTHER) thread takes a slice request; leave others alone.
+        if attr.policy != libc::SCHED_OTHER as u32 {
+            return;
+        }
+        attr.size = size;
+        attr.runtime = slice.as_nanos() as u64;
+        let _ = libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0);
     }
 }

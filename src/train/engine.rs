@@ -386,7 +386,7 @@ pub(super) fn run_workers<T: Send>(
                     .name(format!("ddlab-worker-{rank}"))
                     .spawn_scoped(s, move || {
                         crate::nn::flush_denormals();
-                        crate::comm::pin_to_core(rank);
+                        crate::comm::worker_thread();
                         let end = catch_unwind(AssertUnwindSafe(|| body(rank, input))).unwrap_or_else(|p| {
                             let msg = p
                                 .downcast_ref::<&str>()
