@@ -12,6 +12,10 @@ use crate::nn::LrScaling;
 /// Most workers one run may have: beyond this, threads only thrash.
 pub const MAX_WORKERS: usize = 256;
 
+/// The slowest a straggler may be: 100× its compute already shows every effect, and a
+/// step a hundred times longer than the others' keeps a run (and Ctrl-C) responsive.
+pub const MAX_STRAGGLER_FACTOR: f32 = 100.0;
+
 /// Where the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -125,9 +129,9 @@ impl std::str::FromStr for Straggler {
         let (w, f) = s.split_once(':').ok_or_else(|| usage.clone())?;
         let worker = w.trim().parse::<usize>().map_err(|_| usage.clone())?;
         let factor = f.trim().parse::<f32>().map_err(|_| usage.clone())?;
-        if !(factor.is_finite() && factor >= 1.0) {
+        if !(factor.is_finite() && (1.0..=MAX_STRAGGLER_FACTOR).contains(&factor)) {
             return Err(format!(
-                "'{s}': the factor must be a number ≥ 1 (1 = not slowed), got {f}"
+                "'{s}': the factor must be a number from 1 (not slowed) to {MAX_STRAGGLER_FACTOR}, got {f}"
             ));
         }
         Ok(Straggler { worker, factor })
@@ -372,10 +376,13 @@ impl Experiment {
                     ),
                 ));
             }
-            if !(s.factor.is_finite() && s.factor >= 1.0) {
+            if !(s.factor.is_finite() && (1.0..=MAX_STRAGGLER_FACTOR).contains(&s.factor)) {
                 return Err(bad(
                     "straggler",
-                    format!("factor {} is not allowed: use a number ≥ 1", s.factor),
+                    format!(
+                        "factor {} is not allowed: use a number from 1 (not slowed) to {MAX_STRAGGLER_FACTOR}",
+                        s.factor
+                    ),
                 ));
             }
         }
@@ -528,6 +535,9 @@ mod tests {
             ..Default::default()
         };
         assert!(e.validate().unwrap_err().to_string().contains("use 0 to 3"));
-        assert!("1:0".parse::<Straggler>().unwrap_err().contains("≥ 1"));
+        assert!("1:0"
+            .parse::<Straggler>()
+            .unwrap_err()
+            .contains("from 1 (not slowed) to 100"));
     }
 }

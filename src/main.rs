@@ -20,9 +20,11 @@ fn main() {
         Some(Command::Lessons(args)) => cli::lessons::list(&args),
         Some(Command::Lesson(args)) => cli::lessons::lesson(&args),
         Some(Command::Worker(args)) => cli::worker::worker(&args),
-        Some(Command::Lab(args)) => tui::run(tui::Start::Lab {
-            exp: args.setup(),
-            paused: args.paused,
+        Some(Command::Lab(args)) => args.setup().and_then(|exp| {
+            tui::run(tui::Start::Lab {
+                exp,
+                paused: args.paused,
+            })
         }),
         None => tui::run(tui::Start::Home(ddlab::config::Experiment::default())),
     });

@@ -75,7 +75,7 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--mode", "ssp:-1"], "--mode", "whole number ≥ 0");
     refuses(&["--mode", "backup:4", "--workers", "4"], "--mode", "B < 4");
     refuses(&["--straggler", "9:2", "--workers", "4"], "--straggler", "use 0 to 3");
-    refuses(&["--straggler", "1:0"], "--straggler", "≥ 1");
+    refuses(&["--straggler", "1:0"], "--straggler", "from 1 (not slowed) to 100");
     refuses(&["--grad-dtype", "f8"], "--grad-dtype", "f32, f16 or bf16");
     refuses(&["--nodes", "5", "--workers", "4"], "--nodes", "use 1 to 4 nodes");
     refuses(&["--device", "tpu"], "--device", "use cpu or gpu");
@@ -90,6 +90,94 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
         assert_eq!(out.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features gpu"));
     }
+}
+
+#[test]
+fn flags_with_physical_meaning_are_held_to_physical_ranges() {
+    // a straggler 10⁶ times slower ignored Ctrl-C for half a minute
+    refuses(&["--straggler", "1:1e6"], "--straggler", "from 1 (not slowed) to 100");
+    refuses(&["--straggler", "1:100.5"], "--straggler", "from 1 (not slowed) to 100");
+    refuses(&["--straggler", "1:0.5"], "--straggler", "from 1 (not slowed) to 100");
+    refuses(&["--straggler", "1:inf"], "--straggler", "from 1 (not slowed) to 100");
+    // a latency of 10³⁰⁸ µs, or a bandwidth of 10⁻³⁰⁰ Gbit/s, emulated no delay and the
+    // model printed a wrapped figure
+    refuses(&["--link", "1e308,1"], "--link", "from 0 to 1000000 (1 s)");
+    refuses(&["--link", "1000001,1"], "--link", "from 0 to 1000000 (1 s)");
+    refuses(&["--link=-1,1"], "--link", "from 0 to 1000000 (1 s)");
+    refuses(&["--link", "nan,1"], "--link", "from 0 to 1000000 (1 s)");
+    refuses(
+        &["--link", "0,1e-300"],
+        "--link",
+        "from 0.001 Gbit/s (1 Mbit/s) to 10000 Gbit/s",
+    );
+    refuses(
+        &["--link", "0,1e5"],
+        "--link",
+        "from 0.001 Gbit/s (1 Mbit/s) to 10000 Gbit/s",
+    );
+    refuses(&["--link", "0,inf"], "--link", "Gbit/s");
+    refuses(
+        &["--intra-link", "0,1e-300", "--nodes", "2"],
+        "--intra-link",
+        "from 0.001 Gbit/s",
+    );
+    // the largest allowed values are accepted (checked without training)
+    assert!("1:100".parse::<ddlab::config::Straggler>().is_ok());
+    assert!(ddlab::comm::Link::new(1e6, 1e-3).is_ok() && ddlab::comm::Link::new(0.0, 1e4).is_ok());
+}
+
+#[test]
+fn the_alpha_beta_figure_is_the_closed_form_at_the_extreme_allowed_links() {
+    use ddlab::comm::{alpha_beta, AllReduceAlgo, Link};
+    // The slowest link and the largest model and worker count the flags allow: every
+    // algorithm's figure is its closed form, far from u64's end (no wrap, no saturation).
+    let slow = Link::new(1e6, 1e-3).unwrap();
+    let bytes = 16 * 16_384 * 16_384 * 4; // 16 layers of 16384², f32
+    let n = ddlab::config::MAX_WORKERS;
+    let (b, nf) = (bytes as f64, n as f64);
+    let ring_ns = 2.0 * (nf - 1.0) * 1e9 + 2.0 * (nf - 1.0) * b / nf * 8.0 / 1e-3;
+    let naive_ns = 2.0 * (nf - 1.0) * 1e9 + 2.0 * (nf - 1.0) * b * 8.0 / 1e-3;
+    for (algo, want) in [(AllReduceAlgo::Ring, ring_ns), (AllReduceAlgo::Naive, naive_ns)] {
+        let got = alpha_beta(algo, n, bytes, &slow).as_nanos() as f64;
+        assert!((got - want).abs() <= want * 1e-9, "{algo:?}: {got} ns, want {want}");
+        assert!(got < u64::MAX as f64 / 100.0, "{algo:?}: {got} ns is near u64's end");
+    }
+    assert!(slow.message_time(bytes) < std::time::Duration::from_secs(1_000_000));
+    let fast = Link::new(0.0, 1e4).unwrap();
+    assert_eq!(alpha_beta(AllReduceAlgo::Ring, 2, 1250, &fast).as_nanos(), 1); // 10⁴ bits at 10⁴ Gbit/s
+                                                                               // And a real run on the slowest link prints it: 2 rounds of 1 s, plus 8 µs a byte.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.jsonl");
+    let out = ddlab()
+        .args([
+            "run",
+            "--workers",
+            "2",
+            "--hidden",
+            "4",
+            "--steps",
+            "1",
+            "--link",
+            "1000000,0.001",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let summary = summary_of(&json);
+    let model = summary["allreduce_model_ms"].as_f64().expect("a model figure");
+    // (a ring of 2 sends the gradient's bytes once per worker and step; it carries a
+    // few values besides the 310 parameters)
+    let gradient_bytes = summary["allreduce_bytes"].as_u64().unwrap() / 2;
+    assert!((310 * 4..=330 * 4).contains(&gradient_bytes), "{gradient_bytes}");
+    let want_ms = 2.0 * 1e3 + gradient_bytes as f64 * 8.0 / 1e-3 / 1e6;
+    assert!(
+        (model - want_ms).abs() < 1e-6 * want_ms,
+        "model {model} ms, want {want_ms} ms"
+    );
+    assert!(stdout.contains(&format!("α-β model {want_ms:.3} ms")), "{stdout}");
 }
 
 #[test]

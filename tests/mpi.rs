@@ -511,6 +511,161 @@ mod lab_controller {
         );
     }
 
+    /// Every process whose command line or environment this test can read, and what
+    /// it holds.
+    fn every_process_text() -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            for file in ["cmdline", "environ"] {
+                let path = entry.path().join(file);
+                if let Ok(bytes) = std::fs::read(&path) {
+                    out.push((path.display().to_string(), bytes));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_token_travels_in_a_private_file_never_on_a_command_line_or_in_an_environment() {
+        let _serial = super::serial();
+        use std::os::unix::fs::PermissionsExt;
+        let mut events = Vec::new();
+        let mut s = job(2, 9106);
+        until(&mut s, &mut events, "steps", |s| s.state().updates() > 5);
+        // the ranks are told where the token is
+        let ranks = super::pids_with("9106", Some(0));
+        assert_eq!(ranks.len(), 1);
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", ranks[0])).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--token-file").expect("--token-file");
+        assert!(!args.iter().any(|a| a == "--token"), "{args:?}");
+        let path = std::path::PathBuf::from(&args[at + 1]);
+        let dir = path.parent().unwrap().to_path_buf();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(token.len(), 32, "{token:?}");
+        // ... and the token itself is nowhere a process shows: not mpirun's command line,
+        // not a rank's, not an environment
+        for (file, bytes) in every_process_text() {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "the token is in {file}"
+            );
+        }
+        // the file goes with the job
+        drop(s);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+
+    /// This process's resident memory, in bytes.
+    fn resident() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    #[test]
+    fn a_gigabyte_without_a_newline_is_cut_after_4_kib_and_the_lab_does_not_grow() {
+        let _serial = super::serial();
+        use std::io::Write;
+        let mut events = Vec::new();
+        let mut s = job(2, 9107);
+        until(&mut s, &mut events, "steps", |s| s.state().updates() > 5);
+        let addr = s.controller_address().unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let before = resident();
+        let mut intruder = std::net::TcpStream::connect(&addr).unwrap();
+        intruder.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let t0 = Instant::now();
+        let mut sent: u64 = 0;
+        let cut = loop {
+            if sent >= 1 << 30 || t0.elapsed() > Duration::from_secs(4) {
+                break false;
+            }
+            match intruder.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                // (a full buffer is not a cut: the controller may just not read)
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break true,
+            }
+        };
+        let grew = resident().saturating_sub(before);
+        assert!(
+            cut,
+            "the controller took {sent} bytes without a newline in {:?}",
+            t0.elapsed()
+        );
+        assert!(grew < 8 << 20, "the lab grew by {grew} bytes");
+        let mut notes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !notes.iter().any(|n: &String| n.contains("more than 4096 bytes")) {
+            assert!(Instant::now() < deadline, "no refusal logged: {notes:?}");
+            notes.extend(s.take_notes());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let at = s.state().updates();
+        until(&mut s, &mut events, "more steps", |s| s.state().updates() > at + 5);
+    }
+
+    #[test]
+    fn a_thousand_dripping_connections_do_not_make_a_thousand_threads_and_the_job_goes_on() {
+        let _serial = super::serial();
+        use std::io::Write;
+        let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+        let mut events = Vec::new();
+        let mut s = job(2, 9108);
+        until(&mut s, &mut events, "steps", |s| s.state().updates() > 5);
+        let addr: std::net::SocketAddr = s.controller_address().unwrap().parse().unwrap();
+        let baseline = threads();
+        let mut most = baseline;
+        let mut open = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                let _ = c.set_nonblocking(true);
+                open.push(c);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "connecting took too long");
+        }
+        // a byte now and then from each, for two seconds
+        let drip = Instant::now();
+        while drip.elapsed() < Duration::from_secs(2) {
+            for c in &mut open {
+                let _ = c.write(b"{");
+            }
+            most = most.max(threads());
+            s.poll(|e| events.push(e.clone()));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            most <= baseline + ddlab::session::remote::MAX_PENDING + 8,
+            "{most} threads with {} connections (from {baseline})",
+            open.len()
+        );
+        let notes = s.take_notes();
+        assert!(
+            notes.iter().any(|n| n.contains("others have not shown the token yet")),
+            "{notes:?}"
+        );
+        assert!(notes.len() < 100, "{} notes: refusals flood the log", notes.len());
+        let at = s.state().updates();
+        until(&mut s, &mut events, "more steps", |s| s.state().updates() > at + 5);
+        assert_eq!(s.state().outcome, None);
+        drop(open);
+    }
+
     #[test]
     fn a_pause_longer_than_the_stall_timeout_is_not_a_stall_but_a_stopped_rank_is() {
         let _serial = super::serial();
@@ -605,6 +760,9 @@ mod lab_controller {
 fn a_worker_that_cannot_reach_the_lab_says_so_and_the_job_ends() {
     let _serial = serial();
     let exp = serde_json::to_string(&ddlab::config::Experiment::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
     let t0 = std::time::Instant::now();
     // port 1 on loopback: nothing listens there
     let out = mpirun(
@@ -613,8 +771,8 @@ fn a_worker_that_cannot_reach_the_lab_says_so_and_the_job_ends() {
             "worker",
             "--controller",
             "127.0.0.1:1",
-            "--token",
-            "t",
+            "--token-file",
+            token.to_str().unwrap(),
             "--experiment",
             &exp,
         ],

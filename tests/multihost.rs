@@ -476,6 +476,7 @@ mod lab {
             mpirun_args: hosts.mpirun_args(),
             // the ranks reach the lab at the bridge's address, from inside their hosts
             bind: format!("{}:0", hosts.bridge),
+            public: true,
             exe: Some(super::ddlab()),
             ..MpiLaunch::default()
         };

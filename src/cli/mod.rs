@@ -99,9 +99,18 @@ pub struct LabArgs {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub mpirun_args: Option<String>,
     /// With --backend mpi: the address the lab listens on and the ranks connect to
-    /// (default: loopback, a free port; give this node's address for several nodes).
+    /// (default: loopback, a free port; for several nodes, this node's address with
+    /// --controller-public and a shared --controller-token-dir).
     #[arg(long, value_name = "HOST:PORT")]
     pub controller_addr: Option<String>,
+    /// With --backend mpi: allow a --controller-addr that other machines can reach.
+    #[arg(long)]
+    pub controller_public: bool,
+    /// With --backend mpi: where the run's token file goes (a private folder inside it;
+    /// default: the system's temporary folder). On several nodes, a folder every node
+    /// sees at the same path.
+    #[arg(long, value_name = "DIR")]
+    pub controller_token_dir: Option<PathBuf>,
     /// Open paused, before the first phase (space starts, n steps).
     #[arg(long)]
     pub paused: bool,
@@ -112,8 +121,11 @@ pub struct LabArgs {
 }
 
 impl LabArgs {
-    /// Records how to launch MPI jobs, and returns the experiment.
-    pub fn setup(&self) -> Experiment {
+    /// Records how to launch MPI jobs, and returns the experiment; an address to listen
+    /// on that the flags do not allow is refused here, before the lab opens.
+    pub fn setup(&self) -> Result<Experiment, CliError> {
+        let bind = self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        crate::session::remote::check_bind(&bind, self.controller_public).map_err(CliError::usage)?;
         crate::session::remote::set_launch(crate::session::remote::MpiLaunch {
             mpirun: self.mpirun.clone(),
             mpirun_args: self
@@ -121,11 +133,13 @@ impl LabArgs {
                 .as_deref()
                 .map(|a| a.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
-            bind: self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
+            bind,
             exe: None,
             stall_timeout: self.stall_timeout,
+            public: self.controller_public,
+            token_dir: self.controller_token_dir.clone(),
         });
-        self.experiment.experiment()
+        Ok(self.experiment.experiment())
     }
 }
 

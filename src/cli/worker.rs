@@ -1,8 +1,8 @@
 //! `ddlab worker`: one rank of an MPI job started by the lab (internal; DESIGN.md
-//! decision 5). It connects back to the controller with the job's token; rank 0 streams
-//! every event, obeys pause / resume / step / slow-motion / stop, and reports where it
-//! ended so that the lab can relaunch from there. Nothing received is ever executed:
-//! only `Control` values are read.
+//! decision 5). It connects back to the controller with the job's token (read from the
+//! file the lab names); rank 0 streams every event, obeys pause / resume / step /
+//! slow-motion / stop, and reports where it ended so that the lab can relaunch from
+//! there. Nothing received is ever executed: only `Control` values are read.
 
 use clap::Args;
 
@@ -13,9 +13,10 @@ pub struct WorkerArgs {
     /// The lab's address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub controller: String,
-    /// The job's token (the controller refuses connections without it).
-    #[arg(long)]
-    pub token: String,
+    /// A file holding the job's token (the controller refuses connections without it).
+    /// Never the token itself: a command line can be read by anyone on the machine.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: std::path::PathBuf,
     /// The experiment, as JSON.
     #[arg(long)]
     pub experiment: String,
@@ -66,6 +67,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                     .ok_or_else(|| format!("--resume-at {s}: expected UPDATES,SAMPLES"))?,
             ),
         };
+        let token = crate::session::remote::read_token_file(&args.token_file)?;
         // Reach the controller, or say why not (never hang).
         let addr = args
             .controller
@@ -81,7 +83,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         })?;
         let mut out = stream.try_clone().map_err(|e| e.to_string())?;
         let hello = Line::Hello {
-            token: args.token.clone(),
+            token,
             rank: me,
             size,
             host: host.clone(),

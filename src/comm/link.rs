@@ -39,20 +39,32 @@ impl Link {
         ),
     ];
 
-    /// Checks the numbers a user gave: latency ≥ 0 and finite, bandwidth > 0 and finite.
+    /// The latencies a link may have, in µs: up to a second (a satellite hop is ~0.6 s).
+    pub const LATENCY_US: std::ops::RangeInclusive<f64> = 0.0..=1e6;
+    /// The bandwidths a link may have, in Gbit/s: 1 Mbit/s (a slow modem) to 10 Tbit/s.
+    pub const GBIT_S: std::ops::RangeInclusive<f64> = 1e-3..=1e4;
+
+    /// Checks the numbers a user gave against physical ranges (`LATENCY_US`, `GBIT_S`):
+    /// beyond them a run would wait for hours, or the model's figures mean nothing.
     pub fn new(latency_us: f64, gbit_s: f64) -> Result<Link, String> {
-        if !(latency_us.is_finite() && latency_us >= 0.0) {
+        if !(latency_us.is_finite() && Link::LATENCY_US.contains(&latency_us)) {
             return Err(format!(
-                "latency must be a number of microseconds ≥ 0, got {latency_us}"
+                "latency must be a number of microseconds from 0 to 1000000 (1 s), got {latency_us}"
             ));
         }
         if !(gbit_s.is_finite() && gbit_s > 0.0) {
             return Err(format!("bandwidth must be a number of Gbit/s > 0, got {gbit_s}"));
         }
+        if !Link::GBIT_S.contains(&gbit_s) {
+            return Err(format!(
+                "bandwidth must be from 0.001 Gbit/s (1 Mbit/s) to 10000 Gbit/s, got {gbit_s}"
+            ));
+        }
         Ok(Link { latency_us, gbit_s })
     }
 
-    /// Seconds to move `bytes` across the link: β·bytes, without the latency.
+    /// Nanoseconds to move `bytes` across the link: β·bytes, without the latency
+    /// (saturating: a float cast never wraps).
     pub fn transfer_ns(&self, bytes: usize) -> u64 {
         (bytes as f64 * 8.0 / self.gbit_s) as u64 // bits / (Gbit/s) = ns
     }
@@ -61,7 +73,7 @@ impl Link {
     }
     /// α + n/β.
     pub fn message_time(&self, bytes: usize) -> Duration {
-        Duration::from_nanos(self.latency_ns() + self.transfer_ns(bytes))
+        Duration::from_nanos(self.latency_ns().saturating_add(self.transfer_ns(bytes)))
     }
 }
 
@@ -142,6 +154,7 @@ pub fn alpha_beta_on(
             within + stage(across, across * shard / mf, Some(inter)) + within
         }
     };
+    // In f64 throughout, then one saturating cast: no sum can wrap.
     Duration::from_nanos(ns as u64)
 }
 

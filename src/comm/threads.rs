@@ -302,9 +302,14 @@ impl ThreadTransport {
             let posted = slot.posted_ns.load(Ordering::Relaxed);
             let bytes = len * self.wire.bytes();
             let start = posted.max(self.rx_free_ns[port]);
-            self.rx_free_ns[port] = start + (link.transfer_ns(bytes) as f64 * dilation) as u64;
+            // (float casts saturate and the sums saturate: no extreme link or dilation wraps)
+            self.rx_free_ns[port] = start.saturating_add((link.transfer_ns(bytes) as f64 * dilation) as u64);
             let latency = (link.latency_ns() as f64 * dilation) as u64;
-            wait_for_clock(&shared.abort, &shared.clock, self.rx_free_ns[port] + latency)?;
+            wait_for_clock(
+                &shared.abort,
+                &shared.clock,
+                self.rx_free_ns[port].saturating_add(latency),
+            )?;
         }
         let copy_start_ns = shared.clock.ns();
         if slot

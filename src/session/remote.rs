@@ -1,13 +1,20 @@
 //! The controller side of an MPI job driven from the lab (DESIGN.md decision 5): listen
-//! on a TCP port, spawn `mpirun -n N <args> ddlab worker --controller ADDR --token T`,
-//! accept the ranks that present the token, feed rank 0's events into the session's
-//! stream, send controls to rank 0, and notice at once when a rank or mpirun dies.
+//! on a TCP port, write the run's token to a file only its owner can read, spawn
+//! `mpirun -n N <args> ddlab worker --controller ADDR --token-file PATH`, accept the ranks
+//! that present the token, feed rank 0's events into the session's stream, send controls
+//! to rank 0, and notice at once when a rank or mpirun dies.
+//!
+//! The port is open to anyone who can reach it, so before a connection has shown the
+//! token it gets little: one hello line of at most `HELLO_MAX` bytes within `HANDSHAKE`,
+//! and at most `MAX_PENDING` such connections at a time (more are closed at once).
+//! Refusals go to the lab's notes, never to the terminal the lab draws on.
 //!
 //! Only std: the controller needs no MPI library (the workers do).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,6 +41,11 @@ pub struct MpiLaunch {
     /// Seconds a rank may wait in one MPI call before it is called stalled (None: the
     /// ranks' own default).
     pub stall_timeout: Option<f64>,
+    /// Whether `bind` may be an address other machines can reach (`--controller-public`).
+    pub public: bool,
+    /// Where the private folder with the token file goes (None: the system's temporary
+    /// folder). On several nodes, a folder every node sees at the same path.
+    pub token_dir: Option<PathBuf>,
 }
 
 impl Default for MpiLaunch {
@@ -44,8 +56,99 @@ impl Default for MpiLaunch {
             bind: "127.0.0.1:0".into(),
             exe: None,
             stall_timeout: None,
+            public: false,
+            token_dir: None,
         }
     }
+}
+
+/// The most a connection may send before its token is checked: one hello line.
+pub const HELLO_MAX: u64 = 4096;
+/// How long a connection has to send its hello line, in all.
+pub const HANDSHAKE: Duration = Duration::from_secs(5);
+/// Connections that have not yet shown the token, at most, at a time.
+pub const MAX_PENDING: usize = 64;
+
+/// Checks where the controller would listen: never an unspecified address (the ranks
+/// would be told to connect to 0.0.0.0), and an address other machines can reach only
+/// when `public` says so. `Ok(true)` when the address is reachable from other machines.
+pub fn check_bind(bind: &str, public: bool) -> Result<bool, String> {
+    let addrs: Vec<std::net::SocketAddr> = bind
+        .to_socket_addrs()
+        .map_err(|e| format!("--controller-addr {bind}: expected HOST:PORT ({e})"))?
+        .collect();
+    if addrs.iter().any(|a| a.ip().is_unspecified()) {
+        return Err(format!(
+            "--controller-addr {bind} would tell the ranks to connect to an unspecified address: give this node's address that the ranks can reach, e.g. 10.0.0.5:0 (with --controller-public)"
+        ));
+    }
+    let exposed = addrs.iter().any(|a| !is_loopback(a.ip()));
+    if exposed && !public {
+        return Err(format!(
+            "--controller-addr {bind} can be reached from other machines: add --controller-public to allow it, or use a loopback address like 127.0.0.1:0"
+        ));
+    }
+    Ok(exposed)
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// A folder only this user can enter, holding the run's token in a file only this user
+/// can read; both are removed when it is dropped.
+struct TokenFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TokenFile {
+    fn create(parent: Option<&Path>, token: &str) -> Result<TokenFile, String> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let dir = parent.join(format!("ddlab-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
+            format!(
+                "cannot create a private folder for the run's token in {}: {e}",
+                parent.display()
+            )
+        })?;
+        let path = dir.join("token");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(token.as_bytes()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("cannot write the run's token to {}: {e}", path.display()));
+        }
+        Ok(TokenFile { dir, path })
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads a token file written by the lab (at most a few hundred bytes of it).
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let mut token = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_string(&mut token))
+        .map_err(|e| {
+            format!(
+                "cannot read the run's token from {}: {e} (on several nodes, the lab's --controller-token-dir must be a folder every node shares)",
+                path.display()
+            )
+        })?;
+    Ok(token.trim().to_string())
 }
 
 static LAUNCH: OnceLock<MpiLaunch> = OnceLock::new();
@@ -104,13 +207,56 @@ struct Shared {
     resume: Option<Resume>,
     final_state: Mutex<Option<Resume>>,
     notes: Mutex<Vec<String>>,
+    /// Refusals noted in the current second, and those left out of the notes.
+    refusals: Mutex<RefusalLog>,
+    /// Connections that have not yet shown the token.
+    pending: AtomicUsize,
     stderr_tail: Mutex<Vec<String>>,
     child: Mutex<Option<Child>>,
+    /// Removed once the job's processes are gone.
+    token_file: Mutex<Option<TokenFile>>,
 }
+
+/// Keeps a flood of refused connections from flooding the lab's notes: a few a second,
+/// then one line counting the rest.
+struct RefusalLog {
+    since: Instant,
+    noted: u32,
+    left_out: u64,
+}
+
+/// Refusals noted per second, at most.
+const REFUSALS_PER_SECOND: u32 = 5;
 
 impl Shared {
     fn note(&self, text: String) {
         self.notes.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+    }
+
+    /// Notes a refused connection (a few a second; the rest are counted).
+    fn note_refusal(&self, text: String) {
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_refusals(&mut log);
+        if log.noted < REFUSALS_PER_SECOND {
+            log.noted += 1;
+            self.note(text);
+        } else {
+            log.left_out += 1;
+        }
+    }
+
+    /// Starts a new second of refusals, counting those left out of the last one.
+    fn flush_refusals(&self, log: &mut RefusalLog) {
+        if log.since.elapsed() >= Duration::from_secs(1) {
+            if log.left_out > 0 {
+                self.note(format!("refused {} more connections in that second", log.left_out));
+            }
+            *log = RefusalLog {
+                since: Instant::now(),
+                noted: 0,
+                left_out: 0,
+            };
+        }
     }
 
     /// Reports the job failed (once) and ends it.
@@ -143,6 +289,8 @@ impl Shared {
                 let _ = c.wait();
             }
         }
+        drop(child);
+        self.token_file.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn last_stderr(&self) -> String {
@@ -185,10 +333,14 @@ impl MpiJob {
                 launch.mpirun
             ));
         }
+        let exposed = check_bind(&launch.bind, launch.public)?;
         let listener = TcpListener::bind(&launch.bind)
             .map_err(|e| format!("the controller cannot listen on {}: {e}", launch.bind))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let token = format!("{:032x}", rand::random::<u128>());
+        // The token travels by a file only this user can read: a command line or an
+        // environment can be read by anyone on the machine (/proc/PID/cmdline).
+        let token_file = TokenFile::create(launch.token_dir.as_deref(), &token)?;
         let ranks = if exp.mode.uses_server() {
             exp.workers + 1
         } else {
@@ -206,7 +358,12 @@ impl MpiJob {
             exe.display().to_string(),
             "worker".into(),
         ]);
-        args.extend(["--controller".into(), address.clone(), "--token".into(), token.clone()]);
+        args.extend([
+            "--controller".into(),
+            address.clone(),
+            "--token-file".into(),
+            token_file.path.display().to_string(),
+        ]);
         args.extend(["--experiment".into(), exp_json]);
         if let Some(r) = &resume {
             args.extend(["--resume-at".into(), format!("{},{}", r.updates, r.samples)]);
@@ -243,9 +400,21 @@ impl MpiJob {
             resume,
             final_state: Mutex::new(None),
             notes: Mutex::new(Vec::new()),
+            refusals: Mutex::new(RefusalLog {
+                since: Instant::now(),
+                noted: 0,
+                left_out: 0,
+            }),
+            pending: AtomicUsize::new(0),
             stderr_tail: Mutex::new(Vec::new()),
             child: Mutex::new(Some(child)),
+            token_file: Mutex::new(Some(token_file)),
         });
+        if exposed {
+            shared.note(format!(
+                "the controller listens on {address}, reachable from other machines (--controller-public): anyone who reaches it may try to connect (refused without the run's token), and the ranks' events and controls cross the network unencrypted"
+            ));
+        }
         if let Some(stderr) = stderr {
             let s = Arc::clone(&shared);
             std::thread::spawn(move || {
@@ -322,7 +491,8 @@ impl Drop for MpiJob {
 }
 
 /// Accepts the ranks' connections; anything without the token is refused and logged.
-/// Ends (closing the port) once the job is over and its processes are gone.
+/// At most `MAX_PENDING` connections wait for their hello at a time: more are closed at
+/// once. Ends (closing the port) once the job is over and its processes are gone.
 fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
     if listener.set_nonblocking(true).is_err() {
         s.fail("the controller's port cannot be polled".into());
@@ -330,12 +500,24 @@ fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
     }
     loop {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                if s.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
+                    s.pending.fetch_sub(1, Ordering::SeqCst);
+                    drop(stream);
+                    s.note_refusal(format!(
+                        "refused a connection from {peer}: {MAX_PENDING} others have not shown the token yet"
+                    ));
+                    continue;
+                }
                 let _ = stream.set_nonblocking(false);
                 let s = Arc::clone(&s);
                 std::thread::spawn(move || serve_rank(stream, s));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                {
+                    let mut log = s.refusals.lock().unwrap_or_else(|e| e.into_inner());
+                    s.flush_refusals(&mut log);
+                }
                 if s.over.load(Ordering::SeqCst) && s.exited() {
                     return;
                 }
@@ -354,30 +536,72 @@ impl Shared {
     }
 }
 
+/// Reads a connection's first line: at most `HELLO_MAX` bytes, all within `HANDSHAKE`
+/// (a byte now and then does not keep it open). Says why not, for the notes.
+fn read_hello(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let deadline = Instant::now() + HANDSHAKE;
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no hello line within {} s", HANDSHAKE.as_secs()));
+        }
+        let _ = reader.get_ref().set_read_timeout(Some(left));
+        let room = HELLO_MAX - line.len() as u64;
+        match (&mut *reader).take(room).read_until(b'\n', &mut line) {
+            Ok(_) if line.ends_with(b"\n") => {
+                return String::from_utf8(line).map_err(|_| "a hello line that is not UTF-8".into())
+            }
+            Ok(_) if line.len() as u64 >= HELLO_MAX => {
+                return Err(format!("more than {HELLO_MAX} bytes without a hello line"))
+            }
+            Ok(_) => return Err("it closed before its hello line".into()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Compares a token in time that does not depend on where it first differs.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// Counts a connection as waiting for its hello until dropped.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn serve_rank(stream: TcpStream, s: Arc<Shared>) {
     let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let pending = Pending(&s.pending); // (counted by the accept loop)
     let Ok(write_half) = stream.try_clone() else { return };
-    let mut lines = BufReader::new(stream).lines();
-    let hello = lines
-        .next()
-        .and_then(Result::ok)
-        .and_then(|l| serde_json::from_str::<Line>(&l).ok());
+    let mut reader = BufReader::new(stream);
+    let hello = read_hello(&mut reader)
+        .and_then(|l| serde_json::from_str::<Line>(&l).map_err(|_| "a first line that is not a hello".to_string()));
     let (rank, host) = match hello {
-        Some(Line::Hello {
+        Ok(Line::Hello {
             token,
             rank,
             size,
             host,
             ..
-        }) if token == s.token && size == s.size && rank < size => (rank, host),
-        _ => {
-            let text = format!("refused a connection from {peer}: no valid token");
-            eprintln!("ddlab: {text}");
-            s.note(text);
+        }) if same_secret(&token, &s.token) && size == s.size && rank < size => (rank, host),
+        Ok(_) => {
+            s.note_refusal(format!("refused a connection from {peer}: no valid token"));
+            return;
+        }
+        Err(why) => {
+            s.note_refusal(format!("refused a connection from {peer}: {why}"));
             return;
         }
     };
+    drop(pending);
     let _ = write_half.set_read_timeout(None); // (one socket: this clears the reader's too)
     s.hosts
         .lock()
@@ -400,7 +624,7 @@ fn serve_rank(stream: TcpStream, s: Arc<Shared>) {
         others.push(w);
     }
     let mut done = false;
-    for line in lines {
+    for line in reader.lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str::<Line>(&line) {
             Ok(Line::Bye) => done = true,
@@ -446,6 +670,8 @@ fn watch(s: Arc<Shared>) {
             child.as_mut().and_then(|c| c.try_wait().ok().flatten())
         };
         if let Some(status) = status {
+            // No rank is left to read the token.
+            s.token_file.lock().unwrap_or_else(|e| e.into_inner()).take();
             // Give the sockets a moment to deliver the last lines.
             std::thread::sleep(Duration::from_millis(300));
             if !s.over.load(Ordering::SeqCst) {
