@@ -7,11 +7,13 @@ pub mod linalg;
 pub mod loss;
 pub mod mlp;
 pub mod optim;
+pub mod par;
 pub mod schedule;
 
 pub use loss::{softmax_cross_entropy, BatchScore};
 pub use mlp::{LayerShape, Mlp, Workspace};
 pub use optim::Sgd;
+pub use par::{Par, Threads};
 pub use schedule::{LrScaling, LrSchedule};
 
 /// The median of `values` (the upper one of an even count; 0 for none): what benchmarks

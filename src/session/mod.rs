@@ -279,6 +279,7 @@ impl Session {
             Control::SetAllReduce(a) => next.allreduce = a,
             Control::SetLink(link) => next.link = link,
             Control::SetLrScaling(r) => next.lr_scaling = r,
+            Control::SetThreads(t) => next.threads = t,
             Control::SetPace { factor } => next.slow = factor,
             Control::Straggler { worker, factor } => {
                 next.stragglers.retain(|s| s.worker != worker);
@@ -318,6 +319,7 @@ impl Session {
             Control::SetWorkers(n) => Experiment { workers: n, ..base },
             Control::SetAllReduce(a) => Experiment { allreduce: a, ..base },
             Control::SetLrScaling(r) => Experiment { lr_scaling: r, ..base },
+            Control::SetThreads(t) => Experiment { threads: t, ..base },
             Control::SetLink(_) => {
                 return Err("over MPI the network is real: an emulated link is for the threads backend".into())
             }

@@ -42,6 +42,9 @@ pub enum Control {
     SetLink(Option<crate::comm::Link>),
     /// Switch the LR scaling rule at the next step.
     SetLrScaling(crate::nn::LrScaling),
+    /// Change every worker's compute threads at the next step (new pools; the numbers
+    /// stay the same bits, only the time changes).
+    SetThreads(usize),
     /// Time dilation: every piece of work lasts `factor` times as long (1 = full speed).
     SetPace {
         factor: f64,
