@@ -12,6 +12,7 @@ use rand_distr::{Distribution, Normal};
 use super::linalg::matmul_on;
 use super::loss::{softmax_cross_entropy, BatchScore};
 use super::par::{Par, Threads};
+use super::wide::wide;
 
 /// Where one linear layer lives in the flat buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,13 +152,15 @@ impl Mlp {
             let z = &mut after[0][..batch * width];
             let hidden = l < last;
             par.pieces_mut(z, width, batch * width, |_, rows| {
-                for row in rows.chunks_exact_mut(width) {
-                    if hidden {
-                        row.iter_mut().zip(b).for_each(|(v, &bias)| *v = (*v + bias).max(0.0));
-                    } else {
-                        row.iter_mut().zip(b).for_each(|(v, &bias)| *v += bias);
+                wide(|| {
+                    for row in rows.chunks_exact_mut(width) {
+                        if hidden {
+                            row.iter_mut().zip(b).for_each(|(v, &bias)| *v = (*v + bias).max(0.0));
+                        } else {
+                            row.iter_mut().zip(b).for_each(|(v, &bias)| *v += bias);
+                        }
                     }
-                }
+                })
             });
         }
     }
@@ -224,10 +227,12 @@ impl Mlp {
             // summed over the batch in order
             let d_z_rows = &d_cur[..batch * fan_out];
             par.pieces_mut(d_b, 1, batch * fan_out, |c0, d_b| {
-                d_b.fill(0.0);
-                for row in d_z_rows.chunks_exact(fan_out) {
-                    d_b.iter_mut().zip(&row[c0..]).for_each(|(db, &dz)| *db += dz);
-                }
+                wide(|| {
+                    d_b.fill(0.0);
+                    for row in d_z_rows.chunks_exact(fan_out) {
+                        d_b.iter_mut().zip(&row[c0..]).for_each(|(db, &dz)| *db += dz);
+                    }
+                })
             });
             layer_done(l, &grads[self.layers[l].range()]);
             if l > 0 {
@@ -235,13 +240,15 @@ impl Mlp {
                 let mut d_h = act_view_mut(d_prev, batch, fan_in);
                 // d_h = d_z · Wᵀ : (B, out) · (out, in) -> (B, in)
                 matmul_on(par, &mut d_h, &d_z, &w.t(), false);
-                // relu'(z) = [z > 0] = [h > 0]; multiply by the mask instead of branching:
-                // the branch would be mispredicted about half the time.
+                // d_z = d_h · relu'(z), relu'(z) = [z > 0] = [h > 0]: a select, which
+                // vectorizes (a branch would be mispredicted about half the time).
                 let h = &acts[l - 1][..batch * fan_in];
                 par.pieces_mut(&mut d_prev[..batch * fan_in], 1, batch * fan_in, |at, d| {
-                    for (d, &hv) in d.iter_mut().zip(&h[at..]) {
-                        *d *= f32::from(u8::from(hv > 0.0));
-                    }
+                    wide(|| {
+                        for (d, &hv) in d.iter_mut().zip(&h[at..]) {
+                            *d = if hv > 0.0 { *d } else { 0.0 };
+                        }
+                    })
                 });
                 std::mem::swap(d_cur, d_prev);
             }

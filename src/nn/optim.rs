@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::par::Par;
+use super::wide::wide;
 
 /// Plain SGD with heavy-ball momentum and L2 weight decay (PyTorch's formulation):
 ///
@@ -36,13 +37,13 @@ impl Sgd {
         assert_eq!(params.len(), self.velocity.len());
         let (mu, wd) = (self.momentum, self.weight_decay);
         let update = |params: &mut [f32], velocity: &mut [f32], grads: &[f32]| {
-            let n = params.len();
-            let (params, grads, velocity) = (&mut params[..n], &grads[..n], &mut velocity[..n]);
-            for i in 0..n {
-                let g = grads[i] + wd * params[i];
-                velocity[i] = mu * velocity[i] + g;
-                params[i] -= lr * velocity[i];
-            }
+            wide(|| {
+                for ((p, v), &g) in params.iter_mut().zip(velocity.iter_mut()).zip(grads) {
+                    let g = g + wd * *p;
+                    *v = mu * *v + g;
+                    *p -= lr * *v;
+                }
+            })
         };
         // (work: three values read and two written per parameter)
         match par.piece_len(params.len(), 1, 5 * params.len()) {
