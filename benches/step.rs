@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the hot paths: one training step and one all-reduce.
+//! Criterion benchmarks of the hot paths: one training step (on one thread, and on a
+//! worker's pool of threads) and one all-reduce.
 //! (`ddlab bench` prints the same figures without criterion's statistics.)
 
 use std::time::Duration;
@@ -30,6 +31,24 @@ fn training_step(c: &mut Criterion) {
     }
 }
 
+/// One worker's step of MLP 784-1024-10, batch 256, on `--threads` 1, 2 and all cores:
+/// the products are large enough for the pool to pay (`ddlab bench` prints the speed-up).
+fn training_step_on_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("step 784-1024-10 batch 256");
+    group.sample_size(10);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let counts: Vec<usize> = [1, 2].into_iter().chain((cores > 2).then_some(cores)).collect();
+    for threads in counts {
+        group.bench_with_input(BenchmarkId::new("threads", threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                let r = ddlab::cli::bench::bench_steps_on(&[784, 1024, 10], 256, iters as usize, &[t], 1);
+                Duration::from_secs_f64(r[0].median_us * 1e-6 * iters as f64)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn all_reduce(c: &mut Criterion) {
     let mut group = c.benchmark_group("all-reduce 4 MB");
     group.measurement_time(Duration::from_secs(2)).sample_size(10);
@@ -47,5 +66,5 @@ fn all_reduce(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, training_step, all_reduce);
+criterion_group!(benches, training_step, training_step_on_threads, all_reduce);
 criterion_main!(benches);

@@ -16,6 +16,13 @@ pub const MAX_WORKERS: usize = 256;
 /// step a hundred times longer than the others' keeps a run (and Ctrl-C) responsive.
 pub const MAX_STRAGGLER_FACTOR: f32 = 100.0;
 
+/// Most compute threads one worker may have: more than the largest nodes' cores.
+pub const MAX_THREADS: usize = 256;
+
+/// Most compute threads one process may start (workers × threads on the threads backend):
+/// beyond this, a run is more thread stacks than work.
+pub const MAX_PROCESS_THREADS: usize = 1024;
+
 /// Where the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -155,6 +162,9 @@ pub struct Experiment {
     pub backend: Backend,
     /// 4 workers: enough to see a ring and a straggler, few enough for a laptop.
     pub workers: usize,
+    /// Compute threads per worker (per rank over MPI), as `OMP_NUM_THREADS`: 1, so that
+    /// parallelism comes from the workers until the learner asks for more.
+    pub threads: usize,
     pub mode: Mode,
     /// Ring: what NCCL and Horovod use for large buffers.
     pub allreduce: AllReduceAlgo,
@@ -214,6 +224,7 @@ impl Default for Experiment {
         Experiment {
             backend: Backend::Threads,
             workers: 4,
+            threads: 1,
             mode: Mode::Sync,
             allreduce: AllReduceAlgo::Ring,
             dataset: DatasetKind::Digits,
@@ -263,6 +274,26 @@ impl Experiment {
             return Err(bad(
                 "workers",
                 format!("{} is not allowed: use 1 to {MAX_WORKERS} workers", self.workers),
+            ));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(bad(
+                "threads",
+                format!(
+                    "{} is not allowed: use 1 to {MAX_THREADS} threads per worker",
+                    self.threads
+                ),
+            ));
+        }
+        if self.backend == Backend::Threads && self.workers * self.threads > MAX_PROCESS_THREADS {
+            return Err(bad(
+                "threads",
+                format!(
+                    "{} workers × {} threads = {} compute threads in one process is too many: keep workers × threads at most {MAX_PROCESS_THREADS}",
+                    self.workers,
+                    self.threads,
+                    self.workers * self.threads
+                ),
             ));
         }
         if self.batch == 0 || self.batch > 65_536 {
@@ -340,6 +371,15 @@ impl Experiment {
                 "overlap all-reduces each layer's gradient while backward runs, but on --device gpu the gradient reaches the host only after backward: drop --overlap, or use --device cpu",
             ));
         }
+        if self.device == crate::gpu::Device::Gpu && self.threads > 1 {
+            return Err(bad(
+                "threads",
+                format!(
+                    "{} threads per worker is for --device cpu: a GPU worker computes on its GPU, not on CPU threads; drop --threads, or use --device cpu",
+                    self.threads
+                ),
+            ));
+        }
         if self.bucket_kb == 0 {
             return Err(bad("bucket-kb", "0 is not allowed: use a bucket of 1 KB or more"));
         }
@@ -403,6 +443,33 @@ impl Experiment {
             ));
         }
         self.check_memory()
+    }
+
+    /// One sentence when this run asks for more compute threads than this machine has
+    /// cores (allowed: the threads then take turns, as on an oversubscribed node). Front
+    /// ends show it once, as the run starts. Only for `threads` > 1: several workers
+    /// sharing cores one thread each is how the lab shows many workers on a laptop.
+    pub fn oversubscription(&self) -> Option<String> {
+        self.oversubscription_on(std::thread::available_parallelism().map_or(1, |c| c.get()))
+    }
+
+    /// `oversubscription` on a machine of `cores` cores.
+    pub fn oversubscription_on(&self, cores: usize) -> Option<String> {
+        // Over MPI the workers are ranks, perhaps on other hosts: each rank's threads count.
+        let here = match self.backend {
+            Backend::Threads => self.workers,
+            Backend::Mpi => 1,
+        };
+        let threads = here * self.threads;
+        (self.threads > 1 && threads > cores).then(|| match self.backend {
+            Backend::Threads => format!(
+                "{} workers × {} threads = {threads} compute threads on {cores} cores: they will take turns, so each step is slower than with workers × threads ≤ {cores}",
+                self.workers, self.threads
+            ),
+            Backend::Mpi => format!(
+                "{threads} threads per rank on a machine of {cores} cores: a rank's threads will take turns; use --threads {cores} or fewer",
+            ),
+        })
     }
 
     /// Refuses a run larger than the memory this machine has left. The data set is
@@ -506,6 +573,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("fewer workers"));
+    }
+
+    #[test]
+    fn threads_are_bounded_refused_on_gpus_and_oversubscription_is_one_sentence() {
+        let with = |workers: usize, threads: usize| Experiment {
+            workers,
+            threads,
+            ..Default::default()
+        };
+        for (exp, says) in [
+            (with(1, 0), "--threads: 0 is not allowed: use 1 to 256"),
+            (with(1, 257), "--threads: 257 is not allowed"),
+            (with(16, 128), "--threads: 16 workers × 128 threads = 2048"),
+            (
+                Experiment {
+                    device: crate::gpu::Device::Gpu,
+                    ..with(1, 2)
+                },
+                "--threads: 2 threads per worker is for --device cpu",
+            ),
+        ] {
+            let msg = exp.validate().unwrap_err().to_string();
+            assert!(msg.starts_with(says), "{msg}");
+            assert!(!msg.contains('\n'), "one sentence: {msg}");
+        }
+        with(2, 2).validate().unwrap();
+        assert_eq!(with(1, 2).oversubscription_on(2), None);
+        assert_eq!(
+            with(8, 1).oversubscription_on(2),
+            None,
+            "one thread each: the lab's usual"
+        );
+        let said = with(2, 2).oversubscription_on(2).unwrap();
+        assert!(
+            said.starts_with("2 workers × 2 threads = 4 compute threads on 2 cores"),
+            "{said}"
+        );
+        let rank = Experiment {
+            backend: Backend::Mpi,
+            ..with(16, 4)
+        };
+        assert_eq!(rank.oversubscription_on(4), None, "over MPI, per rank");
+        assert!(rank.oversubscription_on(2).unwrap().contains("4 threads per rank"));
     }
 
     #[test]

@@ -557,3 +557,111 @@ fn with_overlap_all_reduce_slices_run_during_backward() {
     });
     assert!(overlapping, "no all-reduce slice started inside a backward slice");
 }
+
+/// Final parameters of `exp` on `data` as bits.
+fn final_bits(exp: Experiment, data: &Arc<Dataset>) -> Vec<u32> {
+    train(exp, data)
+        .final_params()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn one_two_and_three_threads_per_worker_give_bit_identical_parameters() {
+    // Wide enough that the threads really split the work: products over gemm's
+    // threshold for threads, activations over the elementwise passes' (see `nn::par`).
+    let data = Arc::new(digits());
+    for (workers, overlap) in [(1, false), (2, false), (2, true)] {
+        let base = Experiment {
+            workers,
+            overlap,
+            hidden: vec![512, 64],
+            batch: 64,
+            length: Length::Steps(8),
+            ..Default::default()
+        };
+        let one = final_bits(base.clone(), &data);
+        for threads in [2, 3] {
+            let many = final_bits(
+                Experiment {
+                    threads,
+                    ..base.clone()
+                },
+                &data,
+            );
+            assert!(
+                one == many,
+                "{workers} workers (overlap {overlap}) on {threads} threads each: the parameters differ from one thread's"
+            );
+        }
+    }
+}
+
+#[test]
+fn sync_equivalence_holds_with_two_threads_per_worker() {
+    let data = Arc::new(digits());
+    let base = Experiment {
+        hidden: vec![512],
+        lr: 0.05,
+        threads: 2,
+        length: Length::Steps(20),
+        seed: 11,
+        ..Default::default()
+    };
+    for n in [2usize, 4] {
+        let batch = 32;
+        let one = Experiment {
+            workers: 1,
+            batch: n * batch,
+            ..base.clone()
+        };
+        let one = train(one, &data).final_params().unwrap();
+        for algo in [AllReduceAlgo::Ring, AllReduceAlgo::Tree] {
+            let many = Experiment {
+                workers: n,
+                batch,
+                allreduce: algo,
+                ..base.clone()
+            };
+            let many = train(many, &data).final_params().unwrap();
+            let (rel, worst) = relative_difference(&many, &one);
+            assert!(
+                rel <= 1e-5,
+                "N={n} {algo}, 2 threads each: parameters differ by {rel:.2e} (worst element {worst})"
+            );
+        }
+    }
+}
+
+#[test]
+fn changing_the_threads_live_switches_at_the_next_step_and_changes_no_bit() {
+    let data = Arc::new(digits());
+    let exp = Experiment {
+        workers: 2,
+        hidden: vec![512],
+        batch: 64,
+        length: Length::Steps(12),
+        ..Default::default()
+    };
+    // Sent while paused before the first step: the switch comes after step 0 in both
+    // runs, so both shuffle alike and only the thread count differs.
+    let run = |threads: usize| {
+        let options = SessionOptions {
+            start_paused: true,
+            ..SessionOptions::default()
+        };
+        let mut s = Session::start_with_data(exp.clone(), Arc::clone(&data), options, None).unwrap();
+        let refused = s.control(Control::SetThreads(0)).unwrap_err().to_string();
+        assert!(refused.starts_with("--threads: 0 is not allowed"), "{refused}");
+        s.control(Control::SetThreads(threads)).unwrap();
+        s.control(Control::Resume).unwrap();
+        assert_eq!(s.run_to_end(|_| {}), Outcome::Completed);
+        let segments: Vec<u64> = s.state().segments.iter().map(|seg| seg.update).collect();
+        assert_eq!(segments, vec![0, 1], "{threads} threads: a new segment after step 0");
+        let bits: Vec<u32> = s.final_params().unwrap().iter().map(|v| v.to_bits()).collect();
+        bits
+    };
+    assert!(run(1) == run(3), "the parameters depend on the thread count");
+}

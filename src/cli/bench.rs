@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::CliError;
 use crate::comm::{thread_group, AllReduceAlgo, BandwidthRow, Clock, Collective, Comm};
-use crate::nn::{median, Mlp, Sgd, Workspace};
+use crate::nn::{median, Mlp, Sgd, Threads, Workspace};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -79,8 +79,12 @@ pub struct GpuBenchReport {
 pub struct StepBench {
     pub model: String,
     pub batch: usize,
+    /// Compute threads of the one worker (`--threads`).
+    pub threads: usize,
     pub median_us: f64,
     pub min_us: f64,
+    /// The median of one thread over this one's (1 for one thread).
+    pub speedup: f64,
 }
 
 /// The default run (`ddlab run`'s experiment) beside `busy` processes that spin.
@@ -177,6 +181,8 @@ pub struct BenchReport {
     /// one worker on one thread.
     pub step_us: f64,
     pub steps: Vec<StepBench>,
+    /// MLP 784-1024-10, batch 256, on 1, 2, 4, … threads up to the cores (`--threads`).
+    pub thread_steps: Vec<StepBench>,
     /// Single-thread memcpy bandwidth of a 4 MB buffer, GB/s.
     pub memcpy_gbps: f64,
     pub memcpy: Vec<MemcpyBench>,
@@ -216,35 +222,65 @@ pub fn bench_frame(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
     median(times)
 }
 
-/// Median and minimum µs of one training step of an MLP with `sizes`.
+/// Median and minimum µs of one training step of an MLP with `sizes`, on one thread.
 pub fn bench_step(sizes: &[usize], batch: usize, steps: usize) -> StepBench {
+    bench_steps_on(sizes, batch, steps, &[1], 1).remove(0)
+}
+
+/// One worker's training step (forward, backward, update) of an MLP with `sizes` on
+/// each thread count of `threads`, as `--threads` runs it. The counts take turns for
+/// `rounds` rounds of `steps` steps, so that a burst of load from elsewhere falls on all
+/// of them alike; medians and minima over every step.
+pub fn bench_steps_on(sizes: &[usize], batch: usize, steps: usize, threads: &[usize], rounds: usize) -> Vec<StepBench> {
     crate::nn::flush_denormals();
     let (inputs, classes) = (sizes[0], *sizes.last().expect("sizes"));
     let mlp = Mlp::new(inputs, &sizes[1..sizes.len() - 1], classes);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let x = Array2::from_shape_fn((batch, inputs), |_| rng.random_range(0.0..1.0f32));
     let y: Vec<u8> = (0..batch).map(|i| (i % classes) as u8).collect();
-    let mut params = vec![0.0; mlp.num_params()];
-    mlp.init(&mut params, 1);
-    let mut grads = vec![0.0; mlp.num_params()];
-    let mut ws = Workspace::new(&mlp, batch);
-    let mut sgd = Sgd::new(mlp.num_params(), 0.9, 0.0);
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..steps + steps / 4 {
-        let t = Instant::now();
-        mlp.loss_and_grad(&params, &x.view(), &y, &mut ws, &mut grads);
-        sgd.step(&mut params, &grads, 1e-3);
-        if i >= steps / 4 {
-            times.push(t.elapsed().as_secs_f64() * 1e6); // after a warm-up quarter
+    let mut start = vec![0.0; mlp.num_params()];
+    mlp.init(&mut start, 1);
+    let mut runs: Vec<_> = threads
+        .iter()
+        .map(|&t| {
+            let pool =
+                Threads::new(t, |_| crate::comm::worker_thread()).expect("the OS starts the benchmark's threads");
+            let ws = Workspace::with_threads(&mlp, batch, pool);
+            let sgd = Sgd::new(mlp.num_params(), 0.9, 0.0);
+            (
+                ws,
+                sgd,
+                start.clone(),
+                vec![0.0; mlp.num_params()],
+                Vec::with_capacity(steps * rounds),
+            )
+        })
+        .collect();
+    for _ in 0..rounds {
+        for (ws, sgd, params, grads, times) in runs.iter_mut() {
+            for i in 0..steps + steps / 4 {
+                let t = Instant::now();
+                mlp.loss_and_grad(params, &x.view(), &y, ws, grads);
+                ws.threads().run(|par| sgd.step_on(par, params, grads, 1e-3));
+                if i >= steps / 4 {
+                    times.push(t.elapsed().as_secs_f64() * 1e6); // after a warm-up quarter
+                }
+            }
         }
     }
     let name = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("-");
-    StepBench {
-        model: name,
-        batch,
-        min_us: times.iter().copied().fold(f64::INFINITY, f64::min),
-        median_us: median(times),
-    }
+    let medians: Vec<f64> = runs.iter().map(|r| median(r.4.clone())).collect();
+    runs.into_iter()
+        .zip(&medians)
+        .map(|((ws, .., times), &median_us)| StepBench {
+            model: name.clone(),
+            batch,
+            threads: ws.threads().count(),
+            min_us: times.iter().copied().fold(f64::INFINITY, f64::min),
+            median_us,
+            speedup: medians[0] / median_us,
+        })
+        .collect()
 }
 
 /// A training step on GPU `index` for an MLP with `sizes` (as in training: forward,
@@ -522,6 +558,25 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
             s.min_us
         );
     }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    say!("\ntraining step of one worker on T threads (--threads T), MLP 784-1024-10, batch 256, {cores} cores");
+    let counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+        .take_while(|&t| t < cores)
+        .chain([cores, 2])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (thread_steps_each, rounds) = if args.quick { (4, 2) } else { (20, 5) };
+    let thread_steps = bench_steps_on(&[784, 1024, 10], 256, thread_steps_each, &counts, rounds);
+    for s in &thread_steps {
+        say!(
+            "  T = {:<3}: median {:>9.1} µs   min {:>9.1} µs   speed-up {:>5.2}×",
+            s.threads,
+            s.median_us,
+            s.min_us,
+            s.speedup
+        );
+    }
     say!("\nmemcpy, one thread");
     let memcpy: Vec<MemcpyBench> = [4 << 20, 64 << 20].iter().map(|&b| bench_memcpy(b, budget)).collect();
     for m in &memcpy {
@@ -575,6 +630,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), CliError> {
     let report = BenchReport {
         step_us: steps[0].median_us,
         steps,
+        thread_steps,
         memcpy_gbps: memcpy[0].gbps,
         memcpy,
         allreduce,

@@ -204,6 +204,9 @@ pub struct ExperimentArgs {
     /// Number of data-parallel workers (threads), 1 to 256.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Compute threads per worker (per rank over MPI), like OMP_NUM_THREADS: 1 to 256.
+    #[arg(long, value_name = "T")]
+    pub threads: Option<usize>,
     /// How workers combine gradients: sync, async, ssp:K or backup:B.
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
@@ -313,6 +316,7 @@ impl ExperimentArgs {
         set!(
             backend,
             workers,
+            threads,
             mode,
             allreduce,
             dataset,
@@ -397,6 +401,7 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
     let Experiment {
         backend,
         workers,
+        threads,
         mode,
         allreduce,
         dataset,
@@ -440,6 +445,7 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
             }),
         ),
         ("workers", given(workers.to_string())),
+        ("threads", given(threads.to_string())),
         ("mode", given(mode.to_string())),
         ("allreduce", given(allreduce.to_string())),
         ("dataset", given(dataset.to_string())),
@@ -609,6 +615,7 @@ mod tests {
         let changed = Experiment {
             backend: Backend::Mpi,
             workers: 8,
+            threads: 2,
             mode: Mode::Ssp(3),
             allreduce: AllReduceAlgo::TwoD,
             dataset: DatasetKind::Spirals,

@@ -2,6 +2,8 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::wide::{exp_nonpositive, wide};
+
 /// What one batch scored.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchScore {
@@ -44,7 +46,7 @@ impl BatchScore {
 pub fn softmax_cross_entropy(
     logits: &ArrayView2<f32>,
     labels: &[u8],
-    mut d_logits: Option<&mut ArrayViewMut2<f32>>,
+    d_logits: Option<&mut ArrayViewMut2<f32>>,
 ) -> BatchScore {
     let (batch, classes) = logits.dim();
     assert_eq!(labels.len(), batch, "one label per row of logits");
@@ -55,36 +57,46 @@ pub fn softmax_cross_entropy(
     };
     let logits = logits.as_standard_layout();
     let z_all = logits.as_slice().expect("standard layout");
-    for (i, z) in z_all.chunks_exact(classes).enumerate() {
-        let y = labels[i] as usize;
-        debug_assert!(y < classes);
-        // Subtract the max before exp() so that large logits cannot overflow.
-        let (mut argmax, mut max) = (0, f32::NEG_INFINITY);
-        for (j, &v) in z.iter().enumerate() {
-            if v > max {
-                max = v;
-                argmax = j;
+    match d_logits {
+        Some(d) => {
+            let d_all = d.as_slice_mut().expect("the gradient is one contiguous block");
+            // Three passes, so that the middle one (the exponentials, the costly part)
+            // runs over all B·C values at once, vectorized, instead of 10 at a time.
+            // 1. z − max per row (subtracting the max keeps exp() from overflowing).
+            for ((z, d_row), &y) in z_all
+                .chunks_exact(classes)
+                .zip(d_all.chunks_exact_mut(classes))
+                .zip(labels)
+            {
+                let (argmax, max) = arg_max(z);
+                debug_assert!((y as usize) < classes);
+                score.correct += usize::from(argmax == y as usize);
+                d_row.iter_mut().zip(z).for_each(|(dz, &v)| *dz = v - max);
             }
-        }
-        score.correct += usize::from(argmax == y);
-        match d_logits.as_deref_mut() {
-            Some(d) => {
-                // One exp per logit: keep e^(z−max) in the gradient row, then normalise.
-                let mut d_row = d.row_mut(i);
-                let d_row = d_row.as_slice_mut().expect("contiguous rows");
-                let mut sum_exp = 0.0f32;
-                for (dz, &v) in d_row.iter_mut().zip(z) {
-                    *dz = (v - max).exp();
-                    sum_exp += *dz;
-                }
+            // 2. e^(z−max), kept in the gradient's rows.
+            wide(|| d_all.iter_mut().for_each(|dz| *dz = exp_nonpositive(*dz)));
+            // 3. loss_i = max + ln Σ e^(z−max) − z[y] = ln Σ e^(z−max) − (z[y] − max);
+            //    the gradient is e^(z−max)/Σ /B (softmax / B), − 1/B at the label.
+            for ((z, d_row), &y) in z_all
+                .chunks_exact(classes)
+                .zip(d_all.chunks_exact_mut(classes))
+                .zip(labels)
+            {
+                let y = y as usize;
+                let sum_exp: f32 = d_row.iter().sum();
+                let (_, max) = arg_max(z);
                 score.loss_sum += f64::from(max + sum_exp.ln() - z[y]);
                 let scale = inv_batch / sum_exp;
-                d_row.iter_mut().for_each(|dz| *dz *= scale); // softmax / B
-                d_row[y] -= inv_batch; // − onehot / B
+                d_row.iter_mut().for_each(|dz| *dz *= scale);
+                d_row[y] -= inv_batch;
             }
-            None => {
-                let sum_exp: f32 = z.iter().map(|&v| (v - max).exp()).sum();
-                score.loss_sum += f64::from(max + sum_exp.ln() - z[y]);
+        }
+        None => {
+            for (z, &y) in z_all.chunks_exact(classes).zip(labels) {
+                let (argmax, max) = arg_max(z);
+                score.correct += usize::from(argmax == y as usize);
+                let sum_exp: f32 = z.iter().map(|&v| exp_nonpositive(v - max)).sum();
+                score.loss_sum += f64::from(max + sum_exp.ln() - z[y as usize]);
             }
         }
     }
@@ -93,6 +105,18 @@ pub fn softmax_cross_entropy(
         score.loss_sum = f64::NAN;
     }
     score
+}
+
+/// The first index of the largest value of `z`, and that value (−∞ for none or NaNs).
+fn arg_max(z: &[f32]) -> (usize, f32) {
+    let (mut argmax, mut max) = (0, f32::NEG_INFINITY);
+    for (j, &v) in z.iter().enumerate() {
+        if v > max {
+            max = v;
+            argmax = j;
+        }
+    }
+    (argmax, max)
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::linalg::matmul_into;
+use super::linalg::matmul_on;
 use super::loss::{softmax_cross_entropy, BatchScore};
+use super::par::{Par, Threads};
+use super::wide::wide;
 
 /// Where one linear layer lives in the flat buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +120,15 @@ impl Mlp {
     }
 
     /// Forward pass. Leaves every layer's output in `ws` and returns the logits (B, C).
+    /// Runs on the workspace's threads.
     pub fn forward<'w>(&self, params: &[f32], x: &ArrayView2<f32>, ws: &'w mut Workspace) -> ArrayView2<'w, f32> {
+        let threads = ws.threads.clone();
+        threads.run(|par| self.forward_on(par, params, x, ws));
+        act_view(&ws.acts[self.layers.len() - 1], x.nrows(), self.classes())
+    }
+
+    /// `forward`, inside `Threads::run`.
+    fn forward_on(&self, par: Par, params: &[f32], x: &ArrayView2<f32>, ws: &mut Workspace) {
         let batch = x.nrows();
         assert_eq!(x.ncols(), self.inputs(), "input width");
         assert!(
@@ -137,20 +147,22 @@ impl Mlp {
             };
             let width = self.sizes[l + 1];
             // z = h · W : (B, in) · (in, out) -> (B, out)
-            matmul_into(&mut act_view_mut(&mut after[0], batch, width), &input, &w, false);
-            // z += b, then h = relu(z) = max(z, 0) on hidden layers
+            matmul_on(par, &mut act_view_mut(&mut after[0], batch, width), &input, &w, false);
+            // z += b, then h = relu(z) = max(z, 0) on hidden layers (rows split over threads)
             let z = &mut after[0][..batch * width];
-            if l < last {
-                for row in z.chunks_exact_mut(width) {
-                    row.iter_mut().zip(b).for_each(|(v, &bias)| *v = (*v + bias).max(0.0));
-                }
-            } else {
-                for row in z.chunks_exact_mut(width) {
-                    row.iter_mut().zip(b).for_each(|(v, &bias)| *v += bias);
-                }
-            }
+            let hidden = l < last;
+            par.pieces_mut(z, width, batch * width, |_, rows| {
+                wide(|| {
+                    for row in rows.chunks_exact_mut(width) {
+                        if hidden {
+                            row.iter_mut().zip(b).for_each(|(v, &bias)| *v = (*v + bias).max(0.0));
+                        } else {
+                            row.iter_mut().zip(b).for_each(|(v, &bias)| *v += bias);
+                        }
+                    }
+                })
+            });
         }
-        act_view(&ws.acts[last], batch, self.classes())
     }
 
     /// Scores the logits of the last `forward` against `labels` and leaves
@@ -171,9 +183,24 @@ impl Mlp {
 
     /// `backward`, calling `layer_done(l, gradient of layer l)` as soon as layer l's
     /// gradient is final (last layer first): what lets communication start during
-    /// backward (gradient buckets, as in PyTorch DDP and Horovod).
+    /// backward (gradient buckets, as in PyTorch DDP and Horovod). Runs on the
+    /// workspace's threads (`layer_done` too).
     pub fn backward_with(
         &self,
+        params: &[f32],
+        x: &ArrayView2<f32>,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        layer_done: impl FnMut(usize, &[f32]) + Send,
+    ) {
+        let threads = ws.threads.clone();
+        threads.run(|par| self.backward_on(par, params, x, ws, grads, layer_done));
+    }
+
+    /// `backward_with`, inside `Threads::run`.
+    fn backward_on(
+        &self,
+        par: Par,
         params: &[f32],
         x: &ArrayView2<f32>,
         ws: &mut Workspace,
@@ -195,24 +222,34 @@ impl Mlp {
             };
             let (mut d_w, d_b) = self.views_mut(grads, l);
             // d_W = hᵀ · d_z : (in, B) · (B, out) -> (in, out)
-            matmul_into(&mut d_w, &input.t(), &d_z, false);
-            // d_b = Σ_batch d_z : (B, out) -> (out)
-            d_b.fill(0.0);
-            for row in d_cur[..batch * fan_out].chunks_exact(fan_out) {
-                d_b.iter_mut().zip(row).for_each(|(db, &dz)| *db += dz);
-            }
+            matmul_on(par, &mut d_w, &input.t(), &d_z, false);
+            // d_b = Σ_batch d_z : (B, out) -> (out); columns split over threads, each
+            // summed over the batch in order
+            let d_z_rows = &d_cur[..batch * fan_out];
+            par.pieces_mut(d_b, 1, batch * fan_out, |c0, d_b| {
+                wide(|| {
+                    d_b.fill(0.0);
+                    for row in d_z_rows.chunks_exact(fan_out) {
+                        d_b.iter_mut().zip(&row[c0..]).for_each(|(db, &dz)| *db += dz);
+                    }
+                })
+            });
             layer_done(l, &grads[self.layers[l].range()]);
             if l > 0 {
                 let (w, _) = self.views(params, l);
                 let mut d_h = act_view_mut(d_prev, batch, fan_in);
                 // d_h = d_z · Wᵀ : (B, out) · (out, in) -> (B, in)
-                matmul_into(&mut d_h, &d_z, &w.t(), false);
-                // relu'(z) = [z > 0] = [h > 0]; multiply by the mask instead of branching:
-                // the branch would be mispredicted about half the time.
+                matmul_on(par, &mut d_h, &d_z, &w.t(), false);
+                // d_z = d_h · relu'(z), relu'(z) = [z > 0] = [h > 0]: a select, which
+                // vectorizes (a branch would be mispredicted about half the time).
                 let h = &acts[l - 1][..batch * fan_in];
-                for (d, &hv) in d_prev[..batch * fan_in].iter_mut().zip(h) {
-                    *d *= f32::from(u8::from(hv > 0.0));
-                }
+                par.pieces_mut(&mut d_prev[..batch * fan_in], 1, batch * fan_in, |at, d| {
+                    wide(|| {
+                        for (d, &hv) in d.iter_mut().zip(&h[at..]) {
+                            *d = if hv > 0.0 { *d } else { 0.0 };
+                        }
+                    })
+                });
                 std::mem::swap(d_cur, d_prev);
             }
         }
@@ -233,26 +270,33 @@ impl Mlp {
         score
     }
 
-    /// Scores a whole data set in batches of the workspace's size (no gradients).
+    /// Scores a whole data set in batches of the workspace's size (no gradients), on the
+    /// workspace's threads.
     pub fn evaluate(&self, params: &[f32], x: &ArrayView2<f32>, labels: &[u8], ws: &mut Workspace) -> BatchScore {
-        let mut total = BatchScore::default();
-        let mut start = 0;
-        while start < x.nrows() {
-            let end = (start + ws.max_batch).min(x.nrows());
-            let xs = x.slice(s![start..end, ..]);
-            let logits = self.forward(params, &xs, ws);
-            total.add(softmax_cross_entropy(&logits, &labels[start..end], None));
-            start = end;
-        }
-        total
+        let threads = ws.threads.clone();
+        let last = self.layers.len() - 1;
+        threads.run(|par| {
+            let mut total = BatchScore::default();
+            let mut start = 0;
+            while start < x.nrows() {
+                let end = (start + ws.max_batch).min(x.nrows());
+                let xs = x.slice(s![start..end, ..]);
+                self.forward_on(par, params, &xs, ws);
+                let logits = act_view(&ws.acts[last], end - start, self.classes());
+                total.add(softmax_cross_entropy(&logits, &labels[start..end], None));
+                start = end;
+            }
+            total
+        })
     }
 }
 
 /// Preallocated activations and gradient scratch for batches up to `max_batch`, so a
-/// training step allocates nothing.
+/// training step allocates nothing; and the threads that compute with them.
 #[derive(Debug, Clone)]
 pub struct Workspace {
     max_batch: usize,
+    threads: Threads,
     /// Output of every layer (post-ReLU for hidden layers, logits last), each (B, width).
     acts: Vec<Vec<f32>>,
     /// Ping-pong buffers for d_z of the current layer and d_h of the one below.
@@ -261,14 +305,26 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// A workspace computed with on the calling thread.
     pub fn new(mlp: &Mlp, max_batch: usize) -> Self {
+        Self::with_threads(mlp, max_batch, Threads::one())
+    }
+
+    /// A workspace whose forward, backward and evaluation run on `threads`.
+    pub fn with_threads(mlp: &Mlp, max_batch: usize, threads: Threads) -> Self {
         let widest = mlp.sizes().iter().copied().max().unwrap_or(0);
         Workspace {
             max_batch,
+            threads,
             acts: mlp.sizes()[1..].iter().map(|&w| vec![0.0; max_batch * w]).collect(),
             d_cur: vec![0.0; max_batch * widest],
             d_prev: vec![0.0; max_batch * widest],
         }
+    }
+
+    /// The threads this workspace computes on (the update runs on them too).
+    pub fn threads(&self) -> &Threads {
+        &self.threads
     }
 }
 
@@ -364,6 +420,33 @@ mod tests {
         grads[biggest] *= 1.5;
         let result = std::panic::catch_unwind(|| check_close("tampered", &grads, &numeric, 2e-3, 2e-2));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn forward_backward_and_evaluation_on_threads_give_the_bits_of_one_thread() {
+        // Wide enough that gemm and the elementwise passes really split (see `par`).
+        let mlp = Mlp::new(200, &[300, 40], 10);
+        let batch = 128;
+        let mut params = vec![0.0; mlp.num_params()];
+        mlp.init(&mut params, 5);
+        let x = Array2::from_shape_fn((batch, 200), |(i, j)| ((i * 17 + j * 3) % 23) as f32 / 23.0);
+        let y: Vec<u8> = (0..batch).map(|i| (i * 7 % 10) as u8).collect();
+        let run = |threads: usize| {
+            let threads = Threads::new(threads, |_| {}).unwrap();
+            let mut ws = Workspace::with_threads(&mlp, batch, threads);
+            let mut grads = vec![0.0; mlp.num_params()];
+            let score = mlp.loss_and_grad(&params, &x.view(), &y, &mut ws, &mut grads);
+            let eval = mlp.evaluate(&params, &x.view(), &y, &mut ws);
+            (score, eval, grads)
+        };
+        let one = run(1);
+        for t in [2, 3] {
+            let many = run(t);
+            assert_eq!(many.0, one.0, "{t} threads: training score");
+            assert_eq!(many.1, one.1, "{t} threads: evaluation score");
+            let same = one.2.iter().zip(&many.2).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{t} threads: the gradient differs from one thread's");
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ impl Session {
             Control::SetLrScaling(r) => next.lr_scaling = r,
             Control::SetLr(lr) => next.lr = lr,
             Control::SetMomentum(m) => next.momentum = m,
+            Control::SetThreads(t) => next.threads = t,
             Control::SetPace { factor } => next.slow = factor,
             Control::Straggler { worker, factor } => {
                 next.stragglers.retain(|s| s.worker != worker);
@@ -329,6 +330,7 @@ impl Session {
             Control::SetLrScaling(r) => Experiment { lr_scaling: r, ..base },
             Control::SetLr(lr) => Experiment { lr, ..base },
             Control::SetMomentum(momentum) => Experiment { momentum, ..base },
+            Control::SetThreads(t) => Experiment { threads: t, ..base },
             Control::SetLink(_) => {
                 return Err("over MPI the network is real: an emulated link is for the threads backend".into())
             }

@@ -7,7 +7,7 @@ use ndarray::ArrayView2;
 
 use super::engine::{RunCtx, SegEnd};
 use super::Phase;
-use crate::nn::{BatchScore, Sgd, Workspace};
+use crate::nn::{BatchScore, Sgd, Threads, Workspace};
 
 /// One worker's compute for one segment.
 pub(super) enum Compute {
@@ -23,10 +23,16 @@ fn failed(e: crate::gpu::GpuError) -> SegEnd {
 
 impl Compute {
     /// Worker `worker`'s compute (on a GPU: the GPU `--gpus` gives it, round-robin; for
-    /// a process per worker, by its rank on its host).
-    pub fn new(ctx: &RunCtx, worker: usize) -> Result<Compute, SegEnd> {
+    /// a process per worker, by its rank on its host), on `threads` CPU threads.
+    pub fn new(ctx: &RunCtx, worker: usize, threads: usize) -> Result<Compute, SegEnd> {
+        // Every thread that trains flushes subnormals (the pool's threads do it as they
+        // start), so that one thread and many compute the same bits.
+        crate::nn::flush_denormals();
         match ctx.exp.device {
-            crate::gpu::Device::Cpu => Ok(Compute::Cpu(Workspace::new(&ctx.mlp, ctx.exp.batch))),
+            crate::gpu::Device::Cpu => {
+                let pool = Self::threads(threads)?;
+                Ok(Compute::Cpu(Workspace::with_threads(&ctx.mlp, ctx.exp.batch, pool)))
+            }
             #[cfg(feature = "gpu")]
             crate::gpu::Device::Gpu => {
                 let index = crate::gpu::gpu_of(ctx.exp, worker, ctx.gpus.len());
@@ -40,6 +46,13 @@ impl Compute {
                 Err(SegEnd::Failed(crate::gpu::not_built()))
             }
         }
+    }
+
+    /// A worker's pool of `count` threads. Not pinned to cores, as the workers are
+    /// not (see `comm::worker_thread`: a pinned thread cannot leave a core another
+    /// program holds); the worker's own thread waits in the pool while it computes.
+    fn threads(count: usize) -> Result<Threads, SegEnd> {
+        Threads::new(count, |_| crate::comm::worker_thread()).map_err(SegEnd::Failed)
     }
 
     /// Makes the device hold `params` (and `velocity`, when given), e.g. at the start
@@ -185,7 +198,9 @@ impl Compute {
         lr: f32,
     ) -> Result<(), SegEnd> {
         match self {
-            Compute::Cpu(_) => ctx.phase(worker, step, Phase::Update, phase_ns, || sgd.step(params, grads, lr)),
+            Compute::Cpu(ws) => ctx.phase(worker, step, Phase::Update, phase_ns, || {
+                ws.threads().run(|par| sgd.step_on(par, params, grads, lr))
+            }),
             #[cfg(feature = "gpu")]
             Compute::Gpu(net) => {
                 let _ = params;

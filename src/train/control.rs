@@ -46,6 +46,9 @@ pub enum Control {
     SetLr(f32),
     /// A new momentum from the next step (the momentum buffer goes on).
     SetMomentum(f32),
+    /// Change every worker's compute threads at the next step (new pools; the numbers
+    /// stay the same bits, only the time changes).
+    SetThreads(usize),
     /// Time dilation: every piece of work lasts `factor` times as long (1 = full speed).
     SetPace {
         factor: f64,

@@ -3,7 +3,7 @@
 //! next from the same parameters and optimizer state, so the curves continue.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,7 +13,7 @@ use super::{Control, Event, EventSink, Gate, Outcome, Phase};
 use crate::comm::{AllReduceAlgo, Clock, Link};
 use crate::config::{Experiment, Length, Mode, MAX_WORKERS};
 use crate::data::{Dataset, Sharder};
-use crate::nn::{LrScaling, LrSchedule, Mlp, Sgd, Workspace};
+use crate::nn::{LrScaling, LrSchedule, Mlp, Sgd, Threads, Workspace};
 
 /// Knobs for how a run reports, not what it computes.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +39,8 @@ pub(super) struct Live {
     next: Mutex<Segment>,
     /// Compute slow-down per worker, as f32 bits (1.0 = normal).
     stragglers: Vec<AtomicU32>,
+    /// The running segment's threads per worker, which the evaluator uses too.
+    threads: AtomicUsize,
 }
 
 impl Live {
@@ -49,6 +51,7 @@ impl Live {
             switch_requested: AtomicBool::new(false),
             next: Mutex::new(Segment::first(exp)),
             stragglers: (0..MAX_WORKERS).map(|_| AtomicU32::new(1.0f32.to_bits())).collect(),
+            threads: AtomicUsize::new(exp.threads),
         };
         for s in &exp.stragglers {
             live.stragglers[s.worker].store(s.factor.to_bits(), Ordering::Relaxed);
@@ -102,6 +105,7 @@ impl EngineHandle {
             Control::SetLrScaling(r) => self.switch(|s| s.lr_scaling = r),
             Control::SetLr(lr) => self.switch(|s| s.lr = lr),
             Control::SetMomentum(m) => self.switch(|s| s.momentum = m),
+            Control::SetThreads(t) => self.switch(|s| s.threads = t),
             Control::Straggler { worker, factor } => {
                 if let Some(s) = self.live.stragglers.get(worker) {
                     s.store(factor.max(1.0).to_bits(), Ordering::Relaxed);
@@ -280,6 +284,8 @@ pub(super) struct Segment {
     pub index: usize,
     pub mode: Mode,
     pub workers: usize,
+    /// Compute threads per worker.
+    pub threads: usize,
     pub allreduce: AllReduceAlgo,
     pub link: Option<Link>,
     pub lr_scaling: LrScaling,
@@ -294,6 +300,7 @@ impl Segment {
             index: 0,
             mode: exp.mode,
             workers: exp.workers,
+            threads: exp.threads,
             allreduce: exp.allreduce,
             link: exp.link,
             lr_scaling: exp.lr_scaling,
@@ -583,6 +590,7 @@ fn run(
                 params_hash: super::event::params_hash(&state.params),
                 t_ns: clock.ns(),
             });
+            live.threads.store(segment.threads, Ordering::Relaxed);
             let end = run_segment(ctx, segment, &mut state);
             match end {
                 SegEnd::Switch if !live.aborted.load(Ordering::SeqCst) => {
@@ -622,12 +630,19 @@ fn run(
     outcome
 }
 
-/// Scores parameter snapshots on the test set as they come.
+/// Scores parameter snapshots on the test set as they come, on a pool of as many threads
+/// as each worker has (its own pool, unpinned: it runs beside the workers).
 fn evaluate_loop(ctx: &RunCtx, rx: crossbeam_channel::Receiver<EvalJob>) {
     crate::nn::flush_denormals();
     let mut ws = Workspace::new(&ctx.mlp, 512);
     let epoch_samples = ctx.data.train_len().max(1) as u64;
     for (updates, samples, params, t_ns) in rx {
+        let threads = ctx.live.threads.load(Ordering::Relaxed);
+        if ws.threads().count() != threads {
+            // (no pool: the scores come on one thread, later but the same)
+            let pool = Threads::new(threads, |_| {}).unwrap_or_default();
+            ws = Workspace::with_threads(&ctx.mlp, 512, pool);
+        }
         let score = ctx
             .mlp
             .evaluate(&params, &ctx.data.test_x.view(), &ctx.data.test_y, &mut ws);

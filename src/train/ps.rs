@@ -181,7 +181,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     let steps_per_epoch = sharder.steps_per_epoch();
     let mut params = vec![0.0f32; p];
     let mut grads = vec![0.0f32; p];
-    let mut compute = Compute::new(ctx, rank)?;
+    let mut compute = Compute::new(ctx, rank, seg.threads)?;
     let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
     let mut labels = vec![0u8; exp.batch];
     let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
@@ -535,7 +535,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
     // Worker w is rank w + 1; it takes the GPUs of its host by its rank there.
-    let mut compute = match Compute::new(ctx, crate::gpu::local_rank(w + 1)) {
+    let mut compute = match Compute::new(ctx, crate::gpu::local_rank(w + 1), seg.threads) {
         Ok(c) => c,
         Err(end) => return Ok(end),
     };

@@ -233,7 +233,7 @@ impl<'a> Worker<'a> {
             Exchange::Direct(comm) if comm.transport().process_per_rank() => crate::gpu::local_rank(self.rank),
             _ => self.rank,
         };
-        let mut compute = Compute::new(self.ctx, slot)?;
+        let mut compute = Compute::new(self.ctx, slot, self.seg.threads)?;
         compute.load(&self.params, Some(self.sgd.velocity()))?;
         let trained = self.train_on(&mut compute, exchange, steps);
         let stored = compute.store(&mut self.params, Some(&mut self.sgd));
