@@ -691,13 +691,13 @@ mod lab_controller {
         let victim = super::pids_with("9104", Some(1));
         assert_eq!(victim.len(), 1);
         let t0 = Instant::now();
-        std::process::Command::new("kill")
-            .args(["-STOP", &victim[0].to_string()])
+        std::process::Command::new("sh")
+            .args(["-c", &format!("kill -STOP {}", victim[0])])
             .status()
             .unwrap();
         until(&mut s, &mut events, "the stall", |s| s.state().outcome.is_some());
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &victim[0].to_string()])
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -KILL {}", victim[0])])
             .status();
         assert!(t0.elapsed() < Duration::from_secs(2 + 10), "took {:?}", t0.elapsed());
         let Some(Outcome::Failed { message }) = s.state().outcome.clone() else {

@@ -63,14 +63,27 @@ fn run(mut cmd: Command) -> (Output, Duration) {
     (out, t.elapsed())
 }
 
-/// The processes of this test binary's ddlab still alive.
-fn left() -> Vec<String> {
-    let out = Command::new("pgrep").args(["-af", &bin()]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.contains("pgrep"))
-        .map(String::from)
-        .collect()
+/// The processes of this test binary's ddlab still alive (pid, MPI rank), read from
+/// `/proc` (no `pgrep`: a fresh machine may not have procps).
+fn left() -> Vec<(u32, Option<usize>)> {
+    let bin = bin();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).next() != Some(bin.as_bytes()) {
+            continue;
+        }
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let rank = env
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"OMPI_COMM_WORLD_RANK="))
+            .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok());
+        out.push((pid, rank));
+    }
+    out
 }
 
 /// The job ended within `limit` with `code`, said `want` (each) in ddlab's sentences on
@@ -282,26 +295,24 @@ fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
     let rank1 = loop {
         assert!(t.elapsed() < Duration::from_secs(20), "the job did not start");
         std::thread::sleep(Duration::from_millis(200));
-        let found = left().into_iter().find_map(|l| {
-            let pid: u32 = l.split_whitespace().next()?.parse().ok()?;
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|kv| kv == b"OMPI_COMM_WORLD_RANK=1")
-                .then_some(pid)
-        });
+        let found = left()
+            .into_iter()
+            .find_map(|(pid, rank)| (rank == Some(1)).then_some(pid));
         if let (Some(pid), true) = (found, json.exists()) {
             break pid;
         }
     };
     std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill")
-        .args(["-STOP", &rank1.to_string()])
+    Command::new("sh")
+        .args(["-c", &format!("kill -STOP {}", rank1)])
         .status()
         .unwrap();
     let stopped = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = stopped.elapsed();
-    let _ = Command::new("kill").args(["-KILL", &rank1.to_string()]).status();
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -KILL {}", rank1)])
+        .status();
     let stderr = ended_as(
         &out,
         took,

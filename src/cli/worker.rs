@@ -262,10 +262,8 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                     let _ = session.control(Control::Resume);
                 }
                 Some(c @ (Control::Pause | Control::Resume | Control::StepPhase | Control::SetPace { .. })) => {
-                    match c {
-                        Control::Pause | Control::StepPhase => crate::comm::mpi::waiting::hold(true),
-                        Control::Resume => crate::comm::mpi::waiting::hold(false),
-                        _ => {}
+                    if let Some(on) = crate::session::remote::holds(&c) {
+                        crate::comm::mpi::waiting::hold(on);
                     }
                     let _ = session.control(c);
                 }

@@ -30,27 +30,19 @@ const YIELD_FOR: Duration = Duration::from_micros(20);
 /// Whether other programs keep the cores busy now (see the module's comment).
 static CROWDED: AtomicBool = AtomicBool::new(false);
 
-/// Starts the watcher of other programs' CPU use (once per process; Linux only).
+/// Starts the watcher of other programs' CPU use (once per process; where the system
+/// does not say, it never finds the machine crowded).
 pub fn watch_crowding() {
-    #[cfg(target_os = "linux")]
-    {
-        static STARTED: std::sync::Once = std::sync::Once::new();
-        STARTED.call_once(|| {
-            let _ = std::thread::Builder::new().name("ddlab-crowding".into()).spawn(|| {
-                let ticks_per_s = clock_ticks();
-                let (mut before, mut at) = (cpu_ticks(), Instant::now());
-                loop {
-                    std::thread::sleep(WATCH_EVERY);
-                    let now = cpu_ticks();
-                    if let (Some(a), Some(b)) = (before, now) {
-                        let cores = others_cores(a, b, ticks_per_s, at.elapsed());
-                        CROWDED.store(cores >= 0.5, Ordering::Relaxed);
-                    }
-                    (before, at) = (now, Instant::now());
-                }
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("ddlab-crowding".into())
+            .spawn(|| loop {
+                let meter = OthersMeter::start();
+                std::thread::sleep(WATCH_EVERY);
+                CROWDED.store(meter.cores().is_some_and(|c| c >= 0.5), Ordering::Relaxed);
             });
-        });
-    }
+    });
 }
 
 /// How often the watcher looks.

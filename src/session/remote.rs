@@ -190,6 +190,16 @@ pub enum Line {
     Held(bool),
 }
 
+/// Whether `control` makes a person hold the run (pause, step: true) or lets it go on
+/// (resume: false); None for the others. While held, a rank's long wait is no stall.
+pub fn holds(control: &Control) -> Option<bool> {
+    match control {
+        Control::Pause | Control::StepPhase => Some(true),
+        Control::Resume => Some(false),
+        _ => None,
+    }
+}
+
 struct Shared {
     token: String,
     size: usize,
@@ -444,11 +454,7 @@ impl MpiJob {
         let Some(stream) = rank0.as_mut() else {
             return Err("the MPI job has not connected yet: try again in a moment".into());
         };
-        let held = match control {
-            Control::Pause | Control::StepPhase => Some(true),
-            Control::Resume => Some(false),
-            _ => None,
-        };
+        let held = holds(&control);
         let line = serde_json::to_string(&Line::Control(control)).map_err(|e| e.to_string())?;
         writeln!(stream, "{line}").map_err(|e| format!("rank 0 cannot be reached: {e}"))?;
         if let Some(held) = held {
