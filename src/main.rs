@@ -30,7 +30,7 @@ fn main() {
     });
     if let Err(e) = result {
         if !e.message.is_empty() {
-            eprintln!("ddlab: {}", e.message);
+            ddlab::session::spmd::say(&e.message);
         }
         std::process::exit(e.code);
     }

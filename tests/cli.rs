@@ -211,6 +211,15 @@ fn compare_runs_every_mode_on_the_same_samples_and_writes_json() {
 }
 
 #[test]
+fn a_parameter_server_run_reports_no_all_reduce_time_as_zero() {
+    // (not "-0.0", the sum of no floats)
+    let summary = run_summary(&["--mode", "async", "--steps", "20"]);
+    for key in ["allreduce_ms", "allreduce_comm_ms"] {
+        assert_eq!(summary[key].to_string(), "0.0", "{key}: {summary}");
+    }
+}
+
+#[test]
 fn compare_refuses_a_bad_mode_before_running_anything() {
     let out = ddlab().args(["compare", "--modes", "sync,warp"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

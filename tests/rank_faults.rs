@@ -268,51 +268,54 @@ fn a_rank_whose_compute_fails_is_named_in_every_mode_on_any_rank() {
     }
 }
 
-#[test]
-fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("m.jsonl");
-    let mut cmd = job(
-        2,
-        &[
-            "run",
-            "--backend",
-            "mpi",
-            "--steps",
-            "100000000",
-            "--stall-timeout",
-            "3",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        None,
-    );
+/// Runs `args` on `n` ranks, stops rank `victim` once the job trains (as a swapping or
+/// frozen node would be), and returns the job's output and how long it took from then.
+fn stop_one_rank(n: usize, args: &[&str], json: &std::path::Path, victim: usize) -> (Output, Duration) {
+    let mut cmd = job(n, args, None);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
     let child = cmd.spawn().unwrap();
-    // Wait until rank 1 trains, then stop it (as a swapping or frozen node would be).
-    let rank1 = loop {
+    let pid = loop {
         assert!(t.elapsed() < Duration::from_secs(20), "the job did not start");
         std::thread::sleep(Duration::from_millis(200));
         let found = left()
             .into_iter()
-            .find_map(|(pid, rank)| (rank == Some(1)).then_some(pid));
+            .find_map(|(pid, rank)| (rank == Some(victim)).then_some(pid));
         if let (Some(pid), true) = (found, json.exists()) {
             break pid;
         }
     };
     std::thread::sleep(Duration::from_millis(500));
     Command::new("sh")
-        .args(["-c", &format!("kill -STOP {}", rank1)])
+        .args(["-c", &format!("kill -STOP {pid}")])
         .status()
         .unwrap();
     let stopped = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = stopped.elapsed();
     let _ = Command::new("sh")
-        .args(["-c", &format!("kill -KILL {}", rank1)])
+        .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
         .status();
+    (out, took)
+}
+
+#[test]
+fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("m.jsonl");
+    let args = [
+        "run",
+        "--backend",
+        "mpi",
+        "--steps",
+        "100000000",
+        "--stall-timeout",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let (out, took) = stop_one_rank(2, &args, &json, 1);
     let stderr = ended_as(
         &out,
         took,
@@ -322,4 +325,47 @@ fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
     );
     let s = summary(&json);
     assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+}
+
+#[test]
+fn workers_waiting_for_a_stalled_parameter_server_name_it_and_the_step_they_reached() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("m.jsonl");
+    let args = [
+        "run",
+        "--backend",
+        "mpi",
+        "--mode",
+        "async",
+        "--steps",
+        "100000000",
+        "--stall-timeout",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let (out, took) = stop_one_rank(3, &args, &json, 0);
+    let stderr = ended_as(
+        &out,
+        took,
+        Duration::from_secs(3 + 10),
+        4,
+        &["has waited 3 s for rank 0 at step"],
+    );
+    // Each worker names the server version it last computed on: it trained, so not 0
+    // (the server, not the worker, makes a parameter server's step reports).
+    for worker in [1, 2] {
+        let said = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("ddlab: rank {worker} on ")))
+            .unwrap_or_else(|| panic!("rank {worker} said nothing: {stderr}"));
+        let step: u64 = said
+            .split(" at step ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no step in {said:?}"));
+        assert!(step > 0, "{said}");
+    }
 }

@@ -242,7 +242,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     let mut rank = Rank::start(false).map_err(CliError::failure)?;
     // A rank that waits too long in a collective names whom it waits for and ends the job.
     rank.watch_for_stalls(None, |sentence| {
-        eprintln!("ddlab: {sentence}");
+        spmd::say(&sentence);
         spmd::ended();
         std::process::exit(exit::STALLED);
     });

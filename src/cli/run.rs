@@ -107,14 +107,11 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         let (stalled, keep_waiting) = (Arc::clone(&stalled), args.stall_wait);
         move |sentence: String| {
             if keep_waiting {
-                eprintln!(
-                    "ddlab: {}",
-                    sentence.replace("; ending the job", "; waiting on (--stall-wait)")
-                );
+                spmd::say(&sentence.replace("; ending the job", "; waiting on (--stall-wait)"));
             } else if me == 0 {
                 *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
             } else {
-                eprintln!("ddlab: {sentence}");
+                spmd::say(&sentence);
                 spmd::ended();
                 std::process::exit(exit::STALLED);
             }
@@ -133,11 +130,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         // exports, then leaves, which ends the job); were the others to die of it first,
         // rank 0's transport would fail under it before it could.
         let _ = ctrlc::set_handler(|| {});
-        session.run_to_end(|e| {
-            if let crate::train::Event::WorkerStep(w) = e {
-                spmd::stepped(w.step);
-            }
-        })
+        session.run_to_end(spmd::saw)
     };
     // Every rank's end, agreed: rank 0's summary and exports say the job's.
     let verdict = rank.agree_end(&outcome);
@@ -151,7 +144,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
             let _ = std::io::stdout().write_all(table(&session.summary()).as_bytes());
         }
         if !verdict.sentence.is_empty() {
-            eprintln!("ddlab: {}", verdict.sentence);
+            spmd::say(&verdict.sentence);
         }
     }
     drop(session);
@@ -218,7 +211,7 @@ fn follow(
                     format!("the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you)"),
                 ),
             };
-            eprintln!("ddlab: {why}; the summary and exports cover the steps done");
+            crate::session::spmd::say(&format!("{why}; the summary and exports cover the steps done"));
             crate::session::spmd::ended();
             std::process::exit(code);
         }

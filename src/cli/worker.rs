@@ -132,7 +132,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
             if me == 0 {
                 *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
             } else {
-                eprintln!("ddlab: {sentence}");
+                spmd::say(&sentence);
                 spmd::ended();
                 std::process::exit(exit::STALLED);
             }
@@ -170,9 +170,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         let mut writer = std::io::BufWriter::new(out.try_clone().map_err(|e| fail(e.to_string()))?);
         let outcome = loop {
             let over = session.poll(|e: &Event| {
-                if let Event::WorkerStep(w) = e {
-                    spmd::stepped(w.step);
-                }
+                spmd::saw(e);
                 if e.is_visual() {
                     let _ = send(&mut writer, &Line::Event(Box::new(e.clone())));
                 }
@@ -240,7 +238,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
             };
             let _ = send(&mut writer, &Line::Event(Box::new(failed)));
             let _ = writer.flush();
-            eprintln!("ddlab: {sentence}");
+            spmd::say(&sentence);
             spmd::ended();
             std::process::exit(exit::STALLED);
         }
@@ -272,9 +270,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         }
         let mut broken = false;
         let over = session.poll(|e: &Event| {
-            if let Event::WorkerStep(w) = e {
-                spmd::stepped(w.step);
-            }
+            spmd::saw(e);
             // (the end is told once every rank has agreed on it)
             if !matches!(e, Event::Finished { .. }) {
                 broken |= !send(&mut writer, &Line::Event(Box::new(e.clone())));

@@ -3,6 +3,8 @@
 //! [`AllReduceAlgo::Mpi`](super::AllReduceAlgo::Mpi) calls the library's own
 //! `MPI_Allreduce`.
 
+use std::mem::ManuallyDrop;
+
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -39,9 +41,13 @@ impl MpiWorld {
             mpi::initialize_with_threading(Threading::Single).ok_or("MPI was already initialised in this process")?;
         Ok(MpiWorld { _universe: universe })
     }
-    /// A transport over the world communicator.
+    /// A transport over a communicator of its own, a duplicate of the world's
+    /// (collective: every rank creates its transports in the same order). Each has its
+    /// own message space, so no message of one can match a receive of another: a
+    /// parameter server's receive from any rank must never take the bytes a departing
+    /// worker sends rank 0 for the job's verdict.
     pub fn transport(&self, clock: Clock) -> MpiTransport {
-        MpiTransport::new(SimpleCommunicator::world(), clock)
+        MpiTransport::new(ManuallyDrop::new(SimpleCommunicator::world().duplicate()), clock)
     }
 }
 
@@ -89,8 +95,15 @@ pub mod waiting {
         if on {
             let _ = HELD_SINCE_NS.compare_exchange(0, now_ns() + 1, Ordering::SeqCst, Ordering::SeqCst);
         } else if HELD_SINCE_NS.swap(0, Ordering::SeqCst) != 0 {
-            RELEASED_NS.store(now_ns(), Ordering::SeqCst);
+            RELEASED_NS.fetch_max(now_ns(), Ordering::SeqCst);
         }
+    }
+
+    /// This process itself was not running until now (stopped with SIGSTOP, or starved
+    /// of the CPU): a wait counts from now at the earliest, so that a rank resumed after
+    /// a stop does not blame the peer it was waiting for when it stopped.
+    pub fn count_from_now() {
+        RELEASED_NS.fetch_max(now_ns(), Ordering::SeqCst);
     }
 
     /// Whom the process waits for, and for how long, if it is in a blocking MPI call
@@ -126,7 +139,11 @@ pub fn abort_world(code: i32) -> ! {
 
 /// One rank's end of the world communicator.
 pub struct MpiTransport {
-    world: SimpleCommunicator,
+    /// Never freed: `MPI_Finalize` frees it. Freeing it on drop would be one more MPI
+    /// call from whichever thread drops the transport (the engine's, perhaps while the
+    /// main thread agrees on the job's end: `MPI_THREAD_SERIALIZED` forbids the overlap),
+    /// or one after `MPI_Finalize`.
+    world: ManuallyDrop<SimpleCommunicator>,
     rank: usize,
     size: usize,
     clock: Clock,
@@ -149,7 +166,7 @@ unsafe impl Send for MpiTransport {}
 
 impl MpiTransport {
     /// (Collective: every rank creates its transport together.)
-    fn new(world: SimpleCommunicator, clock: Clock) -> MpiTransport {
+    fn new(world: ManuallyDrop<SimpleCommunicator>, clock: Clock) -> MpiTransport {
         // Nodes are the real hosts: everyone learns everyone's host (as a hash).
         let mine = {
             use std::hash::{Hash, Hasher};

@@ -47,6 +47,15 @@ pub fn launched_by_mpirun() -> bool {
     .any(|v| std::env::var_os(v).is_some())
 }
 
+/// Writes "ddlab: SENTENCE" on stderr in one write: mpirun forwards each rank's stderr
+/// in the pieces it was written in, and `eprintln!` writes a line in several, which then
+/// interleave with other ranks' lines ("ddlab: ddlab: rank 1 …").
+pub fn say(sentence: &str) {
+    use std::io::Write;
+    let line = format!("ddlab: {sentence}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// The step this rank has reached (the stall report and the sentence at exit name it),
 /// and how long its steps take (the stall timeout follows it).
 static STEP: AtomicU64 = AtomicU64::new(0);
@@ -60,15 +69,28 @@ fn now_ns() -> u64 {
     START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
 }
 
-/// This rank finished step `step` (from its event stream).
+/// This rank reached step `step`.
 pub fn stepped(step: u64) {
-    let now = now_ns();
-    let before = LAST_STEP_AT_NS.swap(now, Ordering::SeqCst);
-    if step > STEP.swap(step, Ordering::SeqCst) && before > 0 {
-        // A moving average of the time between steps.
-        let took = now - before;
-        let avg = STEP_NS.load(Ordering::SeqCst);
-        STEP_NS.store(if avg == 0 { took } else { (avg * 7 + took) / 8 }, Ordering::SeqCst);
+    if step > STEP.fetch_max(step, Ordering::SeqCst) {
+        let now = now_ns();
+        let before = LAST_STEP_AT_NS.swap(now, Ordering::SeqCst);
+        if before > 0 {
+            // A moving average of the time between steps.
+            let took = now - before;
+            let avg = STEP_NS.load(Ordering::SeqCst);
+            STEP_NS.store(if avg == 0 { took } else { (avg * 7 + took) / 8 }, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The step an event of this rank's stream shows it at: a step report, or a phase
+/// (a parameter server's workers get no step reports, the server makes them; their
+/// phases carry the server version they computed on).
+pub fn saw(event: &crate::train::Event) {
+    match event {
+        crate::train::Event::WorkerStep(w) => stepped(w.step),
+        crate::train::Event::Phase { step, .. } => stepped(*step),
+        _ => {}
     }
 }
 
@@ -143,7 +165,7 @@ mod rank {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 previous(info);
-                eprintln!("ddlab: {who} panicked (a bug, please report it): the job is aborted");
+                super::say(&format!("{who} panicked (a bug, please report it): the job is aborted"));
                 abort_world(exit::PANICKED);
             }));
             name_step_at_exit(rank, host.clone());
@@ -209,7 +231,7 @@ mod rank {
             }
             let sentence = String::from_utf8_lossy(&verdict).into_owned();
             if self.rank == 0 {
-                eprintln!("ddlab: {sentence}");
+                super::say(&sentence);
             }
             ENDED.store(true, std::sync::atomic::Ordering::SeqCst);
             Err(sentence)
@@ -277,13 +299,20 @@ mod rank {
         /// steps) is reported — whom this rank waits for, at which step — and
         /// `on_stall` decides what then happens (by default: end the job).
         pub fn watch_for_stalls(&self, given: Option<Duration>, on_stall: impl Fn(String) + Send + 'static) {
+            const TICK: Duration = Duration::from_millis(200);
             let (rank, host, size) = (self.rank, self.host.clone(), self.size);
             std::thread::Builder::new()
                 .name("ddlab-stall-watch".into())
                 .spawn(move || {
                     let mut reported = false;
+                    let mut last_tick = std::time::Instant::now();
                     loop {
-                        std::thread::sleep(Duration::from_millis(200));
+                        std::thread::sleep(TICK);
+                        // (a tick a second late: this process was stopped or starved)
+                        if last_tick.elapsed() > TICK + Duration::from_secs(1) {
+                            waiting::count_from_now();
+                        }
+                        last_tick = std::time::Instant::now();
                         match waiting::now() {
                             Some((peer, waited)) if !reported && waited > stall_timeout(given) => {
                                 reported = true;

@@ -77,7 +77,7 @@ impl Summary {
         };
         let sync_steps: Vec<_> = state.steps.iter().filter(|s| s.worker.is_none()).collect();
         let allreduce_ns =
-            sync_steps.iter().map(|s| s.allreduce_ns as f64).sum::<f64>() / sync_steps.len().max(1) as f64;
+            sync_steps.iter().map(|s| s.allreduce_ns).sum::<u64>() as f64 / sync_steps.len().max(1) as f64;
         let workers = state.workers();
         let grad_bytes = state.allreduce_buffer_bytes() as f64;
         let busbw = (workers > 1 && allreduce_ns > 0.0 && !state.mode().uses_server() && state.segments.len() == 1)
@@ -130,7 +130,7 @@ impl Summary {
                 .collect(),
             allreduce_bytes: state.per_worker.iter().map(|w| w.bytes_sent).sum(),
             allreduce_ms: allreduce_ns / 1e6,
-            allreduce_comm_ms: sync_steps.iter().map(|s| s.allreduce_comm_ns as f64).sum::<f64>()
+            allreduce_comm_ms: sync_steps.iter().map(|s| s.allreduce_comm_ns).sum::<u64>() as f64
                 / sync_steps.len().max(1) as f64
                 / 1e6,
             allreduce_model_ms: (!sync_steps.is_empty())
