@@ -41,7 +41,7 @@ fn training_step_on_threads(c: &mut Criterion) {
     for threads in counts {
         group.bench_with_input(BenchmarkId::new("threads", threads), &threads, |b, &t| {
             b.iter_custom(|iters| {
-                let r = ddlab::cli::bench::bench_steps_on(&[784, 1024, 10], 256, iters as usize, &[t], 1);
+                let r = ddlab::bench::bench_steps_on(&[784, 1024, 10], 256, iters as usize, &[t], 1);
                 Duration::from_secs_f64(r[0].median_us * 1e-6 * iters as f64)
             })
         });
@@ -57,7 +57,7 @@ fn all_reduce(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(4 << 20));
             group.bench_with_input(BenchmarkId::new(algo.name(), n), &n, |b, &n| {
                 b.iter_custom(|iters| {
-                    let r = ddlab::cli::bench::bench_allreduce(algo, n, 4 << 20, Duration::from_millis(20));
+                    let r = ddlab::bench::bench_allreduce(algo, n, 4 << 20, Duration::from_millis(20));
                     Duration::from_secs_f64(r.time_us * 1e-6 * iters as f64)
                 })
             });

@@ -144,14 +144,6 @@ fn pattern(rank: usize, i: usize) -> f32 {
     ((rank * 7 + i * 13) % 17) as f32 - 8.0
 }
 
-fn bytes_label(b: usize) -> String {
-    match b {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KB", b >> 10),
-        b => format!("{b} B"),
-    }
-}
-
 /// Runs the whole ladder on this rank. Every rank calls it with the same options.
 pub fn run_rank<T: Transport + ?Sized>(
     t: &mut T,
@@ -204,7 +196,7 @@ pub fn run_rank<T: Transport + ?Sized>(
             if opts.fault == Some(Fault::Corrupt(rank)) {
                 buf[(len - 1) / 2] += 1.0;
             }
-            let what = format!("{algo} all-reduce of {}", bytes_label(bytes));
+            let what = format!("{algo} all-reduce of {}", crate::units::bytes(bytes as u64));
             note_wrong(&mut report, &what, &buf, &|i| (0..n).map(|r| pattern(r, i)).sum());
             report.checked.push(what);
         }
@@ -843,7 +835,7 @@ pub fn judge(
                 "peak busbw {:.2} GB/s ({} at {}); smallest latency {:.1} µs",
                 p.row.busbw_gbps,
                 p.row.algorithm,
-                bytes_label(p.row.bytes),
+                crate::units::bytes(p.row.bytes as u64),
                 bandwidth.iter().map(|b| b.row.time_us).fold(f64::INFINITY, f64::min)
             ),
             _ => "one rank: nothing to measure".into(),
@@ -1179,7 +1171,7 @@ pub fn render(report: &CheckReport, quick: bool) -> String {
                         s,
                         "    {:<6} {:>8} {:>11.1} {:>10.3} {:>10.3} {:>6.0}%  {}",
                         b.row.algorithm,
-                        bytes_label(b.row.bytes),
+                        crate::units::bytes(b.row.bytes as u64),
                         b.row.time_us,
                         b.row.algbw_gbps,
                         b.row.busbw_gbps,
@@ -1265,7 +1257,7 @@ fn render_links(s: &mut String, report: &CheckReport) {
         let _ = writeln!(
             s,
             "    link map, {} from each rank (row) to each rank (column):",
-            bytes_label(info.bytes)
+            crate::units::bytes(info.bytes as u64)
         );
         let mut head = format!("    {:<14}{:>5} ", "", "to");
         for to in 0..n {
@@ -1295,7 +1287,7 @@ fn render_links(s: &mut String, report: &CheckReport) {
         let _ = writeln!(
             s,
             "    link map, {} between ranks, median per pair of hosts (row sends, column receives):",
-            bytes_label(info.bytes)
+            crate::units::bytes(info.bytes as u64)
         );
         let mut head = format!("    {:<14}{:>5} ", "", "to");
         for to in 0..report.hosts.len() {

@@ -5,6 +5,7 @@
 //! one door for front ends) → `cli` (headless front ends: run, compare, bench, check),
 //! `lesson` (the course and its checks) and `tui` (the lab).
 
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod comm;
@@ -17,3 +18,4 @@ pub mod nn;
 pub mod session;
 pub mod train;
 pub mod tui;
+pub mod units;

@@ -64,8 +64,8 @@ pub fn training_bytes(t: &Training) -> u64 {
 }
 
 /// Refuses `bytes` for `what` when they exceed the memory this machine has available,
-/// in one clause the caller can end with a fix: "`what` needs ~31 GB of memory; this
-/// machine has 24 GB available". Where the OS does not say (not Linux), it passes.
+/// in one clause the caller can end with a fix: "`what` needs ~29.2 GiB of memory; this
+/// machine has 22.4 GiB available". Where the OS does not say (not Linux), it passes.
 pub fn check_fits(bytes: u64, what: &str) -> Result<(), String> {
     fits(bytes, available(), what)
 }
@@ -74,8 +74,8 @@ fn fits(bytes: u64, available: Option<u64>, what: &str) -> Result<(), String> {
     match available {
         Some(have) if bytes > have => Err(format!(
             "{what} needs ~{} of memory; this machine has {} available",
-            size(bytes),
-            size(have)
+            crate::units::bytes(bytes),
+            crate::units::bytes(have)
         )),
         _ => Ok(()),
     }
@@ -90,17 +90,6 @@ fn mem_available(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
     let kb = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
     Some(kb.saturating_mul(1024))
-}
-
-/// Decimal units, as the sizes a machine is sold with: "1.2 TB", "31 GB", "4.2 GB", "512 MB".
-fn size(bytes: u64) -> String {
-    let gb = bytes as f64 / 1e9;
-    match gb {
-        g if g >= 1000.0 => format!("{:.1} TB", g / 1000.0),
-        g if g >= 10.0 => format!("{g:.0} GB"),
-        g if g >= 1.0 => format!("{g:.1} GB"),
-        _ => format!("{:.0} MB", (bytes as f64 / 1e6).ceil()),
-    }
 }
 
 #[cfg(test)]
@@ -158,17 +147,20 @@ mod tests {
     #[test]
     fn a_run_larger_than_the_machine_is_refused_in_one_clause() {
         let err = fits(31_400_000_000, Some(24_100_000_000), "this run").unwrap_err();
-        assert_eq!(err, "this run needs ~31 GB of memory; this machine has 24 GB available");
+        assert_eq!(
+            err,
+            "this run needs ~29.2 GiB of memory; this machine has 22.4 GiB available"
+        );
         assert_eq!(fits(1_000, Some(1_000), "x"), Ok(()));
         assert!(fits(1_001, Some(1_000), "x").is_err());
         // where the OS does not say, nothing is refused
         assert_eq!(fits(u64::MAX, None, "x"), Ok(()));
         assert!(fits(4_200_000_000, Some(512_300_000), "x")
             .unwrap_err()
-            .ends_with("~4.2 GB of memory; this machine has 513 MB available"));
+            .ends_with("~3.9 GiB of memory; this machine has 488.6 MiB available"));
         assert!(fits(1_158_000_000_000, Some(24_000_000_000), "x")
             .unwrap_err()
-            .contains("~1.2 TB of memory"));
+            .contains("~1.1 TiB of memory"));
     }
 
     #[test]

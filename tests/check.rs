@@ -1,11 +1,9 @@
 //! `ddlab check` on threads: the ladder passes on a healthy machine, and the faults a
 //! test injects are caught and named. (The MPI runs are in `tests/mpi.rs`.)
 
-use assert_cmd::Command;
+mod common;
 
-fn ddlab() -> Command {
-    Command::cargo_bin("ddlab").expect("the binary is built")
-}
+use common::ddlab;
 
 fn check(args: &[&str]) -> (Option<i32>, String, serde_json::Value) {
     // One check at a time: checks running side by side would time each other.

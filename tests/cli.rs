@@ -1,5 +1,7 @@
 //! The `ddlab` binary as a user meets it: exit codes, one-line errors, exports.
 
+mod common;
+
 use assert_cmd::Command;
 use predicates::prelude::*;
 
@@ -23,9 +25,7 @@ fn summary_of(json: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(text.lines().last().expect("a summary line")).unwrap()
 }
 
-fn ddlab() -> Command {
-    Command::cargo_bin("ddlab").expect("the binary is built")
-}
+use common::ddlab;
 
 /// Bad input: exit code 2 and exactly one line on stderr that names the flag.
 fn refuses(args: &[&str], flag: &str, allowed: &str) {
@@ -587,7 +587,7 @@ fn run_help_shows_every_experiment_flags_default_as_the_code_has_it() {
         assert!(block.contains(&format!("[default: {default}]")), "{block}");
     }
     // and every experiment flag has one
-    let flags = ddlab::cli::ExperimentArgs::augment_args(clap::Command::new("x"));
+    let flags = ddlab::config::flags::ExperimentArgs::augment_args(clap::Command::new("x"));
     for long in flags.get_arguments().filter_map(|a| a.get_long()) {
         let block = help_block(&help, &format!("--{long}"));
         assert_eq!(block.matches("[default:").count(), 1, "{block}");

@@ -193,6 +193,39 @@ fn a_lesson_notices_what_the_learner_does_saves_progress_and_resumes() {
     tmux.wait_for("the second exit", |s| s.contains("DDLAB-EXIT-B=0"));
 }
 
+#[test]
+fn quitting_a_lesson_whose_progress_cannot_be_saved_says_so_after_the_screen_closes() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    // A data directory below a plain file cannot be made, even by root.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let data = dir.path().join("file").join("ddlab");
+    let bin = assert_cmd::cargo::cargo_bin("ddlab");
+    let tmux = Tmux {
+        socket: format!("ddlab-unsaved-{}", std::process::id()),
+    };
+    let run = format!(
+        "DDLAB_DATA_DIR={} {} lesson 1; echo DDLAB-EXIT=$?; sleep 60",
+        data.display(),
+        bin.display()
+    );
+    let started = tmux.cmd(&["new-session", "-d", "-x", "160", "-y", "45", "-s", "lab", &run]);
+    assert!(started.status.success());
+    tmux.wait_for("lesson 1", |s| s.contains("page 1/3"));
+    tmux.keys(&["]"]);
+    tmux.wait_for("page 2", |s| s.contains("page 2/3"));
+    tmux.keys(&["q"]);
+    let after = tmux.wait_for("the exit", |s| s.contains("DDLAB-EXIT=0"));
+    assert!(
+        after.contains("ddlab: could not save lesson progress to"),
+        "the person is not told their progress was lost:\n{after}"
+    );
+}
+
 /// A process that keeps one core busy for as long as it lives (a browser, a video call).
 struct Busy(std::process::Child);
 

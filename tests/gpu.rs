@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use assert_cmd::Command;
 use common::relative_difference;
+use ddlab::config::Device;
 use ddlab::config::{Experiment, Length, Mode};
 use ddlab::data::{digits, Dataset};
-use ddlab::gpu::{self, kernels, Device};
+use ddlab::gpu::{self, kernels};
 use ddlab::nn::linalg::matmul_into;
 use ddlab::nn::{softmax_cross_entropy, Mlp, Sgd, Workspace};
 use ddlab::session::{Session, SessionOptions};

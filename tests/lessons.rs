@@ -2,14 +2,13 @@
 //! clear error naming the file, the line and the key; an instructor's folder works like
 //! the built-in one; no input makes the parser panic.
 
+mod common;
+
 use std::path::Path;
 
-use assert_cmd::Command;
 use proptest::prelude::*;
 
-fn ddlab() -> Command {
-    Command::cargo_bin("ddlab").expect("the binary is built")
-}
+use common::ddlab;
 
 const MANIFEST: &str = "format_version = 1\n\n[[lesson]]\nid = \"one\"\n";
 

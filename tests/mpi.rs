@@ -3,6 +3,8 @@
 //! MPI installation: `.ci/run` installs OpenMPI and runs `cargo test --features mpi --test mpi`.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,13 +18,10 @@ fn serial() -> MutexGuard<'static, ()> {
 /// `mpirun -n N ddlab ARGS`, with what OpenMPI needs to run as root and oversubscribed,
 /// killed after two minutes rather than hanging a CI job.
 fn mpirun(n: usize, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["120", "mpirun", "-n", &n.to_string()])
+    common::mpirun(120)
+        .args(["-n", &n.to_string()])
         .arg(assert_cmd::cargo::cargo_bin("ddlab"))
         .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .output()
         .expect("mpirun is installed (apt-get install openmpi-bin libopenmpi-dev)")
 }
@@ -279,9 +278,7 @@ fn long_run(n: usize, seed: &str, json: &std::path::Path) -> std::process::Child
             "--json",
         ])
         .arg(json)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .envs(common::OPENMPI_AS_ROOT)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -381,9 +378,7 @@ mod lab_controller {
     }
 
     fn job_with(workers: usize, seed: u64, launch: MpiLaunch) -> Session {
-        std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT", "1");
-        std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-        std::env::set_var("OMPI_MCA_rmaps_base_oversubscribe", "1");
+        super::common::allow_openmpi_as_root();
         let launch = MpiLaunch {
             exe: Some(assert_cmd::cargo::cargo_bin("ddlab")),
             ..launch

@@ -9,6 +9,8 @@
 //! CI (`CI` set), where it fails: `.ci/run` runs `cargo test --features mpi --test multihost`.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -470,8 +472,7 @@ mod lab {
     fn the_lab_drives_a_job_across_hosts_through_the_bridge() {
         let _serial = super::serial();
         let Some(hosts) = super::Hosts::up(2, 2) else { return };
-        std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT", "1");
-        std::env::set_var("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        super::common::allow_openmpi_as_root();
         let launch = MpiLaunch {
             mpirun_args: hosts.mpirun_args(),
             // the ranks reach the lab at the bridge's address, from inside their hosts

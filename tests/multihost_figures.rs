@@ -12,6 +12,8 @@
 //! row at 40 % of it. The table of every run is printed (`--nocapture`).
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -26,11 +28,8 @@ fn on_path(tool: &str) -> bool {
 }
 
 fn mpirun(n: usize) -> Command {
-    let mut c = Command::new("timeout");
-    c.args(["300", "mpirun", "-n", &n.to_string()])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    let mut c = common::mpirun(300);
+    c.args(["-n", &n.to_string()]);
     c
 }
 

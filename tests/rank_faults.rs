@@ -5,6 +5,8 @@
 //! the step and the cause; no process is left; the exports are whole.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,8 +27,7 @@ type Env<'a> = &'a [(&'a str, &'a str)];
 /// `mpirun` with one app context per entry (environment, arguments), as
 /// `mpirun -n 1 -x K=V ddlab ARGS : -n 1 …`.
 fn mpmd(parts: &[(Env, Vec<String>)]) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["60", "mpirun"]);
+    let mut cmd = common::mpirun(60);
     for (i, (env, args)) in parts.iter().enumerate() {
         if i > 0 {
             cmd.arg(":");
@@ -37,9 +38,6 @@ fn mpmd(parts: &[(Env, Vec<String>)]) -> Command {
         }
         cmd.arg(bin()).args(args);
     }
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
     cmd
 }
 
@@ -118,8 +116,7 @@ fn summary(path: &std::path::Path) -> serde_json::Value {
 fn host() -> String {
     let out = Command::new("mpirun")
         .args(["-n", "1", "hostname"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .envs(common::OPENMPI_AS_ROOT)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()

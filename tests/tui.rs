@@ -386,7 +386,7 @@ fn every_prompt_action_can_be_done_in_the_lab() {
 fn lab_screen_on_gpus_shows_the_copies() {
     let exp = Experiment {
         workers: 2,
-        device: ddlab::gpu::Device::Gpu,
+        device: ddlab::config::Device::Gpu,
         ..Experiment::default()
     };
     let screen = text(&app_with(sync_lab_on(exp, 3, false)), 120, 40);

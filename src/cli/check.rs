@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::CliError;
+use super::ExitError;
 use crate::check::{self, CheckOptions, CheckReport, Fault, RankReport};
 use crate::comm::{thread_group, AllReduceAlgo, Clock};
 use crate::config::Backend;
@@ -81,33 +81,33 @@ fn options(args: &CheckArgs, mpi: bool) -> CheckOptions {
 }
 
 /// The engine's own one-worker run with the N-times batch: what the ranks must equal.
-fn reference(n: usize, opts: &CheckOptions, data: Arc<Dataset>) -> Result<Vec<f32>, CliError> {
+fn reference(n: usize, opts: &CheckOptions, data: Arc<Dataset>) -> Result<Vec<f32>, ExitError> {
     let mut exp = check::train_experiment(n, opts);
     exp.batch *= n;
     exp.workers = 1;
     let mut session = Session::start_with_data(exp, data, SessionOptions::default(), None)
-        .map_err(|e| CliError::failure(format!("the one-rank reference run could not start: {e}")))?;
+        .map_err(|e| ExitError::failure(format!("the one-rank reference run could not start: {e}")))?;
     session.run_to_end(|_| {});
     session
         .final_params()
-        .ok_or_else(|| CliError::failure("the one-rank reference run left no parameters"))
+        .ok_or_else(|| ExitError::failure("the one-rank reference run left no parameters"))
 }
 
-fn finish(report: &CheckReport, args: &CheckArgs) -> Result<(), CliError> {
+fn finish(report: &CheckReport, args: &CheckArgs) -> Result<(), ExitError> {
     say!("{}", check::render(report, args.quick).trim_end());
     if let Some(path) = &args.json {
         let file = super::create_output("json", path)?;
         serde_json::to_writer_pretty(file, report)
-            .map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
+            .map_err(|e| ExitError::failure(format!("--json: writing failed: {e}")))?;
     }
     if report.passed {
         Ok(())
     } else {
-        Err(CliError::failure("the check failed (see the ✗ lines above)"))
+        Err(ExitError::failure("the check failed (see the ✗ lines above)"))
     }
 }
 
-pub fn check(args: &CheckArgs) -> Result<(), CliError> {
+pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
     let under_launcher = crate::session::spmd::launched_by_mpirun();
     let backend = args.backend.unwrap_or(if under_launcher && cfg!(feature = "mpi") {
         Backend::Mpi
@@ -116,14 +116,14 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
     });
     if let Some(Fault::Corrupt(r) | Fault::Slow(r)) = args.inject {
         if r >= crate::config::MAX_WORKERS {
-            return Err(CliError::usage(format!("--inject: there is no rank {r}")));
+            return Err(ExitError::usage(format!("--inject: there is no rank {r}")));
         }
     }
     match backend {
         Backend::Mpi => check_mpi(args),
         Backend::Threads => {
             if under_launcher {
-                return Err(CliError::usage(if cfg!(feature = "mpi") {
+                return Err(ExitError::usage(if cfg!(feature = "mpi") {
                     "--backend threads checks this machine's threads, not the ranks mpirun started: run `ddlab check` without mpirun for the threads, or drop --backend threads to check the ranks"
                 } else {
                     "ddlab check runs under mpirun but this ddlab was built without MPI: rebuild with `cargo build --release --features mpi`, or run `ddlab check` without mpirun to check this machine's threads"
@@ -171,21 +171,21 @@ fn hostfile_given() -> bool {
     false
 }
 
-fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
+fn check_threads(args: &CheckArgs) -> Result<(), ExitError> {
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
     let n = args.workers.unwrap_or(cores.clamp(2, 8));
     if n == 0 || n > 64 {
-        return Err(CliError::usage(format!(
+        return Err(ExitError::usage(format!(
             "--workers {n} is not allowed: check 1 to 64 threads"
         )));
     }
     let opts = options(args, false);
     if let Some(Fault::Corrupt(r) | Fault::Slow(r)) = opts.fault {
         if r >= n {
-            return Err(CliError::usage(format!("--inject: there is no rank {r} among {n}")));
+            return Err(ExitError::usage(format!("--inject: there is no rank {r} among {n}")));
         }
     }
-    let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| CliError::failure(e.to_string()))?);
+    let data = Arc::new(Dataset::load(DatasetKind::Digits).map_err(|e| ExitError::failure(e.to_string()))?);
     let host = hostname();
     // (other programs busy beside the check lower every figure: it says so)
     let others = crate::comm::OthersMeter::start();
@@ -213,7 +213,7 @@ fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
     let reports: Vec<RankReport> = reports
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| CliError::failure(format!("the check could not finish: {e}")))?;
+        .map_err(|e| ExitError::failure(format!("the check could not finish: {e}")))?;
     let reference = reference(n, &opts, data)?;
     let mut report = check::judge("threads", &reports, &reference, opts.link_bytes, false, false);
     if let Some(cores) = others.cores().filter(|&c| c >= 0.5) {
@@ -225,8 +225,8 @@ fn check_threads(args: &CheckArgs) -> Result<(), CliError> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn check_mpi(_args: &CheckArgs) -> Result<(), CliError> {
-    Err(CliError::usage(
+fn check_mpi(_args: &CheckArgs) -> Result<(), ExitError> {
+    Err(ExitError::usage(
         "this ddlab was built without MPI: rebuild with `cargo build --release --features mpi` (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang-dev), or use --backend threads",
     ))
 }
@@ -236,10 +236,10 @@ fn check_mpi(_args: &CheckArgs) -> Result<(), CliError> {
 /// `MPI_Init` program times them; the abort on a panic; agreeing that every rank was
 /// given the same check and could load what it needs) is `session::spmd`'s.
 #[cfg(feature = "mpi")]
-fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
+fn check_mpi(args: &CheckArgs) -> Result<(), ExitError> {
     use crate::session::spmd::{self, exit, Rank};
 
-    let mut rank = Rank::start(false).map_err(CliError::failure)?;
+    let mut rank = Rank::start(false).map_err(ExitError::failure)?;
     // A rank that waits too long in a collective names whom it waits for and ends the job.
     rank.watch_for_stalls(None, |sentence| {
         spmd::say(&sentence);
@@ -248,7 +248,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     });
     let n = rank.size;
     let opts = options(args, true);
-    let refused = |_| CliError {
+    let refused = |_| ExitError {
         code: exit::BAD_INPUT,
         message: String::new(), // (rank 0 has said it)
     };
@@ -270,12 +270,12 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     let report = check::run_rank(&mut t, &opts, rank.host.clone(), &data)
         .map_err(|e| format!("the check could not finish: {e}"));
     rank.agree(report.as_ref().map(|_| ()).map_err(Clone::clone))
-        .map_err(|_| CliError {
+        .map_err(|_| ExitError {
             code: exit::FAILED,
             message: String::new(),
         })?;
     let report = report.expect("every rank agreed it finished");
-    let bytes = serde_json::to_vec(&report).map_err(|e| CliError::failure(e.to_string()))?;
+    let bytes = serde_json::to_vec(&report).map_err(|e| ExitError::failure(e.to_string()))?;
     let gathered = t.gather_bytes(&bytes);
     let mut verdict = vec![0u8];
     let mut result = Ok(());
@@ -284,7 +284,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
             .iter()
             .map(|b| serde_json::from_slice(b))
             .collect::<Result<_, _>>()
-            .map_err(|e| CliError::failure(format!("a rank's report was unreadable: {e}")))?;
+            .map_err(|e| ExitError::failure(format!("a rank's report was unreadable: {e}")))?;
         let reference = reference(n, &opts, data)?;
         let hostfile = hostfile_given();
         let report = check::judge("mpi", &reports, &reference, opts.link_bytes, true, hostfile);
@@ -298,7 +298,7 @@ fn check_mpi(args: &CheckArgs) -> Result<(), CliError> {
     } else if verdict[0] == 1 {
         Ok(())
     } else {
-        Err(CliError {
+        Err(ExitError {
             code: exit::FAILED,
             message: String::new(),
         })

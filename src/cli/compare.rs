@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use super::{CliError, ExperimentArgs};
+use super::{ExitError, ExperimentArgs};
 use crate::config::{Experiment, Length, Mode};
 use crate::nn::LrScaling;
-use crate::session::{Session, SessionError, SessionOptions};
+use crate::session::{Session, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -166,22 +166,22 @@ pub struct CompareReport {
     pub rows: Vec<CompareRow>,
 }
 
-pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
+pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
     if !(0.0..=1.0).contains(&args.target) {
-        return Err(CliError::usage(format!(
+        return Err(ExitError::usage(format!(
             "--target: {} is not allowed: use an accuracy between 0 and 1, like 0.9",
             args.target
         )));
     }
     if args.modes.is_empty() {
-        return Err(CliError::usage("--modes: name at least one mode, like sync,async"));
+        return Err(ExitError::usage("--modes: name at least one mode, like sync,async"));
     }
     let base = args.experiment.experiment();
     // Check every mode before running any, so that a typo does not cost a minute.
     for &mode in &args.modes {
         crate::config::Experiment { mode, ..base.clone() }
             .validate()
-            .map_err(|e| CliError::usage(e.to_string()))?;
+            .map_err(|e| ExitError::usage(e.to_string()))?;
     }
     let out = args
         .json
@@ -190,7 +190,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
         .transpose()?;
 
     let data =
-        std::sync::Arc::new(crate::data::Dataset::load(base.dataset).map_err(|e| CliError::usage(e.to_string()))?);
+        std::sync::Arc::new(crate::data::Dataset::load(base.dataset).map_err(|e| ExitError::usage(e.to_string()))?);
     say!(
         "ddlab compare: {} workers · {} · hidden {} · batch {}/worker · {} · momentum {} · {} · same seed and samples for every mode",
         base.workers,
@@ -229,12 +229,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
             std::sync::Arc::clone(&data),
             SessionOptions::default(),
             None,
-        )
-        .map_err(|e| match e {
-            SessionError::Config(e) => CliError::usage(e.to_string()),
-            SessionError::Data(e) => CliError::usage(e.to_string()),
-            SessionError::Device(e) => CliError::usage(e),
-        })?;
+        )?;
         session.run_to_end(|_| {});
         let s = session.summary();
         let reached = session
@@ -306,7 +301,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
             rows,
         };
         serde_json::to_writer_pretty(file, &report)
-            .map_err(|e| CliError::failure(format!("--json: writing failed: {e}")))?;
+            .map_err(|e| ExitError::failure(format!("--json: writing failed: {e}")))?;
     }
     Ok(())
 }

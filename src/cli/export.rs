@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::CliError;
+use super::ExitError;
 use crate::session::{RunState, Summary};
 use crate::train::Event;
 
@@ -17,7 +17,7 @@ struct Out {
 }
 
 impl Out {
-    fn create(flag: &'static str, path: &Path) -> Result<Out, CliError> {
+    fn create(flag: &'static str, path: &Path) -> Result<Out, ExitError> {
         let file = super::create_output(flag, path)?;
         Ok(Out {
             path: path.to_owned(),
@@ -25,13 +25,13 @@ impl Out {
             w: BufWriter::new(file),
         })
     }
-    fn line(&mut self, text: &str) -> Result<(), CliError> {
+    fn line(&mut self, text: &str) -> Result<(), ExitError> {
         writeln!(self.w, "{text}").map_err(|e| self.failed(e))
     }
-    fn failed(&self, e: std::io::Error) -> CliError {
-        CliError::failure(format!("--{}: writing {} failed: {e}", self.flag, self.path.display()))
+    fn failed(&self, e: std::io::Error) -> ExitError {
+        ExitError::failure(format!("--{}: writing {} failed: {e}", self.flag, self.path.display()))
     }
-    fn finish(mut self) -> Result<(), CliError> {
+    fn finish(mut self) -> Result<(), ExitError> {
         self.w.flush().map_err(|e| self.failed(e))
     }
 }
@@ -39,11 +39,11 @@ impl Out {
 /// Refuses two exports to one file, under one name or two (`./m`, a link, a hard link):
 /// their lines would interleave into a file that no reader of either format can read.
 /// Devices (`/dev/null`, a terminal) may take several.
-fn distinct(files: &[(&'static str, Option<&Path>)]) -> Result<(), CliError> {
+fn distinct(files: &[(&'static str, Option<&Path>)]) -> Result<(), ExitError> {
     let given: Vec<(&str, &Path)> = files.iter().filter_map(|&(flag, path)| Some((flag, path?))).collect();
     for (i, &(flag, path)) in given.iter().enumerate() {
         if let Some((other, _)) = given[..i].iter().find(|(_, p)| same_file(p, path)) {
-            return Err(CliError::usage(format!(
+            return Err(ExitError::usage(format!(
                 "--{flag}: {} is also the file of --{other}: give each export a file of its own",
                 path.display()
             )));
@@ -92,7 +92,7 @@ pub struct Exports {
 
 impl Exports {
     /// Opens every file up front, so that a bad path fails before training starts.
-    pub fn open(json: Option<&Path>, csv: Option<&Path>, trace: Option<&Path>) -> Result<Exports, CliError> {
+    pub fn open(json: Option<&Path>, csv: Option<&Path>, trace: Option<&Path>) -> Result<Exports, ExitError> {
         distinct(&[("json", json), ("csv", csv), ("trace", trace)])?;
         let mut exports = Exports {
             json: json.map(|p| Out::create("json", p)).transpose()?,
@@ -114,7 +114,7 @@ impl Exports {
         Ok(exports)
     }
 
-    fn trace_event(&mut self, value: serde_json::Value) -> Result<(), CliError> {
+    fn trace_event(&mut self, value: serde_json::Value) -> Result<(), ExitError> {
         if let Some(trace) = &mut self.trace {
             let sep = if self.trace_events == 0 { "" } else { "," };
             self.trace_events += 1;
@@ -124,7 +124,7 @@ impl Exports {
     }
 
     /// Feeds one event (for the trace).
-    pub fn on_event(&mut self, event: &Event) -> Result<(), CliError> {
+    pub fn on_event(&mut self, event: &Event) -> Result<(), ExitError> {
         if self.trace.is_none() {
             return Ok(());
         }
@@ -174,7 +174,7 @@ impl Exports {
     }
 
     /// Writes the steps and evaluations the state has gained since the last call.
-    pub fn sync(&mut self, state: &RunState) -> Result<(), CliError> {
+    pub fn sync(&mut self, state: &RunState) -> Result<(), ExitError> {
         // Records the state made since the last call are the last ones it holds (exports
         // run with the full history, but count from the total to be safe).
         let new = (state.steps_total as usize - self.steps_written).min(state.steps.len());
@@ -227,7 +227,7 @@ impl Exports {
     }
 
     /// Writes the summary line and closes every file.
-    pub fn finish(mut self, state: &RunState, summary: &Summary) -> Result<(), CliError> {
+    pub fn finish(mut self, state: &RunState, summary: &Summary) -> Result<(), ExitError> {
         self.sync(state)?;
         if let Some(mut json) = self.json.take() {
             json.line(&serde_json::to_string(summary).expect("the summary serialises"))?;

@@ -2,15 +2,15 @@
 
 use std::io::IsTerminal;
 
-use super::{flags_of, CliError, FlagValue, LessonArgs, LessonsArgs};
+use super::{flags_of, ExitError, FlagValue, LessonArgs, LessonsArgs};
 use crate::config::Experiment;
 use crate::lesson::{self, Lesson, ProgressStore};
 
-fn load(dir: Option<&std::path::Path>) -> Result<Vec<Lesson>, CliError> {
-    lesson::load_from(dir).map_err(|e| CliError::usage(format!("the lessons cannot be read: {e}")))
+fn load(dir: Option<&std::path::Path>) -> Result<Vec<Lesson>, ExitError> {
+    lesson::load_from(dir).map_err(|e| ExitError::usage(format!("the lessons cannot be read: {e}")))
 }
 
-pub fn list(args: &LessonsArgs) -> Result<(), CliError> {
+pub fn list(args: &LessonsArgs) -> Result<(), ExitError> {
     let lessons = load(args.lessons.as_deref())?;
     let store = ProgressStore::open_default();
     if let Some(w) = &store.warning {
@@ -29,13 +29,13 @@ pub fn list(args: &LessonsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
+pub fn lesson(args: &LessonArgs) -> Result<(), ExitError> {
     let lessons = load(args.lessons.as_deref())?;
-    let pick = |n: usize| -> Result<usize, CliError> {
+    let pick = |n: usize| -> Result<usize, ExitError> {
         if (1..=lessons.len()).contains(&n) {
             Ok(n)
         } else {
-            Err(CliError::usage(format!(
+            Err(ExitError::usage(format!(
                 "there is no lesson {n}: choose 1 to {} (`ddlab lessons` lists them)",
                 lessons.len()
             )))
@@ -46,7 +46,7 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
             ("all", Some(n)) => Some(pick(n)?),
             ("all", None) => None,
             (n, _) => Some(pick(n.parse().map_err(|_| {
-                CliError::usage(format!("--check {n}: give a lesson number or all"))
+                ExitError::usage(format!("--check {n}: give a lesson number or all"))
             })?)?),
         };
         let (mut passed, mut failed) = (0, 0);
@@ -69,14 +69,14 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
         return if ok {
             Ok(())
         } else {
-            Err(CliError::failure(format!(
+            Err(ExitError::failure(format!(
                 "{failed} lesson check{} failed: the text says something the lab no longer shows",
                 if failed == 1 { "" } else { "s" }
             )))
         };
     }
     let n = pick(args.number.ok_or_else(|| {
-        CliError::usage("give a lesson number (`ddlab lessons` lists them), or --check to verify them")
+        ExitError::usage("give a lesson number (`ddlab lessons` lists them), or --check to verify them")
     })?)?;
     if let Some(slow) = args.slow {
         crate::config::Experiment {
@@ -84,10 +84,10 @@ pub fn lesson(args: &LessonArgs) -> Result<(), CliError> {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| CliError::usage(e.to_string()))?;
+        .map_err(|e| ExitError::usage(e.to_string()))?;
     }
     if !std::io::stdout().is_terminal() {
-        return Err(CliError::usage(no_terminal(&lessons[n - 1], args.lessons.as_deref())));
+        return Err(ExitError::usage(no_terminal(&lessons[n - 1], args.lessons.as_deref())));
     }
     crate::tui::run(crate::tui::Start::Lesson {
         lessons,

@@ -1,4 +1,5 @@
-//! Headless front ends: the command line, `ddlab run` and `ddlab bench`.
+//! Headless front ends: the command line and its commands (run, compare, bench, check,
+//! lessons, and the MPI rank behind the lab, `worker`).
 
 /// `println!` that shrugs off a closed pipe (`ddlab bench | head`) instead of panicking.
 macro_rules! say {
@@ -20,38 +21,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::comm::{AllReduceAlgo, Link};
-use crate::config::{Experiment, Length, Mode};
-use crate::data::DatasetKind;
-use crate::nn::LrScaling;
-
-/// A failure the binary reports as one sentence and an exit code.
-#[derive(Debug)]
-pub struct CliError {
-    /// 1 = a failure, 2 = bad input, 3 = the run diverged.
-    pub code: i32,
-    pub message: String,
-}
-
-impl CliError {
-    pub fn usage(message: impl Into<String>) -> Self {
-        CliError {
-            code: 2,
-            message: message.into(),
-        }
-    }
-    pub fn failure(message: impl Into<String>) -> Self {
-        CliError {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
+use crate::config::flags::{flags_of, ExperimentArgs, FlagValue};
+use crate::config::Experiment;
+pub use crate::session::ExitError;
 
 /// Creates an output file named by `--flag`, or says in one sentence why it cannot.
 /// Front ends call it before any work, so that a bad path fails at once.
-pub fn create_output(flag: &str, path: &std::path::Path) -> Result<std::fs::File, CliError> {
-    std::fs::File::create(path).map_err(|e| CliError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))
+pub fn create_output(flag: &str, path: &std::path::Path) -> Result<std::fs::File, ExitError> {
+    std::fs::File::create(path).map_err(|e| ExitError::usage(format!("--{flag}: cannot write {}: {e}", path.display())))
 }
 
 #[derive(Debug, Parser)]
@@ -123,9 +100,9 @@ pub struct LabArgs {
 impl LabArgs {
     /// Records how to launch MPI jobs, and returns the experiment; an address to listen
     /// on that the flags do not allow is refused here, before the lab opens.
-    pub fn setup(&self) -> Result<Experiment, CliError> {
+    pub fn setup(&self) -> Result<Experiment, ExitError> {
         let bind = self.controller_addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        crate::session::remote::check_bind(&bind, self.controller_public).map_err(CliError::usage)?;
+        crate::session::remote::check_bind(&bind, self.controller_public).map_err(ExitError::usage)?;
         crate::session::remote::set_launch(crate::session::remote::MpiLaunch {
             mpirun: self.mpirun.clone(),
             mpirun_args: self
@@ -195,304 +172,6 @@ pub struct RunArgs {
     pub stall_wait: bool,
 }
 
-/// The experiment flags, the same for every command (and keys of lesson files).
-#[derive(Debug, Args, Clone, Default)]
-pub struct ExperimentArgs {
-    /// Where workers run: threads (this process) or mpi (one rank each, under mpirun).
-    #[arg(long, value_name = "threads|mpi")]
-    pub backend: Option<crate::config::Backend>,
-    /// Number of data-parallel workers (threads), 1 to 256.
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Compute threads per worker (per rank over MPI), like OMP_NUM_THREADS: 1 to 256.
-    #[arg(long, value_name = "T")]
-    pub threads: Option<usize>,
-    /// How workers combine gradients: sync, async, ssp:K or backup:B.
-    #[arg(long, value_name = "MODE")]
-    pub mode: Option<Mode>,
-    /// All-reduce algorithm: ring, tree, naive, hierarchical, 2d, or mpi (the library's own).
-    #[arg(long, value_name = "ALGO")]
-    pub allreduce: Option<AllReduceAlgo>,
-    /// Data set: digits (8×8, built in), mnist (28×28, from assets/), spirals (2-D).
-    #[arg(long, value_name = "NAME")]
-    pub dataset: Option<DatasetKind>,
-    /// Hidden layer widths, e.g. 128 or 64,32 (none for a linear model).
-    #[arg(long, value_name = "W1,W2,..", value_parser = parse_hidden)]
-    pub hidden: Option<Hidden>,
-    /// Per-worker batch size.
-    #[arg(long, value_name = "B")]
-    pub batch: Option<usize>,
-    /// Base learning rate (> 0).
-    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
-    pub lr: Option<f32>,
-    /// Momentum, 0 ≤ m < 1.
-    #[arg(long, value_name = "M", allow_negative_numbers = true)]
-    pub momentum: Option<f32>,
-    /// L2 weight decay (≥ 0).
-    #[arg(long, value_name = "WD", allow_negative_numbers = true)]
-    pub weight_decay: Option<f32>,
-    /// How the LR grows with the worker count: none or linear (× N, Goyal et al.).
-    #[arg(long, value_name = "RULE")]
-    pub lr_scaling: Option<LrScaling>,
-    /// Linear warm-up over this many steps.
-    #[arg(long, value_name = "STEPS")]
-    pub warmup: Option<u64>,
-    /// Train for this many steps.
-    #[arg(long, value_name = "N", conflicts_with = "epochs")]
-    pub steps: Option<u64>,
-    /// Train for this many passes over the training set (all workers together).
-    #[arg(long, value_name = "E")]
-    pub epochs: Option<u64>,
-    /// Emulated link between workers: latency_us,gbit_s (e.g. 20,10) or a preset
-    /// (infiniband-100g, 10gbe, 1gbe).
-    #[arg(long, value_name = "LAT_US,GBIT_S")]
-    pub link: Option<Link>,
-    /// Make worker W's compute F times slower (W:F, e.g. 2:4); may be given several times.
-    #[arg(long, value_name = "W:F")]
-    pub straggler: Vec<crate::config::Straggler>,
-    /// Group the workers into M emulated nodes (for hierarchical and 2d all-reduce).
-    #[arg(long, value_name = "M")]
-    pub nodes: Option<usize>,
-    /// The link between workers of one node (--link is then the one between nodes).
-    #[arg(long, value_name = "LAT_US,GBIT_S")]
-    pub intra_link: Option<Link>,
-    /// All-reduce gradient buckets while backward still runs (sync mode).
-    #[arg(long)]
-    pub overlap: bool,
-    /// Gradient bucket size for --overlap, in KB.
-    #[arg(long, value_name = "K")]
-    pub bucket_kb: Option<usize>,
-    /// Gradients on the wire: f32, f16 or bf16 (half the bytes; sums stay in f32).
-    #[arg(long, value_name = "TYPE")]
-    pub grad_dtype: Option<crate::comm::Wire>,
-    /// Seed for initialisation and shuffling.
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-    /// Test-set accuracy every this many steps.
-    #[arg(long, value_name = "STEPS")]
-    pub eval_every: Option<u64>,
-    /// Where workers compute: cpu, or gpu (WGSL kernels through wgpu; cargo feature gpu).
-    #[arg(long, value_name = "cpu|gpu")]
-    pub device: Option<crate::gpu::Device>,
-    /// With --device gpu: the GPUs to use, e.g. 0,1 (numbers as `ddlab check` lists
-    /// them), round-robin over the workers.
-    #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
-    pub gpus: Option<Vec<usize>>,
-    /// Slow motion: every phase, message and delay lasts F times as long, so the run
-    /// keeps its shape at a person's pace (1 = full speed; e.g. 1000).
-    #[arg(long, value_name = "F")]
-    pub slow: Option<f64>,
-}
-
-/// Hidden layer widths as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hidden(pub Vec<usize>);
-
-fn parse_hidden(s: &str) -> Result<Hidden, String> {
-    // An empty value is more likely a variable that was not set than a wish for a
-    // linear model: that is spelt out.
-    if s.trim().is_empty() {
-        return Err(
-            "an empty value is not a network: give layer widths such as 128 or 64,32, or write none for a linear model"
-                .into(),
-        );
-    }
-    if s == "none" {
-        return Ok(Hidden(Vec::new()));
-    }
-    s.split(',')
-        .map(|w| w.trim().parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()
-        .map(Hidden)
-        .map_err(|_| "expected comma-separated layer widths such as 128 or 64,32".to_string())
-}
-
-impl ExperimentArgs {
-    /// The flags given, laid over `base`.
-    pub fn apply_to(&self, mut exp: Experiment) -> Experiment {
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { exp.$field = v; } )* };
-        }
-        set!(
-            backend,
-            workers,
-            threads,
-            mode,
-            allreduce,
-            dataset,
-            batch,
-            lr,
-            momentum,
-            weight_decay,
-            lr_scaling,
-            warmup,
-            seed,
-            eval_every,
-            grad_dtype,
-            nodes,
-            bucket_kb,
-            device,
-            gpus,
-            slow
-        );
-        if self.overlap {
-            exp.overlap = true;
-        }
-        if let Some(link) = self.intra_link {
-            exp.intra_link = Some(link);
-        }
-        if let Some(h) = &self.hidden {
-            exp.hidden = h.0.clone();
-        }
-        if let Some(link) = self.link {
-            exp.link = Some(link);
-        }
-        if !self.straggler.is_empty() {
-            exp.stragglers = self.straggler.clone();
-        }
-        if let Some(s) = self.steps {
-            exp.length = Length::Steps(s);
-        }
-        if let Some(e) = self.epochs {
-            exp.length = Length::Epochs(e);
-        }
-        exp
-    }
-
-    pub fn experiment(&self) -> Experiment {
-        self.apply_to(Experiment::default())
-    }
-}
-
-/// How one experiment flag is set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlagValue {
-    /// Given, followed by this value as a user types it.
-    Given(String),
-    /// A switch given (it takes no value).
-    On,
-    /// Not given: off, none, or (for --gpus) every GPU found.
-    Unset,
-}
-
-impl FlagValue {
-    /// The value as a person reads it after the flag's name: `0.1`, `on`, `none`.
-    pub fn words(&self, flag: &str) -> String {
-        match self {
-            FlagValue::Given(v) => v.clone(),
-            FlagValue::On => "on".into(),
-            FlagValue::Unset => match flag {
-                "overlap" => "off".into(),
-                "gpus" => "every GPU found".into(),
-                _ => "none".into(),
-            },
-        }
-    }
-}
-
-/// `exp` as the command line spells it: every experiment flag (its long name, which is
-/// also its key in lesson files) with its value, in the order of `ddlab run --help`;
-/// the length is one flag, `steps` or `epochs`, and `straggler` comes once per straggler.
-/// It is the inverse of [`ExperimentArgs::apply_to`] (a test parses it back), so that
-/// the help's defaults, lesson checks and hints name settings exactly as a user types
-/// them.
-pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
-    // Every field by name, no `..`: a new field does not compile until it is spelled here.
-    let Experiment {
-        backend,
-        workers,
-        threads,
-        mode,
-        allreduce,
-        dataset,
-        hidden,
-        batch,
-        lr,
-        momentum,
-        weight_decay,
-        lr_scaling,
-        warmup,
-        length,
-        link,
-        stragglers,
-        grad_dtype,
-        nodes,
-        intra_link,
-        overlap,
-        bucket_kb,
-        seed,
-        eval_every,
-        device,
-        gpus,
-        slow,
-    } = exp;
-    let given = |v: String| FlagValue::Given(v);
-    let link_text = |l: &Option<Link>| match l {
-        // a preset by its name, as the lab's `l` key and the lessons write it
-        Some(l) => given(Link::PRESETS.iter().find(|(_, p)| p == l).map_or_else(
-            || format!("{},{}", l.latency_us, l.gbit_s),
-            |(name, _)| name.to_string(),
-        )),
-        None => FlagValue::Unset,
-    };
-    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-    let mut flags = vec![
-        (
-            "backend",
-            given(match backend {
-                crate::config::Backend::Threads => "threads".into(),
-                crate::config::Backend::Mpi => "mpi".into(),
-            }),
-        ),
-        ("workers", given(workers.to_string())),
-        ("threads", given(threads.to_string())),
-        ("mode", given(mode.to_string())),
-        ("allreduce", given(allreduce.to_string())),
-        ("dataset", given(dataset.to_string())),
-        (
-            "hidden",
-            given(if hidden.is_empty() { "none".into() } else { list(hidden) }),
-        ),
-        ("batch", given(batch.to_string())),
-        ("lr", given(lr.to_string())),
-        ("momentum", given(momentum.to_string())),
-        ("weight-decay", given(weight_decay.to_string())),
-        ("lr-scaling", given(lr_scaling.to_string())),
-        ("warmup", given(warmup.to_string())),
-        match length {
-            Length::Steps(s) => ("steps", given(s.to_string())),
-            Length::Epochs(e) => ("epochs", given(e.to_string())),
-        },
-        ("link", link_text(link)),
-    ];
-    if stragglers.is_empty() {
-        flags.push(("straggler", FlagValue::Unset));
-    }
-    for s in stragglers {
-        flags.push(("straggler", given(format!("{}:{}", s.worker, s.factor))));
-    }
-    flags.extend([
-        ("nodes", given(nodes.to_string())),
-        ("intra-link", link_text(intra_link)),
-        ("overlap", if *overlap { FlagValue::On } else { FlagValue::Unset }),
-        ("bucket-kb", given(bucket_kb.to_string())),
-        ("grad-dtype", given(grad_dtype.to_string())),
-        ("seed", given(seed.to_string())),
-        ("eval-every", given(eval_every.to_string())),
-        ("device", given(device.name().into())),
-        (
-            "gpus",
-            if gpus.is_empty() {
-                FlagValue::Unset
-            } else {
-                given(list(gpus))
-            },
-        ),
-        ("slow", given(slow.to_string())),
-    ]);
-    flags
-}
-
 /// What `--help` shows as each experiment flag's default: `Experiment::default()` read
 /// through [`flags_of`]. The length flag the default does not use names the one it does.
 fn help_defaults() -> Vec<(&'static str, String)> {
@@ -551,7 +230,7 @@ pub fn command() -> clap::Command {
 }
 
 /// Parses the command line; clap's errors become one line and exit code 2.
-pub fn parse() -> Result<Cli, CliError> {
+pub fn parse() -> Result<Cli, ExitError> {
     use clap::FromArgMatches;
     match command()
         .try_get_matches()
@@ -575,7 +254,7 @@ pub fn parse() -> Result<Cli, CliError> {
                 .lines()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
-            Err(CliError::usage(first.trim_start_matches("error: ").to_string()))
+            Err(ExitError::usage(first.trim_start_matches("error: ").to_string()))
         }
     }
 }
@@ -583,75 +262,6 @@ pub fn parse() -> Result<Cli, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::comm::Wire;
-    use crate::config::{Backend, Straggler};
-
-    /// The flags of `exp` as arguments, parsed back by the command line's parser.
-    fn parse_back(exp: &Experiment) -> Experiment {
-        #[derive(Parser)]
-        #[command(no_binary_name = true)]
-        struct Flags {
-            #[command(flatten)]
-            experiment: ExperimentArgs,
-        }
-        let mut args = Vec::new();
-        for (name, value) in flags_of(exp) {
-            match value {
-                FlagValue::Given(v) => args.extend([format!("--{name}"), v]),
-                FlagValue::On => args.push(format!("--{name}")),
-                FlagValue::Unset => {}
-            }
-        }
-        Flags::try_parse_from(&args)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-            .experiment
-            .experiment()
-    }
-
-    #[test]
-    fn flags_of_an_experiment_parse_back_to_the_same_experiment() {
-        let default = Experiment::default();
-        // every field away from its default
-        let changed = Experiment {
-            backend: Backend::Mpi,
-            workers: 8,
-            threads: 2,
-            mode: Mode::Ssp(3),
-            allreduce: AllReduceAlgo::TwoD,
-            dataset: DatasetKind::Spirals,
-            hidden: vec![64, 32],
-            batch: 16,
-            lr: 0.00625,
-            momentum: 0.0,
-            weight_decay: 1e-4,
-            lr_scaling: LrScaling::Linear,
-            warmup: 30,
-            length: Length::Steps(40),
-            link: Some("1gbe".parse().unwrap()),
-            stragglers: vec![Straggler { worker: 1, factor: 8.0 }, "3:2.5".parse().unwrap()],
-            grad_dtype: Wire::Bf16,
-            nodes: 2,
-            intra_link: Some("1.5,250".parse().unwrap()),
-            overlap: true,
-            bucket_kb: 16,
-            seed: 7,
-            eval_every: 5,
-            device: crate::gpu::Device::Gpu,
-            gpus: vec![0, 1],
-            slow: 250.0,
-        };
-        let (a, b) = (flags_of(&default), flags_of(&changed));
-        for flag in &a {
-            assert!(!b.contains(flag), "the test experiment leaves {flag:?} at its default");
-        }
-        assert_eq!(parse_back(&default), default);
-        assert_eq!(parse_back(&changed), changed);
-        let no_hidden = Experiment {
-            hidden: vec![],
-            ..Experiment::default()
-        };
-        assert_eq!(parse_back(&no_hidden), no_hidden);
-    }
 
     #[test]
     fn the_help_of_every_experiment_flag_ends_in_its_default() {

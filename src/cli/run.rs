@@ -8,35 +8,27 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::export::Exports;
-use super::{CliError, RunArgs};
-use crate::session::{Session, SessionError, SessionOptions, Summary};
+use super::{ExitError, RunArgs};
+use crate::session::{Session, SessionOptions, Summary};
 use crate::train::{Outcome, Phase};
 
 /// How often the headless loop drains the event stream (and the bar redraws).
 const POLL: Duration = Duration::from_millis(10);
 
-pub fn run(args: &RunArgs) -> Result<(), CliError> {
+pub fn run(args: &RunArgs) -> Result<(), ExitError> {
     let exp = args.experiment.experiment();
     if exp.backend == crate::config::Backend::Mpi {
         return run_mpi(args, exp);
     }
-    exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    exp.validate().map_err(|e| ExitError::usage(e.to_string()))?;
     let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
-    let session = Session::start(exp, SessionOptions::default()).map_err(session_error)?;
+    let session = Session::start(exp, SessionOptions::default()).map_err(ExitError::from)?;
     drive(args, session, exports)
 }
 
-fn session_error(e: SessionError) -> CliError {
-    match e {
-        SessionError::Config(e) => CliError::usage(e.to_string()),
-        SessionError::Data(e) => CliError::usage(e.to_string()),
-        SessionError::Device(e) => CliError::usage(e),
-    }
-}
-
 #[cfg(not(feature = "mpi"))]
-fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliError> {
-    Err(CliError::usage(
+fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), ExitError> {
+    Err(ExitError::usage(
         "--backend mpi: this ddlab was built without MPI: rebuild with `cargo build --release --features mpi` (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang-dev) and start it under mpirun, or use --backend threads",
     ))
 }
@@ -45,11 +37,11 @@ fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), CliEr
 /// one worker, rank 0 prints the progress, the summary and the exports. The rank's life
 /// (start, agreement, stalls, exit codes) is `session::spmd`'s.
 #[cfg(feature = "mpi")]
-fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), CliError> {
+fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), ExitError> {
     use crate::comm::{Clock, Comm};
     use crate::session::spmd::{self, exit, Rank};
 
-    let mut rank = Rank::start(true).map_err(CliError::failure)?;
+    let mut rank = Rank::start(true).map_err(ExitError::failure)?;
     let (me, size) = (rank.rank, rank.size);
     // What each rank checks alone; then all go on, or all leave with the first refusal.
     let prepared = (|| -> Result<_, String> {
@@ -75,7 +67,12 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         exp.validate().map_err(|e| e.to_string())?;
         let data = std::sync::Arc::new(crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
         exp.check_against(data.train_len()).map_err(|e| e.to_string())?;
-        crate::gpu::preflight(&exp, data.inputs(), data.classes)?;
+        crate::gpu::preflight(
+            exp.device,
+            &exp.gpus,
+            &crate::nn::Mlp::new(data.inputs(), &exp.hidden, data.classes),
+            exp.batch,
+        )?;
         // (only rank 0 writes exports; a path it cannot write stops every rank)
         let exports = match me {
             0 => Some(
@@ -86,7 +83,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
         };
         Ok((data, exports))
     })();
-    let refused = |_| CliError {
+    let refused = |_| ExitError {
         code: exit::BAD_INPUT,
         message: String::new(), // (rank 0 has said it)
     };
@@ -121,7 +118,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
 
     let comm = Comm::new(rank.transport(Clock::start()), exp.allreduce);
     let mut session = Session::start_rank(exp, data, SessionOptions::default(), comm, None)
-        .map_err(|e| CliError::failure(rank.about_me(&session_error(e).message)))?;
+        .map_err(|e| ExitError::failure(rank.about_me(&e.to_string())))?;
     let mut exports = exports;
     let outcome = if me == 0 {
         follow(args, &mut session, &mut exports, Some(&stalled))?
@@ -151,7 +148,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Cli
     drop(rank); // finalises MPI
     match verdict.code {
         exit::DONE => Ok(()),
-        code => Err(CliError {
+        code => Err(ExitError {
             code,
             message: String::new(), // (rank 0 has said it)
         }),
@@ -168,9 +165,9 @@ fn follow(
     session: &mut Session,
     slot: &mut Option<Exports>,
     stalled: Option<&std::sync::Mutex<Option<String>>>,
-) -> Result<Outcome, CliError> {
+) -> Result<Outcome, ExitError> {
     let Some(exports) = slot.as_mut() else {
-        return Err(CliError::failure("the exports were already written"));
+        return Err(ExitError::failure("the exports were already written"));
     };
     let spmd = stalled.is_some();
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
@@ -262,7 +259,7 @@ fn follow(
         }
     }
     if stopping && outcome == Outcome::Stopped {
-        return Err(CliError {
+        return Err(ExitError {
             code: 130,
             message: "interrupted: the summary and exports cover the steps done".into(),
         });
@@ -272,7 +269,7 @@ fn follow(
 
 /// Shows a run's progress, then its summary, and writes its exports; the exit code
 /// from how it ended.
-fn drive(args: &RunArgs, mut session: Session, exports: Exports) -> Result<(), CliError> {
+fn drive(args: &RunArgs, mut session: Session, exports: Exports) -> Result<(), ExitError> {
     let outcome = follow(args, &mut session, &mut Some(exports), None)?;
     if !args.quiet {
         use std::io::Write;
@@ -281,14 +278,14 @@ fn drive(args: &RunArgs, mut session: Session, exports: Exports) -> Result<(), C
     }
     match outcome {
         Outcome::Completed | Outcome::Stopped => Ok(()),
-        Outcome::Diverged { step, worker } => Err(CliError {
+        Outcome::Diverged { step, worker } => Err(ExitError {
             code: 3,
             message: format!(
                 "the run diverged at step {step}: worker {worker}'s loss became NaN, infinite or over 100× chance level; lower --lr (it was {}) or add --warmup",
                 session.experiment().lr
             ),
         }),
-        Outcome::Failed { message } => Err(CliError::failure(message)),
+        Outcome::Failed { message } => Err(ExitError::failure(message)),
     }
 }
 
@@ -326,7 +323,7 @@ pub fn table(s: &Summary) -> String {
         ("time", format!("{:.2} s", s.elapsed_s)),
         ("steps/s", format!("{:.1}", s.steps_per_sec)),
         ("samples/s", format!("{:.0}", s.samples_per_sec)),
-        ("all-reduce bytes", human_bytes(s.allreduce_bytes as f64)),
+        ("all-reduce bytes", crate::units::bytes(s.allreduce_bytes)),
         (
             "all-reduce time/step",
             match s.allreduce_model_ms {
@@ -373,24 +370,4 @@ pub fn table(s: &Summary) -> String {
         let _ = writeln!(out);
     }
     out
-}
-
-/// Sizes in binary units (a 4 MiB buffer is 4194304 bytes).
-pub fn binary_bytes(b: usize) -> String {
-    match b {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
-        b => format!("{b} B"),
-    }
-}
-
-pub fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = b;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
 }

@@ -6,7 +6,7 @@
 
 use clap::Args;
 
-use super::CliError;
+use super::ExitError;
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -30,14 +30,14 @@ pub struct WorkerArgs {
 }
 
 #[cfg(not(feature = "mpi"))]
-pub fn worker(_args: &WorkerArgs) -> Result<(), CliError> {
-    Err(CliError::usage(
+pub fn worker(_args: &WorkerArgs) -> Result<(), ExitError> {
+    Err(ExitError::usage(
         "ddlab worker needs a ddlab built with MPI: rebuild with `cargo build --release --features mpi`",
     ))
 }
 
 #[cfg(feature = "mpi")]
-pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
+pub fn worker(args: &WorkerArgs) -> Result<(), ExitError> {
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
@@ -52,7 +52,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
     fn send(out: &mut impl Write, line: &Line) -> bool {
         serde_json::to_string(line).is_ok_and(|l| writeln!(out, "{l}").is_ok())
     }
-    let mut rank = Rank::start(true).map_err(CliError::failure)?;
+    let mut rank = Rank::start(true).map_err(ExitError::failure)?;
     let (me, size, host) = (rank.rank, rank.size, rank.host.clone());
     // What each rank does alone before the job can start: read what the lab sent, reach
     // the lab, load the data. Then all go on, or all leave with the first failure.
@@ -108,7 +108,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
                     };
                     let _ = send(&mut out, &Line::Event(Box::new(failed)));
                 }
-                return Err(CliError {
+                return Err(ExitError {
                     code: exit::BAD_INPUT,
                     message: String::new(),
                 });
@@ -117,7 +117,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         }
         Err(why) => {
             let _ = rank.agree(Err(why));
-            return Err(CliError {
+            return Err(ExitError {
                 code: exit::BAD_INPUT,
                 message: String::new(),
             });
@@ -139,7 +139,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), CliError> {
         });
     }
     let comm = Comm::new(rank.transport(Clock::start()), exp.allreduce);
-    let fail = |message: String| -> CliError { CliError::failure(rank.about_me(&message)) };
+    let fail = |message: String| -> ExitError { ExitError::failure(rank.about_me(&message)) };
 
     if me != 0 {
         // The lab says when a person holds the run (this rank then waits for rank 0 on

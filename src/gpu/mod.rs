@@ -13,43 +13,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Experiment;
+use crate::config::Device;
+use crate::nn::Mlp;
 
 #[cfg(feature = "gpu")]
 mod net;
 #[cfg(feature = "gpu")]
 pub use net::{copy_bandwidth, kernels, open, GpuError, GpuNet, Opened};
-
-/// Where a worker computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// This process's CPU cores (one per worker).
-    #[default]
-    Cpu,
-    /// A GPU through wgpu (cargo feature `gpu`).
-    Gpu,
-}
-
-impl Device {
-    pub fn name(self) -> &'static str {
-        match self {
-            Device::Cpu => "cpu",
-            Device::Gpu => "gpu",
-        }
-    }
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "gpu" => Ok(Device::Gpu),
-            _ => Err(format!("unknown device '{s}': use cpu or gpu")),
-        }
-    }
-}
 
 /// A GPU as ddlab lists it; `index` is what `--gpus` takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,28 +76,27 @@ pub fn local_rank(rank: usize) -> usize {
     .unwrap_or(rank)
 }
 
-/// Which listed GPU worker `worker` uses: `--gpus` round-robin when given, else
-/// round-robin over all of them (several workers may share one GPU).
-pub fn gpu_of(exp: &Experiment, worker: usize, found: usize) -> usize {
-    if exp.gpus.is_empty() {
+/// Which listed GPU worker `worker` uses: round-robin over the `chosen` ones
+/// (`--gpus`) when given, else over all `found` (several workers may share one GPU).
+pub fn gpu_of(chosen: &[usize], worker: usize, found: usize) -> usize {
+    if chosen.is_empty() {
         worker % found.max(1)
     } else {
-        exp.gpus[worker % exp.gpus.len()]
+        chosen[worker % chosen.len()]
     }
 }
 
-/// Checks before a run that `exp` can run where it asks to: on `--device gpu`, that
-/// this build has GPUs, that there is one, that `--gpus` names GPUs that exist, and
-/// that the network (on `inputs` features and `classes` classes) fits. Returns the GPUs
-/// found (empty on the CPU).
-pub fn preflight(exp: &Experiment, inputs: usize, classes: usize) -> Result<Vec<GpuInfo>, String> {
-    if exp.device == Device::Cpu {
+/// Checks before a run that it can run where it asks to: on `device` GPU, that this
+/// build has GPUs, that there is one, that the `chosen` ones (`--gpus`) exist, and that
+/// `net` at `batch` rows fits. Returns the GPUs found (empty on the CPU).
+pub fn preflight(device: Device, chosen: &[usize], net: &Mlp, batch: usize) -> Result<Vec<GpuInfo>, String> {
+    if device == Device::Cpu {
         return Ok(Vec::new());
     }
     #[cfg(not(feature = "gpu"))]
-    let _ = (inputs, classes);
+    let _ = (net, batch);
     let found = list()?;
-    if let Some(&bad) = exp.gpus.iter().find(|&&g| g >= found.len()) {
+    if let Some(&bad) = chosen.iter().find(|&&g| g >= found.len()) {
         let names: Vec<String> = found.iter().map(GpuInfo::label).collect();
         return Err(format!(
             "--gpus: there is no GPU {bad}: this machine has {} ({}); use numbers from 0 to {}",
@@ -137,18 +106,18 @@ pub fn preflight(exp: &Experiment, inputs: usize, classes: usize) -> Result<Vec<
         ));
     }
     #[cfg(feature = "gpu")]
-    net::fits(exp, inputs, classes)?;
+    net::fits(net, batch)?;
     Ok(found)
 }
 
 /// What each of `workers` workers computes on, as the lab's header shows it: `cpu`, or
-/// the GPU's label.
-pub fn worker_devices(exp: &Experiment, workers: usize, found: &[GpuInfo]) -> Vec<String> {
+/// the label of the GPU it gets from the `chosen` ones (see [`gpu_of`]).
+pub fn worker_devices(device: Device, chosen: &[usize], workers: usize, found: &[GpuInfo]) -> Vec<String> {
     (0..workers)
-        .map(|w| match exp.device {
+        .map(|w| match device {
             Device::Cpu => "cpu".to_string(),
             Device::Gpu => found
-                .get(gpu_of(exp, w, found.len()))
+                .get(gpu_of(chosen, w, found.len()))
                 .map_or_else(|| "gpu".to_string(), GpuInfo::label),
         })
         .collect()
@@ -159,38 +128,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_parses_and_names_itself() {
-        assert_eq!("gpu".parse::<Device>(), Ok(Device::Gpu));
-        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
-        assert!("tpu".parse::<Device>().unwrap_err().contains("use cpu or gpu"));
-        assert_eq!(Device::Gpu.name(), "gpu");
-    }
-
-    #[test]
     fn workers_go_round_robin_over_the_gpus_or_the_chosen_ones() {
-        let mut exp = Experiment::default();
-        assert_eq!((0..5).map(|w| gpu_of(&exp, w, 2)).collect::<Vec<_>>(), [0, 1, 0, 1, 0]);
-        exp.gpus = vec![1];
-        assert_eq!((0..3).map(|w| gpu_of(&exp, w, 2)).collect::<Vec<_>>(), [1, 1, 1]);
-        exp.gpus = vec![2, 0];
-        assert_eq!((0..3).map(|w| gpu_of(&exp, w, 3)).collect::<Vec<_>>(), [2, 0, 2]);
+        assert_eq!((0..5).map(|w| gpu_of(&[], w, 2)).collect::<Vec<_>>(), [0, 1, 0, 1, 0]);
+        assert_eq!((0..3).map(|w| gpu_of(&[1], w, 2)).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!((0..3).map(|w| gpu_of(&[2, 0], w, 3)).collect::<Vec<_>>(), [2, 0, 2]);
     }
 
     #[test]
     fn the_cpu_needs_no_preflight_and_labels_itself() {
-        let exp = Experiment::default();
-        assert_eq!(preflight(&exp, 64, 10), Ok(Vec::new()));
-        assert_eq!(worker_devices(&exp, 2, &[]), ["cpu", "cpu"]);
+        let net = Mlp::new(64, &[128], 10);
+        assert_eq!(preflight(Device::Cpu, &[], &net, 64), Ok(Vec::new()));
+        assert_eq!(worker_devices(Device::Cpu, &[], 2, &[]), ["cpu", "cpu"]);
     }
 
     #[cfg(not(feature = "gpu"))]
     #[test]
     fn a_build_without_the_feature_says_how_to_get_one() {
-        let exp = Experiment {
-            device: Device::Gpu,
-            ..Experiment::default()
-        };
-        let e = preflight(&exp, 64, 10).unwrap_err();
+        let e = preflight(Device::Gpu, &[], &Mlp::new(64, &[128], 10), 64).unwrap_err();
         assert!(e.contains("--features gpu") && e.contains("--device cpu"), "{e}");
     }
 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
 use super::GpuInfo;
-use crate::config::Experiment;
 use crate::nn::{BatchScore, Mlp};
 
 /// A GPU failure, as one sentence.
@@ -131,22 +130,20 @@ fn needed_limits() -> wgpu::Limits {
     wgpu::Limits::default()
 }
 
-/// Checks that the network of `exp` on a data set of `inputs` features and `classes`
-/// classes fits the buffers every GPU allows.
-pub(super) fn fits(exp: &Experiment, inputs: usize, classes: usize) -> Result<(), String> {
-    let mlp = Mlp::new(inputs, &exp.hidden, classes);
+/// Checks that `mlp` at `batch` rows fits the buffers every GPU allows.
+pub(super) fn fits(mlp: &Mlp, batch: usize) -> Result<(), String> {
     let limit = needed_limits().max_storage_buffer_binding_size;
     let widest = mlp.sizes().iter().copied().max().unwrap_or(1);
     for (what, floats) in [
         ("the parameters", mlp.num_params()),
-        ("a layer's activations", exp.batch * widest),
+        ("a layer's activations", batch * widest),
     ] {
         let bytes = floats as u64 * 4;
         if bytes > limit {
             return Err(format!(
-                "--device gpu: {what} take {} MB, over the {} MB one GPU buffer may hold on every GPU (WebGPU's default limit): use a smaller --hidden or --batch, or --device cpu",
-                bytes >> 20,
-                limit >> 20
+                "--device gpu: {what} take {}, over the {} one GPU buffer may hold on every GPU (WebGPU's default limit): use a smaller --hidden or --batch, or --device cpu",
+                crate::units::bytes(bytes),
+                crate::units::bytes(limit)
             ));
         }
     }
@@ -989,12 +986,9 @@ mod tests {
 
     #[test]
     fn a_network_too_large_for_one_buffer_is_refused() {
-        let exp = Experiment {
-            hidden: vec![16_384, 16_384],
-            ..Experiment::default()
-        };
-        let e = fits(&exp, 784, 10).unwrap_err();
-        assert!(e.contains("the parameters take 1073 MB, over the 128 MB"), "{e}");
-        assert!(fits(&Experiment::default(), 784, 10).is_ok());
+        let e = fits(&Mlp::new(784, &[16_384, 16_384], 10), 64).unwrap_err();
+        assert!(e.contains("the parameters take 1.0 GiB, over the 128 MiB"), "{e}");
+        let default = crate::config::Experiment::default();
+        assert!(fits(&Mlp::new(784, &default.hidden, 10), default.batch).is_ok());
     }
 }

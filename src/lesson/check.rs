@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Against, CmpOp, Lesson};
-use crate::cli::flags_of;
+use crate::config::flags::flags_of;
 use crate::config::Experiment;
 use crate::data::Dataset;
 use crate::data::DatasetKind;

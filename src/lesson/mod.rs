@@ -20,7 +20,7 @@ use toml::Spanned;
 pub use check::{check_lessons, CheckLine};
 pub use progress::{LessonProgress, Progress, ProgressStore};
 
-use crate::cli::ExperimentArgs;
+use crate::config::flags::ExperimentArgs;
 use crate::config::Experiment;
 
 /// The manifest format this build reads.

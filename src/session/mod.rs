@@ -14,7 +14,9 @@ pub use summary::Summary;
 
 use crate::config::{ConfigError, Experiment, Straggler};
 use crate::data::{DataError, Dataset};
-use crate::train::{self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Outcome};
+use crate::train::{
+    self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Next, Outcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -25,6 +27,38 @@ pub enum SessionError {
     /// `--device gpu` cannot run here (no GPU, a build without the feature, …).
     #[error("{0}")]
     Device(String),
+}
+
+/// Why a command ends other than as it should: the exit code (see [`spmd::exit`]) and
+/// the one sentence said for it (empty when it was said already).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl ExitError {
+    /// Bad input: a flag, a file, a launch that cannot work.
+    pub fn usage(message: impl Into<String>) -> Self {
+        ExitError {
+            code: spmd::exit::BAD_INPUT,
+            message: message.into(),
+        }
+    }
+    /// A failure of the run or of the machine.
+    pub fn failure(message: impl Into<String>) -> Self {
+        ExitError {
+            code: spmd::exit::FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+/// A session that cannot start was given something that cannot work: bad input.
+impl From<SessionError> for ExitError {
+    fn from(e: SessionError) -> Self {
+        ExitError::usage(e.to_string())
+    }
 }
 
 /// How a session reports, for the front end that opened it.
@@ -221,7 +255,13 @@ impl Session {
     ) -> Result<Session, SessionError> {
         exp.validate()?;
         exp.check_against(data.train_len())?;
-        crate::gpu::preflight(&exp, data.inputs(), data.classes).map_err(SessionError::Device)?;
+        crate::gpu::preflight(
+            exp.device,
+            &exp.gpus,
+            &crate::nn::Mlp::new(data.inputs(), &exp.hidden, data.classes),
+            exp.batch,
+        )
+        .map_err(SessionError::Device)?;
         let gate = Arc::new(Gate::new(crate::config::MAX_WORKERS, options.start_paused, exp.slow));
         let (sink, stream) = event_channel(options.visual_capacity);
         let engine = spawn(&exp, Arc::clone(&data), sink, Arc::clone(&gate));
@@ -391,7 +431,7 @@ impl Session {
                 }
             }
             match self.stream.try_next() {
-                Ok(event) => {
+                Next::Event(event) => {
                     if let Some(run) = self.job.as_mut() {
                         // The relaunched job's start is not news; the end of a job stopped
                         // for a relaunch is not the end of the session.
@@ -416,7 +456,7 @@ impl Session {
                     self.state.apply(&event);
                     f(&event);
                 }
-                Err(over) => {
+                next => {
                     if let Some(run) = &self.job {
                         // The stream of a job never closes (the sink lives here): the job is
                         // over once its end was reported and no relaunch is due.
@@ -426,7 +466,7 @@ impl Session {
                         }
                         return ended;
                     }
-                    return self.finish_if(over);
+                    return self.finish_if(matches!(next, Next::Closed));
                 }
             }
         }
@@ -437,12 +477,12 @@ impl Session {
     /// prefer `poll` and a short sleep.)
     pub fn poll_timeout(&mut self, timeout: Duration, mut f: impl FnMut(&Event)) -> bool {
         match self.stream.next_timeout(timeout) {
-            Ok(event) => {
+            Next::Event(event) => {
                 self.state.apply(&event);
                 f(&event);
                 self.poll(f)
             }
-            Err(over) => self.finish_if(over),
+            next => self.finish_if(matches!(next, Next::Closed)),
         }
     }
 

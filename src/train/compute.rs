@@ -29,19 +29,19 @@ impl Compute {
         // start), so that one thread and many compute the same bits.
         crate::nn::flush_denormals();
         match ctx.exp.device {
-            crate::gpu::Device::Cpu => {
+            crate::config::Device::Cpu => {
                 let pool = Self::threads(threads)?;
                 Ok(Compute::Cpu(Workspace::with_threads(&ctx.mlp, ctx.exp.batch, pool)))
             }
             #[cfg(feature = "gpu")]
-            crate::gpu::Device::Gpu => {
-                let index = crate::gpu::gpu_of(ctx.exp, worker, ctx.gpus.len());
+            crate::config::Device::Gpu => {
+                let index = crate::gpu::gpu_of(&ctx.exp.gpus, worker, ctx.gpus.len());
                 let gpu = crate::gpu::open(index).map_err(failed)?;
                 let net = crate::gpu::GpuNet::new(gpu, &ctx.mlp, ctx.exp.batch).map_err(failed)?;
                 Ok(Compute::Gpu(Box::new(net)))
             }
             #[cfg(not(feature = "gpu"))]
-            crate::gpu::Device::Gpu => {
+            crate::config::Device::Gpu => {
                 let _ = worker;
                 Err(SegEnd::Failed(crate::gpu::not_built()))
             }

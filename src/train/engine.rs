@@ -520,7 +520,7 @@ fn run(
     let total = total_samples(exp, data.train_len());
     // (an endless run still reports its length, as the point it passes)
     let budget = if options.endless { u64::MAX } else { total };
-    let gpus = match crate::gpu::preflight(exp, data.inputs(), data.classes) {
+    let gpus = match crate::gpu::preflight(exp.device, &exp.gpus, &mlp, exp.batch) {
         Ok(gpus) => gpus,
         Err(message) => {
             let outcome = Outcome::Failed { message };
@@ -532,7 +532,7 @@ fn run(
         }
     };
     sink.send(Event::Started {
-        devices: crate::gpu::worker_devices(exp, exp.workers, &gpus),
+        devices: crate::gpu::worker_devices(exp.device, &exp.gpus, exp.workers, &gpus),
         params: mlp.num_params(),
         total_samples: total,
         train_len: data.train_len(),

@@ -16,5 +16,5 @@ mod sync;
 pub use control::{Control, Gate, Stopped};
 pub use engine::{diverged, spawn, spawn_rank, total_samples, EngineHandle, EngineOptions};
 pub use event::{params_hash, CollectiveKind, Event, Outcome, Phase, WorkerStep};
-pub use sink::{event_channel, EventSink, EventStream};
+pub use sink::{event_channel, EventSink, EventStream, Next};
 pub use sync::STEP_FLAGS;

@@ -19,6 +19,19 @@ pub struct EventSink {
     dropped: Arc<AtomicU64>,
 }
 
+/// What an [`EventStream`] has next.
+// (matched at once and never kept, so its size costs nothing; a box would cost an
+// allocation per event)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Next {
+    Event(Event),
+    /// Nothing now; more may come.
+    Empty,
+    /// Every sender is gone and every event was read: nothing more will come.
+    Closed,
+}
+
 pub struct EventStream {
     metrics: Receiver<Event>,
     visual: Receiver<Event>,
@@ -59,31 +72,34 @@ impl EventSink {
 
 impl EventStream {
     /// The next event if one is waiting, visual detail first (it happened earlier than
-    /// the metrics that summarise it). `Err(true)` once every sender is gone and both
-    /// lanes are empty.
-    pub fn try_next(&self) -> Result<Event, bool> {
+    /// the metrics that summarise it).
+    pub fn try_next(&self) -> Next {
         match self.visual.try_recv() {
-            Ok(e) => return Ok(e),
+            Ok(e) => return Next::Event(e),
             Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
         }
         match self.metrics.try_recv() {
-            Ok(e) => Ok(e),
-            Err(TryRecvError::Empty) => Err(false),
-            Err(TryRecvError::Disconnected) => Err(self.visual.is_empty()),
+            Ok(e) => Next::Event(e),
+            Err(TryRecvError::Empty) => Next::Empty,
+            Err(TryRecvError::Disconnected) if self.visual.is_empty() => Next::Closed,
+            Err(TryRecvError::Disconnected) => Next::Empty,
         }
     }
 
     /// Waits up to `timeout` for an event.
-    pub fn next_timeout(&self, timeout: std::time::Duration) -> Result<Event, bool> {
+    pub fn next_timeout(&self, timeout: std::time::Duration) -> Next {
         match self.try_next() {
-            Ok(e) => return Ok(e),
-            Err(true) => return Err(true),
-            Err(false) => {}
+            Next::Empty => {}
+            next => return next,
         }
         crossbeam_channel::select! {
-            recv(self.visual) -> e => e.map_err(|_| false),
-            recv(self.metrics) -> e => e.map_err(|_| self.visual.is_empty()),
-            default(timeout) => Err(false),
+            recv(self.visual) -> e => e.map_or(Next::Empty, Next::Event),
+            recv(self.metrics) -> e => match e {
+                Ok(e) => Next::Event(e),
+                Err(_) if self.visual.is_empty() => Next::Closed,
+                Err(_) => Next::Empty,
+            },
+            default(timeout) => Next::Empty,
         }
     }
 

@@ -9,7 +9,6 @@ use ratatui::widgets::{Block, Borders, Paragraph, Sparkline, Widget, Wrap};
 
 use super::app::Lab;
 use super::theme::Theme;
-use crate::cli::run::human_bytes;
 use crate::comm::AllReduceAlgo;
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
@@ -78,7 +77,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             };
             lines.push(Line::from(vec![
                 Span::styled(
-                    format!("  w{:<2} ──{}──▶ w{:<2}", t.from, human_bytes(t.bytes as f64), t.to),
+                    format!("  w{:<2} ──{}──▶ w{:<2}", t.from, crate::units::bytes(t.bytes), t.to),
                     theme.phase(crate::train::Phase::AllReduce),
                 ),
                 Span::styled(
@@ -97,7 +96,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         lines.push(Line::styled(
             format!(
                 "this step moved {} in {} messages",
-                human_bytes(total as f64),
+                crate::units::bytes(total),
                 in_step.len()
             ),
             theme.dim(),

@@ -76,7 +76,7 @@ pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
 /// with the copies to and from the host around the all-reduce.
 pub fn sync_lab_on(exp: Experiment, steps: u64, mid_all_reduce: bool) -> Lab {
     let workers = exp.workers;
-    let gpu = exp.device == crate::gpu::Device::Gpu;
+    let gpu = exp.device == crate::config::Device::Gpu;
     let mut start = started();
     if let (Event::Started { devices, .. }, true) = (&mut start, gpu) {
         *devices = vec!["gpu0 demo GPU (vulkan)".into(); workers];
@@ -154,4 +154,30 @@ pub fn sync_lab_on(exp: Experiment, steps: u64, mid_all_reduce: bool) -> Lab {
         }
     }
     lab
+}
+
+/// Median ms to render the lab (for `ddlab bench`) with `workers` scripted workers into a `w`×`h` buffer.
+pub fn frame_ms(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
+    use super::{theme::Theme, view, App, Screen};
+    // A long run: the curves hold thousands of records, as after minutes of training.
+    let lab = sync_lab(workers, 3000, false);
+    let data = std::sync::Arc::clone(&lab.data);
+    let app = App::new(
+        Screen::Lab,
+        Some(lab),
+        crate::config::Experiment::default(),
+        data,
+        Theme { color: true },
+    );
+    let area = ratatui::layout::Rect::new(0, 0, w, h);
+    let times: Vec<f64> = (0..frames)
+        .map(|_| {
+            let mut buf = ratatui::buffer::Buffer::empty(area);
+            let t = std::time::Instant::now();
+            view::render(&app, area, &mut buf);
+            std::hint::black_box(&buf);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    crate::nn::median(times)
 }

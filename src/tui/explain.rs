@@ -68,7 +68,7 @@ impl<'a> Facts<'a> {
             workers: lab.current_workers(),
             mode: lab.current_mode(),
             algo: state.current().map_or(lab.exp.allreduce, |s| s.allreduce),
-            gpu: lab.exp.device == crate::gpu::Device::Gpu,
+            gpu: lab.exp.device == crate::config::Device::Gpu,
             report: lab.view.reports.get(worker).and_then(Option::as_ref),
             saw: seen(lab, worker, 3),
             rounds_done,

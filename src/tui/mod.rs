@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
 
-use crate::cli::CliError;
 use crate::config::Experiment;
 use crate::data::Dataset;
 use crate::lesson::{Lesson, Panel, ProgressStore};
+use crate::session::ExitError;
 pub use app::Lab;
 use keys::{Action, HOME_KEYS, LAB_KEYS};
 pub use lesson::LessonView;
@@ -417,9 +417,9 @@ pub enum Start {
 
 /// Runs the TUI until the user quits. The terminal is restored on return, on panic
 /// (ratatui's hook) and on Ctrl-C (a key like any other in raw mode).
-pub fn run(start: Start) -> Result<(), CliError> {
+pub fn run(start: Start) -> Result<(), ExitError> {
     if !std::io::stdout().is_terminal() {
-        return Err(CliError::usage(
+        return Err(ExitError::usage(
             "the lab needs a terminal and stdout is not one: for a headless run use `ddlab run` with the same flags",
         ));
     }
@@ -438,12 +438,12 @@ pub fn run(start: Start) -> Result<(), CliError> {
             Some((lessons, number, opening)),
         ),
     };
-    exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
-    let data = Arc::new(Dataset::load(exp.dataset).map_err(|e| CliError::usage(e.to_string()))?);
+    exp.validate().map_err(|e| ExitError::usage(e.to_string()))?;
+    let data = Arc::new(Dataset::load(exp.dataset).map_err(|e| ExitError::usage(e.to_string()))?);
     exp.check_against(data.train_len())
-        .map_err(|e| CliError::usage(e.to_string()))?;
+        .map_err(|e| ExitError::usage(e.to_string()))?;
     let lab = match screen {
-        Screen::Lab => Some(Lab::start(exp.clone(), Arc::clone(&data), paused).map_err(CliError::usage)?),
+        Screen::Lab => Some(Lab::start(exp.clone(), Arc::clone(&data), paused).map_err(ExitError::usage)?),
         Screen::Home => None,
     };
     let mut app = App::new(screen, lab, exp, data, Theme::from_env());
@@ -471,6 +471,11 @@ pub fn run(start: Start) -> Result<(), CliError> {
         Ok(())
     })();
     ratatui::restore();
+    // A save that failed was said on the screen; one that failed just before the person
+    // quit was not seen there: say it where it stays.
+    if let Some(warning) = app.progress.warning.take() {
+        crate::session::spmd::say(&warning);
+    }
     drop(app); // stops the run (sessions stop their engines as they drop)
-    result.map_err(|e| CliError::failure(format!("the terminal failed: {e}")))
+    result.map_err(|e| ExitError::failure(format!("the terminal failed: {e}")))
 }

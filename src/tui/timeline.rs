@@ -158,7 +158,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         );
     }
     // Legend on the last row: only the phases this mode (and device) has.
-    let gpu = lab.exp.device == crate::gpu::Device::Gpu;
+    let gpu = lab.exp.device == crate::config::Device::Gpu;
     let phases: &[Phase] = match (lab.current_mode().uses_server(), gpu) {
         (true, false) => &[Phase::Wait, Phase::Pull, Phase::Forward, Phase::Backward, Phase::Push],
         (true, true) => &[

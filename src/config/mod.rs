@@ -1,13 +1,46 @@
-//! The experiment: one struct that command-line flags (and, later, lesson files) fill.
+//! The experiment: one struct that command-line flags and lesson files fill.
 //!
 //! Every field has a one-line reason for its default, nanoGPT-style. `validate` turns a
 //! bad value into one sentence naming the flag and what is allowed.
+
+pub mod flags;
 
 use serde::{Deserialize, Serialize};
 
 use crate::comm::{AllReduceAlgo, Link, Wire};
 use crate::data::DatasetKind;
 use crate::nn::LrScaling;
+
+/// Where a worker computes (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// This process's CPU cores (one per worker).
+    #[default]
+    Cpu,
+    /// A GPU through wgpu (cargo feature `gpu`).
+    Gpu,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            _ => Err(format!("unknown device '{s}': use cpu or gpu")),
+        }
+    }
+}
 
 /// Most workers one run may have: beyond this, threads only thrash.
 pub const MAX_WORKERS: usize = 256;
@@ -208,7 +241,7 @@ pub struct Experiment {
     pub eval_every: u64,
     /// Where each worker computes: the CPU, or a GPU (cargo feature `gpu`).
     #[serde(default)]
-    pub device: crate::gpu::Device,
+    pub device: Device,
     /// With `device` gpu: the GPUs to use (numbers from `ddlab check`), round-robin over
     /// the workers; empty = round-robin over every GPU found.
     #[serde(default)]
@@ -245,7 +278,7 @@ impl Default for Experiment {
             bucket_kb: 64,
             seed: 1,
             eval_every: 25,
-            device: crate::gpu::Device::Cpu,
+            device: Device::Cpu,
             gpus: Vec::new(),
             slow: 1.0,
         }
@@ -362,16 +395,16 @@ impl Experiment {
                 "mpi is the MPI library's own all-reduce: use it with --backend mpi under mpirun, or choose ring, tree or naive",
             ));
         }
-        if !self.gpus.is_empty() && self.device != crate::gpu::Device::Gpu {
+        if !self.gpus.is_empty() && self.device != Device::Gpu {
             return Err(bad("gpus", "GPUs are chosen for --device gpu: add it, or drop --gpus"));
         }
-        if self.device == crate::gpu::Device::Gpu && self.overlap {
+        if self.device == Device::Gpu && self.overlap {
             return Err(bad(
                 "overlap",
                 "overlap all-reduces each layer's gradient while backward runs, but on --device gpu the gradient reaches the host only after backward: drop --overlap, or use --device cpu",
             ));
         }
-        if self.device == crate::gpu::Device::Gpu && self.threads > 1 {
+        if self.device == Device::Gpu && self.threads > 1 {
             return Err(bad(
                 "threads",
                 format!(
@@ -509,6 +542,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn device_parses_and_names_itself() {
+        assert_eq!("gpu".parse::<Device>(), Ok(Device::Gpu));
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert!("tpu".parse::<Device>().unwrap_err().contains("use cpu or gpu"));
+        assert_eq!(Device::Gpu.name(), "gpu");
+    }
+
+    #[test]
     fn defaults_are_valid() {
         Experiment::default().validate().unwrap();
     }
@@ -588,7 +629,7 @@ mod tests {
             (with(16, 128), "--threads: 16 workers × 128 threads = 2048"),
             (
                 Experiment {
-                    device: crate::gpu::Device::Gpu,
+                    device: Device::Gpu,
                     ..with(1, 2)
                 },
                 "--threads: 2 threads per worker is for --device cpu",
