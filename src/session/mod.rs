@@ -107,11 +107,19 @@ pub struct Session {
     data: Arc<Dataset>,
     gate: Arc<Gate>,
     stream: EventStream,
-    engine: Option<EngineHandle>,
+    runner: Runner,
     state: RunState,
     final_params: Option<Vec<f32>>,
-    /// An MPI job the lab drives (instead of `engine`), and what it must know about it.
-    job: Option<MpiRun>,
+}
+
+/// What trains for a session.
+enum Runner {
+    /// An engine in this process (its threads, or this process's MPI rank).
+    Engine(EngineHandle),
+    /// The engine ended and was joined.
+    Joined,
+    /// An MPI job the lab drives, and what it must know about it.
+    Job(Box<MpiRun>),
 }
 
 /// The MPI job behind a session, and the relaunch a control asked for.
@@ -186,10 +194,7 @@ impl Session {
             data,
             gate,
             stream,
-            engine: None,
-            state: RunState::with_history_limit(options.history_limit),
-            final_params: None,
-            job: Some(MpiRun {
+            runner: Runner::Job(Box::new(MpiRun {
                 job,
                 sink,
                 launch,
@@ -197,30 +202,38 @@ impl Session {
                 jobs: 1,
                 swallow_finished: 0,
                 notes,
-            }),
+            })),
+            state: RunState::with_history_limit(options.history_limit),
+            final_params: None,
         })
     }
 
     /// What an MPI job has said since the last call (launch line, connections, refusals).
     pub fn take_notes(&mut self) -> Vec<String> {
-        match self.job.as_mut() {
-            Some(run) => {
+        match &mut self.runner {
+            Runner::Job(run) => {
                 let mut notes = std::mem::take(&mut run.notes);
                 notes.extend(run.job.take_notes());
                 notes
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
     /// Where an MPI job's controller listens (None on threads).
     pub fn controller_address(&self) -> Option<String> {
-        self.job.as_ref().map(|r| r.job.address.clone())
+        match &self.runner {
+            Runner::Job(run) => Some(run.job.address.clone()),
+            _ => None,
+        }
     }
 
     /// The hosts of an MPI job's ranks (empty on threads).
     pub fn hosts(&self) -> std::collections::BTreeMap<usize, String> {
-        self.job.as_ref().map(|r| r.job.hosts()).unwrap_or_default()
+        match &self.runner {
+            Runner::Job(run) => run.job.hosts(),
+            _ => Default::default(),
+        }
     }
 
     /// This process's rank of a run in which every worker is a process (MPI, one rank
@@ -271,10 +284,9 @@ impl Session {
             data,
             gate,
             stream,
-            engine: Some(engine),
+            runner: Runner::Engine(engine),
             state: RunState::with_history_limit(options.history_limit),
             final_params: None,
-            job: None,
         })
     }
 
@@ -340,7 +352,7 @@ impl Session {
         }
         next.validate()?;
         next.check_against(self.data.train_len())?;
-        if let Some(run) = self.job.as_mut() {
+        if let Runner::Job(run) = &mut self.runner {
             Self::control_job(&self.exp, run, control).map_err(|problem| ConfigError {
                 flag: "backend",
                 problem,
@@ -349,7 +361,7 @@ impl Session {
             return Ok(());
         }
         self.gate.apply(control);
-        if let Some(engine) = &self.engine {
+        if let Runner::Engine(engine) = &self.runner {
             engine.control(control);
         }
         self.next = next;
@@ -399,7 +411,7 @@ impl Session {
     /// once the run has finished and every event has been read.
     pub fn poll(&mut self, mut f: impl FnMut(&Event)) -> bool {
         loop {
-            if let Some(run) = self.job.as_mut() {
+            if let Runner::Job(run) = &mut self.runner {
                 // A job stopped for a relaunch: once its end has been read (its final
                 // state came before it), go on from there.
                 if run.relaunch.is_some() && run.swallow_finished == 0 {
@@ -432,7 +444,7 @@ impl Session {
             }
             match self.stream.try_next() {
                 Next::Event(event) => {
-                    if let Some(run) = self.job.as_mut() {
+                    if let Runner::Job(run) = &mut self.runner {
                         // The relaunched job's start is not news; the end of a job stopped
                         // for a relaunch is not the end of the session.
                         match &event {
@@ -457,7 +469,7 @@ impl Session {
                     f(&event);
                 }
                 next => {
-                    if let Some(run) = &self.job {
+                    if let Runner::Job(run) = &self.runner {
                         // The stream of a job never closes (the sink lives here): the job is
                         // over once its end was reported and no relaunch is due.
                         let ended = self.state.outcome.is_some() && run.relaunch.is_none();
@@ -487,13 +499,15 @@ impl Session {
     }
 
     fn finish_if(&mut self, over: bool) -> bool {
-        if over {
-            if let Some(mut engine) = self.engine.take() {
-                engine.join();
-                self.final_params = engine.final_params();
-            }
+        if !over {
+            return false;
         }
-        over
+        if let Runner::Engine(engine) = &mut self.runner {
+            engine.join();
+            self.final_params = engine.final_params();
+            self.runner = Runner::Joined;
+        }
+        true
     }
 
     /// Reads events until the run ends; returns how it ended. It drains what is there
