@@ -55,8 +55,9 @@ pub enum Control {
     },
 }
 
+/// Whether the gate lets workers through (not a training mode: see `config::Mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+enum Flow {
     Running,
     Paused,
     Stopped,
@@ -80,7 +81,7 @@ enum At {
 
 #[derive(Debug)]
 struct GateState {
-    mode: Mode,
+    flow: Flow,
     /// Presses of "step" not yet carried out, and since when the first of them waits.
     pending: u64,
     pending_since: Option<Instant>,
@@ -123,7 +124,7 @@ impl Gate {
             pace: Arc::new(Pace::new(pace)),
             virtual_ns: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             state: Mutex::new(GateState {
-                mode: if start_paused { Mode::Paused } else { Mode::Running },
+                flow: if start_paused { Flow::Paused } else { Flow::Running },
                 pending: 0,
                 pending_since: None,
                 one_at_a_time: false,
@@ -171,23 +172,23 @@ impl Gate {
     pub fn apply(&self, control: Control) {
         let mut s = self.lock();
         match control {
-            Control::Pause if s.mode == Mode::Running => self.halt(&mut s),
-            Control::Resume if s.mode == Mode::Paused => s.mode = Mode::Running,
-            Control::StepPhase if s.mode == Mode::Running => self.halt(&mut s),
-            Control::StepPhase if s.mode == Mode::Paused => {
+            Control::Pause if s.flow == Flow::Running => self.halt(&mut s),
+            Control::Resume if s.flow == Flow::Paused => s.flow = Flow::Running,
+            Control::StepPhase if s.flow == Flow::Running => self.halt(&mut s),
+            Control::StepPhase if s.flow == Flow::Paused => {
                 s.pending = (s.pending + 1).min(MAX_PENDING);
                 s.pending_since.get_or_insert_with(Instant::now);
                 Self::carry_out(&mut s, &self.virtual_ns);
             }
             Control::Stop => {
-                s.mode = Mode::Stopped;
+                s.flow = Flow::Stopped;
                 self.pace.stop();
             }
             Control::SetPace { factor } => self.pace.set(factor),
             // The engine applies these; the gate only governs pausing and the pace.
             _ => {}
         }
-        self.running.store(s.mode == Mode::Running, Ordering::Release);
+        self.running.store(s.flow == Flow::Running, Ordering::Release);
         self.changed.notify_all();
     }
 
@@ -195,7 +196,7 @@ impl Gate {
     /// virtual time starts again from zero (the order of events from here on is what
     /// step mode shows; what full speed did before is history).
     fn halt(&self, s: &mut GateState) {
-        s.mode = Mode::Paused;
+        s.flow = Flow::Paused;
         s.pending = 0;
         s.pending_since = None;
         for a in s.at.iter_mut() {
@@ -212,11 +213,11 @@ impl Gate {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.lock().mode == Mode::Paused
+        self.lock().flow == Flow::Paused
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.lock().mode == Mode::Stopped
+        self.lock().flow == Flow::Stopped
     }
 
     /// Worker `w` did work whose typical length is `ns`: its virtual clock moves on.
@@ -259,7 +260,7 @@ impl Gate {
     /// the waiting worker earliest in virtual time (the lower index on a tie); else
     /// every waiting worker goes one phase on.
     fn carry_out(s: &mut GateState, virtual_ns: &[AtomicU64]) {
-        while s.mode == Mode::Paused && s.pending > 0 {
+        while s.flow == Flow::Paused && s.pending > 0 {
             let on_the_way = s.at.iter().any(|a| matches!(a, At::Busy | At::Granted));
             let patience_over = !s.one_at_a_time && s.pending_since.is_some_and(|t| t.elapsed() >= SETTLE);
             if on_the_way && !patience_over {
@@ -302,10 +303,10 @@ impl Gate {
         Self::carry_out(&mut s, &self.virtual_ns);
         self.changed.notify_all();
         loop {
-            let through = match s.mode {
-                Mode::Stopped => return Err(Stopped),
-                Mode::Running => true,
-                Mode::Paused => s.at[w] == At::Granted,
+            let through = match s.flow {
+                Flow::Stopped => return Err(Stopped),
+                Flow::Running => true,
+                Flow::Paused => s.at[w] == At::Granted,
             };
             if through {
                 s.at[w] = At::Busy;
