@@ -273,6 +273,7 @@ fn keys_for(action: ddlab::lesson::LessonAction) -> &'static str {
         SwitchToSync | SwitchToAsync | SwitchToSsp | SwitchToBackup => "m",
         AddWorker => "+",
         RemoveWorker => "-",
+        ChangeThreads => "t",
         ChangeAllreduce => "a",
         ChangeLink => "l",
         AddStraggler | RemoveStraggler => "s",

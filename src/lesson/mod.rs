@@ -201,6 +201,7 @@ pub enum LessonAction {
     SwitchToBackup,
     AddWorker,
     RemoveWorker,
+    ChangeThreads,
     ChangeAllreduce,
     ChangeLink,
     AddStraggler,
@@ -215,7 +216,7 @@ pub enum LessonAction {
 }
 
 impl LessonAction {
-    pub const ALL: [LessonAction; 20] = [
+    pub const ALL: [LessonAction; 21] = [
         LessonAction::Pause,
         LessonAction::StepPhase,
         LessonAction::SlowMotion,
@@ -225,6 +226,7 @@ impl LessonAction {
         LessonAction::SwitchToBackup,
         LessonAction::AddWorker,
         LessonAction::RemoveWorker,
+        LessonAction::ChangeThreads,
         LessonAction::ChangeAllreduce,
         LessonAction::ChangeLink,
         LessonAction::AddStraggler,

@@ -580,6 +580,7 @@ fn run(
                 index: segment.index,
                 mode: segment.mode,
                 workers: segment.workers,
+                threads: segment.threads,
                 allreduce: segment.allreduce,
                 link: segment.link,
                 lr_scaling: segment.lr_scaling,

@@ -35,6 +35,24 @@ pub const LINKS: [(&str, Option<Link>); 4] = [
     ("10 GbE", Some(Link::PRESETS[1].1)),
     ("1 GbE", Some(Link::PRESETS[2].1)),
 ];
+/// This machine's cores (1 when the OS does not say).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
+}
+
+/// The compute threads per worker the `t` key cycles through on a machine of `cores`
+/// cores: doubling from 1 up to the cores (and the cores themselves when they are not a
+/// power of two), at least up to 2, so that even one core can show threads taking
+/// turns. Never past the flag's own bound.
+pub fn thread_counts(cores: usize) -> Vec<usize> {
+    let top = cores.clamp(2, crate::config::MAX_THREADS);
+    let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+        .take_while(|&t| t < top)
+        .collect();
+    counts.push(top);
+    counts
+}
+
 /// The modes the `m` key cycles through.
 pub const MODES: [Mode; 4] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1)];
 
@@ -368,6 +386,9 @@ impl Lab {
         if seg.workers != self.exp.workers {
             parts.push(format!("{} workers", self.exp.workers));
         }
+        if seg.threads != self.exp.threads {
+            parts.push(format!("{} per worker", super::view::threads_words(self.exp.threads)));
+        }
         if seg.allreduce != self.exp.allreduce {
             parts.push(format!("{} all-reduce", self.exp.allreduce));
         }
@@ -549,6 +570,33 @@ impl Lab {
                     next,
                     format!("{n} workers from the next step (parameters kept)"),
                 );
+            }
+            Action::CycleThreads => {
+                // The next count up the cycle (from a count off it, as `--threads 3`
+                // gives: the next one above), else back to 1.
+                let t = thread_counts(cores())
+                    .into_iter()
+                    .find(|&t| t > self.exp.threads)
+                    .unwrap_or(1);
+                let next = Experiment {
+                    threads: t,
+                    ..self.exp.clone()
+                };
+                let per = if self.exp.backend == crate::config::Backend::Mpi {
+                    "rank (the MPI job relaunches, parameters kept)"
+                } else {
+                    "worker from the next step"
+                };
+                let mut what = format!(
+                    "{} per {per}: the same numbers, another speed",
+                    super::view::threads_words(t)
+                );
+                // (more threads than cores is allowed, as on a cluster node: said once,
+                // as the flag says it)
+                if let Some(over) = next.oversubscription_on(cores()) {
+                    what = format!("{what}; {over}");
+                }
+                self.change(Control::SetThreads(t), next, what);
             }
             Action::CycleAllReduce => {
                 let i = AllReduceAlgo::ALL
