@@ -483,3 +483,93 @@ fn app_with_running(lab: &Lab) -> App {
     replay.paused = lab.paused;
     app_with(replay)
 }
+
+/// The key a person presses, as the terminal delivers it.
+fn press(app: &mut App, c: char) {
+    app.handle_key(crossterm::event::KeyEvent::new(
+        crossterm::event::KeyCode::Char(c),
+        crossterm::event::KeyModifiers::NONE,
+    ));
+}
+
+#[test]
+fn t_asks_for_two_threads_per_worker_and_the_header_and_numbers_say_them_once_taken() {
+    let mut app = app_with(sync_lab(4, 12, false));
+    press(&mut app, 't');
+    let lab = app.lab.as_mut().unwrap();
+    // (every machine's cycle goes 1 → 2: even one core shows threads taking turns)
+    assert_eq!(lab.exp.threads, 2, "t from one thread asks for two");
+    assert_eq!(lab.error, None);
+    assert_eq!(lab.pending(), "2 threads per worker");
+    let (said, bad) = lab.status();
+    assert!(
+        said.starts_with("2 threads per worker from the next step: the same numbers, another speed") && !bad,
+        "{said}"
+    );
+    // Asked, not yet taken: the header says what runs and what comes.
+    let asked = text(&app, 80, 24);
+    let header = asked.lines().next().unwrap();
+    assert!(
+        header.contains("4 workers · ")
+            && header.contains("running")
+            && header.ends_with("next step: 2 threads per worker"),
+        "{header}"
+    );
+    // The run takes them at its next step (a segment with 2 threads), and a step on
+    // them is reported: its compute took half as long.
+    let lab = app.lab.as_mut().unwrap();
+    lab.apply(&Event::Segment {
+        index: 1,
+        mode: Mode::Sync,
+        workers: 4,
+        threads: 2,
+        allreduce: ddlab::comm::AllReduceAlgo::Ring,
+        link: None,
+        lr_scaling: ddlab::nn::LrScaling::None,
+        lr: 0.1,
+        momentum: 0.9,
+        update: 12,
+        samples: 12 * 128,
+        params_hash: 0,
+        t_ns: 1_300_000,
+    });
+    for w in 0..4 {
+        let mut step = report(w, 13, 1_400_000, None);
+        step.phase_ns[Phase::Forward.index()] /= 2;
+        step.phase_ns[Phase::Backward.index()] /= 2;
+        step.phase_ns[Phase::Update.index()] /= 2;
+        lab.apply(&Event::WorkerStep(step));
+    }
+    assert_eq!(lab.pending(), "", "taken: nothing pending");
+    let small = text(&app, 80, 24);
+    let header = small.lines().next().unwrap();
+    assert!(header.contains("4 workers × 2 threads"), "{header}");
+    assert!(
+        header.ends_with("running"),
+        "the run state stays at 80 columns: {header}"
+    );
+    let large = text(&app, 120, 40);
+    assert!(large.contains("compute 0.018 ms/step · 2 threads"), "{large}");
+    // (what was said names this machine's cores when they are fewer than the threads:
+    // a snapshot holds on every machine without it)
+    let lab = app.lab.as_mut().unwrap();
+    lab.said = None;
+    lab.messages.clear();
+    insta::assert_snapshot!("two_threads_80x24", text(&app, 80, 24));
+    insta::assert_snapshot!("two_threads_120x40", text(&app, 120, 40));
+}
+
+#[test]
+fn t_goes_back_to_one_thread_after_the_machines_cores() {
+    use ddlab::tui::app::{cores, thread_counts};
+    let mut app = app_with(sync_lab(2, 3, false));
+    let cycle = thread_counts(cores());
+    let mut seen = Vec::new();
+    for _ in 0..cycle.len() {
+        press(&mut app, 't');
+        seen.push(app.lab.as_ref().unwrap().exp.threads);
+    }
+    let mut expected = cycle[1..].to_vec();
+    expected.push(1);
+    assert_eq!(seen, expected);
+}

@@ -591,10 +591,18 @@ impl Lab {
                     "{} per {per}: the same numbers, another speed",
                     super::view::threads_words(t)
                 );
-                // (more threads than cores is allowed, as on a cluster node: said once,
-                // as the flag says it)
-                if let Some(over) = next.oversubscription_on(cores()) {
-                    what = format!("{what}; {over}");
+                // (more threads than cores is allowed, as on a cluster node: said, shorter
+                // than the flag's sentence, so that the status line holds it)
+                if next.oversubscription_on(cores()).is_some() {
+                    let here = match next.backend {
+                        crate::config::Backend::Threads => next.workers,
+                        crate::config::Backend::Mpi => 1,
+                    };
+                    what = format!(
+                        "{what}; {} compute threads on {} cores will take turns",
+                        here * t,
+                        cores()
+                    );
                 }
                 self.change(Control::SetThreads(t), next, what);
             }
@@ -798,4 +806,22 @@ pub fn times_ten(lr: f32, up: bool) -> f32 {
 /// The `l` key's name for a link (or "custom").
 pub fn link_name(link: Option<Link>) -> &'static str {
     LINKS.iter().find(|(_, l)| *l == link).map_or("custom link", |(n, _)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threads_cycle_doubles_up_to_the_cores_and_ends_on_them() {
+        assert_eq!(thread_counts(1), [1, 2], "one core still shows threads taking turns");
+        assert_eq!(thread_counts(2), [1, 2]);
+        assert_eq!(thread_counts(6), [1, 2, 4, 6]);
+        assert_eq!(thread_counts(16), [1, 2, 4, 8, 16]);
+        assert_eq!(
+            *thread_counts(10_000).last().unwrap(),
+            crate::config::MAX_THREADS,
+            "never past the flag's bound"
+        );
+    }
 }
