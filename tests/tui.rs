@@ -573,3 +573,50 @@ fn t_goes_back_to_one_thread_after_the_machines_cores() {
     expected.push(1);
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn threads_switched_with_t_in_a_running_lab_keep_the_parameters_of_one_thread() {
+    use ddlab::config::Length;
+    // Wide enough that more threads really split the work (see `nn::par`).
+    let exp = Experiment {
+        workers: 2,
+        hidden: vec![512, 64],
+        batch: 64,
+        seed: 5,
+        ..Default::default()
+    };
+    let mut lab = Lab::start(exp.clone(), Arc::new(digits()), false).unwrap();
+    drain_until(&mut lab, "some steps on one thread", |l| l.state().updates() >= 10);
+    lab.update(Action::CycleThreads);
+    assert_eq!(lab.error, None);
+    drain_until(&mut lab, "the run on 2 threads", |l| {
+        l.state().current().is_some_and(|s| s.threads == 2) && l.state().updates() >= l.state().segments[1].update + 10
+    });
+    // Again: the next count up the cycle, or back to 1 on a 2-core machine.
+    lab.update(Action::CycleThreads);
+    let third = lab.exp.threads;
+    assert_ne!(third, 2);
+    drain_until(&mut lab, "the third segment", |l| l.state().segments.len() == 3);
+    let seg = &lab.state().segments[2];
+    assert_eq!(seg.threads, third);
+    // The parameters the third segment starts from are those of a plain run on one
+    // thread stopped at the same update.
+    let plain = Experiment {
+        length: Length::Steps(seg.update),
+        ..exp
+    };
+    let mut s = ddlab::session::Session::start_with_data(
+        plain,
+        Arc::new(digits()),
+        ddlab::session::SessionOptions::default(),
+        None,
+    )
+    .unwrap();
+    s.run_to_end(|_| {});
+    assert_eq!(
+        ddlab::train::params_hash(&s.final_params().unwrap()),
+        seg.params_hash,
+        "after update {} on 1 then 2 threads",
+        seg.update
+    );
+}

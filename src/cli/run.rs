@@ -21,6 +21,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         return run_mpi(args, exp);
     }
     exp.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    // Allowed, as on an oversubscribed node, but said once (`Experiment::oversubscription`).
+    if let Some(over) = exp.oversubscription() {
+        eprintln!("ddlab: {over}");
+    }
     let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
     let session = Session::start(exp, SessionOptions::default()).map_err(session_error)?;
     drive(args, session, exports)

@@ -72,6 +72,8 @@ pub struct SegmentRecord {
     pub momentum: f32,
     pub update: u64,
     pub samples: u64,
+    /// Fingerprint of the parameters the segment started from (`train::params_hash`).
+    pub params_hash: u64,
     pub t_ns: u64,
 }
 
@@ -166,8 +168,8 @@ impl RunState {
                 momentum,
                 update,
                 samples,
+                params_hash,
                 t_ns,
-                ..
             } => {
                 self.pending.clear(); // a switch ends the segment on a whole step
                 if self.per_worker.len() < *workers {
@@ -185,6 +187,7 @@ impl RunState {
                     momentum: *momentum,
                     update: *update,
                     samples: *samples,
+                    params_hash: *params_hash,
                     t_ns: *t_ns,
                 });
             }

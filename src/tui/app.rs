@@ -232,11 +232,17 @@ impl Lab {
     /// the first phase when asked, to step from the very beginning).
     pub fn start(exp: Experiment, data: Arc<Dataset>, paused: bool) -> Result<Lab, String> {
         let session = Self::session_with(&exp, &data, paused)?;
-        Ok(Lab {
+        let over = exp.oversubscription();
+        let mut lab = Lab {
             session: Some(session),
             paused,
             ..Lab::replay(exp, data)
-        })
+        };
+        // (allowed, as on an oversubscribed node: said once, as the run starts)
+        if let Some(over) = over {
+            lab.say(over);
+        }
+        Ok(lab)
     }
 
     /// A lab without a session, fed by `apply` (for tests and snapshots).
