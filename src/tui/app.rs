@@ -588,15 +588,19 @@ impl Lab {
                     threads: t,
                     ..self.exp.clone()
                 };
-                let per = if self.exp.backend == crate::config::Backend::Mpi {
-                    "rank (the MPI job relaunches, parameters kept)"
+                // Over MPI a switch relaunches the job from the parameters, and momentum
+                // restarts there: the threads keep the numbers, the relaunch does not.
+                let mut what = if self.exp.backend == crate::config::Backend::Mpi {
+                    format!(
+                        "{} per rank: the MPI job relaunches from the same parameters (momentum restarts)",
+                        super::view::threads_words(t)
+                    )
                 } else {
-                    "worker from the next step"
+                    format!(
+                        "{} per worker from the next step: the same numbers, another speed",
+                        super::view::threads_words(t)
+                    )
                 };
-                let mut what = format!(
-                    "{} per {per}: the same numbers, another speed",
-                    super::view::threads_words(t)
-                );
                 // (more threads than cores is allowed, as on a cluster node: said, shorter
                 // than the flag's sentence, so that the status line holds it)
                 if next.oversubscription_on(cores()).is_some() {
