@@ -127,6 +127,56 @@ fn the_lab_runs_in_a_real_terminal_obeys_keys_and_restores_the_terminal() {
 }
 
 #[test]
+fn a_person_presses_t_and_the_header_says_the_new_threads_at_80_columns() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing on CI");
+        eprintln!("skipping: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("ddlab");
+    let tmux = Tmux {
+        socket: format!("ddlab-threads-{}", std::process::id()),
+    };
+    // Wide enough that the threads split real work (see `nn::par`).
+    let shell_cmd = format!(
+        "{} lab --workers 2 --hidden 512,64 --batch 64 --steps 100000000; echo DDLAB-EXIT=$?; sleep 60",
+        bin.display()
+    );
+    let started = tmux.cmd(&["new-session", "-d", "-x", "80", "-y", "24", "-s", "lab", &shell_cmd]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let header = |s: &str| s.lines().next().unwrap_or("").to_string();
+    tmux.wait_for("the lab on one thread", |s| {
+        header(s).contains("2 workers ·") && header(s).contains("running")
+    });
+    // A person looks at it for a while before pressing anything.
+    std::thread::sleep(Duration::from_secs(2));
+    tmux.wait_for("training progress", |s| !header(s).contains("step 0 "));
+    tmux.keys(&["t"]);
+    let screen = tmux.wait_within(Duration::from_secs(5), "the run on 2 threads", |s| {
+        header(s).contains("2 workers × 2 threads")
+    });
+    let first = header(&screen);
+    assert!(first.contains("running"), "the run state left the header: {first}");
+    assert!(
+        screen.lines().nth(1).is_some_and(|l| l.starts_with("┌ timeline")),
+        "the header wrapped at 80 columns:\n{screen}"
+    );
+    // It goes on training on them.
+    let step = |s: &str| {
+        header(s)
+            .split(" · ")
+            .find_map(|p| p.strip_prefix("step ").and_then(|n| n.parse::<u64>().ok()))
+    };
+    let at = step(&screen).expect("the header names the step");
+    tmux.wait_for("steps on 2 threads", |s| {
+        header(s).contains("× 2 threads") && step(s).is_some_and(|n| n > at + 10)
+    });
+    tmux.keys(&["q"]);
+    let after = tmux.wait_for("the exit", |s| s.contains("DDLAB-EXIT="));
+    assert!(after.contains("DDLAB-EXIT=0"), "{after}");
+}
+
+#[test]
 fn the_lab_refuses_a_non_terminal_with_the_headless_hint() {
     let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
         .arg("lab")
@@ -306,6 +356,7 @@ fn keys_for(action: ddlab::lesson::LessonAction) -> &'static str {
         SwitchToSync | SwitchToAsync | SwitchToSsp | SwitchToBackup => "m",
         AddWorker => "+",
         RemoveWorker => "-",
+        ChangeThreads => "t",
         ChangeAllreduce => "a",
         ChangeLink => "l",
         AddStraggler | RemoveStraggler => "s",

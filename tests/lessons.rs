@@ -277,3 +277,68 @@ than = { lr = 0.001 }
     assert!(line.contains("workers 2") && line.contains("steps 60"), "{line}");
     assert_eq!(line.matches("workers 2").count(), 1, "{line}");
 }
+
+#[test]
+fn a_margin_scales_the_other_run_and_equality_is_exact() {
+    let lesson = |factor: &str| {
+        format!(
+            r#"title = "Margins"
+summary = "one page"
+sources = ["nobody, 2026"]
+
+[[page]]
+title = "Compare"
+experiment = {{ workers = 2, steps = 40 }}
+
+[[page.claim]]
+text = "threads never change the loss"
+metric = "final_loss"
+op = "=="
+with = {{ threads = 2 }}
+than = {{ threads = 1 }}
+
+[[page.claim]]
+text = "a run is at least a margin of itself"
+metric = "test_accuracy"
+op = ">="
+factor = {factor}
+with = {{}}
+than = {{}}
+"#
+        )
+    };
+    let check = |factor: &str| {
+        let dir = folder(MANIFEST, &lesson(factor), "# Compare\n\nMargins.\n");
+        let out = ddlab()
+            .args(["lesson", "--check", "1", "--lessons"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, stdout) = check("0.9");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("✓ lesson 1 page 1: threads never change the loss"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" ≥ 0.900 × "), "the margin is said: {stdout}");
+    // the same run is not 10 % better than itself: the margin is applied, not ignored
+    let (code, stdout) = check("1.1");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("✗ lesson 1 page 1: a run is at least a margin"),
+        "{stdout}"
+    );
+    // a margin needs another run, and must be a positive number
+    let with_value = lesson("0.5").replace("with = {}\nthan = {}", "value = 0.5");
+    let one_page = |l: &str| folder(MANIFEST, l, "# Compare\n\nMargins.\n");
+    refused(
+        one_page(&with_value).path(),
+        &["one/lesson.toml:", "a factor scales another run's figure"],
+    );
+    refused(
+        one_page(&lesson("-1.0")).path(),
+        &["one/lesson.toml:", "factor -1 is not a positive number"],
+    );
+}

@@ -133,6 +133,56 @@ fn a_mode_switch_keeps_the_parameters_bit_identical() {
 }
 
 #[test]
+fn switching_the_threads_live_mid_run_ends_with_the_bits_of_a_run_without_the_switch() {
+    // Wide enough that more threads really split the work (gemm's and the elementwise
+    // passes' thresholds, see `nn::par`); two workers, so the all-reduce is in the step.
+    let base = Experiment {
+        workers: 2,
+        hidden: vec![512, 64],
+        batch: 64,
+        length: Length::Steps(60),
+        seed: 21,
+        ..Default::default()
+    };
+    let mut s = Session::start_with_data(base.clone(), Arc::new(digits()), SessionOptions::default(), None).unwrap();
+    // 1 thread, then 2 from about step 10, then 3 from about step 30: each at the next
+    // step, as the lab's t sends it.
+    let mut switches = vec![(30, 3), (10, 2)];
+    let mut threads_of_segments = Vec::new();
+    loop {
+        let over = s.poll_timeout(Duration::from_millis(5), |e| {
+            if let Event::Segment { threads, update, .. } = e {
+                threads_of_segments.push((*threads, *update));
+            }
+        });
+        if let Some(&(at, t)) = switches.last() {
+            if s.state().updates() >= at {
+                s.control(Control::SetThreads(t)).unwrap();
+                switches.pop();
+            }
+        }
+        if over {
+            break;
+        }
+    }
+    assert_eq!(s.state().outcome, Some(Outcome::Completed));
+    let threads: Vec<usize> = threads_of_segments.iter().map(|(t, _)| *t).collect();
+    assert_eq!(threads, [1, 2, 3], "segments: {threads_of_segments:?}");
+    assert!(
+        threads_of_segments.iter().all(|(_, u)| *u < 60),
+        "both switches came before the end: {threads_of_segments:?}"
+    );
+    assert_eq!(s.summary().threads, 3, "the summary says the threads it ended on");
+
+    let (plain, _) = run(base);
+    assert_eq!(
+        params_hash(&s.final_params().unwrap()),
+        params_hash(&plain.final_params().unwrap()),
+        "threads switched live changed the parameters"
+    );
+}
+
+#[test]
 fn changing_the_worker_count_mid_run_continues_to_the_end() {
     let exp = Experiment {
         workers: 4,

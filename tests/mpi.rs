@@ -424,12 +424,17 @@ mod lab_controller {
         until(&mut s, &mut events, "training to resume", |s| {
             s.state().updates() > paused_at + 10
         });
-        // a worker-count change stops the job, and a new one goes on from its parameters
+        // a worker-count change stops the job, and a new one goes on from its parameters;
+        // a threads change sent with it goes with it (each rank computes on 2 threads)
         s.control(Control::SetWorkers(3)).unwrap();
+        s.control(Control::SetThreads(2)).unwrap();
         let before = s.state().updates();
         let mut notes = Vec::new();
         until(&mut s, &mut events, "the relaunch", |s| {
-            s.state().current().is_some_and(|seg| seg.workers == 3) && s.state().updates() > before + 10
+            s.state()
+                .current()
+                .is_some_and(|seg| seg.workers == 3 && seg.threads == 2)
+                && s.state().updates() > before + 10
         });
         notes.extend(s.take_notes());
         let relaunched = notes
@@ -443,13 +448,14 @@ mod lab_controller {
             .find_map(|e| match e {
                 Event::Segment {
                     workers: 3,
+                    threads: 2,
                     update,
                     params_hash,
                     ..
                 } => Some((*update, *params_hash)),
                 _ => None,
             })
-            .expect("a segment with 3 workers");
+            .expect("a segment with 3 workers × 2 threads");
         assert_eq!(segment.0.to_string(), update, "the step count goes on");
         assert_eq!(
             format!("{:016x}", segment.1),

@@ -237,6 +237,15 @@ fn help_lists_every_binding_of_the_table() {
     app.update(Action::Help);
     let screen = text(&app, 120, 40);
     for b in LAB_KEYS {
+        if b.help.is_empty() {
+            // a key without a line of its own is named on another key's line
+            assert!(
+                LAB_KEYS.iter().any(|o| o.help.contains(b.label)),
+                "no line of the help names {}",
+                b.label
+            );
+            continue;
+        }
         // (long lines wrap: their first words are on one line)
         let help: String = b.help_text().chars().take(30).collect();
         assert!(screen.contains(&help), "the help lacks '{help}'");
@@ -344,6 +353,7 @@ fn every_prompt_action_can_be_done_in_the_lab() {
         ),
         (LessonAction::AddWorker, Action::MoreWorkers, base.clone()),
         (LessonAction::RemoveWorker, Action::FewerWorkers, base.clone()),
+        (LessonAction::ChangeThreads, Action::CycleThreads, base.clone()),
         (LessonAction::ChangeAllreduce, Action::CycleAllReduce, base.clone()),
         (LessonAction::ChangeLink, Action::CycleLink, base.clone()),
         (LessonAction::AddStraggler, Action::ToggleStraggler, base.clone()),
@@ -472,4 +482,141 @@ fn app_with_running(lab: &Lab) -> App {
     replay.view = lab.view.clone();
     replay.paused = lab.paused;
     app_with(replay)
+}
+
+/// The key a person presses, as the terminal delivers it.
+fn press(app: &mut App, c: char) {
+    app.handle_key(crossterm::event::KeyEvent::new(
+        crossterm::event::KeyCode::Char(c),
+        crossterm::event::KeyModifiers::NONE,
+    ));
+}
+
+#[test]
+fn t_asks_for_two_threads_per_worker_and_the_header_and_numbers_say_them_once_taken() {
+    let mut app = app_with(sync_lab(4, 12, false));
+    press(&mut app, 't');
+    let lab = app.lab.as_mut().unwrap();
+    // (every machine's cycle goes 1 → 2: even one core shows threads taking turns)
+    assert_eq!(lab.exp.threads, 2, "t from one thread asks for two");
+    assert_eq!(lab.error, None);
+    assert_eq!(lab.pending(), "2 threads per worker");
+    let (said, bad) = lab.status();
+    assert!(
+        said.starts_with("2 threads per worker from the next step: the same numbers, another speed") && !bad,
+        "{said}"
+    );
+    // Asked, not yet taken: the header says what runs and what comes.
+    let asked = text(&app, 80, 24);
+    let header = asked.lines().next().unwrap();
+    assert!(
+        header.contains("4 workers · ")
+            && header.contains("running")
+            && header.ends_with("next step: 2 threads per worker"),
+        "{header}"
+    );
+    // The run takes them at its next step (a segment with 2 threads), and a step on
+    // them is reported: its compute took half as long.
+    let lab = app.lab.as_mut().unwrap();
+    lab.apply(&Event::Segment {
+        index: 1,
+        mode: Mode::Sync,
+        workers: 4,
+        threads: 2,
+        allreduce: ddlab::comm::AllReduceAlgo::Ring,
+        link: None,
+        lr_scaling: ddlab::nn::LrScaling::None,
+        lr: 0.1,
+        momentum: 0.9,
+        update: 12,
+        samples: 12 * 128,
+        params_hash: 0,
+        t_ns: 1_300_000,
+    });
+    for w in 0..4 {
+        let mut step = report(w, 13, 1_400_000, None);
+        step.phase_ns[Phase::Forward.index()] /= 2;
+        step.phase_ns[Phase::Backward.index()] /= 2;
+        step.phase_ns[Phase::Update.index()] /= 2;
+        lab.apply(&Event::WorkerStep(step));
+    }
+    assert_eq!(lab.pending(), "", "taken: nothing pending");
+    let small = text(&app, 80, 24);
+    let header = small.lines().next().unwrap();
+    assert!(header.contains("4 workers × 2 threads"), "{header}");
+    assert!(
+        header.ends_with("running"),
+        "the run state stays at 80 columns: {header}"
+    );
+    let large = text(&app, 120, 40);
+    assert!(large.contains("compute 0.018 ms/step · 2 threads"), "{large}");
+    // (what was said names this machine's cores when they are fewer than the threads:
+    // a snapshot holds on every machine without it)
+    let lab = app.lab.as_mut().unwrap();
+    lab.said = None;
+    lab.messages.clear();
+    insta::assert_snapshot!("two_threads_80x24", text(&app, 80, 24));
+    insta::assert_snapshot!("two_threads_120x40", text(&app, 120, 40));
+}
+
+#[test]
+fn t_goes_back_to_one_thread_after_the_machines_cores() {
+    use ddlab::tui::app::{cores, thread_counts};
+    let mut app = app_with(sync_lab(2, 3, false));
+    let cycle = thread_counts(cores());
+    let mut seen = Vec::new();
+    for _ in 0..cycle.len() {
+        press(&mut app, 't');
+        seen.push(app.lab.as_ref().unwrap().exp.threads);
+    }
+    let mut expected = cycle[1..].to_vec();
+    expected.push(1);
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn threads_switched_with_t_in_a_running_lab_keep_the_parameters_of_one_thread() {
+    use ddlab::config::Length;
+    // Wide enough that more threads really split the work (see `nn::par`).
+    let exp = Experiment {
+        workers: 2,
+        hidden: vec![512, 64],
+        batch: 64,
+        seed: 5,
+        ..Default::default()
+    };
+    let mut lab = Lab::start(exp.clone(), Arc::new(digits()), false).unwrap();
+    drain_until(&mut lab, "some steps on one thread", |l| l.state().updates() >= 10);
+    lab.update(Action::CycleThreads);
+    assert_eq!(lab.error, None);
+    drain_until(&mut lab, "the run on 2 threads", |l| {
+        l.state().current().is_some_and(|s| s.threads == 2) && l.state().updates() >= l.state().segments[1].update + 10
+    });
+    // Again: the next count up the cycle, or back to 1 on a 2-core machine.
+    lab.update(Action::CycleThreads);
+    let third = lab.exp.threads;
+    assert_ne!(third, 2);
+    drain_until(&mut lab, "the third segment", |l| l.state().segments.len() == 3);
+    let seg = &lab.state().segments[2];
+    assert_eq!(seg.threads, third);
+    // The parameters the third segment starts from are those of a plain run on one
+    // thread stopped at the same update.
+    let plain = Experiment {
+        length: Length::Steps(seg.update),
+        ..exp
+    };
+    let mut s = ddlab::session::Session::start_with_data(
+        plain,
+        Arc::new(digits()),
+        ddlab::session::SessionOptions::default(),
+        None,
+    )
+    .unwrap();
+    s.run_to_end(|_| {});
+    assert_eq!(
+        ddlab::train::params_hash(&s.final_params().unwrap()),
+        seg.params_hash,
+        "after update {} on 1 then 2 threads",
+        seg.update
+    );
 }

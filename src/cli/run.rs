@@ -21,6 +21,10 @@ pub fn run(args: &RunArgs) -> Result<(), ExitError> {
         return run_mpi(args, exp);
     }
     exp.validate().map_err(|e| ExitError::usage(e.to_string()))?;
+    // Allowed, as on an oversubscribed node, but said once (`Experiment::oversubscription`).
+    if let Some(over) = exp.oversubscription() {
+        crate::session::spmd::say(&over);
+    }
     let exports = Exports::open(args.json.as_deref(), args.csv.as_deref(), args.trace.as_deref())?;
     let session = Session::start(exp, SessionOptions::default()).map_err(ExitError::from)?;
     drive(args, session, exports)

@@ -202,7 +202,16 @@ pub fn check_lessons(lessons: &[Lesson], only: Option<usize>, mut report: impl F
                         )),
                         Against::Run(than) => {
                             let b = runs.metric(than, &c.metric)?;
-                            Ok((c.op.holds(a, b), compared(&c.metric, a, c.op, b, &c.with, than)))
+                            let mut line = compared(&c.metric, a, c.op, b, &c.with, than);
+                            if c.factor != 1.0 {
+                                // (the margin, said where the comparison is)
+                                line = line.replacen(
+                                    &format!(" {} ", c.op.symbol()),
+                                    &format!(" {} {} × ", c.op.symbol(), fmt(c.factor)),
+                                    1,
+                                );
+                            }
+                            Ok((c.op.holds(a, c.factor * b), line))
                         }
                     }
                 })();

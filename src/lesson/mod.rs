@@ -201,6 +201,7 @@ pub enum LessonAction {
     SwitchToBackup,
     AddWorker,
     RemoveWorker,
+    ChangeThreads,
     ChangeAllreduce,
     ChangeLink,
     AddStraggler,
@@ -215,7 +216,7 @@ pub enum LessonAction {
 }
 
 impl LessonAction {
-    pub const ALL: [LessonAction; 20] = [
+    pub const ALL: [LessonAction; 21] = [
         LessonAction::Pause,
         LessonAction::StepPhase,
         LessonAction::SlowMotion,
@@ -225,6 +226,7 @@ impl LessonAction {
         LessonAction::SwitchToBackup,
         LessonAction::AddWorker,
         LessonAction::RemoveWorker,
+        LessonAction::ChangeThreads,
         LessonAction::ChangeAllreduce,
         LessonAction::ChangeLink,
         LessonAction::AddStraggler,
@@ -256,6 +258,9 @@ pub enum CmpOp {
     Gt,
     #[serde(rename = "<")]
     Lt,
+    /// Exactly equal: for what must not change at all (threads never change the bits).
+    #[serde(rename = "==")]
+    Eq,
 }
 
 impl CmpOp {
@@ -265,6 +270,7 @@ impl CmpOp {
             CmpOp::Le => a <= b,
             CmpOp::Gt => a > b,
             CmpOp::Lt => a < b,
+            CmpOp::Eq => a == b,
         }
     }
     pub fn symbol(self) -> &'static str {
@@ -273,6 +279,7 @@ impl CmpOp {
             CmpOp::Le => "≤",
             CmpOp::Gt => ">",
             CmpOp::Lt => "<",
+            CmpOp::Eq => "=",
         }
     }
 }
@@ -319,8 +326,11 @@ struct ClaimFile {
     with: BTreeMap<String, Spanned<toml::Value>>,
     /// Compared with a number…
     value: Option<f64>,
-    /// …or with another run: flags changed from the page's experiment.
+    /// …or with another run: flags changed from the page's experiment…
     than: Option<BTreeMap<String, Spanned<toml::Value>>>,
+    /// …whose figure is first multiplied by this margin (`metric(with) >= 0.5 ×
+    /// metric(than)`): timings that hold on a busy machine are relative, with room.
+    factor: Option<f64>,
 }
 
 /// Something the text says about runs, verified headless: `metric(with) op value`, or
@@ -332,6 +342,8 @@ pub struct Claim {
     pub op: CmpOp,
     pub with: Experiment,
     pub against: Against,
+    /// The margin the other run's figure is multiplied by (1: none).
+    pub factor: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -574,12 +586,26 @@ pub fn parse_lesson(
                 (None, Some(than)) => Against::Run(Box::new(experiment_from(toml_name, toml_text, &than, &current)?)),
                 _ => return Err(at(format!("claim \"{}\": give either `value` or `than`", c.text))),
             };
+            let factor = match (c.factor, &against) {
+                (None, _) => 1.0,
+                (Some(f), Against::Run(_)) if f.is_finite() && f > 0.0 => f,
+                (Some(f), Against::Run(_)) => {
+                    return Err(at(format!("claim \"{}\": factor {f} is not a positive number", c.text)))
+                }
+                (Some(_), Against::Value(_)) => {
+                    return Err(at(format!(
+                        "claim \"{}\": a factor scales another run's figure: give `than`, or fold it into `value`",
+                        c.text
+                    )))
+                }
+            };
             claims.push(Claim {
                 text: c.text,
                 metric: c.metric,
                 op: c.op,
                 with,
                 against,
+                factor,
             });
         }
         for q in &p.quiz {

@@ -400,8 +400,11 @@ impl Session {
             run.swallow_finished += 1;
         }
         run.notes.push(format!(
-            "relaunching the MPI job with {} workers, {} (parameters kept)",
-            next.workers, next.mode
+            "relaunching the MPI job with {} workers × {} thread{}, {} (parameters kept)",
+            next.workers,
+            next.threads,
+            if next.threads == 1 { "" } else { "s" },
+            next.mode
         ));
         run.relaunch = Some(next);
         Ok(())

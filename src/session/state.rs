@@ -63,6 +63,8 @@ pub struct SegmentRecord {
     pub index: usize,
     pub mode: Mode,
     pub workers: usize,
+    /// Compute threads per worker.
+    pub threads: usize,
     pub allreduce: crate::comm::AllReduceAlgo,
     pub link: Option<crate::comm::Link>,
     pub lr_scaling: crate::nn::LrScaling,
@@ -70,6 +72,8 @@ pub struct SegmentRecord {
     pub momentum: f32,
     pub update: u64,
     pub samples: u64,
+    /// Fingerprint of the parameters the segment started from (`train::params_hash`).
+    pub params_hash: u64,
     pub t_ns: u64,
 }
 
@@ -156,6 +160,7 @@ impl RunState {
                 index,
                 mode,
                 workers,
+                threads,
                 allreduce,
                 link,
                 lr_scaling,
@@ -163,8 +168,8 @@ impl RunState {
                 momentum,
                 update,
                 samples,
+                params_hash,
                 t_ns,
-                ..
             } => {
                 self.pending.clear(); // a switch ends the segment on a whole step
                 if self.per_worker.len() < *workers {
@@ -174,6 +179,7 @@ impl RunState {
                     index: *index,
                     mode: *mode,
                     workers: *workers,
+                    threads: *threads,
                     allreduce: *allreduce,
                     link: *link,
                     lr_scaling: *lr_scaling,
@@ -181,6 +187,7 @@ impl RunState {
                     momentum: *momentum,
                     update: *update,
                     samples: *samples,
+                    params_hash: *params_hash,
                     t_ns: *t_ns,
                 });
             }

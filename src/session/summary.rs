@@ -21,6 +21,8 @@ pub struct Summary {
     pub final_params_hash: Option<String>,
     pub mode: String,
     pub workers: usize,
+    /// Compute threads per worker (per rank over MPI), as the run ended.
+    pub threads: usize,
     pub allreduce: String,
     pub dataset: String,
     pub hidden: Vec<usize>,
@@ -101,6 +103,7 @@ impl Summary {
             diverged_step,
             mode: state.mode().to_string(),
             workers,
+            threads: state.current().map_or(exp.threads, |s| s.threads),
             allreduce: exp.allreduce.to_string(),
             dataset: exp.dataset.to_string(),
             hidden: exp.hidden.clone(),

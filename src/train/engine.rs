@@ -292,12 +292,21 @@ pub(super) struct Segment {
     /// The base learning rate (before its rule and warm-up) and the momentum.
     pub lr: f32,
     pub momentum: f32,
+    /// The data order a sync segment draws from: the shuffling of segment `shuffle`,
+    /// begun at update `shuffle_from`. A switch that keeps sync and the workers (threads,
+    /// LR, momentum, algorithm, link) goes on with the order it found, so that it changes
+    /// only what it says it changes: threads switched live give the bits of a run
+    /// without the switch. Other switches start an order of their own.
+    pub shuffle: usize,
+    pub shuffle_from: u64,
 }
 
 impl Segment {
     fn first(exp: &Experiment) -> Segment {
         Segment {
             index: 0,
+            shuffle: 0,
+            shuffle_from: 0,
             mode: exp.mode,
             workers: exp.workers,
             threads: exp.threads,
@@ -580,6 +589,7 @@ fn run(
                 index: segment.index,
                 mode: segment.mode,
                 workers: segment.workers,
+                threads: segment.threads,
                 allreduce: segment.allreduce,
                 link: segment.link,
                 lr_scaling: segment.lr_scaling,
@@ -596,8 +606,16 @@ fn run(
                 SegEnd::Switch if !live.aborted.load(Ordering::SeqCst) => {
                     live.switch_requested.store(false, Ordering::SeqCst);
                     let next = *live.next.lock().unwrap_or_else(|e| e.into_inner());
+                    let same_order =
+                        next.mode == Mode::Sync && segment.mode == Mode::Sync && next.workers == segment.workers;
                     segment = Segment {
                         index: segment.index + 1,
+                        shuffle: if same_order { segment.shuffle } else { segment.index + 1 },
+                        shuffle_from: if same_order {
+                            segment.shuffle_from
+                        } else {
+                            state.updates
+                        },
                         ..next
                     };
                 }

@@ -141,6 +141,10 @@ pub enum Event {
         index: usize,
         mode: crate::config::Mode,
         workers: usize,
+        /// Compute threads per worker (per rank over MPI); 1 in records made before
+        /// threads could change.
+        #[serde(default = "one")]
+        threads: usize,
         allreduce: crate::comm::AllReduceAlgo,
         link: Option<crate::comm::Link>,
         lr_scaling: crate::nn::LrScaling,

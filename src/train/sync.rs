@@ -251,7 +251,9 @@ impl<'a> Worker<'a> {
         let p = mlp.num_params();
         let mut transfers: Vec<Transfer> = Vec::new();
 
-        let sharder = ctx.sharder(self.seg.index, self.seg.workers);
+        let sharder = ctx.sharder(self.seg.shuffle, self.seg.workers);
+        // Steps of this segment's data order taken before it began (see `Segment`).
+        let before = self.first_update - self.seg.shuffle_from;
         let schedule = ctx.schedule(&self.seg);
         let steps_per_epoch = sharder.steps_per_epoch();
         let global_batch = (self.seg.workers * exp.batch) as u64;
@@ -267,12 +269,13 @@ impl<'a> Worker<'a> {
             self.now.step.store(step, Ordering::Relaxed);
             let samples_before = self.first_samples + local * global_batch;
             let epoch = samples_before / data.train_len() as u64; // of the whole run
-            let shard_epoch = local / steps_per_epoch; // of this segment's shuffling
+            let in_order = before + local;
+            let shard_epoch = in_order / steps_per_epoch; // of this data order's shuffling
             if perm.0 != shard_epoch {
                 perm = (shard_epoch, sharder.permutation(shard_epoch));
             }
             // next_batch: gather this worker's shard of the global batch.
-            let indices = sharder.batch(&perm.1, local % steps_per_epoch, rank);
+            let indices = sharder.batch(&perm.1, in_order % steps_per_epoch, rank);
             for (row, (&i, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
                 x.row_mut(row).assign(&data.train_x.row(i as usize));
                 *label = data.train_y[i as usize];

@@ -35,6 +35,24 @@ pub const LINKS: [(&str, Option<Link>); 4] = [
     ("10 GbE", Some(Link::PRESETS[1].1)),
     ("1 GbE", Some(Link::PRESETS[2].1)),
 ];
+/// This machine's cores (1 when the OS does not say).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |c| c.get())
+}
+
+/// The compute threads per worker the `t` key cycles through on a machine of `cores`
+/// cores: doubling from 1 up to the cores (and the cores themselves when they are not a
+/// power of two), at least up to 2, so that even one core can show threads taking
+/// turns. Never past the flag's own bound.
+pub fn thread_counts(cores: usize) -> Vec<usize> {
+    let top = cores.clamp(2, crate::config::MAX_THREADS);
+    let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+        .take_while(|&t| t < top)
+        .collect();
+    counts.push(top);
+    counts
+}
+
 /// The modes the `m` key cycles through.
 pub const MODES: [Mode; 4] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1)];
 
@@ -214,11 +232,17 @@ impl Lab {
     /// the first phase when asked, to step from the very beginning).
     pub fn start(exp: Experiment, data: Arc<Dataset>, paused: bool) -> Result<Lab, String> {
         let session = Self::session_with(&exp, &data, paused)?;
-        Ok(Lab {
+        let over = exp.oversubscription();
+        let mut lab = Lab {
             session: Some(session),
             paused,
             ..Lab::replay(exp, data)
-        })
+        };
+        // (allowed, as on an oversubscribed node: said once, as the run starts)
+        if let Some(over) = over {
+            lab.say(over);
+        }
+        Ok(lab)
     }
 
     /// A lab without a session, fed by `apply` (for tests and snapshots).
@@ -367,6 +391,9 @@ impl Lab {
         }
         if seg.workers != self.exp.workers {
             parts.push(format!("{} workers", self.exp.workers));
+        }
+        if seg.threads != self.exp.threads {
+            parts.push(format!("{} per worker", super::view::threads_words(self.exp.threads)));
         }
         if seg.allreduce != self.exp.allreduce {
             parts.push(format!("{} all-reduce", self.exp.allreduce));
@@ -549,6 +576,45 @@ impl Lab {
                     next,
                     format!("{n} workers from the next step (parameters kept)"),
                 );
+            }
+            Action::CycleThreads => {
+                // The next count up the cycle (from a count off it, as `--threads 3`
+                // gives: the next one above), else back to 1.
+                let t = thread_counts(cores())
+                    .into_iter()
+                    .find(|&t| t > self.exp.threads)
+                    .unwrap_or(1);
+                let next = Experiment {
+                    threads: t,
+                    ..self.exp.clone()
+                };
+                // Over MPI a switch relaunches the job from the parameters, and momentum
+                // restarts there: the threads keep the numbers, the relaunch does not.
+                let mut what = if self.exp.backend == crate::config::Backend::Mpi {
+                    format!(
+                        "{} per rank: the MPI job relaunches from the same parameters (momentum restarts)",
+                        super::view::threads_words(t)
+                    )
+                } else {
+                    format!(
+                        "{} per worker from the next step: the same numbers, another speed",
+                        super::view::threads_words(t)
+                    )
+                };
+                // (more threads than cores is allowed, as on a cluster node: said, shorter
+                // than the flag's sentence, so that the status line holds it)
+                if next.oversubscription_on(cores()).is_some() {
+                    let here = match next.backend {
+                        crate::config::Backend::Threads => next.workers,
+                        crate::config::Backend::Mpi => 1,
+                    };
+                    what = format!(
+                        "{what}; {} compute threads on {} cores will take turns",
+                        here * t,
+                        cores()
+                    );
+                }
+                self.change(Control::SetThreads(t), next, what);
             }
             Action::CycleAllReduce => {
                 let i = AllReduceAlgo::ALL
@@ -750,4 +816,22 @@ pub fn times_ten(lr: f32, up: bool) -> f32 {
 /// The `l` key's name for a link (or "custom").
 pub fn link_name(link: Option<Link>) -> &'static str {
     LINKS.iter().find(|(_, l)| *l == link).map_or("custom link", |(n, _)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threads_cycle_doubles_up_to_the_cores_and_ends_on_them() {
+        assert_eq!(thread_counts(1), [1, 2], "one core still shows threads taking turns");
+        assert_eq!(thread_counts(2), [1, 2]);
+        assert_eq!(thread_counts(6), [1, 2, 4, 6]);
+        assert_eq!(thread_counts(16), [1, 2, 4, 8, 16]);
+        assert_eq!(
+            *thread_counts(10_000).last().unwrap(),
+            crate::config::MAX_THREADS,
+            "never past the flag's bound"
+        );
+    }
 }

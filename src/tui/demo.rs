@@ -27,6 +27,7 @@ pub fn segment(mode: Mode, workers: usize) -> Event {
         index: 0,
         mode,
         workers,
+        threads: 1,
         allreduce: AllReduceAlgo::Ring,
         link: None,
         lr_scaling: LrScaling::None,

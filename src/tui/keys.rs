@@ -12,6 +12,7 @@ pub enum Action {
     CycleMode,
     MoreWorkers,
     FewerWorkers,
+    CycleThreads,
     CycleAllReduce,
     CycleLink,
     SelectWorker,
@@ -56,7 +57,8 @@ pub struct Binding {
     pub action: Action,
     /// A few words for the footer.
     pub short: &'static str,
-    /// One line for the help.
+    /// One line for the help (empty: the key is named on another key's line, and has
+    /// none of its own, so that the help fits a 120×40 screen).
     pub help: &'static str,
     /// Shown in the footer (the rest only in the help).
     pub footer: bool,
@@ -156,6 +158,14 @@ pub const LAB_KEYS: &[Binding] = &[
         Action::FewerWorkers,
         "",
         "one worker fewer (keeps the parameters)",
+        false,
+    ),
+    bind(
+        KeyCode::Char('t'),
+        "t",
+        Action::CycleThreads,
+        "",
+        "threads per worker (OMP_NUM_THREADS): 1 → 2 → 4 … → cores → 1; same numbers",
         false,
     ),
     bind(
@@ -262,14 +272,8 @@ pub const LAB_KEYS: &[Binding] = &[
         "focus the next panel (shift-tab: the previous one)",
         false,
     ),
-    bind(
-        KeyCode::BackTab,
-        "shift-tab",
-        Action::FocusPrev,
-        "",
-        "focus the previous panel",
-        false,
-    ),
+    // (no line of its own in the help: tab's names it)
+    bind(KeyCode::BackTab, "shift-tab", Action::FocusPrev, "", "", false),
     bind(
         KeyCode::Char('f'),
         "f",

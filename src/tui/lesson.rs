@@ -139,6 +139,9 @@ pub fn detect(action: Action, before: &Experiment, after: &Experiment) -> Vec<Le
     } else if after.workers < before.workers {
         did.push(LessonAction::RemoveWorker);
     }
+    if before.threads != after.threads {
+        did.push(LessonAction::ChangeThreads);
+    }
     if before.allreduce != after.allreduce {
         did.push(LessonAction::ChangeAllreduce);
     }

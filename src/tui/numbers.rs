@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 use super::app::Lab;
 use super::theme::Theme;
 use crate::session::RunState;
+use crate::train::Phase;
 
 /// Rates over the records of the last `window_s` seconds of run time.
 pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
@@ -94,6 +95,37 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         Span::styled("idle ", theme.dim()),
         Span::raw(format!("{:.0} % of worker time", st.idle_fraction() * 100.0)),
     ]));
+    // The compute of a worker's step (forward, backward, its update): the one figure
+    // threads change, so it stands beside how many each worker has
+    // (below the idle share: where the panel is short, it goes first).
+    let compute: Vec<f64> = lab
+        .view
+        .reports
+        .iter()
+        .flatten()
+        .map(|r| {
+            [Phase::Forward, Phase::Backward, Phase::Update]
+                .iter()
+                .map(|p| r.phase_ns[p.index()])
+                .sum::<u64>() as f64
+        })
+        .collect();
+    if !compute.is_empty() {
+        let threads = st.current().map_or(lab.exp.threads, |s| s.threads);
+        lines.push(Line::from(vec![
+            Span::styled("compute ", theme.dim()),
+            Span::raw(format!(
+                "{:.3} ms/step{}",
+                compute.iter().sum::<f64>() / compute.len() as f64 / 1e6,
+                // (a GPU worker computes on its GPU, not on CPU threads)
+                if lab.exp.device == crate::config::Device::Gpu {
+                    String::new()
+                } else {
+                    format!(" · {}", super::view::threads_words(threads))
+                }
+            )),
+        ]));
+    }
     if let Some(e) = &lab.error {
         lines.push(Line::styled(e.clone(), theme.bad()));
     }

@@ -129,7 +129,10 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let dt = (shown / cells).max(1);
     let cell_pieces: Vec<Vec<(u64, u64)>> = (0..cells).map(|c| real_pieces(&kept, c * dt, dt)).collect();
     let rows = (inner.height as usize).saturating_sub(1).max(1);
-    for w in 0..workers.min(rows) {
+    // Too many workers for the rows: the last row says how many are not drawn (it
+    // takes a worker's row, so that worker is among them).
+    let drawn = if workers > rows { rows - 1 } else { workers };
+    for w in 0..drawn {
         let y = inner.y + w as u16;
         let slow = lab.exp.stragglers.iter().any(|s| s.worker == w);
         let label = format!("w{w}{}", if slow { "*" } else { "" });
@@ -147,8 +150,9 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             }
         }
     }
-    if workers > rows {
-        let more = format!("… {} more workers", workers - rows);
+    if workers > drawn {
+        let hidden = workers - drawn;
+        let more = format!("… {hidden} more worker{}", if hidden == 1 { "" } else { "s" });
         buf.set_stringn(
             inner.x,
             inner.y + rows as u16 - 1,

@@ -105,6 +105,7 @@ fn help(keys: &[Binding], scroll: &std::cell::Cell<u16>, theme: &Theme, area: Re
     let label_w = keys.iter().map(|b| b.label.chars().count()).max().unwrap_or(1);
     let lines: Vec<Line> = keys
         .iter()
+        .filter(|b| !b.help.is_empty())
         .map(|b| {
             Line::from(vec![
                 Span::styled(format!("{:>label_w$}  ", b.label), theme.key()),
@@ -226,12 +227,15 @@ struct Part {
     keep: u8,
     long: String,
     short: String,
+    /// A longer form still, for what is worth saying only where room is left once every
+    /// part has its place (the default "× 1 thread": never at the cost of the LR).
+    spare: Option<String>,
     style: ratatui::style::Style,
 }
 
 /// The parts that fit in `width` columns, in their order, so that the header never
 /// wraps: by importance, each takes its long form if it fits, else its short one, else
-/// it is left out.
+/// it is left out; then, by importance, spare forms take what room is left.
 fn fit(parts: &[Part], width: usize) -> Vec<(String, ratatui::style::Style)> {
     const SEP: usize = 3; // " · "
     let mut order: Vec<usize> = (0..parts.len()).collect();
@@ -246,6 +250,14 @@ fn fit(parts: &[Part], width: usize) -> Vec<(String, ratatui::style::Style)> {
                 chosen[i] = Some(form);
                 used += sep + len(form);
                 break;
+            }
+        }
+    }
+    for &i in &order {
+        if let (Some(now), Some(spare)) = (chosen[i], parts[i].spare.as_deref()) {
+            if used - len(now) + len(spare) <= width {
+                used = used - len(now) + len(spare);
+                chosen[i] = Some(spare);
             }
         }
     }
@@ -302,6 +314,7 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         keep,
         long,
         short,
+        spare: None,
         style: plain,
     };
     let (state_long, state_short, state_style) = state_text(lab, theme);
@@ -315,6 +328,7 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             keep: 9,
             long: "ddlab".into(),
             short: "ddlab".into(),
+            spare: None,
             style: theme.title(),
         },
         {
@@ -327,8 +341,19 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             )
         },
         {
+            // Workers × threads, as a cluster user sets ranks × OMP_NUM_THREADS. One
+            // thread is the default: said only where the line has room to spare.
             let workers = format!("{n} worker{}", if n == 1 { "" } else { "s" });
-            part(8, workers.clone(), workers)
+            let threads = seg.map_or(lab.exp.threads, |s| s.threads);
+            let with_threads = format!("{workers} × {}", threads_words(threads));
+            if threads == 1 {
+                Part {
+                    spare: Some(with_threads),
+                    ..part(8, workers.clone(), workers)
+                }
+            } else {
+                part(8, with_threads, format!("{n}×{threads} threads"))
+            }
         },
         part(8, mode.to_string(), mode.to_string()),
         part(
@@ -374,6 +399,7 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             keep: 10,
             long: state_long,
             short: state_short,
+            spare: None,
             style: state_style,
         },
     ];
@@ -388,6 +414,7 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             keep: 9,
             long: format!("{when}: {pending}"),
             short: format!("→ {pending}"),
+            spare: None,
             style: theme.warn(),
         });
     }
@@ -399,6 +426,11 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         spans.push(Span::styled(text, style));
     }
     Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+/// "1 thread", "2 threads".
+pub fn threads_words(threads: usize) -> String {
+    format!("{threads} thread{}", if threads == 1 { "" } else { "s" })
 }
 
 /// The GPUs the `n` workers compute on, as " on gpu0 NAME (vulkan) ×4": each device
