@@ -61,12 +61,17 @@ pub enum Mode {
     /// Sync through the parameter server that applies the mean of the first N−B
     /// gradients of each step and drops the rest (Chen et al. 2016).
     Backup(usize),
+    /// Local SGD: every worker takes H steps alone on its own shard, then the workers
+    /// all-reduce their parameters (Stich 2018; Lin et al. 2018); with an outer optimizer
+    /// over the averaged change, DiLoCo (Douillard et al. 2023). local:1 is sync with
+    /// parameters averaged instead of gradients.
+    Local(u32),
 }
 
 impl Mode {
     /// Whether the mode runs through a parameter server (rather than an all-reduce).
     pub fn uses_server(self) -> bool {
-        !matches!(self, Mode::Sync)
+        !matches!(self, Mode::Sync | Mode::Local(_))
     }
 }
 
@@ -89,8 +94,17 @@ impl std::str::FromStr for Mode {
                     Ok(Mode::Ssp(number(k, "the staleness bound K")?))
                 } else if let Some(b) = s.strip_prefix("backup:") {
                     Ok(Mode::Backup(number(b, "the number of backup workers B")? as usize))
+                } else if let Some(h) = s.strip_prefix("local:") {
+                    match number(h, "the number of local steps H")? {
+                        0 => Err(format!(
+                            "'{s}': workers must take at least 1 local step between averages: use local:H with H ≥ 1, like local:8"
+                        )),
+                        h => Ok(Mode::Local(h)),
+                    }
                 } else {
-                    Err(format!("unknown mode '{s}': use sync, async, ssp:K or backup:B"))
+                    Err(format!(
+                        "unknown mode '{s}': use sync, async, ssp:K, backup:B or local:H"
+                    ))
                 }
             }
         }
@@ -104,6 +118,7 @@ impl std::fmt::Display for Mode {
             Mode::Async => f.write_str("async"),
             Mode::Ssp(k) => write!(f, "ssp:{k}"),
             Mode::Backup(b) => write!(f, "backup:{b}"),
+            Mode::Local(h) => write!(f, "local:{h}"),
         }
     }
 }
@@ -213,6 +228,14 @@ pub struct Experiment {
     /// the workers; empty = round-robin over every GPU found.
     #[serde(default)]
     pub gpus: Vec<usize>,
+    /// local:H only: the outer optimizer's learning rate on the averaged change of the
+    /// parameters (DiLoCo's outer step); 1 with no outer momentum is plain averaging.
+    pub outer_lr: f32,
+    /// local:H only: the outer optimizer's momentum; 0 = plain averaging (DiLoCo uses 0.9
+    /// with Nesterov and an outer LR of 0.7).
+    pub outer_momentum: f32,
+    /// local:H only: Nesterov's form of the outer momentum, as DiLoCo.
+    pub nesterov: bool,
     /// Slow motion: every phase, message, straggler delay and server action lasts this
     /// many times as long (time dilation, so that the run keeps its shape); 1 = full
     /// speed, the default for headless runs.
@@ -247,6 +270,9 @@ impl Default for Experiment {
             eval_every: 25,
             device: crate::gpu::Device::Cpu,
             gpus: Vec::new(),
+            outer_lr: 1.0,
+            outer_momentum: 0.0,
+            nesterov: false,
             slow: 1.0,
         }
     }
@@ -390,6 +416,27 @@ impl Experiment {
                     "{} is not allowed with {} workers: use 1 to {} nodes",
                     self.nodes, self.workers, self.workers
                 ),
+            ));
+        }
+        if !(self.outer_lr.is_finite() && self.outer_lr > 0.0 && self.outer_lr <= 10.0) {
+            return Err(bad(
+                "outer-lr",
+                format!(
+                    "{} is not allowed: use an outer learning rate above 0 and at most 10 (1 = plain averaging, DiLoCo uses 0.7)",
+                    self.outer_lr
+                ),
+            ));
+        }
+        if !(self.outer_momentum.is_finite() && (0.0..1.0).contains(&self.outer_momentum)) {
+            return Err(bad(
+                "outer-momentum",
+                format!("{} is not allowed: use 0 ≤ outer momentum < 1", self.outer_momentum),
+            ));
+        }
+        if self.nesterov && self.outer_momentum == 0.0 {
+            return Err(bad(
+                "nesterov",
+                "Nesterov is a form of outer momentum, and the outer momentum is 0: add --outer-momentum 0.9, or drop --nesterov",
             ));
         }
         match self.mode {
@@ -620,13 +667,15 @@ mod tests {
 
     #[test]
     fn modes_parse_and_print_back() {
-        for m in ["sync", "async", "ssp:0", "ssp:3", "backup:1"] {
+        for m in ["sync", "async", "ssp:0", "ssp:3", "backup:1", "local:1", "local:8"] {
             assert_eq!(m.parse::<Mode>().unwrap().to_string(), m);
         }
         assert!("nonsense"
             .parse::<Mode>()
             .unwrap_err()
-            .contains("use sync, async, ssp:K or backup:B"));
+            .contains("use sync, async, ssp:K, backup:B or local:H"));
+        assert!("local:0".parse::<Mode>().unwrap_err().contains("H ≥ 1"));
+        assert!("local:x".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
         assert!("ssp:-1".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
         assert!("backup:x".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
     }

@@ -270,7 +270,7 @@ fn keys_for(action: ddlab::lesson::LessonAction) -> &'static str {
         Pause => "Space",
         StepPhase => "n",
         SlowMotion => "z",
-        SwitchToSync | SwitchToAsync | SwitchToSsp | SwitchToBackup => "m",
+        SwitchToSync | SwitchToAsync | SwitchToSsp | SwitchToBackup | SwitchToLocal => "m",
         AddWorker => "+",
         RemoveWorker => "-",
         ChangeAllreduce => "a",

@@ -12,7 +12,7 @@ use crate::session::{Session, SessionError, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// The modes to run, comma-separated: sync, async, ssp:K, backup:B.
+    /// The modes to run, comma-separated: sync, async, ssp:K, backup:B, local:H.
     #[arg(
         long,
         value_name = "M1,M2,..",
@@ -55,7 +55,8 @@ pub struct CompareRow {
 /// How many gradients one update of the parameters holds in `mode` with `workers`.
 pub fn gradients_per_step(mode: Mode, workers: usize) -> usize {
     match mode {
-        Mode::Sync => workers,
+        // (local SGD: each step is N workers' own updates, averaged every H)
+        Mode::Sync | Mode::Local(_) => workers,
         Mode::Backup(b) => workers.saturating_sub(b),
         Mode::Async | Mode::Ssp(_) => 1,
     }

@@ -207,7 +207,8 @@ pub struct ExperimentArgs {
     /// Compute threads per worker (per rank over MPI), like OMP_NUM_THREADS: 1 to 256.
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
-    /// How workers combine gradients: sync, async, ssp:K or backup:B.
+    /// How workers combine their work: sync, async, ssp:K, backup:B, or local:H (H local
+    /// steps, then the parameters averaged).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
     /// All-reduce algorithm: ring, tree, naive, hierarchical, 2d, or mpi (the library's own).
@@ -278,6 +279,16 @@ pub struct ExperimentArgs {
     /// them), round-robin over the workers.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
     pub gpus: Option<Vec<usize>>,
+    /// local:H: the outer learning rate on the averaged change (DiLoCo's outer step;
+    /// 1 with no outer momentum = plain averaging).
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
+    pub outer_lr: Option<f32>,
+    /// local:H: the outer optimizer's momentum, 0 ≤ m < 1.
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    pub outer_momentum: Option<f32>,
+    /// local:H: Nesterov's form of the outer momentum (as DiLoCo).
+    #[arg(long)]
+    pub nesterov: bool,
     /// Slow motion: every phase, message and delay lasts F times as long, so the run
     /// keeps its shape at a person's pace (1 = full speed; e.g. 1000).
     #[arg(long, value_name = "F")]
@@ -333,10 +344,15 @@ impl ExperimentArgs {
             bucket_kb,
             device,
             gpus,
+            outer_lr,
+            outer_momentum,
             slow
         );
         if self.overlap {
             exp.overlap = true;
+        }
+        if self.nesterov {
+            exp.nesterov = true;
         }
         if let Some(link) = self.intra_link {
             exp.intra_link = Some(link);
@@ -382,7 +398,7 @@ impl FlagValue {
             FlagValue::Given(v) => v.clone(),
             FlagValue::On => "on".into(),
             FlagValue::Unset => match flag {
-                "overlap" => "off".into(),
+                "overlap" | "nesterov" => "off".into(),
                 "gpus" => "every GPU found".into(),
                 _ => "none".into(),
             },
@@ -424,6 +440,9 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
         eval_every,
         device,
         gpus,
+        outer_lr,
+        outer_momentum,
+        nesterov,
         slow,
     } = exp;
     let given = |v: String| FlagValue::Given(v);
@@ -488,6 +507,9 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
                 given(list(gpus))
             },
         ),
+        ("outer-lr", given(outer_lr.to_string())),
+        ("outer-momentum", given(outer_momentum.to_string())),
+        ("nesterov", if *nesterov { FlagValue::On } else { FlagValue::Unset }),
         ("slow", given(slow.to_string())),
     ]);
     flags
@@ -638,6 +660,9 @@ mod tests {
             eval_every: 5,
             device: crate::gpu::Device::Gpu,
             gpus: vec![0, 1],
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            nesterov: true,
             slow: 250.0,
         };
         let (a, b) = (flags_of(&default), flags_of(&changed));

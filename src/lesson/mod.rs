@@ -199,6 +199,7 @@ pub enum LessonAction {
     SwitchToAsync,
     SwitchToSsp,
     SwitchToBackup,
+    SwitchToLocal,
     AddWorker,
     RemoveWorker,
     ChangeAllreduce,
@@ -215,7 +216,7 @@ pub enum LessonAction {
 }
 
 impl LessonAction {
-    pub const ALL: [LessonAction; 20] = [
+    pub const ALL: [LessonAction; 21] = [
         LessonAction::Pause,
         LessonAction::StepPhase,
         LessonAction::SlowMotion,
@@ -223,6 +224,7 @@ impl LessonAction {
         LessonAction::SwitchToAsync,
         LessonAction::SwitchToSsp,
         LessonAction::SwitchToBackup,
+        LessonAction::SwitchToLocal,
         LessonAction::AddWorker,
         LessonAction::RemoveWorker,
         LessonAction::ChangeAllreduce,
@@ -469,8 +471,12 @@ fn experiment_from(
         })?;
         exp = flags.experiment.apply_to(exp);
         // a switch given as false turns it off
-        if matches!(value.get_ref(), toml::Value::Boolean(false)) && key == "overlap" {
-            exp.overlap = false;
+        if matches!(value.get_ref(), toml::Value::Boolean(false)) {
+            match key.as_str() {
+                "overlap" => exp.overlap = false,
+                "nesterov" => exp.nesterov = false,
+                _ => {}
+            }
         }
     }
     exp.validate().map_err(|e| LessonError {

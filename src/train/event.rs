@@ -112,6 +112,11 @@ pub struct WorkerStep {
     /// Sync only: when this worker entered the all-reduce.
     pub allreduce_start_ns: u64,
     pub end_ns: u64,
+    /// Fingerprint (`params_hash`) of this worker's replica after the step, where the
+    /// replicas must agree and the engine checks: after each averaging of local SGD.
+    /// `None` elsewhere (hashing every step would cost as much as a small update).
+    #[serde(default)]
+    pub replica_hash: Option<u64>,
 }
 
 /// How a run ended.

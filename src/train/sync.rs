@@ -13,6 +13,7 @@ use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
 use crate::comm::{
     thread_group_on, Collective, Comm, CommError, Observer, ThreadTransport, Topology, Transfer, Transport, Wire,
 };
+use crate::config::Mode;
 use crate::nn::{l2_norm, Sgd};
 
 /// Values all-reduced with the gradient, past its end, so that every replica agrees on
@@ -116,6 +117,62 @@ struct Worker<'a> {
     steps_done: u64,
     /// The step now running and its all-reduce's pieces, shared with its `RoundWatch`.
     now: Arc<InFlight>,
+    /// local:H: the outer optimizer over the averaged change.
+    outer: Outer,
+}
+
+/// DiLoCo's outer step (Douillard et al. 2023): the change the workers' average made
+/// since the last averaging, `anchor − mean`, is an "outer gradient" for SGD with
+/// momentum (optionally Nesterov) on the anchor. With LR 1 and no momentum it is plain
+/// averaging, which is then done by copying the mean, so that it stays exact.
+struct Outer {
+    lr: f32,
+    momentum: f32,
+    nesterov: bool,
+    /// The replicas' parameters after the last averaging (empty for plain averaging).
+    anchor: Vec<f32>,
+    velocity: Vec<f32>,
+}
+
+impl Outer {
+    fn new(exp: &crate::config::Experiment) -> Outer {
+        Outer {
+            lr: exp.outer_lr,
+            momentum: exp.outer_momentum,
+            nesterov: exp.nesterov,
+            anchor: Vec::new(),
+            velocity: Vec::new(),
+        }
+    }
+
+    fn plain(&self) -> bool {
+        self.lr == 1.0 && self.momentum == 0.0
+    }
+
+    /// The replicas agree on `params` (a segment starts, or an averaging ended).
+    fn anchor_at(&mut self, params: &[f32]) {
+        if !self.plain() {
+            self.anchor.clear();
+            self.anchor.extend_from_slice(params);
+            self.velocity.resize(params.len(), 0.0);
+        }
+    }
+
+    /// Sets `params` from the workers' `mean`; every replica computes the same bits.
+    fn apply(&mut self, params: &mut [f32], mean: &[f32]) {
+        if self.plain() {
+            params.copy_from_slice(mean);
+            return;
+        }
+        let (lr, mu) = (self.lr, self.momentum);
+        for (((a, v), p), &m) in self.anchor.iter_mut().zip(&mut self.velocity).zip(params).zip(mean) {
+            let delta = *a - m; // the outer gradient: where the average moved, reversed
+            *v = mu * *v + delta;
+            let step = if self.nesterov { delta + mu * *v } else { *v };
+            *a -= lr * step;
+            *p = *a;
+        }
+    }
 }
 
 /// Where a worker's all-reduce is: its step, and (in step mode, where it is cut into
@@ -182,11 +239,13 @@ impl<'a> Worker<'a> {
             sgd,
             steps_done: 0,
             now: Arc::new(InFlight::default()),
+            outer: Outer::new(ctx.exp),
         }
     }
 
     fn run(&mut self, comm: &mut Comm<ThreadTransport>, steps: u64) -> Result<(), SegEnd> {
-        if !(self.ctx.exp.overlap && self.seg.workers > 1) {
+        // (local SGD has no gradient all-reduce to overlap: it averages parameters)
+        if !(self.ctx.exp.overlap && self.seg.workers > 1) || matches!(self.seg.mode, Mode::Local(_)) {
             return self.run_direct(comm, steps);
         }
         let ctx = self.ctx;
@@ -222,6 +281,7 @@ impl<'a> Worker<'a> {
         let mut transfers: Vec<Transfer> = Vec::new();
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
         comm.transport_mut().set_wire(ctx.exp.grad_dtype);
+        self.outer.anchor_at(&self.params);
         Ok(())
     }
 
@@ -262,6 +322,14 @@ impl<'a> Worker<'a> {
         let mut last_detail_ns = 0u64;
 
         let per_rank = matches!(&exchange, Exchange::Direct(comm) if comm.transport().process_per_rank());
+        // local:H: the steps after which the workers average (every H-th of the segment,
+        // and its last, so that a segment always ends with identical replicas).
+        let local_h = match self.seg.mode {
+            Mode::Local(h) => Some(u64::from(h.max(1))),
+            _ => None,
+        };
+        // local:H evaluates the average, so an evaluation waits for the next averaging.
+        let mut eval_due = false;
         for local in 0..steps {
             let step = self.first_update + local;
             self.now.step.store(step, Ordering::Relaxed);
@@ -354,19 +422,54 @@ impl<'a> Worker<'a> {
                 grads[p + flag::FAILED] = 1.0;
             }
             let mut allreduce_start_ns = 0;
+            let mut replica_hash = None;
+            // (false where local SGD's flags did not travel: they are then this worker's)
+            let mut exchanged = true;
+            let lr = schedule.at(step);
             let (grad_norm, bytes_sent, idle_ns) = match &mut exchange {
+                Exchange::Direct(comm) if local_h.is_some() => {
+                    // Local SGD: this worker's own gradient updates its own replica; every
+                    // H steps the replicas' parameters are all-reduced (the gradient's
+                    // buffer carries them, the step's flags past their end).
+                    let grad_norm = l2_norm(&grads[..p]);
+                    if trouble.is_none() {
+                        compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+                    }
+                    let averaging = local_h.is_some_and(|h| (local + 1) % h == 0) || local + 1 == steps;
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    if averaging {
+                        compute.store(params, None)?;
+                        grads[..p].copy_from_slice(params);
+                        allreduce_start_ns =
+                            all_reduce_timed(ctx, &self.now, comm, grads, (rank, step), &mut phase_ns)?;
+                        self.outer.apply(params, &grads[..p]);
+                        self.outer.anchor_at(params);
+                        compute.load(params, None)?;
+                        replica_hash = Some(super::event::params_hash(params));
+                    } else {
+                        // A switch waits for the averaging, where the replicas agree.
+                        grads[p + flag::SWITCH] = 0.0;
+                        if per_rank {
+                            // A process per worker cannot release its peers: the flags
+                            // still travel every step (24 bytes), so that a rank that
+                            // diverges or fails is known to all after the same step.
+                            allreduce_start_ns =
+                                all_reduce_timed(ctx, &self.now, comm, &mut grads[p..], (rank, step), &mut phase_ns)?;
+                        } else {
+                            // Threads: nothing to say (a worker in trouble has left and
+                            // released the others); the detail stays as it was.
+                            grads[p + flag::DETAIL] = if detail { 1.0 } else { 0.0 };
+                            grads[p + flag::PACE] = 0.0;
+                            exchanged = false;
+                        }
+                    }
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
                 Exchange::Direct(comm) => {
                     let grad_norm = l2_norm(&grads[..p]);
                     let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
-                    // (as `ctx.phase`, but in pieces: step mode holds each round at the gate)
-                    ctx.enter(rank)?;
-                    allreduce_start_ns = ctx.clock.ns();
-                    self.now.piece_start_ns.store(allreduce_start_ns, Ordering::Relaxed);
-                    let reduced = comm.all_reduce_mean(grads);
-                    let last_piece = self.now.piece_start_ns.load(Ordering::Relaxed);
-                    ctx.record(rank, step, Phase::AllReduce, last_piece, &mut phase_ns);
-                    phase_ns[Phase::AllReduce.index()] += self.now.pieces_ns.swap(0, Ordering::Relaxed);
-                    reduced.map_err(|_| SegEnd::Aborted)?;
+                    allreduce_start_ns = all_reduce_timed(ctx, &self.now, comm, grads, (rank, step), &mut phase_ns)?;
                     let sent = comm.bytes_sent() - bytes_before;
                     (grad_norm, sent, comm.transport().waited_ns() - waited_before)
                 }
@@ -381,14 +484,15 @@ impl<'a> Worker<'a> {
                     (grad_norm, sent, waited)
                 }
             };
-            if exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
+            if local_h.is_none() && exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
                 // Every replica holds the same result, so every worker stops here alike.
                 return Err(SegEnd::Failed(format!(
                     "the f16 all-reduce produced an infinite gradient at step {step} (a value beyond {}, the largest f16 holds): use --grad-dtype bf16, which has f32's range, or a lower --lr",
                     Wire::F16.max()
                 )));
             }
-            let n = self.seg.workers as f32;
+            // (flags that did not travel are this worker's own, and counted as such)
+            let n = if exchanged { self.seg.workers as f32 } else { 1.0 };
             let count = |i: usize| (grads[p + i] * n).round() as usize;
             if count(flag::FAILED) > 0 {
                 // (the others stop: the failing rank's own end says why)
@@ -421,9 +525,13 @@ impl<'a> Worker<'a> {
                 }
                 Exchange::Overlap(overlap) => overlap.set_recording(detail),
             }
-            let grad_norm_reduced = l2_norm(&grads[..p]);
-            let lr = schedule.at(step);
-            compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+            let grad_norm_reduced = if local_h.is_some() {
+                grad_norm // (each replica applied its own)
+            } else {
+                let reduced = l2_norm(&grads[..p]);
+                compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+                reduced
+            };
             self.steps_done = local + 1;
 
             let end_ns = ctx.clock.ns();
@@ -446,6 +554,7 @@ impl<'a> Worker<'a> {
                 lead: 0,
                 allreduce_start_ns,
                 end_ns,
+                replica_hash,
             };
             // One process per worker (MPI): rank 0 reports everyone's step.
             if let Exchange::Direct(comm) = &mut exchange {
@@ -461,7 +570,9 @@ impl<'a> Worker<'a> {
             }
             ctx.sink.send(Event::WorkerStep(report));
             let updates = step + 1;
-            if rank == 0 && ctx.should_evaluate(updates) {
+            eval_due |= ctx.should_evaluate(updates);
+            if rank == 0 && eval_due && (local_h.is_none() || replica_hash.is_some()) {
+                eval_due = false;
                 compute.store(params, None)?;
                 ctx.evaluate(updates, samples_before + global_batch, params, end_ns);
             }
@@ -474,7 +585,7 @@ impl<'a> Worker<'a> {
 }
 
 /// What a rank's step report carries to rank 0 (see `step_fields`).
-const STEP_FIELDS: usize = 9 + Phase::COUNT;
+const STEP_FIELDS: usize = 12 + Phase::COUNT;
 
 /// A step report's own figures as numbers, for gathering across processes.
 fn step_fields(r: &WorkerStep) -> Vec<f64> {
@@ -488,6 +599,10 @@ fn step_fields(r: &WorkerStep) -> Vec<f64> {
         r.idle_ns as f64,
         r.allreduce_start_ns as f64,
         r.end_ns as f64,
+        // (a u64 in two exact halves: an f64 holds 53 bits)
+        f64::from(u8::from(r.replica_hash.is_some())),
+        (r.replica_hash.unwrap_or(0) >> 32) as f64,
+        (r.replica_hash.unwrap_or(0) & 0xffff_ffff) as f64,
     ];
     v.extend(r.phase_ns.iter().map(|&ns| ns as f64));
     v
@@ -496,7 +611,7 @@ fn step_fields(r: &WorkerStep) -> Vec<f64> {
 /// Worker `w`'s report from its gathered figures and what every rank shares.
 fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
     let mut phase_ns = [0u64; Phase::COUNT];
-    phase_ns.iter_mut().zip(&f[9..]).for_each(|(p, &v)| *p = v as u64);
+    phase_ns.iter_mut().zip(&f[12..]).for_each(|(p, &v)| *p = v as u64);
     WorkerStep {
         worker: w,
         loss: f[0],
@@ -508,6 +623,7 @@ fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
         idle_ns: f[6] as u64,
         allreduce_start_ns: f[7] as u64,
         end_ns: f[8] as u64,
+        replica_hash: (f[9] > 0.0).then(|| ((f[10] as u64) << 32) | f[11] as u64),
         phase_ns,
         ..shared.clone()
     }
@@ -528,6 +644,28 @@ pub(super) fn run_rank<T: Transport>(ctx: &RunCtx, seg: Segment, state: &mut Seg
     state.updates += worker.steps_done;
     state.samples += worker.steps_done * global_batch;
     end
+}
+
+/// All-reduces (mean) `buf` as worker `rank`'s all-reduce phase of `step`, timed as
+/// `ctx.phase` would, but in pieces: step mode holds each round at the gate. Returns
+/// when the phase began.
+fn all_reduce_timed<T: Transport>(
+    ctx: &RunCtx,
+    now: &InFlight,
+    comm: &mut Comm<T>,
+    buf: &mut [f32],
+    (rank, step): (usize, u64),
+    phase_ns: &mut [u64; Phase::COUNT],
+) -> Result<u64, SegEnd> {
+    ctx.enter(rank)?;
+    let start_ns = ctx.clock.ns();
+    now.piece_start_ns.store(start_ns, Ordering::Relaxed);
+    let reduced = comm.all_reduce_mean(buf);
+    let last_piece = now.piece_start_ns.load(Ordering::Relaxed);
+    ctx.record(rank, step, Phase::AllReduce, last_piece, phase_ns);
+    phase_ns[Phase::AllReduce.index()] += now.pieces_ns.swap(0, Ordering::Relaxed);
+    reduced.map_err(|_| SegEnd::Aborted)?;
+    Ok(start_ns)
 }
 
 /// Sends the messages the last collective moved as events (in detail mode).

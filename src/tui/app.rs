@@ -36,7 +36,7 @@ pub const LINKS: [(&str, Option<Link>); 4] = [
     ("1 GbE", Some(Link::PRESETS[2].1)),
 ];
 /// The modes the `m` key cycles through.
-pub const MODES: [Mode; 4] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1)];
+pub const MODES: [Mode; 5] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1), Mode::Local(8)];
 
 /// One phase of one worker, for the timeline.
 #[derive(Debug, Clone, Copy, PartialEq)]

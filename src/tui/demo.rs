@@ -58,6 +58,7 @@ pub fn report(worker: usize, step: u64, end_ns: u64, staleness: Option<u64>) -> 
         dropped: false,
         lead: staleness.map_or(0, |_| 1),
         allreduce_start_ns: end_ns.saturating_sub(45_000),
+        replica_hash: None,
         end_ns,
     }
 }

@@ -333,6 +333,7 @@ mod tests {
             dropped,
             lead: 0,
             allreduce_start_ns: 0,
+            replica_hash: None,
             end_ns: 0,
         }
     }
