@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{AllReduceAlgo, Link, Wire};
+use crate::comm::{AllReduceAlgo, Compress, Link, Wire};
 use crate::data::DatasetKind;
 use crate::nn::LrScaling;
 
@@ -236,6 +236,12 @@ pub struct Experiment {
     pub outer_momentum: f32,
     /// local:H only: Nesterov's form of the outer momentum, as DiLoCo.
     pub nesterov: bool,
+    /// Sync only: gradients compressed on the wire (top-k as (index, value) pairs);
+    /// none by default, so that the learner sees the whole gradient first.
+    pub compress: Compress,
+    /// With `compress`: keep what was not sent and add it to the next step's gradient
+    /// (on by default: without it top-k loses most of every gradient).
+    pub error_feedback: bool,
     /// Slow motion: every phase, message, straggler delay and server action lasts this
     /// many times as long (time dilation, so that the run keeps its shape); 1 = full
     /// speed, the default for headless runs.
@@ -273,6 +279,8 @@ impl Default for Experiment {
             outer_lr: 1.0,
             outer_momentum: 0.0,
             nesterov: false,
+            compress: Compress::None,
+            error_feedback: true,
             slow: 1.0,
         }
     }
@@ -437,6 +445,37 @@ impl Experiment {
             return Err(bad(
                 "nesterov",
                 "Nesterov is a form of outer momentum, and the outer momentum is 0: add --outer-momentum 0.9, or drop --nesterov",
+            ));
+        }
+        if self.compress != Compress::None {
+            if self.mode != Mode::Sync {
+                return Err(bad(
+                    "compress",
+                    format!(
+                        "{} compresses the gradients of sync's all-reduce, and --mode {} exchanges no such gradients: use --mode sync, or drop --compress",
+                        self.compress, self.mode
+                    ),
+                ));
+            }
+            if self.overlap {
+                return Err(bad(
+                    "compress",
+                    "top-k picks the largest values of the whole gradient, which overlap sends before backward has finished: drop --overlap, or drop --compress",
+                ));
+            }
+            if self.grad_dtype != Wire::F32 {
+                return Err(bad(
+                    "compress",
+                    format!(
+                        "top-k sends its values in f32 beside their indices, so --grad-dtype {} would change nothing: drop --grad-dtype, or drop --compress",
+                        self.grad_dtype
+                    ),
+                ));
+            }
+        } else if !self.error_feedback {
+            return Err(bad(
+                "no-error-feedback",
+                "error feedback belongs to gradient compression, and there is none: add --compress topk:1, or drop --no-error-feedback",
             ));
         }
         match self.mode {

@@ -289,6 +289,14 @@ pub struct ExperimentArgs {
     /// local:H: Nesterov's form of the outer momentum (as DiLoCo).
     #[arg(long)]
     pub nesterov: bool,
+    /// Sync: compress gradients on the wire: none, or topk:P (the largest P % of the
+    /// values as (index, value) pairs, all-gathered).
+    #[arg(long, value_name = "none|topk:P")]
+    pub compress: Option<crate::comm::Compress>,
+    /// With --compress: drop what top-k did not send instead of adding it to the next
+    /// step's gradient (error feedback, on by default).
+    #[arg(long)]
+    pub no_error_feedback: bool,
     /// Slow motion: every phase, message and delay lasts F times as long, so the run
     /// keeps its shape at a person's pace (1 = full speed; e.g. 1000).
     #[arg(long, value_name = "F")]
@@ -346,8 +354,12 @@ impl ExperimentArgs {
             gpus,
             outer_lr,
             outer_momentum,
+            compress,
             slow
         );
+        if self.no_error_feedback {
+            exp.error_feedback = false;
+        }
         if self.overlap {
             exp.overlap = true;
         }
@@ -398,7 +410,7 @@ impl FlagValue {
             FlagValue::Given(v) => v.clone(),
             FlagValue::On => "on".into(),
             FlagValue::Unset => match flag {
-                "overlap" | "nesterov" => "off".into(),
+                "overlap" | "nesterov" | "no-error-feedback" => "off".into(),
                 "gpus" => "every GPU found".into(),
                 _ => "none".into(),
             },
@@ -443,6 +455,8 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
         outer_lr,
         outer_momentum,
         nesterov,
+        compress,
+        error_feedback,
         slow,
     } = exp;
     let given = |v: String| FlagValue::Given(v);
@@ -510,6 +524,15 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
         ("outer-lr", given(outer_lr.to_string())),
         ("outer-momentum", given(outer_momentum.to_string())),
         ("nesterov", if *nesterov { FlagValue::On } else { FlagValue::Unset }),
+        ("compress", given(compress.to_string())),
+        (
+            "no-error-feedback",
+            if *error_feedback {
+                FlagValue::Unset
+            } else {
+                FlagValue::On
+            },
+        ),
         ("slow", given(slow.to_string())),
     ]);
     flags
@@ -663,6 +686,8 @@ mod tests {
             outer_lr: 0.7,
             outer_momentum: 0.9,
             nesterov: true,
+            compress: crate::comm::Compress::TopK(2.5),
+            error_feedback: false,
             slow: 250.0,
         };
         let (a, b) = (flags_of(&default), flags_of(&changed));

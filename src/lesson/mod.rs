@@ -475,6 +475,7 @@ fn experiment_from(
             match key.as_str() {
                 "overlap" => exp.overlap = false,
                 "nesterov" => exp.nesterov = false,
+                "no-error-feedback" => exp.error_feedback = true,
                 _ => {}
             }
         }

@@ -97,6 +97,8 @@ pub struct RunState {
     pub nodes: usize,
     pub intra_link: Option<crate::comm::Link>,
     pub wire_bytes: usize,
+    /// How sync gradients travel (from `Event::Started`).
+    pub compress: crate::comm::Compress,
     /// What each worker computes on (`cpu`, or a GPU's label), as the run started.
     pub devices: Vec<String>,
     pub segments: Vec<SegmentRecord>,
@@ -142,8 +144,10 @@ impl RunState {
                 intra_link,
                 wire_bytes,
                 devices,
+                compress,
             } => {
                 self.devices = devices.clone();
+                self.compress = *compress;
                 self.nodes = *nodes;
                 self.intra_link = *intra_link;
                 self.wire_bytes = *wire_bytes;
@@ -248,8 +252,13 @@ impl RunState {
 
     /// Bytes one sync all-reduce moves per rank's buffer: the gradient and the flags the
     /// engine sends with it, in the wire format.
+    /// With `--compress topk`, the block each rank all-gathers: its flags and k
+    /// (index, value) pairs, 4 bytes each.
     pub fn allreduce_buffer_bytes(&self) -> usize {
-        (self.params + crate::train::STEP_FLAGS) * self.wire_bytes.max(1)
+        match self.compress {
+            crate::comm::Compress::None => (self.params + crate::train::STEP_FLAGS) * self.wire_bytes.max(1),
+            c => (crate::train::STEP_FLAGS + 2 * c.values_sent(self.params)) * 4,
+        }
     }
 
     /// The α-β model's time for one all-reduce of the gradient in the current segment.
@@ -259,6 +268,10 @@ impl RunState {
         let bytes = self.allreduce_buffer_bytes();
         // As the engine does: without an intra-node link, one node talks at the link's speed.
         let intra = self.intra_link.as_ref().unwrap_or(link);
+        if self.compress != crate::comm::Compress::None && seg.mode == Mode::Sync {
+            let flat = if self.nodes > 1 { link } else { intra };
+            return Some(crate::comm::alpha_beta_all_gather(seg.workers, bytes, flat));
+        }
         Some(crate::comm::alpha_beta_on(
             seg.allreduce,
             seg.workers,
@@ -300,8 +313,7 @@ impl RunState {
                     .unwrap_or(0);
                 last_out.saturating_sub(last_in)
             },
-            allreduce_model_ns: worker
-                .is_none()
+            allreduce_model_ns: (worker.is_none() && reports.iter().any(|r| r.phase_ns[Phase::AllReduce.index()] > 0))
                 .then(|| self.allreduce_model())
                 .flatten()
                 .map(|d| d.as_nanos() as u64),

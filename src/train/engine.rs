@@ -539,6 +539,7 @@ fn run(
         nodes: exp.nodes,
         intra_link: exp.intra_link,
         wire_bytes: exp.grad_dtype.bytes(),
+        compress: exp.compress,
     });
     let mut params = vec![0.0f32; mlp.num_params()];
     match &options.initial_params {

@@ -73,6 +73,8 @@ pub enum CollectiveKind {
     Broadcast,
     /// A step's gradient all-reduce.
     AllReduce,
+    /// A step's all-gather of compressed gradients ((index, value) pairs, `--compress`).
+    AllGather,
 }
 
 /// One worker's account of one step. Per-step metrics are never dropped.
@@ -113,8 +115,9 @@ pub struct WorkerStep {
     pub allreduce_start_ns: u64,
     pub end_ns: u64,
     /// Fingerprint (`params_hash`) of this worker's replica after the step, where the
-    /// replicas must agree and the engine checks: after each averaging of local SGD.
-    /// `None` elsewhere (hashing every step would cost as much as a small update).
+    /// replicas must agree and the engine checks: after each averaging of local SGD,
+    /// and at the last step of a sync segment. `None` elsewhere (hashing every step
+    /// would cost as much as a small update).
     #[serde(default)]
     pub replica_hash: Option<u64>,
 }
@@ -175,6 +178,9 @@ pub enum Event {
         /// What each worker of the first segment computes on: `cpu`, or a GPU's label.
         #[serde(default)]
         devices: Vec<String>,
+        /// How sync gradients travel (fixed for the run).
+        #[serde(default)]
+        compress: crate::comm::Compress,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {

@@ -11,7 +11,8 @@ use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
 use crate::comm::{
-    thread_group_on, Collective, Comm, CommError, Observer, ThreadTransport, Topology, Transfer, Transport, Wire,
+    thread_group_on, Collective, Comm, CommError, Compress, Observer, ThreadTransport, Topology, Transfer, Transport,
+    Wire,
 };
 use crate::config::Mode;
 use crate::nn::{l2_norm, Sgd};
@@ -119,6 +120,12 @@ struct Worker<'a> {
     now: Arc<InFlight>,
     /// local:H: the outer optimizer over the averaged change.
     outer: Outer,
+    /// --compress: what this worker did not send yet (error feedback), and the buffers
+    /// of its picks, its message and everyone's.
+    residual: Vec<f32>,
+    picked: (Vec<u32>, Vec<f32>),
+    message: Vec<f32>,
+    gathered: Vec<f32>,
 }
 
 /// DiLoCo's outer step (Douillard et al. 2023): the change the workers' average made
@@ -181,6 +188,8 @@ impl Outer {
 #[derive(Default)]
 struct InFlight {
     step: AtomicU64,
+    /// The collective is top-k's all-gather (not an all-reduce).
+    gathering: std::sync::atomic::AtomicBool,
     piece_start_ns: AtomicU64,
     pieces_ns: AtomicU64,
 }
@@ -200,7 +209,11 @@ impl Observer for RoundWatch {
     fn transferred(&mut self, transfer: Transfer) {
         self.sink.send(Event::Transfer {
             step: self.now.step.load(Ordering::Relaxed),
-            collective: CollectiveKind::AllReduce,
+            collective: if self.now.gathering.load(Ordering::Relaxed) {
+                CollectiveKind::AllGather
+            } else {
+                CollectiveKind::AllReduce
+            },
             transfer,
         });
     }
@@ -240,12 +253,24 @@ impl<'a> Worker<'a> {
             steps_done: 0,
             now: Arc::new(InFlight::default()),
             outer: Outer::new(ctx.exp),
+            residual: if ctx.exp.error_feedback {
+                vec![0.0; p]
+            } else {
+                Vec::new()
+            },
+            picked: (Vec::new(), Vec::new()),
+            message: Vec::new(),
+            gathered: Vec::new(),
         }
     }
 
     fn run(&mut self, comm: &mut Comm<ThreadTransport>, steps: u64) -> Result<(), SegEnd> {
-        // (local SGD has no gradient all-reduce to overlap: it averages parameters)
-        if !(self.ctx.exp.overlap && self.seg.workers > 1) || matches!(self.seg.mode, Mode::Local(_)) {
+        // (local SGD has no gradient all-reduce to overlap: it averages parameters; top-k
+        // needs the whole gradient)
+        if !(self.ctx.exp.overlap && self.seg.workers > 1)
+            || matches!(self.seg.mode, Mode::Local(_))
+            || self.ctx.exp.compress != Compress::None
+        {
             return self.run_direct(comm, steps);
         }
         let ctx = self.ctx;
@@ -330,6 +355,17 @@ impl<'a> Worker<'a> {
         };
         // local:H evaluates the average, so an evaluation waits for the next averaging.
         let mut eval_due = false;
+        let compress = if local_h.is_none() {
+            exp.compress
+        } else {
+            Compress::None
+        };
+        let collective = if compress == Compress::None {
+            CollectiveKind::AllReduce
+        } else {
+            CollectiveKind::AllGather
+        };
+        self.now.gathering.store(compress != Compress::None, Ordering::Relaxed);
         for local in 0..steps {
             let step = self.first_update + local;
             self.now.step.store(step, Ordering::Relaxed);
@@ -466,6 +502,45 @@ impl<'a> Worker<'a> {
                     let sent = comm.bytes_sent() - bytes_before;
                     (grad_norm, sent, comm.transport().waited_ns() - waited_before)
                 }
+                Exchange::Direct(comm) if compress != Compress::None => {
+                    // Top-k: this worker's largest values as (index, value) pairs, its
+                    // flags in front; all-gathered, then added up in rank order, so that
+                    // every replica computes the same sum.
+                    let grad_norm = l2_norm(&grads[..p]);
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    let k = compress.values_sent(p);
+                    let residual = exp.error_feedback.then_some(&mut self.residual[..]);
+                    let (picked, values) = (&mut self.picked.0, &mut self.picked.1);
+                    crate::comm::top_k(&grads[..p], residual, k, picked, values);
+                    let message = &mut self.message;
+                    message.clear();
+                    message.extend_from_slice(&grads[p..]);
+                    // (an index travels as the bits of an f32: gathering copies, never adds)
+                    message.extend(picked.iter().map(|&i| f32::from_bits(i)));
+                    message.extend_from_slice(values);
+                    let n = self.seg.workers;
+                    self.gathered.resize(n * message.len(), 0.0);
+                    let gathered = &mut self.gathered;
+                    allreduce_start_ns = collective_timed(ctx, &self.now, (rank, step), &mut phase_ns, || {
+                        crate::comm::all_gather(comm.transport_mut(), message, gathered)
+                    })?;
+                    grads.fill(0.0);
+                    for (r, block) in gathered.chunks(message.len()).enumerate() {
+                        let (flags, pairs) = block.split_at(STEP_FLAGS);
+                        let (indices, values) = pairs.split_at(k);
+                        // (the first block is copied, as the naive all-reduce starts from
+                        // rank 0's buffer: P = 100 % then gives its very bits)
+                        let add = |g: &mut f32, v: f32| if r == 0 { *g = v } else { *g += v };
+                        for (&i, &v) in indices.iter().zip(values) {
+                            add(&mut grads[i.to_bits() as usize], v);
+                        }
+                        grads[p..].iter_mut().zip(flags).for_each(|(g, &f)| add(g, f));
+                    }
+                    let inv = 1.0 / n as f32;
+                    grads.iter_mut().for_each(|v| *v *= inv);
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
                 Exchange::Direct(comm) => {
                     let grad_norm = l2_norm(&grads[..p]);
                     let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
@@ -520,7 +595,7 @@ impl<'a> Worker<'a> {
             }
             match &mut exchange {
                 Exchange::Direct(comm) => {
-                    report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
+                    report_transfers(ctx, comm, &mut transfers, step, collective);
                     comm.transport_mut().set_recording(detail);
                 }
                 Exchange::Overlap(overlap) => overlap.set_recording(detail),
@@ -533,6 +608,11 @@ impl<'a> Worker<'a> {
                 reduced
             };
             self.steps_done = local + 1;
+            if replica_hash.is_none() && local + 1 == steps {
+                // The segment's last step: every mode's replicas must agree here.
+                compute.store(params, None)?;
+                replica_hash = Some(super::event::params_hash(params));
+            }
 
             let end_ns = ctx.clock.ns();
             let report = WorkerStep {
@@ -657,10 +737,22 @@ fn all_reduce_timed<T: Transport>(
     (rank, step): (usize, u64),
     phase_ns: &mut [u64; Phase::COUNT],
 ) -> Result<u64, SegEnd> {
+    collective_timed(ctx, now, (rank, step), phase_ns, || comm.all_reduce_mean(buf))
+}
+
+/// Runs the collective `f` as worker `rank`'s all-reduce phase of `step` (see
+/// `all_reduce_timed`).
+fn collective_timed(
+    ctx: &RunCtx,
+    now: &InFlight,
+    (rank, step): (usize, u64),
+    phase_ns: &mut [u64; Phase::COUNT],
+    f: impl FnOnce() -> crate::comm::Result<()>,
+) -> Result<u64, SegEnd> {
     ctx.enter(rank)?;
     let start_ns = ctx.clock.ns();
     now.piece_start_ns.store(start_ns, Ordering::Relaxed);
-    let reduced = comm.all_reduce_mean(buf);
+    let reduced = f();
     let last_piece = now.piece_start_ns.load(Ordering::Relaxed);
     ctx.record(rank, step, Phase::AllReduce, last_piece, phase_ns);
     phase_ns[Phase::AllReduce.index()] += now.pieces_ns.swap(0, Ordering::Relaxed);

@@ -19,6 +19,7 @@ pub fn started() -> Event {
         intra_link: None,
         wire_bytes: 4,
         devices: Vec::new(),
+        compress: crate::comm::Compress::None,
     }
 }
 
