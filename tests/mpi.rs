@@ -830,3 +830,42 @@ fn local_sgd_over_mpi_equals_threads_with_and_without_an_outer_optimizer() {
         assert_eq!(m["final_params_hash"], t["final_params_hash"], "n={n} {algo} {outer:?}");
     }
 }
+
+#[test]
+fn top_k_over_mpi_equals_threads_with_and_without_error_feedback() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for (n, extra) in [(2, &[][..]), (3, &["--no-error-feedback"][..])] {
+        let common = [&["--compress", "topk:1", "--steps", "30"][..], extra].concat();
+        let mpi_json = dir.path().join(format!("mpi-{n}.jsonl"));
+        let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
+        args.extend(&common);
+        let out = mpirun(n, &args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "n={n} {extra:?}: {stdout}\n{stderr}");
+        let threads_json = dir.path().join(format!("threads-{n}.jsonl"));
+        let n_text = n.to_string();
+        let mut args = vec![
+            "run",
+            "-q",
+            "--workers",
+            &n_text,
+            "--json",
+            threads_json.to_str().unwrap(),
+        ];
+        args.extend(&common);
+        let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (m, t) = (summary(&mpi_json), summary(&threads_json));
+        // the same pairs gathered and added in the same order: the same bits
+        assert_eq!(losses(&mpi_json), losses(&threads_json), "n={n} {extra:?}");
+        assert_eq!(m["final_params_hash"], t["final_params_hash"], "n={n} {extra:?}");
+        assert_eq!(
+            m["allreduce_bytes"], t["allreduce_bytes"],
+            "n={n}: the same bytes on the wire"
+        );
+    }
+}

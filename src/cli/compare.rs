@@ -46,6 +46,9 @@ pub struct CompareRow {
     pub staleness_mean: Option<f64>,
     pub idle_fraction: f64,
     pub dropped_gradients: u64,
+    /// Bytes all workers sent (all-reduces, averages, all-gathers, pushes and pulls):
+    /// what local SGD and compression save.
+    pub bytes_sent: u64,
     /// Gradients in one step (one update of the parameters): N for sync, N − B for
     /// backup:B, 1 for async and ssp. Steps/s of modes with different counts are not
     /// comparable; samples/s are.
@@ -210,10 +213,11 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
         }
     );
     say!(
-        "{:<10} {:>9} {:>12} {:>9} {:>11} {:>11} {:>10} {:>6} {:>8}",
+        "{:<10} {:>9} {:>12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>6} {:>8}",
         "mode",
         "test acc",
         format!("time to {:.0}%", args.target * 100.0),
+        "sent",
         "steps/s",
         "samples/s",
         "staleness",
@@ -257,14 +261,16 @@ pub fn compare(args: &CompareArgs) -> Result<(), CliError> {
             staleness_mean: s.staleness_mean,
             idle_fraction: s.idle_fraction,
             dropped_gradients: s.dropped_gradients,
+            bytes_sent: s.allreduce_bytes,
             gradients_per_step: gradients_per_step(mode, exp.workers),
         };
         hints.extend(hint(&exp, &row, data.classes));
         say!(
-            "{:<10} {:>9} {:>12} {:>9.0} {:>11.0} {:>11} {:>9.1}% {:>6} {:>8}",
+            "{:<10} {:>9} {:>12} {:>9} {:>9.0} {:>11.0} {:>11} {:>9.1}% {:>6} {:>8}",
             row.mode,
             row.test_accuracy.map_or("–".into(), |a| format!("{:.2}%", a * 100.0)),
             row.time_to_target_s.map_or("never".into(), |t| format!("{t:.3} s")),
+            super::run::human_bytes(row.bytes_sent as f64),
             row.steps_per_sec,
             row.samples_per_sec,
             row.staleness_mean.map_or("–".into(), |m| format!("{m:.2}")),
@@ -330,6 +336,7 @@ mod tests {
             staleness_mean: (mode != "sync").then_some(6.6),
             idle_fraction: 0.0,
             dropped_gradients: 0,
+            bytes_sent: 0,
             gradients_per_step: 1,
         }
     }
