@@ -236,7 +236,8 @@ pub struct Experiment {
     pub outer_momentum: f32,
     /// local:H only: Nesterov's form of the outer momentum, as DiLoCo.
     pub nesterov: bool,
-    /// Sync only: gradients compressed on the wire (top-k as (index, value) pairs);
+    /// Sync only: gradients compressed on the wire (top-k as (index, value) pairs, or
+    /// PowerSGD's rank-R factors);
     /// none by default, so that the learner sees the whole gradient first.
     pub compress: Compress,
     /// With `compress`: keep what was not sent and add it to the next step's gradient
@@ -460,15 +461,15 @@ impl Experiment {
             if self.overlap {
                 return Err(bad(
                     "compress",
-                    "top-k picks the largest values of the whole gradient, which overlap sends before backward has finished: drop --overlap, or drop --compress",
+                    "compression works on the whole gradient once backward has finished, and overlap sends it in pieces before that: drop --overlap, or drop --compress",
                 ));
             }
             if self.grad_dtype != Wire::F32 {
                 return Err(bad(
                     "compress",
                     format!(
-                        "top-k sends its values in f32 beside their indices, so --grad-dtype {} would change nothing: drop --grad-dtype, or drop --compress",
-                        self.grad_dtype
+                        "{} sends its values in f32, so --grad-dtype {} would change nothing: drop --grad-dtype, or drop --compress",
+                        self.compress, self.grad_dtype
                     ),
                 ));
             }

@@ -97,7 +97,12 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--compress", "topk:0"], "--compress", "0 < P ≤ 100");
     refuses(&["--compress", "topk:150"], "--compress", "0 < P ≤ 100");
     refuses(&["--compress", "zip"], "--compress", "topk:P");
-    refuses(&["--compress", "powersgd:4"], "--compress", "not built");
+    refuses(&["--compress", "powersgd:0"], "--compress", "from 1 to 64");
+    refuses(
+        &["--compress", "powersgd:4", "--mode", "ssp:1"],
+        "--compress",
+        "use --mode sync",
+    );
     refuses(
         &["--compress", "topk:1", "--mode", "async"],
         "--compress",

@@ -121,3 +121,39 @@ fn without_error_feedback_top_k_learns_less_at_equal_samples() {
         "error feedback should matter: loss {with:.3} with, {without:.3} without"
     );
 }
+
+#[test]
+fn power_sgd_at_full_rank_trains_as_sync_and_at_rank_1_keeps_replicas_identical() {
+    let data = Arc::new(digits());
+    // hidden 8: matrices 64 × 8 and 8 × 10, so rank 8 loses nothing
+    let small = Experiment {
+        hidden: vec![8],
+        ..base()
+    };
+    let (sync, _, _) = train(small.clone(), &data);
+    let (full, _, kinds) = train(
+        Experiment {
+            compress: Compress::PowerSgd(8),
+            ..small.clone()
+        },
+        &data,
+    );
+    assert!(!kinds.contains(&CollectiveKind::AllGather), "PowerSGD all-reduces");
+    let (rel, worst) = relative_difference(&full, &sync);
+    assert!(rel <= 1e-5, "powersgd:8 vs sync: {rel:.2e} at {worst}");
+    // rank 1 on the default network: a twentieth of the bytes or less, one replica
+    let (_, sync_reports, _) = train(base(), &data);
+    let (_, reports, _) = train(
+        Experiment {
+            compress: Compress::PowerSgd(1),
+            ..base()
+        },
+        &data,
+    );
+    let bytes = |r: &[WorkerStep]| r.iter().map(|r| r.bytes_sent).sum::<u64>() as f64;
+    let ratio = bytes(&reports) / bytes(&sync_reports);
+    assert!(ratio < 0.1, "powersgd:1 sent {ratio:.3} of sync's bytes");
+    let hashes: Vec<u64> = reports.iter().filter_map(|r| r.replica_hash).collect();
+    assert_eq!(hashes.len(), 3);
+    assert!(hashes.iter().all(|&h| h == hashes[0]), "replicas differ: {hashes:x?}");
+}

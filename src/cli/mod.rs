@@ -289,12 +289,13 @@ pub struct ExperimentArgs {
     /// local:H: Nesterov's form of the outer momentum (as DiLoCo).
     #[arg(long)]
     pub nesterov: bool,
-    /// Sync: compress gradients on the wire: none, or topk:P (the largest P % of the
-    /// values as (index, value) pairs, all-gathered).
-    #[arg(long, value_name = "none|topk:P")]
+    /// Sync: compress gradients on the wire: none, topk:P (the largest P % of the
+    /// values as (index, value) pairs, all-gathered) or powersgd:R (each weight matrix
+    /// as rank-R factors, all-reduced).
+    #[arg(long, value_name = "none|topk:P|powersgd:R")]
     pub compress: Option<crate::comm::Compress>,
-    /// With --compress: drop what top-k did not send instead of adding it to the next
-    /// step's gradient (error feedback, on by default).
+    /// With --compress: drop what was not sent instead of adding it to the next step's
+    /// gradient (error feedback, on by default).
     #[arg(long)]
     pub no_error_feedback: bool,
     /// Slow motion: every phase, message and delay lasts F times as long, so the run

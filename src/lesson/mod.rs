@@ -717,7 +717,7 @@ mod tests {
     #[test]
     fn the_built_in_course_loads() {
         let lessons = load(&Embedded).unwrap();
-        assert_eq!(lessons.len(), 10);
+        assert_eq!(lessons.len(), 12);
         for (i, l) in lessons.iter().enumerate() {
             assert_eq!(l.number, i + 1);
             assert!(!l.pages.is_empty());

@@ -178,9 +178,12 @@ pub enum Event {
         /// What each worker of the first segment computes on: `cpu`, or a GPU's label.
         #[serde(default)]
         devices: Vec<String>,
-        /// How sync gradients travel (fixed for the run).
+        /// How sync gradients travel (fixed for the run), and with compression the
+        /// values each of a step's collectives carries per worker.
         #[serde(default)]
         compress: crate::comm::Compress,
+        #[serde(default)]
+        compressed_buffers: Vec<usize>,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {

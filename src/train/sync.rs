@@ -34,6 +34,51 @@ mod flag {
 }
 pub const STEP_FLAGS: usize = 6;
 
+/// PowerSGD's state for a worker of segment `index`: every weight matrix of the network,
+/// and a first Q drawn from the run's seed, the same on every worker.
+fn low_rank(ctx: &RunCtx, index: usize, rank: u32) -> crate::comm::LowRank {
+    let matrices: Vec<crate::comm::Matrix> = ctx
+        .mlp
+        .layers()
+        .iter()
+        .map(|l| crate::comm::Matrix {
+            offset: l.offset,
+            rows: l.fan_in,
+            cols: l.fan_out,
+        })
+        .collect();
+    crate::comm::LowRank::new(
+        ctx.mlp.num_params(),
+        &matrices,
+        rank as usize,
+        ctx.exp.error_feedback,
+        ctx.exp.seed.wrapping_add(index as u64),
+    )
+}
+
+/// The values each collective of a sync step carries per worker, with `--compress`
+/// (for the α-β model): top-k's all-gathered block; PowerSGD's two all-reduces. Empty
+/// without compression (the gradient and its flags).
+pub fn compressed_buffers(exp: &crate::config::Experiment, mlp: &crate::nn::Mlp) -> Vec<usize> {
+    match exp.compress {
+        Compress::None => Vec::new(),
+        Compress::TopK(_) => vec![STEP_FLAGS + 2 * exp.compress.values_sent(mlp.num_params())],
+        Compress::PowerSgd(rank) => {
+            let matrices: Vec<crate::comm::Matrix> = mlp
+                .layers()
+                .iter()
+                .map(|l| crate::comm::Matrix {
+                    offset: l.offset,
+                    rows: l.fan_in,
+                    cols: l.fan_out,
+                })
+                .collect();
+            let low = crate::comm::LowRank::new(mlp.num_params(), &matrices, rank as usize, false, 0);
+            vec![low.first_len() + STEP_FLAGS, low.second_len()]
+        }
+    }
+}
+
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
 /// requested, or the run stops; leaves the replicas' parameters and optimizer state in
 /// `state`.
@@ -126,6 +171,8 @@ struct Worker<'a> {
     picked: (Vec<u32>, Vec<f32>),
     message: Vec<f32>,
     gathered: Vec<f32>,
+    /// --compress powersgd:R: the factors' state (its own residual inside).
+    low_rank: Option<crate::comm::LowRank>,
 }
 
 /// DiLoCo's outer step (Douillard et al. 2023): the change the workers' average made
@@ -261,6 +308,10 @@ impl<'a> Worker<'a> {
             picked: (Vec::new(), Vec::new()),
             message: Vec::new(),
             gathered: Vec::new(),
+            low_rank: match ctx.exp.compress {
+                Compress::PowerSgd(rank) => Some(low_rank(ctx, seg.index, rank)),
+                _ => None,
+            },
         }
     }
 
@@ -360,12 +411,13 @@ impl<'a> Worker<'a> {
         } else {
             Compress::None
         };
-        let collective = if compress == Compress::None {
-            CollectiveKind::AllReduce
-        } else {
+        let gathering = matches!(compress, Compress::TopK(_));
+        let collective = if gathering {
             CollectiveKind::AllGather
+        } else {
+            CollectiveKind::AllReduce
         };
-        self.now.gathering.store(compress != Compress::None, Ordering::Relaxed);
+        self.now.gathering.store(gathering, Ordering::Relaxed);
         for local in 0..steps {
             let step = self.first_update + local;
             self.now.step.store(step, Ordering::Relaxed);
@@ -502,7 +554,31 @@ impl<'a> Worker<'a> {
                     let sent = comm.bytes_sent() - bytes_before;
                     (grad_norm, sent, comm.transport().waited_ns() - waited_before)
                 }
-                Exchange::Direct(comm) if compress != Compress::None => {
+                Exchange::Direct(comm) if self.low_rank.is_some() && compress != Compress::None => {
+                    // PowerSGD: P = M·Q of every weight matrix (biases and the flags
+                    // beside them) all-reduced, then Q = Mᵀ·P̂ all-reduced: two
+                    // all-reduces of thin factors, summed on the way as any all-reduce.
+                    let grad_norm = l2_norm(&grads[..p]);
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    let low = self.low_rank.as_mut().expect("PowerSGD's state");
+                    let (first_len, second_len) = (low.first_len(), low.second_len());
+                    let first = &mut self.message;
+                    first.resize(first_len + STEP_FLAGS, 0.0);
+                    low.encode_p(&grads[..p], &mut first[..first_len]);
+                    first[first_len..].copy_from_slice(&grads[p..]);
+                    let second = &mut self.gathered;
+                    second.resize(second_len, 0.0);
+                    allreduce_start_ns = collective_timed(ctx, &self.now, (rank, step), &mut phase_ns, || {
+                        comm.all_reduce_mean(first)?;
+                        low.encode_q(&first[..first_len], second);
+                        comm.all_reduce_mean(second)
+                    })?;
+                    low.decode(&first[..first_len], second, &mut grads[..p]);
+                    grads[p..].copy_from_slice(&first[first_len..]);
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
+                Exchange::Direct(comm) if gathering => {
                     // Top-k: this worker's largest values as (index, value) pairs, its
                     // flags in front; all-gathered, then added up in rank order, so that
                     // every replica computes the same sum.

@@ -26,7 +26,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     // Top-k's pairs sit at different indices on every worker: they cannot be added on
     // the way, so they are all-gathered (a ring of N−1 rounds) and added by everyone.
     let compress = lab.state().compress;
-    let gather = compress != crate::comm::Compress::None && lab.current_mode() == crate::config::Mode::Sync;
+    let gather = matches!(compress, crate::comm::Compress::TopK(_)) && lab.current_mode() == crate::config::Mode::Sync;
     let rounds = if gather { n.saturating_sub(1) } else { algo.rounds(n) };
     let title = if n == 1 {
         " all-reduce · 1 worker ".to_string()

@@ -20,6 +20,7 @@ pub fn started() -> Event {
         wire_bytes: 4,
         devices: Vec::new(),
         compress: crate::comm::Compress::None,
+        compressed_buffers: Vec::new(),
     }
 }
 

@@ -149,6 +149,18 @@ pub fn describe(f: &Facts, phase: Phase, about_to: bool) -> String {
         Phase::AllReduce if !many => {
             "all-reduce: with one worker there is nothing to average — its gradient goes to the update as it is.".to_string()
         }
+        Phase::AllReduce if matches!(f.mode, Mode::Local(_)) => {
+            let h = match f.mode {
+                Mode::Local(h) => h,
+                _ => 1,
+            };
+            let verb = if about_to { "will average" } else { "average" };
+            format!(
+                "all-reduce: after {} alone, the {n} workers {verb} their parameters ({} all-reduce), not their gradients. Afterwards the replicas, which drifted apart, are identical again; between averages nothing travels.",
+                count(u64::from(h), "step", "steps"),
+                f.algo
+            )
+        }
         Phase::AllReduce => {
             let rounds = f.algo.rounds(n);
             let how = match f.algo {
@@ -190,7 +202,9 @@ pub fn describe(f: &Facts, phase: Phase, about_to: bool) -> String {
         }
         Phase::Update => {
             let lr = f.report.map_or(String::new(), |r| format!(" with learning rate {}", r.lr));
-            if many {
+            if many && matches!(f.mode, Mode::Local(_)) {
+                format!("update: worker {w} steps its own replica against its own gradient{lr}: local SGD, so the {n} replicas drift apart until the next averaging.")
+            } else if many {
                 format!("update: every worker applies the same averaged gradient{lr}, so the {n} replicas stay identical, bit for bit.")
             } else {
                 format!("update: worker {w} steps its weights against its gradient{lr}.")
