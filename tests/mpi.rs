@@ -832,11 +832,15 @@ fn local_sgd_over_mpi_equals_threads_with_and_without_an_outer_optimizer() {
 }
 
 #[test]
-fn top_k_over_mpi_equals_threads_with_and_without_error_feedback() {
+fn compressed_gradients_over_mpi_equal_threads_with_and_without_error_feedback() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    for (n, extra) in [(2, &[][..]), (3, &["--no-error-feedback"][..])] {
-        let common = [&["--compress", "topk:1", "--steps", "30"][..], extra].concat();
+    for (n, extra) in [
+        (2, &["--compress", "topk:1"][..]),
+        (3, &["--compress", "topk:1", "--no-error-feedback"][..]),
+        (3, &["--compress", "powersgd:2"][..]),
+    ] {
+        let common = [&["--steps", "30"][..], extra].concat();
         let mpi_json = dir.path().join(format!("mpi-{n}.jsonl"));
         let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
         args.extend(&common);
