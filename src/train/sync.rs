@@ -37,19 +37,9 @@ pub const STEP_FLAGS: usize = 6;
 /// PowerSGD's state for a worker of segment `index`: every weight matrix of the network,
 /// and a first Q drawn from the run's seed, the same on every worker.
 fn low_rank(ctx: &RunCtx, index: usize, rank: u32) -> crate::comm::LowRank {
-    let matrices: Vec<crate::comm::Matrix> = ctx
-        .mlp
-        .layers()
-        .iter()
-        .map(|l| crate::comm::Matrix {
-            offset: l.offset,
-            rows: l.fan_in,
-            cols: l.fan_out,
-        })
-        .collect();
     crate::comm::LowRank::new(
         ctx.mlp.num_params(),
-        &matrices,
+        &matrices_of(&ctx.mlp),
         rank as usize,
         ctx.exp.error_feedback,
         ctx.exp.seed.wrapping_add(index as u64),
@@ -64,19 +54,22 @@ pub fn compressed_buffers(exp: &crate::config::Experiment, mlp: &crate::nn::Mlp)
         Compress::None => Vec::new(),
         Compress::TopK(_) => vec![STEP_FLAGS + 2 * exp.compress.values_sent(mlp.num_params())],
         Compress::PowerSgd(rank) => {
-            let matrices: Vec<crate::comm::Matrix> = mlp
-                .layers()
-                .iter()
-                .map(|l| crate::comm::Matrix {
-                    offset: l.offset,
-                    rows: l.fan_in,
-                    cols: l.fan_out,
-                })
-                .collect();
-            let low = crate::comm::LowRank::new(mlp.num_params(), &matrices, rank as usize, false, 0);
+            let low = crate::comm::LowRank::new(mlp.num_params(), &matrices_of(mlp), rank as usize, false, 0);
             vec![low.first_len() + STEP_FLAGS, low.second_len()]
         }
     }
+}
+
+/// The network's weight matrices (W: fan_in × fan_out, row-major) in the flat buffer.
+fn matrices_of(mlp: &crate::nn::Mlp) -> Vec<crate::comm::Matrix> {
+    mlp.layers()
+        .iter()
+        .map(|l| crate::comm::Matrix {
+            offset: l.offset,
+            rows: l.fan_in,
+            cols: l.fan_out,
+        })
+        .collect()
 }
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
@@ -300,7 +293,7 @@ impl<'a> Worker<'a> {
             steps_done: 0,
             now: Arc::new(InFlight::default()),
             outer: Outer::new(ctx.exp),
-            residual: if ctx.exp.error_feedback {
+            residual: if ctx.exp.error_feedback && matches!(ctx.exp.compress, Compress::TopK(_)) {
                 vec![0.0; p]
             } else {
                 Vec::new()
