@@ -292,7 +292,7 @@ pub struct ExperimentArgs {
     /// Sync: compress gradients on the wire: none, topk:P (the largest P % of the
     /// values as (index, value) pairs, all-gathered) or powersgd:R (each weight matrix
     /// as rank-R factors, all-reduced).
-    #[arg(long, value_name = "none|topk:P|powersgd:R")]
+    #[arg(long, value_name = "METHOD")]
     pub compress: Option<crate::comm::Compress>,
     /// With --compress: drop what was not sent instead of adding it to the next step's
     /// gradient (error feedback, on by default).
