@@ -81,6 +81,45 @@ fn bad_flag_values_get_one_sentence_and_exit_code_2() {
     refuses(&["--device", "tpu"], "--device", "use cpu or gpu");
     refuses(&["--gpus", "0"], "--gpus", "add it, or drop --gpus");
     refuses(&["--device", "gpu", "--overlap"], "--overlap", "--device cpu");
+    refuses(&["--mode", "local:0"], "--mode", "H ≥ 1");
+    refuses(&["--mode", "local:x"], "--mode", "local steps H");
+    refuses(&["--mode", "local:4", "--outer-lr", "0"], "--outer-lr", "above 0");
+    refuses(
+        &["--mode", "local:4", "--outer-momentum", "1"],
+        "--outer-momentum",
+        "< 1",
+    );
+    refuses(
+        &["--mode", "local:4", "--nesterov"],
+        "--nesterov",
+        "--outer-momentum 0.9",
+    );
+    refuses(&["--compress", "topk:0"], "--compress", "0 < P ≤ 100");
+    refuses(&["--compress", "topk:150"], "--compress", "0 < P ≤ 100");
+    refuses(&["--compress", "zip"], "--compress", "topk:P");
+    refuses(&["--compress", "powersgd:0"], "--compress", "from 1 to 64");
+    refuses(
+        &["--compress", "powersgd:4", "--mode", "ssp:1"],
+        "--compress",
+        "use --mode sync",
+    );
+    refuses(
+        &["--compress", "topk:1", "--mode", "async"],
+        "--compress",
+        "use --mode sync",
+    );
+    refuses(
+        &["--compress", "topk:1", "--mode", "local:4"],
+        "--compress",
+        "use --mode sync",
+    );
+    refuses(&["--compress", "topk:1", "--overlap"], "--compress", "drop --overlap");
+    refuses(
+        &["--compress", "topk:1", "--grad-dtype", "f16"],
+        "--compress",
+        "drop --grad-dtype",
+    );
+    refuses(&["--no-error-feedback"], "--no-error-feedback", "--compress topk:1");
     // A build without the `gpu` feature says how to get one.
     #[cfg(not(feature = "gpu"))]
     refuses(&["--device", "gpu"], "--device gpu", "--features gpu");

@@ -787,3 +787,90 @@ fn a_worker_that_cannot_reach_the_lab_says_so_and_the_job_ends() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn local_sgd_over_mpi_equals_threads_with_and_without_an_outer_optimizer() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for (n, algo, outer) in [
+        (2, "ring", &[][..]),
+        (3, "tree", &[][..]),
+        (
+            3,
+            "ring",
+            &["--outer-lr", "0.7", "--outer-momentum", "0.9", "--nesterov"][..],
+        ),
+    ] {
+        let common = [&["--mode", "local:4", "--steps", "30", "--allreduce", algo][..], outer].concat();
+        let mpi_json = dir.path().join(format!("mpi-{n}-{algo}.jsonl"));
+        let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
+        args.extend(&common);
+        let out = mpirun(n, &args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "n={n} {algo} {outer:?}: {stdout}\n{stderr}");
+        let threads_json = dir.path().join(format!("threads-{n}-{algo}.jsonl"));
+        let n_text = n.to_string();
+        let mut args = vec![
+            "run",
+            "-q",
+            "--workers",
+            &n_text,
+            "--json",
+            threads_json.to_str().unwrap(),
+        ];
+        args.extend(&common);
+        let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (m, t) = (summary(&mpi_json), summary(&threads_json));
+        assert_eq!(m["mode"], "local:4");
+        // the same local steps and the same averaging sums, bit for bit
+        assert_eq!(losses(&mpi_json), losses(&threads_json), "n={n} {algo} {outer:?}");
+        assert_eq!(m["final_params_hash"], t["final_params_hash"], "n={n} {algo} {outer:?}");
+    }
+}
+
+#[test]
+fn compressed_gradients_over_mpi_equal_threads_with_and_without_error_feedback() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for (n, extra) in [
+        (2, &["--compress", "topk:1"][..]),
+        (3, &["--compress", "topk:1", "--no-error-feedback"][..]),
+        (3, &["--compress", "powersgd:2"][..]),
+    ] {
+        let common = [&["--steps", "30"][..], extra].concat();
+        let mpi_json = dir.path().join(format!("mpi-{n}.jsonl"));
+        let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
+        args.extend(&common);
+        let out = mpirun(n, &args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "n={n} {extra:?}: {stdout}\n{stderr}");
+        let threads_json = dir.path().join(format!("threads-{n}.jsonl"));
+        let n_text = n.to_string();
+        let mut args = vec![
+            "run",
+            "-q",
+            "--workers",
+            &n_text,
+            "--json",
+            threads_json.to_str().unwrap(),
+        ];
+        args.extend(&common);
+        let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (m, t) = (summary(&mpi_json), summary(&threads_json));
+        // the same pairs gathered and added in the same order: the same bits
+        assert_eq!(losses(&mpi_json), losses(&threads_json), "n={n} {extra:?}");
+        assert_eq!(m["final_params_hash"], t["final_params_hash"], "n={n} {extra:?}");
+        assert_eq!(
+            m["allreduce_bytes"], t["allreduce_bytes"],
+            "n={n}: the same bytes on the wire"
+        );
+    }
+}

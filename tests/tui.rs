@@ -338,7 +338,7 @@ fn every_prompt_action_can_be_done_in_the_lab() {
         (
             LessonAction::SwitchToSync,
             Action::CycleMode,
-            with(&|e| e.mode = Mode::Backup(1)),
+            with(&|e| e.mode = Mode::Local(8)),
         ),
         (LessonAction::SwitchToAsync, Action::CycleMode, base.clone()),
         (
@@ -350,6 +350,11 @@ fn every_prompt_action_can_be_done_in_the_lab() {
             LessonAction::SwitchToBackup,
             Action::CycleMode,
             with(&|e| e.mode = Mode::Ssp(2)),
+        ),
+        (
+            LessonAction::SwitchToLocal,
+            Action::CycleMode,
+            with(&|e| e.mode = Mode::Backup(1)),
         ),
         (LessonAction::AddWorker, Action::MoreWorkers, base.clone()),
         (LessonAction::RemoveWorker, Action::FewerWorkers, base.clone()),

@@ -12,7 +12,7 @@ use crate::session::{Session, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// The modes to run, comma-separated: sync, async, ssp:K, backup:B.
+    /// The modes to run, comma-separated: sync, async, ssp:K, backup:B, local:H.
     #[arg(
         long,
         value_name = "M1,M2,..",
@@ -46,6 +46,9 @@ pub struct CompareRow {
     pub staleness_mean: Option<f64>,
     pub idle_fraction: f64,
     pub dropped_gradients: u64,
+    /// Bytes all workers sent (all-reduces, averages, all-gathers, pushes and pulls):
+    /// what local SGD and compression save.
+    pub bytes_sent: u64,
     /// Gradients in one step (one update of the parameters): N for sync, N − B for
     /// backup:B, 1 for async and ssp. Steps/s of modes with different counts are not
     /// comparable; samples/s are.
@@ -55,7 +58,8 @@ pub struct CompareRow {
 /// How many gradients one update of the parameters holds in `mode` with `workers`.
 pub fn gradients_per_step(mode: Mode, workers: usize) -> usize {
     match mode {
-        Mode::Sync => workers,
+        // (local SGD: each step is N workers' own updates, averaged every H)
+        Mode::Sync | Mode::Local(_) => workers,
         Mode::Backup(b) => workers.saturating_sub(b),
         Mode::Async | Mode::Ssp(_) => 1,
     }
@@ -209,10 +213,11 @@ pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
         }
     );
     say!(
-        "{:<10} {:>9} {:>12} {:>9} {:>11} {:>11} {:>10} {:>6} {:>8}",
+        "{:<10} {:>9} {:>12} {:>9} {:>9} {:>11} {:>11} {:>10} {:>6} {:>8}",
         "mode",
         "test acc",
         format!("time to {:.0}%", args.target * 100.0),
+        "sent",
         "steps/s",
         "samples/s",
         "staleness",
@@ -251,14 +256,16 @@ pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
             staleness_mean: s.staleness_mean,
             idle_fraction: s.idle_fraction,
             dropped_gradients: s.dropped_gradients,
+            bytes_sent: s.allreduce_bytes,
             gradients_per_step: gradients_per_step(mode, exp.workers),
         };
         hints.extend(hint(&exp, &row, data.classes));
         say!(
-            "{:<10} {:>9} {:>12} {:>9.0} {:>11.0} {:>11} {:>9.1}% {:>6} {:>8}",
+            "{:<10} {:>9} {:>12} {:>9} {:>9.0} {:>11.0} {:>11} {:>9.1}% {:>6} {:>8}",
             row.mode,
             row.test_accuracy.map_or("–".into(), |a| format!("{:.2}%", a * 100.0)),
             row.time_to_target_s.map_or("never".into(), |t| format!("{t:.3} s")),
+            crate::units::bytes(row.bytes_sent),
             row.steps_per_sec,
             row.samples_per_sec,
             row.staleness_mean.map_or("–".into(), |m| format!("{m:.2}")),
@@ -324,6 +331,7 @@ mod tests {
             staleness_mean: (mode != "sync").then_some(6.6),
             idle_fraction: 0.0,
             dropped_gradients: 0,
+            bytes_sent: 0,
             gradients_per_step: 1,
         }
     }

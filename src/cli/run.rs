@@ -306,6 +306,7 @@ pub fn table(s: &Summary) -> String {
         if s.backend == "mpi" { " (MPI ranks)" } else { "" },
         match (s.mode.as_str(), s.backend.as_str()) {
             ("sync", _) => format!("{} all-reduce", s.allreduce),
+            (m, _) if m.starts_with("local:") => format!("parameters averaged by {} all-reduce", s.allreduce),
             (_, "mpi") => "parameter server on rank 0".to_string(),
             _ => "parameter server".to_string(),
         },

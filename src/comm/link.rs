@@ -91,6 +91,14 @@ pub fn alpha_beta(algo: super::AllReduceAlgo, n: usize, bytes: usize, link: &Lin
     alpha_beta_on(algo, n, 1, bytes, link, Some(link))
 }
 
+/// The α-β model of a ring all-gather of one `block` of bytes from each of `n` ranks
+/// (top-k's (index, value) pairs): N−1 rounds, each rank sending one block per round,
+/// every hop on `link` (the slower one, when there are nodes).
+pub fn alpha_beta_all_gather(n: usize, block: usize, link: &Link) -> Duration {
+    let rounds = n.saturating_sub(1) as f64;
+    Duration::from_nanos((rounds * link.latency_us * 1e3 + rounds * block as f64 * 8.0 / link.gbit_s) as u64)
+}
+
 /// The α-β model on `nodes` emulated nodes (ranks split as `Topology::nodes` splits them:
 /// the largest node holds k = ⌈N/M⌉), `inter` joining nodes and `intra` (None: free, shared
 /// memory) joining the ranks of one node. A stage's time is rounds·α + bytes·β on its link;

@@ -6,6 +6,7 @@
 //! [`Transfer`]s for the lab to animate.
 
 mod allreduce;
+mod compress;
 mod kernels;
 mod link;
 #[cfg(feature = "mpi")]
@@ -20,7 +21,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use allreduce::{all_reduce_sum, all_reduce_window, broadcast, chunk_range, Comm, Window};
-pub use link::{alpha_beta, alpha_beta_on, Link};
+pub use compress::{all_gather, top_k, Compress, LowRank, Matrix, MAX_RANK};
+pub use link::{alpha_beta, alpha_beta_all_gather, alpha_beta_on, Link};
 pub use pace::{Pace, MAX_FACTOR as MAX_PACE, SITES as PACE_SITES};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
 pub use wait::{precise_sleep, OthersMeter};

@@ -22,7 +22,8 @@ pub struct ExperimentArgs {
     /// Compute threads per worker (per rank over MPI), like OMP_NUM_THREADS: 1 to 256.
     #[arg(long, value_name = "T")]
     pub threads: Option<usize>,
-    /// How workers combine gradients: sync, async, ssp:K or backup:B.
+    /// How workers combine their work: sync, async, ssp:K, backup:B, or local:H (H local
+    /// steps, then the parameters averaged).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
     /// All-reduce algorithm: ring, tree, naive, hierarchical, 2d, or mpi (the library's own).
@@ -93,6 +94,25 @@ pub struct ExperimentArgs {
     /// them), round-robin over the workers.
     #[arg(long, value_name = "I,J,..", value_delimiter = ',')]
     pub gpus: Option<Vec<usize>>,
+    /// local:H: the outer learning rate on the averaged change (DiLoCo's outer step;
+    /// 1 with no outer momentum = plain averaging).
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
+    pub outer_lr: Option<f32>,
+    /// local:H: the outer optimizer's momentum, 0 ≤ m < 1.
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    pub outer_momentum: Option<f32>,
+    /// local:H: Nesterov's form of the outer momentum (as DiLoCo).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Sync: compress gradients on the wire: none, topk:P (the largest P % of the
+    /// values as (index, value) pairs, all-gathered) or powersgd:R (each weight matrix
+    /// as rank-R factors, all-reduced).
+    #[arg(long, value_name = "METHOD")]
+    pub compress: Option<crate::comm::Compress>,
+    /// With --compress: drop what was not sent instead of adding it to the next step's
+    /// gradient (error feedback, on by default).
+    #[arg(long)]
+    pub no_error_feedback: bool,
     /// Slow motion: every phase, message and delay lasts F times as long, so the run
     /// keeps its shape at a person's pace (1 = full speed; e.g. 1000).
     #[arg(long, value_name = "F")]
@@ -148,10 +168,19 @@ impl ExperimentArgs {
             bucket_kb,
             device,
             gpus,
+            outer_lr,
+            outer_momentum,
+            compress,
             slow
         );
+        if self.no_error_feedback {
+            exp.error_feedback = false;
+        }
         if self.overlap {
             exp.overlap = true;
+        }
+        if self.nesterov {
+            exp.nesterov = true;
         }
         if let Some(link) = self.intra_link {
             exp.intra_link = Some(link);
@@ -197,7 +226,7 @@ impl FlagValue {
             FlagValue::Given(v) => v.clone(),
             FlagValue::On => "on".into(),
             FlagValue::Unset => match flag {
-                "overlap" => "off".into(),
+                "overlap" | "nesterov" | "no-error-feedback" => "off".into(),
                 "gpus" => "every GPU found".into(),
                 _ => "none".into(),
             },
@@ -239,6 +268,11 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
         eval_every,
         device,
         gpus,
+        outer_lr,
+        outer_momentum,
+        nesterov,
+        compress,
+        error_feedback,
         slow,
     } = exp;
     let given = |v: String| FlagValue::Given(v);
@@ -301,6 +335,18 @@ pub fn flags_of(exp: &Experiment) -> Vec<(&'static str, FlagValue)> {
                 FlagValue::Unset
             } else {
                 given(list(gpus))
+            },
+        ),
+        ("outer-lr", given(outer_lr.to_string())),
+        ("outer-momentum", given(outer_momentum.to_string())),
+        ("nesterov", if *nesterov { FlagValue::On } else { FlagValue::Unset }),
+        ("compress", given(compress.to_string())),
+        (
+            "no-error-feedback",
+            if *error_feedback {
+                FlagValue::Unset
+            } else {
+                FlagValue::On
             },
         ),
         ("slow", given(slow.to_string())),
@@ -366,6 +412,11 @@ mod tests {
             eval_every: 5,
             device: Device::Gpu,
             gpus: vec![0, 1],
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            nesterov: true,
+            compress: crate::comm::Compress::TopK(2.5),
+            error_feedback: false,
             slow: 250.0,
         };
         let (a, b) = (flags_of(&default), flags_of(&changed));

@@ -7,7 +7,7 @@ pub mod flags;
 
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{AllReduceAlgo, Link, Wire};
+use crate::comm::{AllReduceAlgo, Compress, Link, Wire};
 use crate::data::DatasetKind;
 use crate::nn::LrScaling;
 
@@ -94,12 +94,17 @@ pub enum Mode {
     /// Sync through the parameter server that applies the mean of the first N−B
     /// gradients of each step and drops the rest (Chen et al. 2016).
     Backup(usize),
+    /// Local SGD: every worker takes H steps alone on its own shard, then the workers
+    /// all-reduce their parameters (Stich 2018; Lin et al. 2018); with an outer optimizer
+    /// over the averaged change, DiLoCo (Douillard et al. 2023). local:1 is sync with
+    /// parameters averaged instead of gradients.
+    Local(u32),
 }
 
 impl Mode {
     /// Whether the mode runs through a parameter server (rather than an all-reduce).
     pub fn uses_server(self) -> bool {
-        !matches!(self, Mode::Sync)
+        !matches!(self, Mode::Sync | Mode::Local(_))
     }
 }
 
@@ -122,8 +127,17 @@ impl std::str::FromStr for Mode {
                     Ok(Mode::Ssp(number(k, "the staleness bound K")?))
                 } else if let Some(b) = s.strip_prefix("backup:") {
                     Ok(Mode::Backup(number(b, "the number of backup workers B")? as usize))
+                } else if let Some(h) = s.strip_prefix("local:") {
+                    match number(h, "the number of local steps H")? {
+                        0 => Err(format!(
+                            "'{s}': workers must take at least 1 local step between averages: use local:H with H ≥ 1, like local:8"
+                        )),
+                        h => Ok(Mode::Local(h)),
+                    }
                 } else {
-                    Err(format!("unknown mode '{s}': use sync, async, ssp:K or backup:B"))
+                    Err(format!(
+                        "unknown mode '{s}': use sync, async, ssp:K, backup:B or local:H"
+                    ))
                 }
             }
         }
@@ -137,6 +151,7 @@ impl std::fmt::Display for Mode {
             Mode::Async => f.write_str("async"),
             Mode::Ssp(k) => write!(f, "ssp:{k}"),
             Mode::Backup(b) => write!(f, "backup:{b}"),
+            Mode::Local(h) => write!(f, "local:{h}"),
         }
     }
 }
@@ -246,6 +261,21 @@ pub struct Experiment {
     /// the workers; empty = round-robin over every GPU found.
     #[serde(default)]
     pub gpus: Vec<usize>,
+    /// local:H only: the outer optimizer's learning rate on the averaged change of the
+    /// parameters (DiLoCo's outer step); 1 with no outer momentum is plain averaging.
+    pub outer_lr: f32,
+    /// local:H only: the outer optimizer's momentum; 0 = plain averaging (DiLoCo uses 0.9
+    /// with Nesterov and an outer LR of 0.7).
+    pub outer_momentum: f32,
+    /// local:H only: Nesterov's form of the outer momentum, as DiLoCo.
+    pub nesterov: bool,
+    /// Sync only: gradients compressed on the wire (top-k as (index, value) pairs, or
+    /// PowerSGD's rank-R factors);
+    /// none by default, so that the learner sees the whole gradient first.
+    pub compress: Compress,
+    /// With `compress`: keep what was not sent and add it to the next step's gradient
+    /// (on by default: without it top-k loses most of every gradient).
+    pub error_feedback: bool,
     /// Slow motion: every phase, message, straggler delay and server action lasts this
     /// many times as long (time dilation, so that the run keeps its shape); 1 = full
     /// speed, the default for headless runs.
@@ -280,6 +310,11 @@ impl Default for Experiment {
             eval_every: 25,
             device: Device::Cpu,
             gpus: Vec::new(),
+            outer_lr: 1.0,
+            outer_momentum: 0.0,
+            nesterov: false,
+            compress: Compress::None,
+            error_feedback: true,
             slow: 1.0,
         }
     }
@@ -423,6 +458,58 @@ impl Experiment {
                     "{} is not allowed with {} workers: use 1 to {} nodes",
                     self.nodes, self.workers, self.workers
                 ),
+            ));
+        }
+        if !(self.outer_lr.is_finite() && self.outer_lr > 0.0 && self.outer_lr <= 10.0) {
+            return Err(bad(
+                "outer-lr",
+                format!(
+                    "{} is not allowed: use an outer learning rate above 0 and at most 10 (1 = plain averaging, DiLoCo uses 0.7)",
+                    self.outer_lr
+                ),
+            ));
+        }
+        if !(self.outer_momentum.is_finite() && (0.0..1.0).contains(&self.outer_momentum)) {
+            return Err(bad(
+                "outer-momentum",
+                format!("{} is not allowed: use 0 ≤ outer momentum < 1", self.outer_momentum),
+            ));
+        }
+        if self.nesterov && self.outer_momentum == 0.0 {
+            return Err(bad(
+                "nesterov",
+                "Nesterov is a form of outer momentum, and the outer momentum is 0: add --outer-momentum 0.9, or drop --nesterov",
+            ));
+        }
+        if self.compress != Compress::None {
+            if self.mode != Mode::Sync {
+                return Err(bad(
+                    "compress",
+                    format!(
+                        "{} compresses the gradients of sync's all-reduce, and --mode {} exchanges no such gradients: use --mode sync, or drop --compress",
+                        self.compress, self.mode
+                    ),
+                ));
+            }
+            if self.overlap {
+                return Err(bad(
+                    "compress",
+                    "compression works on the whole gradient once backward has finished, and overlap sends it in pieces before that: drop --overlap, or drop --compress",
+                ));
+            }
+            if self.grad_dtype != Wire::F32 {
+                return Err(bad(
+                    "compress",
+                    format!(
+                        "{} sends its values in f32, so --grad-dtype {} would change nothing: drop --grad-dtype, or drop --compress",
+                        self.compress, self.grad_dtype
+                    ),
+                ));
+            }
+        } else if !self.error_feedback {
+            return Err(bad(
+                "no-error-feedback",
+                "error feedback belongs to gradient compression, and there is none: add --compress topk:1, or drop --no-error-feedback",
             ));
         }
         match self.mode {
@@ -661,13 +748,15 @@ mod tests {
 
     #[test]
     fn modes_parse_and_print_back() {
-        for m in ["sync", "async", "ssp:0", "ssp:3", "backup:1"] {
+        for m in ["sync", "async", "ssp:0", "ssp:3", "backup:1", "local:1", "local:8"] {
             assert_eq!(m.parse::<Mode>().unwrap().to_string(), m);
         }
         assert!("nonsense"
             .parse::<Mode>()
             .unwrap_err()
-            .contains("use sync, async, ssp:K or backup:B"));
+            .contains("use sync, async, ssp:K, backup:B or local:H"));
+        assert!("local:0".parse::<Mode>().unwrap_err().contains("H ≥ 1"));
+        assert!("local:x".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
         assert!("ssp:-1".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
         assert!("backup:x".parse::<Mode>().unwrap_err().contains("whole number ≥ 0"));
     }

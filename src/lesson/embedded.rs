@@ -79,4 +79,20 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../lessons/10-cluster/lesson.toml"),
     ),
     ("10-cluster/pages.md", include_str!("../../lessons/10-cluster/pages.md")),
+    (
+        "11-local-sgd/lesson.toml",
+        include_str!("../../lessons/11-local-sgd/lesson.toml"),
+    ),
+    (
+        "11-local-sgd/pages.md",
+        include_str!("../../lessons/11-local-sgd/pages.md"),
+    ),
+    (
+        "12-compression/lesson.toml",
+        include_str!("../../lessons/12-compression/lesson.toml"),
+    ),
+    (
+        "12-compression/pages.md",
+        include_str!("../../lessons/12-compression/pages.md"),
+    ),
 ];

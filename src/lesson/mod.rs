@@ -199,6 +199,7 @@ pub enum LessonAction {
     SwitchToAsync,
     SwitchToSsp,
     SwitchToBackup,
+    SwitchToLocal,
     AddWorker,
     RemoveWorker,
     ChangeThreads,
@@ -216,7 +217,7 @@ pub enum LessonAction {
 }
 
 impl LessonAction {
-    pub const ALL: [LessonAction; 21] = [
+    pub const ALL: [LessonAction; 22] = [
         LessonAction::Pause,
         LessonAction::StepPhase,
         LessonAction::SlowMotion,
@@ -224,6 +225,7 @@ impl LessonAction {
         LessonAction::SwitchToAsync,
         LessonAction::SwitchToSsp,
         LessonAction::SwitchToBackup,
+        LessonAction::SwitchToLocal,
         LessonAction::AddWorker,
         LessonAction::RemoveWorker,
         LessonAction::ChangeThreads,
@@ -481,8 +483,13 @@ fn experiment_from(
         })?;
         exp = flags.experiment.apply_to(exp);
         // a switch given as false turns it off
-        if matches!(value.get_ref(), toml::Value::Boolean(false)) && key == "overlap" {
-            exp.overlap = false;
+        if matches!(value.get_ref(), toml::Value::Boolean(false)) {
+            match key.as_str() {
+                "overlap" => exp.overlap = false,
+                "nesterov" => exp.nesterov = false,
+                "no-error-feedback" => exp.error_feedback = true,
+                _ => {}
+            }
         }
     }
     exp.validate().map_err(|e| LessonError {
@@ -736,7 +743,7 @@ mod tests {
     #[test]
     fn the_built_in_course_loads() {
         let lessons = load(&Embedded).unwrap();
-        assert_eq!(lessons.len(), 10);
+        assert_eq!(lessons.len(), 12);
         for (i, l) in lessons.iter().enumerate() {
             assert_eq!(l.number, i + 1);
             assert!(!l.pages.is_empty());

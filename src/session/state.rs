@@ -101,6 +101,10 @@ pub struct RunState {
     pub nodes: usize,
     pub intra_link: Option<crate::comm::Link>,
     pub wire_bytes: usize,
+    /// How sync gradients travel (from `Event::Started`).
+    pub compress: crate::comm::Compress,
+    /// With compression: the values each of a step's collectives carries per worker.
+    pub compressed_buffers: Vec<usize>,
     /// What each worker computes on (`cpu`, or a GPU's label), as the run started.
     pub devices: Vec<String>,
     pub segments: Vec<SegmentRecord>,
@@ -146,8 +150,12 @@ impl RunState {
                 intra_link,
                 wire_bytes,
                 devices,
+                compress,
+                compressed_buffers,
             } => {
                 self.devices = devices.clone();
+                self.compress = *compress;
+                self.compressed_buffers = compressed_buffers.clone();
                 self.nodes = *nodes;
                 self.intra_link = *intra_link;
                 self.wire_bytes = *wire_bytes;
@@ -255,8 +263,13 @@ impl RunState {
 
     /// Bytes one sync all-reduce moves per rank's buffer: the gradient and the flags the
     /// engine sends with it, in the wire format.
+    /// With `--compress`, what a step's collectives carry (f32 values): top-k's block
+    /// of flags and (index, value) pairs each rank all-gathers, PowerSGD's two factors.
     pub fn allreduce_buffer_bytes(&self) -> usize {
-        (self.params + crate::train::STEP_FLAGS) * self.wire_bytes.max(1)
+        match self.compress {
+            crate::comm::Compress::None => (self.params + crate::train::STEP_FLAGS) * self.wire_bytes.max(1),
+            _ => self.compressed_buffers.iter().sum::<usize>() * 4,
+        }
     }
 
     /// The α-β model's time for one all-reduce of the gradient in the current segment.
@@ -266,6 +279,20 @@ impl RunState {
         let bytes = self.allreduce_buffer_bytes();
         // As the engine does: without an intra-node link, one node talks at the link's speed.
         let intra = self.intra_link.as_ref().unwrap_or(link);
+        match self.compress {
+            crate::comm::Compress::TopK(_) if seg.mode == Mode::Sync => {
+                let flat = if self.nodes > 1 { link } else { intra };
+                return Some(crate::comm::alpha_beta_all_gather(seg.workers, bytes, flat));
+            }
+            crate::comm::Compress::PowerSgd(_) if seg.mode == Mode::Sync => {
+                // two all-reduces, one after the other
+                let each = self.compressed_buffers.iter().map(|&values| {
+                    crate::comm::alpha_beta_on(seg.allreduce, seg.workers, self.nodes, values * 4, link, Some(intra))
+                });
+                return Some(each.sum());
+            }
+            _ => {}
+        }
         Some(crate::comm::alpha_beta_on(
             seg.allreduce,
             seg.workers,
@@ -307,8 +334,7 @@ impl RunState {
                     .unwrap_or(0);
                 last_out.saturating_sub(last_in)
             },
-            allreduce_model_ns: worker
-                .is_none()
+            allreduce_model_ns: (worker.is_none() && reports.iter().any(|r| r.phase_ns[Phase::AllReduce.index()] > 0))
                 .then(|| self.allreduce_model())
                 .flatten()
                 .map(|d| d.as_nanos() as u64),

@@ -548,6 +548,8 @@ fn run(
         nodes: exp.nodes,
         intra_link: exp.intra_link,
         wire_bytes: exp.grad_dtype.bytes(),
+        compress: exp.compress,
+        compressed_buffers: super::sync::compressed_buffers(exp, &mlp),
     });
     let mut params = vec![0.0f32; mlp.num_params()];
     match &options.initial_params {

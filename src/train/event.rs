@@ -73,6 +73,8 @@ pub enum CollectiveKind {
     Broadcast,
     /// A step's gradient all-reduce.
     AllReduce,
+    /// A step's all-gather of compressed gradients ((index, value) pairs, `--compress`).
+    AllGather,
 }
 
 /// One worker's account of one step. Per-step metrics are never dropped.
@@ -112,6 +114,12 @@ pub struct WorkerStep {
     /// Sync only: when this worker entered the all-reduce.
     pub allreduce_start_ns: u64,
     pub end_ns: u64,
+    /// Fingerprint (`params_hash`) of this worker's replica after the step, where the
+    /// replicas must agree and the engine checks: after each averaging of local SGD,
+    /// and at the last step of a sync segment. `None` elsewhere (hashing every step
+    /// would cost as much as a small update).
+    #[serde(default)]
+    pub replica_hash: Option<u64>,
 }
 
 /// How a run ended.
@@ -174,6 +182,12 @@ pub enum Event {
         /// What each worker of the first segment computes on: `cpu`, or a GPU's label.
         #[serde(default)]
         devices: Vec<String>,
+        /// How sync gradients travel (fixed for the run), and with compression the
+        /// values each of a step's collectives carries per worker.
+        #[serde(default)]
+        compress: crate::comm::Compress,
+        #[serde(default)]
+        compressed_buffers: Vec<usize>,
     },
     /// A phase one worker went through (visual: may be coalesced under load).
     Phase {

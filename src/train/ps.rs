@@ -303,6 +303,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             dropped: pushed.dropped,
             lead,
             allreduce_start_ns: 0,
+            replica_hash: None,
             end_ns,
         }));
     }
@@ -463,6 +464,7 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                 dropped: pushed.dropped,
                 lead: get_u64(&msg, LEAD),
                 allreduce_start_ns: 0,
+                replica_hash: None,
                 end_ns: now,
             });
         }

@@ -11,8 +11,10 @@ use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
 use crate::comm::{
-    thread_group_on, Collective, Comm, CommError, Observer, ThreadTransport, Topology, Transfer, Transport, Wire,
+    thread_group_on, Collective, Comm, CommError, Compress, Observer, ThreadTransport, Topology, Transfer, Transport,
+    Wire,
 };
+use crate::config::Mode;
 use crate::nn::{l2_norm, Sgd};
 
 /// Values all-reduced with the gradient, past its end, so that every replica agrees on
@@ -31,6 +33,44 @@ mod flag {
     pub const FAILED: usize = 5;
 }
 pub const STEP_FLAGS: usize = 6;
+
+/// PowerSGD's state for a worker of segment `index`: every weight matrix of the network,
+/// and a first Q drawn from the run's seed, the same on every worker.
+fn low_rank(ctx: &RunCtx, index: usize, rank: u32) -> crate::comm::LowRank {
+    crate::comm::LowRank::new(
+        ctx.mlp.num_params(),
+        &matrices_of(&ctx.mlp),
+        rank as usize,
+        ctx.exp.error_feedback,
+        ctx.exp.seed.wrapping_add(index as u64),
+    )
+}
+
+/// The values each collective of a sync step carries per worker, with `--compress`
+/// (for the α-β model): top-k's all-gathered block; PowerSGD's two all-reduces. Empty
+/// without compression (the gradient and its flags).
+pub fn compressed_buffers(exp: &crate::config::Experiment, mlp: &crate::nn::Mlp) -> Vec<usize> {
+    match exp.compress {
+        Compress::None => Vec::new(),
+        Compress::TopK(_) => vec![STEP_FLAGS + 2 * exp.compress.values_sent(mlp.num_params())],
+        Compress::PowerSgd(rank) => {
+            let low = crate::comm::LowRank::new(mlp.num_params(), &matrices_of(mlp), rank as usize, false, 0);
+            vec![low.first_len() + STEP_FLAGS, low.second_len()]
+        }
+    }
+}
+
+/// The network's weight matrices (W: fan_in × fan_out, row-major) in the flat buffer.
+fn matrices_of(mlp: &crate::nn::Mlp) -> Vec<crate::comm::Matrix> {
+    mlp.layers()
+        .iter()
+        .map(|l| crate::comm::Matrix {
+            offset: l.offset,
+            rows: l.fan_in,
+            cols: l.fan_out,
+        })
+        .collect()
+}
 
 /// Runs one sync segment from `state` until the sample budget is spent, a switch is
 /// requested, or the run stops; leaves the replicas' parameters and optimizer state in
@@ -116,6 +156,70 @@ struct Worker<'a> {
     steps_done: u64,
     /// The step now running and its all-reduce's pieces, shared with its `RoundWatch`.
     now: Arc<InFlight>,
+    /// local:H: the outer optimizer over the averaged change.
+    outer: Outer,
+    /// --compress: what this worker did not send yet (error feedback), and the buffers
+    /// of its picks, its message and everyone's.
+    residual: Vec<f32>,
+    picked: (Vec<u32>, Vec<f32>),
+    message: Vec<f32>,
+    gathered: Vec<f32>,
+    /// --compress powersgd:R: the factors' state (its own residual inside).
+    low_rank: Option<crate::comm::LowRank>,
+}
+
+/// DiLoCo's outer step (Douillard et al. 2023): the change the workers' average made
+/// since the last averaging, `anchor − mean`, is an "outer gradient" for SGD with
+/// momentum (optionally Nesterov) on the anchor. With LR 1 and no momentum it is plain
+/// averaging, which is then done by copying the mean, so that it stays exact.
+struct Outer {
+    lr: f32,
+    momentum: f32,
+    nesterov: bool,
+    /// The replicas' parameters after the last averaging (empty for plain averaging).
+    anchor: Vec<f32>,
+    velocity: Vec<f32>,
+}
+
+impl Outer {
+    fn new(exp: &crate::config::Experiment) -> Outer {
+        Outer {
+            lr: exp.outer_lr,
+            momentum: exp.outer_momentum,
+            nesterov: exp.nesterov,
+            anchor: Vec::new(),
+            velocity: Vec::new(),
+        }
+    }
+
+    fn plain(&self) -> bool {
+        self.lr == 1.0 && self.momentum == 0.0
+    }
+
+    /// The replicas agree on `params` (a segment starts, or an averaging ended).
+    fn anchor_at(&mut self, params: &[f32]) {
+        if !self.plain() {
+            self.anchor.clear();
+            self.anchor.extend_from_slice(params);
+            self.velocity.resize(params.len(), 0.0);
+        }
+    }
+
+    /// Sets `params` from the workers' `mean`; every replica computes the same bits.
+    fn apply(&mut self, params: &mut [f32], mean: &[f32]) {
+        if self.plain() {
+            params.copy_from_slice(mean);
+            return;
+        }
+        let (lr, mu) = (self.lr, self.momentum);
+        for (((a, v), p), &m) in self.anchor.iter_mut().zip(&mut self.velocity).zip(params).zip(mean) {
+            let delta = *a - m; // the outer gradient: where the average moved, reversed
+            *v = mu * *v + delta;
+            let step = if self.nesterov { delta + mu * *v } else { *v };
+            *a -= lr * step;
+            *p = *a;
+        }
+    }
 }
 
 /// Where a worker's all-reduce is: its step, and (in step mode, where it is cut into
@@ -124,6 +228,8 @@ struct Worker<'a> {
 #[derive(Default)]
 struct InFlight {
     step: AtomicU64,
+    /// The collective is top-k's all-gather (not an all-reduce).
+    gathering: std::sync::atomic::AtomicBool,
     piece_start_ns: AtomicU64,
     pieces_ns: AtomicU64,
 }
@@ -143,7 +249,11 @@ impl Observer for RoundWatch {
     fn transferred(&mut self, transfer: Transfer) {
         self.sink.send(Event::Transfer {
             step: self.now.step.load(Ordering::Relaxed),
-            collective: CollectiveKind::AllReduce,
+            collective: if self.now.gathering.load(Ordering::Relaxed) {
+                CollectiveKind::AllGather
+            } else {
+                CollectiveKind::AllReduce
+            },
             transfer,
         });
     }
@@ -182,11 +292,29 @@ impl<'a> Worker<'a> {
             sgd,
             steps_done: 0,
             now: Arc::new(InFlight::default()),
+            outer: Outer::new(ctx.exp),
+            residual: if ctx.exp.error_feedback && matches!(ctx.exp.compress, Compress::TopK(_)) {
+                vec![0.0; p]
+            } else {
+                Vec::new()
+            },
+            picked: (Vec::new(), Vec::new()),
+            message: Vec::new(),
+            gathered: Vec::new(),
+            low_rank: match ctx.exp.compress {
+                Compress::PowerSgd(rank) => Some(low_rank(ctx, seg.index, rank)),
+                _ => None,
+            },
         }
     }
 
     fn run(&mut self, comm: &mut Comm<ThreadTransport>, steps: u64) -> Result<(), SegEnd> {
-        if !(self.ctx.exp.overlap && self.seg.workers > 1) {
+        // (local SGD has no gradient all-reduce to overlap: it averages parameters; top-k
+        // needs the whole gradient)
+        if !(self.ctx.exp.overlap && self.seg.workers > 1)
+            || matches!(self.seg.mode, Mode::Local(_))
+            || self.ctx.exp.compress != Compress::None
+        {
             return self.run_direct(comm, steps);
         }
         let ctx = self.ctx;
@@ -222,6 +350,7 @@ impl<'a> Worker<'a> {
         let mut transfers: Vec<Transfer> = Vec::new();
         report_transfers(ctx, comm, &mut transfers, self.first_update, CollectiveKind::Broadcast);
         comm.transport_mut().set_wire(ctx.exp.grad_dtype);
+        self.outer.anchor_at(&self.params);
         Ok(())
     }
 
@@ -264,6 +393,26 @@ impl<'a> Worker<'a> {
         let mut last_detail_ns = 0u64;
 
         let per_rank = matches!(&exchange, Exchange::Direct(comm) if comm.transport().process_per_rank());
+        // local:H: the steps after which the workers average (every H-th of the segment,
+        // and its last, so that a segment always ends with identical replicas).
+        let local_h = match self.seg.mode {
+            Mode::Local(h) => Some(u64::from(h.max(1))),
+            _ => None,
+        };
+        // local:H evaluates the average, so an evaluation waits for the next averaging.
+        let mut eval_due = false;
+        let compress = if local_h.is_none() {
+            exp.compress
+        } else {
+            Compress::None
+        };
+        let gathering = matches!(compress, Compress::TopK(_));
+        let collective = if gathering {
+            CollectiveKind::AllGather
+        } else {
+            CollectiveKind::AllReduce
+        };
+        self.now.gathering.store(gathering, Ordering::Relaxed);
         for local in 0..steps {
             let step = self.first_update + local;
             self.now.step.store(step, Ordering::Relaxed);
@@ -357,19 +506,117 @@ impl<'a> Worker<'a> {
                 grads[p + flag::FAILED] = 1.0;
             }
             let mut allreduce_start_ns = 0;
+            let mut replica_hash = None;
+            // (false where local SGD's flags did not travel: they are then this worker's)
+            let mut exchanged = true;
+            let lr = schedule.at(step);
             let (grad_norm, bytes_sent, idle_ns) = match &mut exchange {
+                Exchange::Direct(comm) if local_h.is_some() => {
+                    // Local SGD: this worker's own gradient updates its own replica; every
+                    // H steps the replicas' parameters are all-reduced (the gradient's
+                    // buffer carries them, the step's flags past their end).
+                    let grad_norm = l2_norm(&grads[..p]);
+                    if trouble.is_none() {
+                        compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+                    }
+                    let averaging = local_h.is_some_and(|h| (local + 1) % h == 0) || local + 1 == steps;
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    if averaging {
+                        compute.store(params, None)?;
+                        grads[..p].copy_from_slice(params);
+                        allreduce_start_ns =
+                            all_reduce_timed(ctx, &self.now, comm, grads, (rank, step), &mut phase_ns)?;
+                        self.outer.apply(params, &grads[..p]);
+                        self.outer.anchor_at(params);
+                        compute.load(params, None)?;
+                        replica_hash = Some(super::event::params_hash(params));
+                    } else {
+                        // A switch waits for the averaging, where the replicas agree.
+                        grads[p + flag::SWITCH] = 0.0;
+                        if per_rank {
+                            // A process per worker cannot release its peers: the flags
+                            // still travel every step (24 bytes), so that a rank that
+                            // diverges or fails is known to all after the same step.
+                            allreduce_start_ns =
+                                all_reduce_timed(ctx, &self.now, comm, &mut grads[p..], (rank, step), &mut phase_ns)?;
+                        } else {
+                            // Threads: nothing to say (a worker in trouble has left and
+                            // released the others); the detail stays as it was.
+                            grads[p + flag::DETAIL] = if detail { 1.0 } else { 0.0 };
+                            grads[p + flag::PACE] = 0.0;
+                            exchanged = false;
+                        }
+                    }
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
+                Exchange::Direct(comm) if self.low_rank.is_some() && compress != Compress::None => {
+                    // PowerSGD: P = M·Q of every weight matrix (biases and the flags
+                    // beside them) all-reduced, then Q = Mᵀ·P̂ all-reduced: two
+                    // all-reduces of thin factors, summed on the way as any all-reduce.
+                    let grad_norm = l2_norm(&grads[..p]);
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    let low = self.low_rank.as_mut().expect("PowerSGD's state");
+                    let (first_len, second_len) = (low.first_len(), low.second_len());
+                    let first = &mut self.message;
+                    first.resize(first_len + STEP_FLAGS, 0.0);
+                    low.encode_p(&grads[..p], &mut first[..first_len]);
+                    first[first_len..].copy_from_slice(&grads[p..]);
+                    let second = &mut self.gathered;
+                    second.resize(second_len, 0.0);
+                    allreduce_start_ns = collective_timed(ctx, &self.now, (rank, step), &mut phase_ns, || {
+                        comm.all_reduce_mean(first)?;
+                        low.encode_q(&first[..first_len], second);
+                        comm.all_reduce_mean(second)
+                    })?;
+                    low.decode(&first[..first_len], second, &mut grads[..p]);
+                    grads[p..].copy_from_slice(&first[first_len..]);
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
+                Exchange::Direct(comm) if gathering => {
+                    // Top-k: this worker's largest values as (index, value) pairs, its
+                    // flags in front; all-gathered, then added up in rank order, so that
+                    // every replica computes the same sum.
+                    let grad_norm = l2_norm(&grads[..p]);
+                    let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
+                    let k = compress.values_sent(p);
+                    let residual = exp.error_feedback.then_some(&mut self.residual[..]);
+                    let (picked, values) = (&mut self.picked.0, &mut self.picked.1);
+                    crate::comm::top_k(&grads[..p], residual, k, picked, values);
+                    let message = &mut self.message;
+                    message.clear();
+                    message.extend_from_slice(&grads[p..]);
+                    // (an index travels as the bits of an f32: gathering copies, never adds)
+                    message.extend(picked.iter().map(|&i| f32::from_bits(i)));
+                    message.extend_from_slice(values);
+                    let n = self.seg.workers;
+                    self.gathered.resize(n * message.len(), 0.0);
+                    let gathered = &mut self.gathered;
+                    allreduce_start_ns = collective_timed(ctx, &self.now, (rank, step), &mut phase_ns, || {
+                        crate::comm::all_gather(comm.transport_mut(), message, gathered)
+                    })?;
+                    grads.fill(0.0);
+                    for (r, block) in gathered.chunks(message.len()).enumerate() {
+                        let (flags, pairs) = block.split_at(STEP_FLAGS);
+                        let (indices, values) = pairs.split_at(k);
+                        // (the first block is copied, as the naive all-reduce starts from
+                        // rank 0's buffer: P = 100 % then gives its very bits)
+                        let add = |g: &mut f32, v: f32| if r == 0 { *g = v } else { *g += v };
+                        for (&i, &v) in indices.iter().zip(values) {
+                            add(&mut grads[i.to_bits() as usize], v);
+                        }
+                        grads[p..].iter_mut().zip(flags).for_each(|(g, &f)| add(g, f));
+                    }
+                    let inv = 1.0 / n as f32;
+                    grads.iter_mut().for_each(|v| *v *= inv);
+                    let sent = comm.bytes_sent() - bytes_before;
+                    (grad_norm, sent, comm.transport().waited_ns() - waited_before)
+                }
                 Exchange::Direct(comm) => {
                     let grad_norm = l2_norm(&grads[..p]);
                     let (bytes_before, waited_before) = (comm.bytes_sent(), comm.transport().waited_ns());
-                    // (as `ctx.phase`, but in pieces: step mode holds each round at the gate)
-                    ctx.enter(rank)?;
-                    allreduce_start_ns = ctx.clock.ns();
-                    self.now.piece_start_ns.store(allreduce_start_ns, Ordering::Relaxed);
-                    let reduced = comm.all_reduce_mean(grads);
-                    let last_piece = self.now.piece_start_ns.load(Ordering::Relaxed);
-                    ctx.record(rank, step, Phase::AllReduce, last_piece, &mut phase_ns);
-                    phase_ns[Phase::AllReduce.index()] += self.now.pieces_ns.swap(0, Ordering::Relaxed);
-                    reduced.map_err(|_| SegEnd::Aborted)?;
+                    allreduce_start_ns = all_reduce_timed(ctx, &self.now, comm, grads, (rank, step), &mut phase_ns)?;
                     let sent = comm.bytes_sent() - bytes_before;
                     (grad_norm, sent, comm.transport().waited_ns() - waited_before)
                 }
@@ -384,14 +631,15 @@ impl<'a> Worker<'a> {
                     (grad_norm, sent, waited)
                 }
             };
-            if exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
+            if local_h.is_none() && exp.grad_dtype == Wire::F16 && grads[..p].iter().any(|v| !v.is_finite()) {
                 // Every replica holds the same result, so every worker stops here alike.
                 return Err(SegEnd::Failed(format!(
                     "the f16 all-reduce produced an infinite gradient at step {step} (a value beyond {}, the largest f16 holds): use --grad-dtype bf16, which has f32's range, or a lower --lr",
                     Wire::F16.max()
                 )));
             }
-            let n = self.seg.workers as f32;
+            // (flags that did not travel are this worker's own, and counted as such)
+            let n = if exchanged { self.seg.workers as f32 } else { 1.0 };
             let count = |i: usize| (grads[p + i] * n).round() as usize;
             if count(flag::FAILED) > 0 {
                 // (the others stop: the failing rank's own end says why)
@@ -419,15 +667,24 @@ impl<'a> Worker<'a> {
             }
             match &mut exchange {
                 Exchange::Direct(comm) => {
-                    report_transfers(ctx, comm, &mut transfers, step, CollectiveKind::AllReduce);
+                    report_transfers(ctx, comm, &mut transfers, step, collective);
                     comm.transport_mut().set_recording(detail);
                 }
                 Exchange::Overlap(overlap) => overlap.set_recording(detail),
             }
-            let grad_norm_reduced = l2_norm(&grads[..p]);
-            let lr = schedule.at(step);
-            compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+            let grad_norm_reduced = if local_h.is_some() {
+                grad_norm // (each replica applied its own)
+            } else {
+                let reduced = l2_norm(&grads[..p]);
+                compute.update(ctx, (rank, step), &mut phase_ns, params, &grads[..p], &mut self.sgd, lr)?;
+                reduced
+            };
             self.steps_done = local + 1;
+            if replica_hash.is_none() && local + 1 == steps {
+                // The segment's last step: every mode's replicas must agree here.
+                compute.store(params, None)?;
+                replica_hash = Some(super::event::params_hash(params));
+            }
 
             let end_ns = ctx.clock.ns();
             let report = WorkerStep {
@@ -449,6 +706,7 @@ impl<'a> Worker<'a> {
                 lead: 0,
                 allreduce_start_ns,
                 end_ns,
+                replica_hash,
             };
             // One process per worker (MPI): rank 0 reports everyone's step.
             if let Exchange::Direct(comm) = &mut exchange {
@@ -464,7 +722,9 @@ impl<'a> Worker<'a> {
             }
             ctx.sink.send(Event::WorkerStep(report));
             let updates = step + 1;
-            if rank == 0 && ctx.should_evaluate(updates) {
+            eval_due |= ctx.should_evaluate(updates);
+            if rank == 0 && eval_due && (local_h.is_none() || replica_hash.is_some()) {
+                eval_due = false;
                 compute.store(params, None)?;
                 ctx.evaluate(updates, samples_before + global_batch, params, end_ns);
             }
@@ -477,7 +737,7 @@ impl<'a> Worker<'a> {
 }
 
 /// What a rank's step report carries to rank 0 (see `step_fields`).
-const STEP_FIELDS: usize = 9 + Phase::COUNT;
+const STEP_FIELDS: usize = 12 + Phase::COUNT;
 
 /// A step report's own figures as numbers, for gathering across processes.
 fn step_fields(r: &WorkerStep) -> Vec<f64> {
@@ -491,6 +751,10 @@ fn step_fields(r: &WorkerStep) -> Vec<f64> {
         r.idle_ns as f64,
         r.allreduce_start_ns as f64,
         r.end_ns as f64,
+        // (a u64 in two exact halves: an f64 holds 53 bits)
+        f64::from(u8::from(r.replica_hash.is_some())),
+        (r.replica_hash.unwrap_or(0) >> 32) as f64,
+        (r.replica_hash.unwrap_or(0) & 0xffff_ffff) as f64,
     ];
     v.extend(r.phase_ns.iter().map(|&ns| ns as f64));
     v
@@ -499,7 +763,7 @@ fn step_fields(r: &WorkerStep) -> Vec<f64> {
 /// Worker `w`'s report from its gathered figures and what every rank shares.
 fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
     let mut phase_ns = [0u64; Phase::COUNT];
-    phase_ns.iter_mut().zip(&f[9..]).for_each(|(p, &v)| *p = v as u64);
+    phase_ns.iter_mut().zip(&f[12..]).for_each(|(p, &v)| *p = v as u64);
     WorkerStep {
         worker: w,
         loss: f[0],
@@ -511,6 +775,7 @@ fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
         idle_ns: f[6] as u64,
         allreduce_start_ns: f[7] as u64,
         end_ns: f[8] as u64,
+        replica_hash: (f[9] > 0.0).then(|| ((f[10] as u64) << 32) | f[11] as u64),
         phase_ns,
         ..shared.clone()
     }
@@ -531,6 +796,40 @@ pub(super) fn run_rank<T: Transport>(ctx: &RunCtx, seg: Segment, state: &mut Seg
     state.updates += worker.steps_done;
     state.samples += worker.steps_done * global_batch;
     end
+}
+
+/// All-reduces (mean) `buf` as worker `rank`'s all-reduce phase of `step`, timed as
+/// `ctx.phase` would, but in pieces: step mode holds each round at the gate. Returns
+/// when the phase began.
+fn all_reduce_timed<T: Transport>(
+    ctx: &RunCtx,
+    now: &InFlight,
+    comm: &mut Comm<T>,
+    buf: &mut [f32],
+    (rank, step): (usize, u64),
+    phase_ns: &mut [u64; Phase::COUNT],
+) -> Result<u64, SegEnd> {
+    collective_timed(ctx, now, (rank, step), phase_ns, || comm.all_reduce_mean(buf))
+}
+
+/// Runs the collective `f` as worker `rank`'s all-reduce phase of `step` (see
+/// `all_reduce_timed`).
+fn collective_timed(
+    ctx: &RunCtx,
+    now: &InFlight,
+    (rank, step): (usize, u64),
+    phase_ns: &mut [u64; Phase::COUNT],
+    f: impl FnOnce() -> crate::comm::Result<()>,
+) -> Result<u64, SegEnd> {
+    ctx.enter(rank)?;
+    let start_ns = ctx.clock.ns();
+    now.piece_start_ns.store(start_ns, Ordering::Relaxed);
+    let reduced = f();
+    let last_piece = now.piece_start_ns.load(Ordering::Relaxed);
+    ctx.record(rank, step, Phase::AllReduce, last_piece, phase_ns);
+    phase_ns[Phase::AllReduce.index()] += now.pieces_ns.swap(0, Ordering::Relaxed);
+    reduced.map_err(|_| SegEnd::Aborted)?;
+    Ok(start_ns)
 }
 
 /// Sends the messages the last collective moved as events (in detail mode).

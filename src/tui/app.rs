@@ -54,7 +54,7 @@ pub fn thread_counts(cores: usize) -> Vec<usize> {
 }
 
 /// The modes the `m` key cycles through.
-pub const MODES: [Mode; 4] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1)];
+pub const MODES: [Mode; 5] = [Mode::Sync, Mode::Async, Mode::Ssp(2), Mode::Backup(1), Mode::Local(8)];
 
 /// One phase of one worker, for the timeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,7 +113,7 @@ impl LabView {
             Event::Transfer {
                 step,
                 transfer,
-                collective: crate::train::CollectiveKind::AllReduce,
+                collective: crate::train::CollectiveKind::AllReduce | crate::train::CollectiveKind::AllGather,
             } => {
                 self.transfers.push_back((*step, *transfer));
                 if self.transfers.len() > TRANSFERS_KEPT {
@@ -545,10 +545,20 @@ impl Lab {
             }
             Action::CycleMode => {
                 let i = MODES.iter().position(|&m| m == self.exp.mode).map_or(0, |i| i + 1);
-                let mode = match MODES[i % MODES.len()] {
-                    Mode::Backup(_) if self.exp.workers < 2 => Mode::Sync, // backup needs a worker to spare
-                    m => m,
+                // The next mode this experiment allows (backup needs a worker to spare;
+                // compressed gradients keep the run in sync): the cycle never sticks.
+                let allowed = |m: Mode| {
+                    Experiment {
+                        mode: m,
+                        ..self.exp.clone()
+                    }
+                    .validate()
+                    .is_ok()
                 };
+                let mode = (0..MODES.len())
+                    .map(|j| MODES[(i + j) % MODES.len()])
+                    .find(|&m| allowed(m))
+                    .unwrap_or(MODES[i % MODES.len()]);
                 let next = Experiment {
                     mode,
                     ..self.exp.clone()

@@ -22,9 +22,15 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
 fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let n = lab.current_workers();
     let algo = lab.state().current().map_or(lab.exp.allreduce, |s| s.allreduce);
-    let rounds = algo.rounds(n);
+    // Top-k's pairs sit at different indices on every worker: they cannot be added on
+    // the way, so they are all-gathered (a ring of N−1 rounds) and added by everyone.
+    let compress = lab.state().compress;
+    let gather = matches!(compress, crate::comm::Compress::TopK(_)) && lab.current_mode() == crate::config::Mode::Sync;
+    let rounds = if gather { n.saturating_sub(1) } else { algo.rounds(n) };
     let title = if n == 1 {
         " all-reduce · 1 worker ".to_string()
+    } else if gather {
+        format!(" {compress} all-gather of (index, value) pairs · {n} workers · {rounds} rounds ")
     } else {
         format!(" {algo} all-reduce · {n} workers · {rounds} rounds ")
     };
@@ -54,6 +60,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             .collect();
         let round = in_step.iter().map(|t| t.round).max().unwrap_or(0);
         let phase = match algo {
+            _ if gather => "all-gather: pass each worker's (index, value) pairs on; everyone adds them all up",
             AllReduceAlgo::Ring if (round as usize) < n - 1 => "reduce-scatter: add the incoming chunk to your own",
             AllReduceAlgo::Ring => "all-gather: pass the finished chunks on",
             AllReduceAlgo::Tree => "recursive doubling: swap with your partner, add",
@@ -70,7 +77,9 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         let mut moved: Vec<_> = in_step.iter().filter(|t| t.round == round).collect();
         moved.sort_by_key(|t| (t.from, t.to));
         for t in moved.iter().take(inner.height.saturating_sub(3) as usize) {
-            let what = if algo == AllReduceAlgo::Ring {
+            let what = if gather {
+                format!("w{}'s pairs", t.chunk)
+            } else if algo == AllReduceAlgo::Ring {
                 format!("chunk {}", t.chunk)
             } else {
                 "whole gradient".into()

@@ -19,6 +19,8 @@ pub fn started() -> Event {
         intra_link: None,
         wire_bytes: 4,
         devices: Vec::new(),
+        compress: crate::comm::Compress::None,
+        compressed_buffers: Vec::new(),
     }
 }
 
@@ -59,6 +61,7 @@ pub fn report(worker: usize, step: u64, end_ns: u64, staleness: Option<u64>) -> 
         dropped: false,
         lead: staleness.map_or(0, |_| 1),
         allreduce_start_ns: end_ns.saturating_sub(45_000),
+        replica_hash: None,
         end_ns,
     }
 }

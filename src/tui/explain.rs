@@ -34,6 +34,20 @@ pub fn next_phase(p: Phase, server: bool, gpu: bool) -> Phase {
     }
 }
 
+/// The phase after `p` in local SGD: the update follows backward at once (the
+/// worker's own gradient), and the averaging all-reduce follows the update of every H-th
+/// step (`averages`).
+pub fn next_local_phase(p: Phase, averages: bool, gpu: bool) -> Phase {
+    match (p, gpu) {
+        (Phase::Backward, true) => Phase::ToHost,
+        (Phase::ToHost, _) => Phase::ToDevice,
+        (Phase::Backward, false) | (Phase::ToDevice, _) => Phase::Update,
+        (Phase::Update, _) if averages => Phase::AllReduce,
+        (Phase::Forward, _) => Phase::Backward,
+        _ => Phase::Forward,
+    }
+}
+
 /// Everything a sentence may use, gathered once from the lab.
 pub struct Facts<'a> {
     pub worker: usize,
@@ -149,6 +163,18 @@ pub fn describe(f: &Facts, phase: Phase, about_to: bool) -> String {
         Phase::AllReduce if !many => {
             "all-reduce: with one worker there is nothing to average — its gradient goes to the update as it is.".to_string()
         }
+        Phase::AllReduce if matches!(f.mode, Mode::Local(_)) => {
+            let h = match f.mode {
+                Mode::Local(h) => h,
+                _ => 1,
+            };
+            let verb = if about_to { "will average" } else { "average" };
+            format!(
+                "all-reduce: after {} alone, the {n} workers {verb} their parameters ({} all-reduce), not their gradients. Afterwards the replicas, which drifted apart, are identical again; between averages nothing travels.",
+                count(u64::from(h), "step", "steps"),
+                f.algo
+            )
+        }
         Phase::AllReduce => {
             let rounds = f.algo.rounds(n);
             let how = match f.algo {
@@ -190,7 +216,9 @@ pub fn describe(f: &Facts, phase: Phase, about_to: bool) -> String {
         }
         Phase::Update => {
             let lr = f.report.map_or(String::new(), |r| format!(" with learning rate {}", r.lr));
-            if many {
+            if many && matches!(f.mode, Mode::Local(_)) {
+                format!("update: worker {w} steps its own replica against its own gradient{lr}: local SGD, so the {n} replicas drift apart until the next averaging.")
+            } else if many {
                 format!("update: every worker applies the same averaged gradient{lr}, so the {n} replicas stay identical, bit for bit.")
             } else {
                 format!("update: worker {w} steps its weights against its gradient{lr}.")
@@ -284,9 +312,15 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         (None, Some(span)) if lab.paused || lab.stepping => {
             // Inside the all-reduce, the next thing may be another round of it.
             let rounds = facts.algo.rounds(facts.workers);
-            let next = match (span.phase, facts.rounds_done) {
-                (Phase::AllReduce, Some(done)) if done < rounds => Phase::AllReduce,
-                (p, _) => next_phase(p, server, facts.gpu),
+            let next = match (span.phase, facts.rounds_done, facts.mode) {
+                (Phase::AllReduce, Some(done), _) if done < rounds => Phase::AllReduce,
+                (p, _, Mode::Local(h)) => {
+                    // (the segment's steps count from its first update)
+                    let first = lab.state().current().map_or(0, |seg| seg.update);
+                    let averages = (span.step.saturating_sub(first) + 1).is_multiple_of(u64::from(h.max(1)));
+                    next_local_phase(p, averages, facts.gpu)
+                }
+                (p, _, _) => next_phase(p, server, facts.gpu),
             };
             format!("halted. About to: {}", describe(&facts, next, true))
         }
@@ -314,6 +348,29 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn local_sgd_updates_after_backward_and_averages_only_after_an_h_th_update() {
+        let walk = |averages: bool, gpu: bool| {
+            let mut p = Phase::Forward;
+            let mut seen = vec![p];
+            for _ in 0..6 {
+                p = next_local_phase(p, averages, gpu);
+                seen.push(p);
+                if p == Phase::Forward {
+                    break;
+                }
+            }
+            seen
+        };
+        use Phase::*;
+        assert_eq!(walk(false, false), vec![Forward, Backward, Update, Forward]);
+        assert_eq!(walk(true, false), vec![Forward, Backward, Update, AllReduce, Forward]);
+        assert_eq!(
+            walk(true, true),
+            vec![Forward, Backward, ToHost, ToDevice, Update, AllReduce, Forward]
+        );
+    }
+
     fn report(loss: f64, own: f64, reduced: f64, staleness: Option<u64>, dropped: bool) -> WorkerStep {
         WorkerStep {
             worker: 0,
@@ -333,6 +390,7 @@ mod tests {
             dropped,
             lead: 0,
             allreduce_start_ns: 0,
+            replica_hash: None,
             end_ns: 0,
         }
     }

@@ -132,6 +132,7 @@ pub fn detect(action: Action, before: &Experiment, after: &Experiment) -> Vec<Le
             Mode::Async => LessonAction::SwitchToAsync,
             Mode::Ssp(_) => LessonAction::SwitchToSsp,
             Mode::Backup(_) => LessonAction::SwitchToBackup,
+            Mode::Local(_) => LessonAction::SwitchToLocal,
         });
     }
     if after.workers > before.workers {

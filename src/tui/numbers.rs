@@ -30,6 +30,26 @@ pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
     (updates / dt, samples / dt)
 }
 
+/// Bytes every worker together sent per training sample over the current segment's
+/// last `window` steps (local SGD's averaging and compressed gradients show here as
+/// fewer bytes for the same samples); `None` before two steps of the segment.
+pub fn bytes_per_sample(st: &RunState, window: usize) -> Option<f64> {
+    let since_ns = st.current().map_or(0, |seg| seg.t_ns);
+    let recent: Vec<_> = st
+        .steps
+        .iter()
+        .rev()
+        .filter(|s| s.worker.is_none())
+        .take_while(|s| s.t_ns >= since_ns)
+        .take(window + 1)
+        .collect();
+    let (last, first) = (recent.first()?, recent.last()?);
+    let samples = last.samples.checked_sub(first.samples).filter(|&s| s > 0)?;
+    // (the oldest record only marks where the window starts: its bytes came before)
+    let bytes: u64 = recent[..recent.len() - 1].iter().map(|s| s.bytes_sent).sum();
+    Some(bytes as f64 / samples as f64)
+}
+
 /// Why the measured communication is far above the α-β model's price, when it is: on
 /// a link this fast the messages cost little, and the time goes to the threads taking
 /// turns on the cores (or to the machine's other programs).
@@ -90,6 +110,12 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 lines.push(Line::styled(why, theme.dim()));
             }
         }
+    }
+    if let Some(b) = bytes_per_sample(st, 64) {
+        lines.push(Line::from(vec![
+            Span::styled("on the wire ", theme.dim()),
+            Span::raw(format!("{b:.0} bytes per sample")),
+        ]));
     }
     lines.push(Line::from(vec![
         Span::styled("idle ", theme.dim()),
