@@ -625,3 +625,18 @@ fn threads_switched_with_t_in_a_running_lab_keep_the_parameters_of_one_thread() 
         seg.update
     );
 }
+
+#[test]
+fn with_compressed_gradients_m_says_why_the_run_stays_in_sync() {
+    let exp = Experiment {
+        compress: "topk:1".parse().unwrap(),
+        ..Default::default()
+    };
+    let mut lab = Lab::start(exp, Arc::new(digits()), true).unwrap();
+    drain_until(&mut lab, "the first segment", |l| l.state().current().is_some());
+    lab.update(Action::CycleMode);
+    assert_eq!(lab.exp.mode, Mode::Sync);
+    let error = lab.error.clone().expect("m is refused, with the reason");
+    assert!(error.starts_with("sync is the only mode this run allows: "), "{error}");
+    assert!(error.contains("compress"), "{error}");
+}

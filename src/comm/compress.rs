@@ -105,10 +105,13 @@ impl From<Compress> for String {
 /// old residual; without it, what is not picked is dropped.
 pub fn top_k(grad: &[f32], residual: Option<&mut [f32]>, k: usize, indices: &mut Vec<u32>, values: &mut Vec<f32>) {
     let k = k.min(grad.len());
-    let mut corrected: Vec<f32> = grad.to_vec();
-    if let Some(r) = residual.as_deref() {
-        corrected.iter_mut().zip(r).for_each(|(c, &r)| *c += r);
+    // With error feedback the residual becomes the corrected gradient in place (no copy
+    // of the gradient each step); without it the gradient is read as it is.
+    let mut residual = residual;
+    if let Some(r) = residual.as_deref_mut() {
+        r.iter_mut().zip(grad).for_each(|(r, &g)| *r += g);
     }
+    let corrected: &[f32] = residual.as_deref().unwrap_or(grad);
     indices.clear();
     indices.extend(0..grad.len() as u32);
     if k < grad.len() {
@@ -124,7 +127,6 @@ pub fn top_k(grad: &[f32], residual: Option<&mut [f32]>, k: usize, indices: &mut
     values.clear();
     values.extend(indices.iter().map(|&i| corrected[i as usize]));
     if let Some(r) = residual {
-        r.copy_from_slice(&corrected);
         indices.iter().for_each(|&i| r[i as usize] = 0.0);
     }
 }

@@ -559,6 +559,19 @@ impl Lab {
                     .map(|j| MODES[(i + j) % MODES.len()])
                     .find(|&m| allowed(m))
                     .unwrap_or(MODES[i % MODES.len()]);
+                if mode == self.exp.mode {
+                    // (nothing else is allowed: say why the next one is not, rather than
+                    // "switching" to the mode the run is already in)
+                    let why = Experiment {
+                        mode: MODES[i % MODES.len()],
+                        ..self.exp.clone()
+                    }
+                    .validate();
+                    if let Err(e) = why {
+                        self.refuse(format!("{} is the only mode this run allows: {e}", self.exp.mode));
+                        return;
+                    }
+                }
                 let next = Experiment {
                     mode,
                     ..self.exp.clone()
