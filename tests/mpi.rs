@@ -788,6 +788,44 @@ fn a_worker_that_cannot_reach_the_lab_says_so_and_the_job_ends() {
     );
 }
 
+/// Runs `run ARGS` on `n` MPI ranks and on `n` worker threads, each with a JSON export
+/// in `dir`; both must succeed. Returns the two exports (MPI's, then the threads').
+fn over_mpi_and_threads(
+    dir: &std::path::Path,
+    n: usize,
+    args: &[&str],
+    what: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let tag = what.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let mpi_json = dir.join(format!("mpi-{n}-{tag}.jsonl"));
+    let mut mpi_args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
+    mpi_args.extend(args);
+    let out = mpirun(n, &mpi_args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "n={n} {what}: {stdout}\n{stderr}");
+    let threads_json = dir.join(format!("threads-{n}-{tag}.jsonl"));
+    let n_text = n.to_string();
+    let mut threads_args = vec![
+        "run",
+        "-q",
+        "--workers",
+        &n_text,
+        "--json",
+        threads_json.to_str().unwrap(),
+    ];
+    threads_args.extend(args);
+    let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
+        .args(&threads_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "n={n} {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (mpi_json, threads_json)
+}
+
 #[test]
 fn local_sgd_over_mpi_equals_threads_with_and_without_an_outer_optimizer() {
     let _serial = serial();
@@ -802,28 +840,7 @@ fn local_sgd_over_mpi_equals_threads_with_and_without_an_outer_optimizer() {
         ),
     ] {
         let common = [&["--mode", "local:4", "--steps", "30", "--allreduce", algo][..], outer].concat();
-        let mpi_json = dir.path().join(format!("mpi-{n}-{algo}.jsonl"));
-        let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
-        args.extend(&common);
-        let out = mpirun(n, &args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "n={n} {algo} {outer:?}: {stdout}\n{stderr}");
-        let threads_json = dir.path().join(format!("threads-{n}-{algo}.jsonl"));
-        let n_text = n.to_string();
-        let mut args = vec![
-            "run",
-            "-q",
-            "--workers",
-            &n_text,
-            "--json",
-            threads_json.to_str().unwrap(),
-        ];
-        args.extend(&common);
-        let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (mpi_json, threads_json) = over_mpi_and_threads(dir.path(), n, &common, &format!("{algo} {outer:?}"));
         let (m, t) = (summary(&mpi_json), summary(&threads_json));
         assert_eq!(m["mode"], "local:4");
         // the same local steps and the same averaging sums, bit for bit
@@ -842,28 +859,7 @@ fn compressed_gradients_over_mpi_equal_threads_with_and_without_error_feedback()
         (3, &["--compress", "powersgd:2"][..]),
     ] {
         let common = [&["--steps", "30"][..], extra].concat();
-        let mpi_json = dir.path().join(format!("mpi-{n}.jsonl"));
-        let mut args = vec!["run", "--backend", "mpi", "--json", mpi_json.to_str().unwrap()];
-        args.extend(&common);
-        let out = mpirun(n, &args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "n={n} {extra:?}: {stdout}\n{stderr}");
-        let threads_json = dir.path().join(format!("threads-{n}.jsonl"));
-        let n_text = n.to_string();
-        let mut args = vec![
-            "run",
-            "-q",
-            "--workers",
-            &n_text,
-            "--json",
-            threads_json.to_str().unwrap(),
-        ];
-        args.extend(&common);
-        let out = Command::new(assert_cmd::cargo::cargo_bin("ddlab"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (mpi_json, threads_json) = over_mpi_and_threads(dir.path(), n, &common, &format!("{extra:?}"));
         let (m, t) = (summary(&mpi_json), summary(&threads_json));
         // the same pairs gathered and added in the same order: the same bits
         assert_eq!(losses(&mpi_json), losses(&threads_json), "n={n} {extra:?}");
