@@ -324,6 +324,46 @@ fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
     assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
 }
 
+/// With more than two ranks a collective does not say who has not arrived: the ranks'
+/// signs of life (a side channel) do. Every rank that speaks names the stopped one — in
+/// the library's all-reduce, and in a ring where a rank waits for a neighbour that
+/// itself waits — and no other rank as not running.
+#[test]
+fn with_four_ranks_every_waiting_rank_names_the_stalled_one_in_any_collective() {
+    let _serial = serial();
+    for (algo, victim) in [("mpi", 2), ("ring", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("m.jsonl");
+        let args = [
+            "run",
+            "--backend",
+            "mpi",
+            "--allreduce",
+            algo,
+            "--steps",
+            "100000000",
+            "--stall-timeout",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        let (out, took) = stop_one_rank(4, &args, &json, victim);
+        let stderr = ended_as(&out, took, Duration::from_secs(3 + 10), 4, &["has waited 3 s at step"]);
+        let named = format!("rank {victim} on {} (no sign of life for", host());
+        for line in stderr.lines().filter(|l| l.contains("has waited")) {
+            assert!(line.contains(&named), "{algo}: {line}\n{stderr}");
+            for other in (0..4).filter(|&r| r != victim) {
+                assert!(
+                    !line.contains(&format!("rank {other} on {} (no sign", host())),
+                    "{algo}: rank {other} was named: {line}"
+                );
+            }
+        }
+        let s = summary(&json);
+        assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+    }
+}
+
 #[test]
 fn workers_waiting_for_a_stalled_parameter_server_name_it_and_the_step_they_reached() {
     let _serial = serial();
@@ -348,7 +388,7 @@ fn workers_waiting_for_a_stalled_parameter_server_name_it_and_the_step_they_reac
         took,
         Duration::from_secs(3 + 10),
         4,
-        &["has waited 3 s for rank 0 at step"],
+        &["has waited 3 s at step", "for rank 0 on "],
     );
     // Each worker names the server version it last computed on: it trained, so not 0
     // (the server, not the worker, makes a parameter server's step reports).
@@ -360,7 +400,7 @@ fn workers_waiting_for_a_stalled_parameter_server_name_it_and_the_step_they_reac
         let step: u64 = said
             .split(" at step ")
             .nth(1)
-            .and_then(|rest| rest.split(':').next())
+            .and_then(|rest| rest.split(' ').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no step in {said:?}"));
         assert!(step > 0, "{said}");

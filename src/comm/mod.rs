@@ -7,6 +7,7 @@
 
 mod allreduce;
 mod compress;
+pub mod heartbeat;
 mod kernels;
 mod link;
 #[cfg(feature = "mpi")]

@@ -106,6 +106,11 @@ pub mod waiting {
         RELEASED_NS.fetch_max(now_ns(), Ordering::SeqCst);
     }
 
+    /// Whom the process waits for, held or not (what it tells the other ranks).
+    pub fn peer() -> Option<i64> {
+        Some(PEER.load(Ordering::SeqCst)).filter(|&p| p != NONE)
+    }
+
     /// Whom the process waits for, and for how long, if it is in a blocking MPI call
     /// that nobody holds on purpose.
     pub fn now() -> Option<(i64, Duration)> {

@@ -124,6 +124,7 @@ mod rank {
     use std::time::Duration;
 
     use super::{exit, stall_timeout, step, ENDED};
+    use crate::comm::heartbeat::{self, Board, Card, Doing, Missing};
     use crate::comm::mpi::{abort_world, host_name, waiting, MpiTransport, MpiWorld};
     use crate::comm::{Clock, Transport};
     use crate::train::Outcome;
@@ -135,6 +136,8 @@ mod rank {
         pub host: String,
         /// The transport agreements go over (the engine has one of its own).
         control: MpiTransport,
+        /// Signs of life to and from the other ranks, for the stall watcher (taken by it).
+        board: Option<Board>,
         world: Option<MpiWorld>,
     }
 
@@ -169,13 +172,34 @@ mod rank {
                 abort_world(exit::PANICKED);
             }));
             name_step_at_exit(rank, host.clone());
-            Ok(Rank {
+            let mut me = Rank {
                 rank,
                 size,
                 host,
                 control,
+                board: None,
                 world: Some(world),
-            })
+            };
+            me.board = Some(me.meet());
+            Ok(me)
+        }
+
+        /// Every rank binds its port for signs of life and learns the others' (and the
+        /// job's token, drawn by rank 0). Collective.
+        fn meet(&mut self) -> Board {
+            let (socket, card) = heartbeat::bind(&self.host);
+            let mine = serde_json::to_vec(&card).unwrap_or_default();
+            let mut table = Vec::new();
+            if let Some(all) = self.control.gather_bytes(&mine) {
+                let cards: Vec<Card> = all
+                    .iter()
+                    .map(|b| serde_json::from_slice(b).unwrap_or_default())
+                    .collect();
+                table = serde_json::to_vec(&(rand::random::<u64>(), cards)).unwrap_or_default();
+            }
+            self.control.broadcast_bytes(&mut table, 0);
+            let (token, cards): (u64, Vec<Card>) = serde_json::from_slice(&table).unwrap_or_default();
+            Board::new(socket, self.rank, &cards, token)
         }
 
         /// A new transport over every rank, for the engine (collective: every rank
@@ -296,18 +320,22 @@ mod rank {
 
         /// Watches this rank's MPI calls from a thread of its own (which makes none):
         /// a call that waits longer than the stall timeout (`given`, else 30 s or 100
-        /// steps) is reported — whom this rank waits for, at which step — and
-        /// `on_stall` decides what then happens (by default: end the job).
-        pub fn watch_for_stalls(&self, given: Option<Duration>, on_stall: impl Fn(String) + Send + 'static) {
+        /// steps) is reported — whom this rank waits for, at which step, and which ranks
+        /// have not arrived, from their signs of life — and `on_stall` decides what then
+        /// happens (by default: end the job).
+        pub fn watch_for_stalls(&mut self, given: Option<Duration>, on_stall: impl Fn(String) + Send + 'static) {
             const TICK: Duration = Duration::from_millis(200);
             let (rank, host, size) = (self.rank, self.host.clone(), self.size);
+            let Some(mut board) = self.board.take() else { return };
             std::thread::Builder::new()
                 .name("ddlab-stall-watch".into())
                 .spawn(move || {
                     let mut reported = false;
                     let mut last_tick = std::time::Instant::now();
                     loop {
+                        board.beat(step(), doing(waiting::peer()));
                         std::thread::sleep(TICK);
+                        board.hear();
                         // (a tick a second late: this process was stopped or starved)
                         if last_tick.elapsed() > TICK + Duration::from_secs(1) {
                             waiting::count_from_now();
@@ -316,22 +344,7 @@ mod rank {
                         match waiting::now() {
                             Some((peer, waited)) if !reported && waited > stall_timeout(given) => {
                                 reported = true;
-                                let whom = match peer {
-                                    waiting::ANY => "any worker's push (the parameter server)".to_string(),
-                                    // (a collective does not say who has not arrived; with
-                                    // two ranks it can only be the other one)
-                                    waiting::ALL if size == 2 => format!("rank {}, in a collective", 1 - rank),
-                                    waiting::ALL => format!(
-                                        "one or more of the other {} ranks, in a collective (every rank that is not stalled names the same wait)",
-                                        size - 1
-                                    ),
-                                    p => format!("rank {p}"),
-                                };
-                                on_stall(format!(
-                                    "rank {rank} on {host} has waited {:.0} s for {whom} at step {}: that rank is stalled (stopped, swapping, or cut off) or dead; ending the job",
-                                    waited.as_secs_f64(),
-                                    step()
-                                ));
+                                on_stall(stall_sentence(rank, &host, size, peer, waited, &board));
                             }
                             None => reported = false,
                             _ => {}
@@ -340,6 +353,93 @@ mod rank {
                 })
                 .expect("the OS can start a thread");
         }
+    }
+
+    /// What this rank tells the others it does, from whom its MPI call waits for.
+    fn doing(peer: Option<i64>) -> Doing {
+        match peer {
+            None => Doing::Computing,
+            Some(waiting::ANY) => Doing::WaitingForAny,
+            Some(waiting::ALL) => Doing::InCollective,
+            Some(p) => Doing::WaitingFor(p.max(0) as usize),
+        }
+    }
+
+    /// "rank 0 on a has waited 31 s at step 40 for rank 2 on b (…), in a collective: …":
+    /// whom this rank waits for, and — from the others' signs of life — which ranks have
+    /// not arrived and why, so that with many ranks the one to look at is named.
+    fn stall_sentence(rank: usize, host: &str, size: usize, peer: i64, waited: Duration, board: &Board) -> String {
+        let missing = board.missing(waited);
+        let name = |r: usize| format!("rank {r} on {}", board.peers.get(r).map_or("?", |p| p.host.as_str()));
+        let described: Vec<String> = missing
+            .iter()
+            .map(|&(r, why)| match why {
+                Missing::NeverHeard => format!("{} (never heard from)", name(r)),
+                Missing::Quiet { for_, step } => format!(
+                    "{} (no sign of life for {:.0} s, since step {step})",
+                    name(r),
+                    for_.as_secs_f64()
+                ),
+                Missing::WasQuiet { for_, step } => format!(
+                    "{} (no sign of life for {:.0} s from step {step}, until just now)",
+                    name(r),
+                    for_.as_secs_f64()
+                ),
+                Missing::Busy { step } => format!("{} (alive, still at step {step} outside MPI)", name(r)),
+            })
+            .collect();
+        let all_quiet = missing.iter().all(|(_, why)| !matches!(why, Missing::Busy { .. }));
+        let why = match (missing.len(), all_quiet) {
+            (0, _) if peer == waiting::ALL && size > 2 => "one of them is stalled (stopped, swapping, or cut off) or dead",
+            (0 | 1, true) => "that rank is stalled (stopped, swapping, or cut off) or dead",
+            (_, true) => "those ranks are stalled (stopped, swapping, or cut off) or dead",
+            (1, false) => "that rank is stuck or far slower than the others",
+            _ => "those ranks are stalled, stuck or far slower than the others",
+        };
+        let whom = match peer {
+            waiting::ANY if described.is_empty() => "any worker's push (the parameter server)".to_string(),
+            waiting::ANY => format!("any worker's push (the parameter server): {}", described.join(", ")),
+            // (a collective does not say who has not arrived; with two ranks it can only
+            // be the other one, with more the others' signs of life say)
+            waiting::ALL if size == 2 => format!("{}, in a collective", name(1 - rank)),
+            waiting::ALL if !described.is_empty() => format!("{}, in a collective", described.join(", ")),
+            waiting::ALL if board.heard_any() => format!(
+                "one or more of the other {} ranks, in a collective (each of them sends signs of life and waits in MPI too)",
+                size - 1
+            ),
+            waiting::ALL => format!(
+                "one or more of the other {} ranks, in a collective (no sign of life from the other ranks reached this one, so it cannot say which: do the hosts let UDP through to each other?)",
+                size - 1
+            ),
+            p => {
+                let p = p.max(0) as usize;
+                let others: Vec<&String> = missing
+                    .iter()
+                    .zip(&described)
+                    .filter(|((r, _), _)| *r != p)
+                    .map(|(_, d)| d)
+                    .collect();
+                if others.is_empty() || missing.iter().any(|(r, _)| *r == p) {
+                    described
+                        .iter()
+                        .zip(&missing)
+                        .find(|(_, (r, _))| *r == p)
+                        .map_or_else(|| name(p), |(d, _)| d.clone())
+                } else {
+                    // (a ring's neighbour that waits too: the one it waits for is the cause)
+                    format!(
+                        "{}, which waits too; the rank not running is {}",
+                        name(p),
+                        others.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            }
+        };
+        format!(
+            "rank {rank} on {host} has waited {:.0} s at step {} for {whom}: {why}; ending the job",
+            waited.as_secs_f64(),
+            step()
+        )
     }
 
     impl Drop for Rank {
