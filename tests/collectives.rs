@@ -428,3 +428,79 @@ fn bucket_by_bucket_all_reduce_is_bit_identical_to_the_whole() {
         }
     }
 }
+
+/// A message is read in the format its sender wrote it in, whatever the receiver's own
+/// is: a rank that switched to 16-bit values alone (`set_wire` is safe to call) gets
+/// its values through rounded, never reads past the sender's half-size buffer, and the
+/// f32 reply reaches the 16-bit rank whole.
+#[test]
+fn a_message_is_read_in_its_senders_wire_format() {
+    use ddlab::comm::{Op, Tag, Transport, Wire};
+    let mut group = thread_group(2, Clock::start(), None, false);
+    let (mut a, mut b) = (group.remove(0), group.remove(0));
+    a.set_wire(Wire::F16);
+    let sent: Vec<f32> = (0..1000).map(|i| i as f32 * 0.3).collect();
+    let reply: Vec<f32> = (0..1000).map(|i| i as f32 * 0.7 + 0.1).collect();
+    let (at_a, at_b) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            let mut into = vec![0.0; reply.len()];
+            a.send_recv(1, &sent, Tag::default(), 1, &mut into, Op::Copy).unwrap();
+            into
+        });
+        let b = s.spawn(|| {
+            let mut into = vec![0.0; sent.len()];
+            b.send_recv(0, &reply, Tag::default(), 0, &mut into, Op::Copy).unwrap();
+            into
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let rounded: Vec<f32> = sent.iter().map(|&v| Wire::F16.round(v)).collect();
+    assert_ne!(rounded, sent, "the values must show the rounding");
+    assert_eq!(at_b, rounded);
+    assert_eq!(at_a, reply);
+}
+
+/// A rank that panics between posting its message and completing it (here: its own
+/// receive finds a message of the wrong length) aborts the group and takes its message
+/// back or waits out the read before its buffer goes: the peer gets the whole message or
+/// `Aborted`, never freed memory, and nobody waits forever.
+#[test]
+fn a_rank_that_panics_with_a_message_posted_aborts_the_group_and_its_buffer_outlives_the_read() {
+    use ddlab::comm::{Op, Tag, Transport};
+    let mut group = thread_group(2, Clock::start(), None, false);
+    let (mut a, mut b) = (group.remove(0), group.remove(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sent = vec![1.5f32; 4096];
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut into = vec![0.0; 4];
+            // b sends 3 values where a expects 4: a's receive panics with a's message posted
+            let _ = a.send_recv(1, &sent, Tag::default(), 1, &mut into, Op::Copy);
+        }))
+        .is_err();
+        drop(sent); // (the buffer the peer may have been reading)
+        let _ = tx.send(panicked);
+    });
+    let tx_b = {
+        let (tx2, rx2) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // b first sends its short message (a takes it and panics), then receives a's.
+            let short = b.send(0, &[1.0, 2.0, 3.0], Tag::default());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut into = vec![0.0f32; 4096];
+            let got = b.recv(0, &mut into, Op::Copy);
+            let whole = got.is_ok() && into.iter().all(|&v| v == 1.5);
+            let _ = tx2.send((short.is_err(), got.err(), whole));
+        });
+        rx2
+    };
+    let limit = std::time::Duration::from_secs(10);
+    let a_panicked = rx.recv_timeout(limit).expect("rank a ended");
+    assert!(a_panicked, "a's receive must panic on a message of the wrong length");
+    let (short_aborted, err, whole) = tx_b.recv_timeout(limit).expect("rank b was released, not left waiting");
+    assert!(short_aborted, "b's own send was never completed by a: it must be aborted");
+    assert!(
+        whole || err == Some(CommError::Aborted),
+        "b got a partial or foreign message: {err:?}"
+    );
+}

@@ -5,7 +5,7 @@
 //! send return, so the slice stays untouched while it is read (a rendezvous, like MPI's
 //! synchronous send). Shared memory makes this about as fast as memory itself.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::wait::{wait_for_clock, wait_until, Doorbell};
@@ -26,9 +26,13 @@ struct Slot {
     state: AtomicU64,
     /// Rung on every change of `state`; both the sender and the receiver wait on it.
     bell: Doorbell,
-    /// The message: f32 values, or 16-bit ones when the group's wire format says so.
+    /// The message: `len` f32 values, or 16-bit ones when the sender's wire format
+    /// (`wire`, which travels with the message) says so. The receiver reads it in that
+    /// format whatever its own is: a rank that switched format alone gets the values
+    /// right, never a read past the sender's buffer.
     ptr: AtomicPtr<u8>,
     len: AtomicUsize,
+    wire: AtomicU8,
     posted_ns: AtomicU64,
 }
 
@@ -148,6 +152,7 @@ pub fn thread_group_on(topology: Topology, clock: Clock, record: bool) -> Vec<Th
                 bell: Doorbell::default(),
                 ptr: AtomicPtr::new(std::ptr::null_mut()),
                 len: AtomicUsize::new(0),
+                wire: AtomicU8::new(Wire::F32.code()),
                 posted_ns: AtomicU64::new(0),
             })
             .collect(),
@@ -205,7 +210,11 @@ impl ThreadTransport {
         Ok(())
     }
 
-    fn post(&mut self, to: usize, data: &[f32]) -> (u64, u64) {
+    /// Publishes `data` for rank `to`. The returned guard must be completed (see
+    /// [`complete`](Self::complete)); dropped without it — a panic between posting and
+    /// completing — it aborts the group and waits until the receiver no longer reads,
+    /// so the sender's buffer is never freed under a reader.
+    fn post(&mut self, to: usize, data: &[f32]) -> Posted {
         let seq = self.sent[to] + 1;
         self.sent[to] = seq;
         let slot = self.shared.slot(self.rank, to);
@@ -221,37 +230,44 @@ impl ThreadTransport {
         };
         slot.ptr.store(ptr.cast_mut(), Ordering::Relaxed);
         slot.len.store(data.len(), Ordering::Relaxed);
+        slot.wire.store(self.wire.code(), Ordering::Relaxed);
         slot.posted_ns.store(now, Ordering::Relaxed);
         slot.state.store(state(seq, POSTED), Ordering::Release);
         slot.bell.ring();
-        (seq, now)
+        Posted {
+            shared: Arc::as_ptr(&self.shared),
+            from: self.rank,
+            to,
+            seq,
+            posted_ns: now,
+            values: data.len(),
+            wire: self.wire,
+        }
     }
 
-    /// Waits until the receiver is done with message `seq`. If the group aborts before
-    /// the receiver took it, revoke it; if the receiver is reading, wait for it to finish
-    /// (reading is bounded), so the slice is never read after we return.
-    fn complete(&mut self, to: usize, seq: u64, tag: Tag, posted_ns: u64, bytes: usize) -> Result<()> {
+    /// Waits until the receiver is done with the posted message. If the group aborts
+    /// before the receiver took it, revokes it; if the receiver is reading, waits for it
+    /// to finish (reading is bounded), so the slice is never read after we return.
+    fn complete(&mut self, posted: Posted, tag: Tag) -> Result<()> {
+        let Posted {
+            to,
+            seq,
+            posted_ns,
+            values,
+            wire,
+            ..
+        } = posted;
         let slot = self.shared.slot(self.rank, to);
         let t0 = self.shared.clock.ns();
         let waited = wait_until(&self.shared.abort, &slot.bell, || {
             slot.state.load(Ordering::Acquire) == state(seq, DONE)
         });
         self.waited_ns += self.shared.clock.ns() - t0;
-        if waited.is_err() {
-            let revoked = slot.state.compare_exchange(
-                state(seq, POSTED),
-                state(seq, REVOKED),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            if revoked.is_err() {
-                while slot.state.load(Ordering::Acquire) != state(seq, DONE) {
-                    std::thread::yield_now();
-                }
-            }
+        let taken_back = posted.take_back(waited.is_err());
+        if waited.is_err() || taken_back {
             return Err(CommError::Aborted);
         }
-        let bytes = (bytes * self.wire.bytes()) as u64;
+        let bytes = (values * wire.bytes()) as u64;
         self.bytes_sent += bytes;
         if self.recording {
             let transfer = Transfer {
@@ -300,7 +316,7 @@ impl ThreadTransport {
             // The message occupies our incoming port for n/β, and arrives α later.
             let port = usize::from(shared.topology.node_of[from] != shared.topology.node_of[self.rank]);
             let posted = slot.posted_ns.load(Ordering::Relaxed);
-            let bytes = len * self.wire.bytes();
+            let bytes = len * Wire::from_code(slot.wire.load(Ordering::Relaxed)).bytes();
             let start = posted.max(self.rx_free_ns[port]);
             // (float casts saturate and the sums saturate: no extreme link or dilation wraps)
             self.rx_free_ns[port] = start.saturating_add((link.transfer_ns(bytes) as f64 * dilation) as u64);
@@ -325,11 +341,13 @@ impl ThreadTransport {
             return Err(CommError::Aborted); // the sender revoked it
         }
         let ptr = slot.ptr.load(Ordering::Relaxed);
-        // SAFETY: the sender published a live buffer of `len` values in the group's wire
-        // format (every rank switches format at the same collective) and blocks until we
-        // mark the slot DONE (it cannot revoke after our TAKEN), so it is valid and
-        // unchanged while we read. It never overlaps `into`: that is our own buffer.
-        match self.wire {
+        let wire = Wire::from_code(slot.wire.load(Ordering::Relaxed));
+        // SAFETY: the sender published a live buffer of `len` values in the wire format
+        // it stored beside it (read here, not ours), and blocks until we mark the slot
+        // DONE — it cannot revoke after our TAKEN, and a panic on its side waits for DONE
+        // too (`Posted`'s drop) — so the buffer is valid and unchanged while we read. It
+        // never overlaps `into`: that is our own buffer.
+        match wire {
             Wire::F32 => {
                 let msg = unsafe { std::slice::from_raw_parts(ptr.cast::<f32>(), len) };
                 match op {
@@ -360,6 +378,77 @@ impl ThreadTransport {
     }
 }
 
+/// A message posted and not yet completed: see [`ThreadTransport::post`].
+struct Posted {
+    /// The group (a pointer, not a borrow: the sender receives while its message is
+    /// posted, which needs `&mut` of the transport that owns the group's `Arc`).
+    shared: *const Shared,
+    from: usize,
+    to: usize,
+    seq: u64,
+    posted_ns: u64,
+    values: usize,
+    wire: Wire,
+}
+
+impl Posted {
+    fn shared(&self) -> &Shared {
+        // SAFETY: a `Posted` lives inside one call of a method of the transport that
+        // made it, and that transport holds an `Arc` of the group all along.
+        unsafe { &*self.shared }
+    }
+
+    /// Makes sure the receiver no longer reads the message, and forgets it: if it was
+    /// not taken yet and `revoke`, takes it back (true); if it is being read, waits for
+    /// the end of the read.
+    fn take_back(self, revoke: bool) -> bool {
+        let slot = self.shared().slot(self.from, self.to);
+        let mut revoked = false;
+        if revoke {
+            revoked = slot
+                .state
+                .compare_exchange(
+                    state(self.seq, POSTED),
+                    state(self.seq, REVOKED),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+            if !revoked {
+                while slot.state.load(Ordering::Acquire) != state(self.seq, DONE) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        std::mem::forget(self);
+        revoked
+    }
+}
+
+impl Drop for Posted {
+    /// Reached only when unwinding between post and complete: the collective cannot
+    /// finish, so the group aborts (no peer waits forever), and the message is taken
+    /// back or its read waited out before the sender's buffer goes.
+    fn drop(&mut self) {
+        self.shared().abort();
+        let slot = self.shared().slot(self.from, self.to);
+        if slot
+            .state
+            .compare_exchange(
+                state(self.seq, POSTED),
+                state(self.seq, REVOKED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            while slot.state.load(Ordering::Acquire) != state(self.seq, DONE) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// Aborts a thread group from outside it.
 #[derive(Clone)]
 pub struct AbortHandle(Arc<Shared>);
@@ -380,8 +469,8 @@ impl Transport for ThreadTransport {
 
     fn send(&mut self, to: usize, data: &[f32], tag: Tag) -> Result<()> {
         self.enter_round(tag)?;
-        let (seq, posted) = self.post(to, data);
-        self.complete(to, seq, tag, posted, data.len())
+        let posted = self.post(to, data);
+        self.complete(posted, tag)
     }
 
     fn recv(&mut self, from: usize, into: &mut [f32], op: Op) -> Result<()> {
@@ -390,9 +479,9 @@ impl Transport for ThreadTransport {
 
     fn send_recv(&mut self, to: usize, out: &[f32], tag: Tag, from: usize, into: &mut [f32], op: Op) -> Result<()> {
         self.enter_round(tag)?;
-        let (seq, posted) = self.post(to, out);
+        let posted = self.post(to, out);
         let received = self.take(from, into, op);
-        let sent = self.complete(to, seq, tag, posted, out.len());
+        let sent = self.complete(posted, tag);
         received.and(sent)
     }
 
