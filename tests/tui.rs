@@ -640,3 +640,47 @@ fn with_compressed_gradients_m_says_why_the_run_stays_in_sync() {
     assert!(error.starts_with("sync is the only mode this run allows: "), "{error}");
     assert!(error.contains("compress"), "{error}");
 }
+
+/// While a person steps a sync run, a change names the step it applies from, and the
+/// run switches exactly there: before the first phase, from step 1 (step 0's gradients
+/// carry the news); pressed once a step's forward is done, from two steps on.
+#[test]
+fn a_change_made_while_stepping_names_the_step_it_applies_from_and_applies_there() {
+    let mut lab = Lab::start(Experiment::default(), Arc::new(digits()), true).unwrap();
+    drain_until(&mut lab, "the first segment", |l| l.state().current().is_some());
+    lab.update(Action::CycleAllReduce);
+    let said = lab.status().0;
+    assert!(said.contains("from step 1 "), "{said}");
+    let next = lab.exp.allreduce;
+    let step_until = |lab: &mut Lab, what: &str, pred: &dyn Fn(&Lab) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !pred(lab) {
+            assert!(std::time::Instant::now() < deadline, "timed out stepping until {what}");
+            lab.update(Action::StepPhase);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            lab.drain();
+        }
+    };
+    step_until(&mut lab, "the switch", &|l| l.state().segments.len() == 2);
+    assert_eq!(current_algo_and_step(&lab), (next, 1), "the new all-reduce from step 1");
+    // Step into a later step's backward (its forward done), then change again.
+    step_until(&mut lab, "a forward done", &|l| {
+        l.view
+            .last_span(0)
+            .is_some_and(|s| s.step >= 3 && s.phase == Phase::Forward)
+    });
+    let at = lab.view.last_span(0).unwrap().step;
+    lab.update(Action::CycleAllReduce);
+    let said = lab.status().0;
+    assert!(said.contains(&format!("from step {} ", at + 2)), "{said}");
+    let third = lab.exp.allreduce;
+    assert_ne!(third, next);
+    step_until(&mut lab, "the second switch", &|l| l.state().segments.len() == 3);
+    assert_eq!(current_algo_and_step(&lab), (third, at + 2));
+}
+
+/// The current segment's all-reduce and first step.
+fn current_algo_and_step(lab: &Lab) -> (ddlab::comm::AllReduceAlgo, u64) {
+    let seg = lab.state().current().unwrap();
+    (seg.allreduce, seg.update)
+}

@@ -463,11 +463,17 @@ impl<'a> Worker<'a> {
             // The step's flags travel with the gradient (see `grads`): a switch after this
             // step? Detail (batches, messages) for the next? Detail comes at most every
             // DETAIL_EVERY: a screen cannot show more, and every step at full speed would
-            // cost training time. Rank 0 decides; the all-reduce tells everyone.
+            // cost training time; but every step while a person holds the run (paused or
+            // stepping: each press must show its round). Rank 0 decides; the all-reduce
+            // tells everyone.
             let flags = &mut grads[p..];
             flags.fill(0.0);
             flags[flag::SWITCH] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
-            if rank == 0 && ctx.options.detail && (local == 0 || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS) {
+            let held = !ctx.gate.is_running();
+            if rank == 0
+                && ctx.options.detail
+                && (local == 0 || held || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS)
+            {
                 flags[flag::DETAIL] = 1.0;
                 last_detail_ns = ctx.clock.ns();
             }

@@ -440,12 +440,15 @@ impl Lab {
             Ok(()) => {
                 self.exp = next;
                 self.error = None;
-                let when = if self.paused || self.stepping {
-                    " (on resume, or at the next step with n)"
-                } else {
-                    ""
+                let said = match self.switch_step() {
+                    Some(from) if self.paused || self.stepping => format!(
+                        "{} (on resume, or when n reaches it: a change travels with a step's gradients)",
+                        what.replacen("from the next step", &format!("from step {from}"), 1)
+                    ),
+                    _ if self.paused || self.stepping => format!("{what} (on resume, or at the next step with n)"),
+                    _ => what,
                 };
-                self.say(format!("{what}{when}"));
+                self.say(said);
             }
             Err(e) => self.refuse(e),
         }
@@ -485,6 +488,22 @@ impl Lab {
     }
 
     /// The mode and worker count now running (or last run).
+    /// While a person holds a sync run: the first step a change made now applies to.
+    /// Rank 0 puts "switch" into a step's flags once its forward is done, and the
+    /// workers switch after that step; so a change pressed at any point of step S, or
+    /// after its update, applies from S + 2 — and before the run's first phase, from
+    /// step 1.
+    fn switch_step(&self) -> Option<u64> {
+        if self.current_mode() != Mode::Sync {
+            return None;
+        }
+        match self.view.last_span(0) {
+            Some(span) => Some(span.step + 2),
+            None if self.state().current().is_none_or(|seg| seg.update == 0) => Some(1),
+            None => None,
+        }
+    }
+
     pub fn current_mode(&self) -> Mode {
         self.state().current().map_or(self.exp.mode, |s| s.mode)
     }
