@@ -684,3 +684,49 @@ fn current_algo_and_step(lab: &Lab) -> (ddlab::comm::AllReduceAlgo, u64) {
     let seg = lab.state().current().unwrap();
     (seg.allreduce, seg.update)
 }
+
+/// A run that stays near chance says so, with what to try, on the status line: async
+/// at a high LR with momentum (lesson 7's collapse) is not left looking like any run.
+#[test]
+fn a_run_near_chance_gets_a_hint_on_the_status_line() {
+    let mut lab = async_lab(4);
+    assert!(!lab.status().0.contains("not learning"), "no evaluation yet");
+    let eval = |step: u64, accuracy: f64| Event::Eval {
+        step,
+        samples: step * 32 + 1,
+        epoch: 0,
+        test_loss: 2.3,
+        test_accuracy: accuracy,
+        t_ns: step * 40_000,
+    };
+    lab.apply(&eval(20, 0.09));
+    assert!(!lab.status().0.contains("not learning"), "one evaluation is not a trend");
+    lab.apply(&eval(40, 0.11));
+    let (said, bad) = lab.status();
+    assert!(said.contains("not learning: test accuracy 11 % is near chance (10 %)"), "{said}");
+    assert!(said.contains("/ lowers the LR, M turns momentum off"), "{said}");
+    assert!(bad);
+    // Learning again: the hint goes.
+    lab.apply(&eval(60, 0.6));
+    assert!(!lab.status().0.contains("not learning"), "{}", lab.status().0);
+}
+
+/// The parameter-server panel lists every worker, one that has not pushed yet too (a
+/// missing row would look like a worker that does not exist).
+#[test]
+fn the_server_panel_lists_a_worker_that_has_not_pushed_yet() {
+    let exp = Experiment {
+        workers: 4,
+        mode: Mode::Backup(1),
+        ..Default::default()
+    };
+    let mut lab = Lab::replay(exp, Arc::new(digits()));
+    lab.apply(&started());
+    lab.apply(&segment(Mode::Backup(1), 4));
+    for w in 0..3 {
+        lab.apply(&Event::WorkerStep(report(w, 0, 40_000, Some(0))));
+    }
+    let screen = text(&app_with(lab), 100, 30);
+    assert!(screen.contains("w3  no push yet"), "{screen}");
+    assert!(screen.contains("w2  pushed"), "{screen}");
+}

@@ -362,10 +362,40 @@ impl Lab {
             String::new()
         };
         match (text.is_empty(), pending.is_empty()) {
+            (true, true) => self.not_learning().map_or((text, false), |hint| (hint, true)),
             (_, true) => (text, false),
             (true, false) => (format!("next step: {pending}"), false),
             (false, false) => (format!("{text} · on resume: {pending}"), false),
         }
+    }
+
+    /// A hint when the current segment's model stays near chance on the test set at
+    /// its last two evaluations: stale gradients with this LR and momentum (lesson 7).
+    fn not_learning(&self) -> Option<String> {
+        let st = self.state();
+        let seg = st.current()?;
+        let chance = 1.0 / self.data.classes.max(2) as f64;
+        let recent: Vec<f64> = st
+            .evals
+            .iter()
+            .rev()
+            .take_while(|e| e.samples > seg.samples)
+            .take(2)
+            .map(|e| e.test_accuracy)
+            .collect();
+        if recent.len() < 2 || recent.iter().any(|&a| a > 2.0 * chance) {
+            return None;
+        }
+        let why = if seg.mode.uses_server() {
+            "stale gradients with this learning rate and momentum: / lowers the LR, M turns momentum off (lesson 7)"
+        } else {
+            "the learning rate may be too high or too low: * and / change it"
+        };
+        Some(format!(
+            "not learning: test accuracy {:.0} % is near chance ({:.0} %) — {why}",
+            recent[0] * 100.0,
+            chance * 100.0
+        ))
     }
 
     /// Why the run does not go on, once it has ended (None while it runs).
@@ -428,6 +458,11 @@ impl Lab {
                     Ok(()) => {
                         self.exp = next;
                         self.error = None;
+                        // (a restart starts from new parameters: nothing is kept)
+                        let what = what
+                            .replace(" from the next step (parameters kept)", "")
+                            .replace(" from the next step", "")
+                            .replace(" at the next step", "");
                         self.say(format!("{what} — when you restart (R)"));
                         return;
                     }
@@ -690,6 +725,10 @@ impl Lab {
             Action::SelectWorker => {
                 self.selected = (self.selected + 1) % self.current_workers().max(1);
                 self.error = None;
+                self.say(format!(
+                    "worker {} selected: the explanation follows it, s makes it a straggler",
+                    self.selected
+                ));
             }
             Action::ToggleStraggler => {
                 let w = self.selected.min(self.exp.workers.saturating_sub(1));
@@ -777,10 +816,15 @@ impl Lab {
                 self.say(format!("kept {label} as a ghost"));
             }
             Action::ToggleAxis => {
-                self.axis = Some(match self.curves_axis() {
+                let axis = match self.curves_axis() {
                     Axis::Time => Axis::Samples,
                     Axis::Samples => Axis::Time,
-                })
+                };
+                self.axis = Some(axis);
+                self.say(match axis {
+                    Axis::Samples => "curves against samples seen: runs compare at equal data".into(),
+                    Axis::Time => "curves against seconds of training: faster runs reach further".into(),
+                });
             }
             Action::Help
             | Action::Quit

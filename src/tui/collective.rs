@@ -127,11 +127,19 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     block.render(area, buf);
     let mut lines = Vec::new();
     let rows = inner.height.saturating_sub(3) as usize;
-    let reported = lab.view.reports.iter().flatten().count();
+    // Every worker has a row, those that have not pushed yet too (a worker missing from
+    // the list would look like one that does not exist).
+    let workers = lab.current_workers();
     // (one row for "+N more" when not every worker fits)
-    let rows = if reported > rows { rows.saturating_sub(1) } else { rows };
-    for (w, report) in lab.view.reports.iter().enumerate().take(rows) {
-        let Some(r) = report else { continue };
+    let rows = if workers > rows { rows.saturating_sub(1) } else { rows };
+    for w in 0..workers.min(rows) {
+        let Some(r) = lab.view.reports.get(w).and_then(Option::as_ref) else {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  w{w:<2} "), theme.phase(crate::train::Phase::Push)),
+                Span::styled("no push yet in this run", theme.dim()),
+            ]));
+            continue;
+        };
         let what = if r.dropped {
             Span::styled("gradient DROPPED: its step had closed".to_string(), theme.warn())
         } else {
@@ -143,9 +151,9 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::styled(format!(" · {} ahead of the slowest", r.lead), theme.dim()),
         ]));
     }
-    if reported > rows {
+    if workers > rows {
         lines.push(Line::styled(
-            format!("  +{} more workers", reported - rows),
+            format!("  +{} more workers", workers - rows),
             theme.dim(),
         ));
     }

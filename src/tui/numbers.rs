@@ -14,13 +14,16 @@ use crate::train::Phase;
 pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
     let Some(last) = st.steps.last() else { return (0.0, 0.0) };
     let t_end = last.t_ns as f64 / 1e9;
+    // The reports of the last `window_s`, and at least the two latest: in slow motion a
+    // step can take longer than the window, and one report makes no rate.
     let first = st
         .steps
         .iter()
         .rev()
-        .take_while(|s| t_end - s.t_ns as f64 / 1e9 <= window_s)
+        .enumerate()
+        .take_while(|(i, s)| *i < 2 || t_end - s.t_ns as f64 / 1e9 <= window_s)
         .last()
-        .unwrap_or(last);
+        .map_or(last, |(_, s)| s);
     let dt = t_end - first.t_ns as f64 / 1e9;
     if dt <= 0.0 {
         return (0.0, 0.0);
@@ -68,14 +71,24 @@ pub fn beyond_the_model(model_ns: u64, measured_ns: u64, workers: usize) -> Opti
     })
 }
 
+/// A rate as a person reads it: whole numbers, with a decimal below 10 (slow motion's
+/// 0.8 steps/s is not 1, nor 0).
+fn rate(per_s: f64) -> String {
+    if per_s > 0.0 && per_s < 10.0 {
+        format!("{per_s:.1}")
+    } else {
+        format!("{per_s:.0}")
+    }
+}
+
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let st = lab.state();
     let (steps_s, samples_s) = recent_rates(st, 1.0);
     let mut lines = vec![Line::from(vec![
         Span::styled("steps/s ", theme.dim()),
-        Span::raw(format!("{steps_s:<9.0}")),
+        Span::raw(format!("{:<9}", rate(steps_s))),
         Span::styled("samples/s ", theme.dim()),
-        Span::raw(format!("{samples_s:.0}")),
+        Span::raw(rate(samples_s)),
     ])];
     if lab.current_mode().uses_server() {
         let mean = st.staleness_mean().map_or("–".into(), |m| format!("{m:.2}"));

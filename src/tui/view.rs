@@ -405,7 +405,9 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     ];
     let pending = lab.pending();
     if !pending.is_empty() {
-        let when = if lab.paused || lab.stepping {
+        let when = if lab.ended().is_some() {
+            "on restart (R)"
+        } else if lab.paused || lab.stepping {
             "on resume"
         } else {
             "next step"
