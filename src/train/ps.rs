@@ -11,7 +11,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use ndarray::Array2;
 
 use super::compute::Compute;
-use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
+use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::{Event, Gate, Phase, WorkerStep};
 use crate::comm::{Link, Pace};
 use crate::config::Mode;
@@ -242,7 +242,7 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         // them interleave (staleness ≈ N−1) instead of each running many iterations in
         // one time slice. With a core per worker it returns at once.
         std::thread::yield_now();
-        if ctx.options.detail && ctx.clock.ns() >= last_batch_ns + super::sync::DETAIL_EVERY_NS {
+        if ctx.options.detail && ctx.clock.ns() >= last_batch_ns + DETAIL_EVERY_NS {
             last_batch_ns = ctx.clock.ns();
             ctx.sink.send(Event::Batch {
                 worker: rank,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use ndarray::Array2;
 
 use super::compute::Compute;
-use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
+use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
 use crate::comm::{
@@ -123,10 +123,6 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     }
     SegEnd::combine(&ends)
 }
-
-/// At most one step in this long is reported in detail (a step of its own when steps are
-/// slower, as in slow motion and step mode).
-pub(super) const DETAIL_EVERY_NS: u64 = 20_000_000;
 
 /// How a worker's gradient is all-reduced: in one piece after backward, or bucket by
 /// bucket during it on a communication thread (`--overlap`).
