@@ -8,13 +8,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use ndarray::Array2;
-
 use super::compute::Compute;
 use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::{Event, Gate, Phase, WorkerStep};
 use crate::comm::{Link, Pace};
 use crate::config::Mode;
+use crate::data::Batches;
 use crate::nn::{l2_norm, Sgd};
 
 /// The pace's record of the server's typical work (copying out, applying) is its own.
@@ -176,15 +175,11 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     // Gradients may travel in 16 bits (parameters always in f32).
     let grad_bytes = p * exp.grad_dtype.bytes();
     let batch = exp.batch as u64;
-    let sharder = ctx.sharder(seg.index, seg.workers);
+    let mut batches = Batches::new(ctx.sharder(seg.index, seg.workers), rank, mlp.inputs());
     let schedule = ctx.schedule(&seg);
-    let steps_per_epoch = sharder.steps_per_epoch();
     let mut params = vec![0.0f32; p];
     let mut grads = vec![0.0f32; p];
     let mut compute = Compute::new(ctx, rank, seg.threads)?;
-    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-    let mut labels = vec![0u8; exp.batch];
-    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
     // Backup mode: the step this worker's last gradient counted towards.
     let mut counted_in: Option<u64> = None;
     let mut last_batch_ns = 0u64;
@@ -217,16 +212,8 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         }
 
         // next_batch: this worker's shard, at its own pace.
-        let shard_epoch = i / steps_per_epoch;
-        if perm.0 != shard_epoch {
-            perm = (shard_epoch, sharder.permutation(shard_epoch));
-        }
-        let indices = sharder.batch(&perm.1, i % steps_per_epoch, rank);
-        for (row, (&s, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
-            x.row_mut(row).assign(&data.train_x.row(s as usize));
-            *label = data.train_y[s as usize];
-        }
-        let xv = x.view();
+        batches.load(data, i);
+        let (xv, labels) = (batches.x(), batches.labels());
 
         // pull: the server's parameters and their version.
         let (pulled, lead) = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
@@ -247,11 +234,11 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             ctx.sink.send(Event::Batch {
                 worker: rank,
                 step: pulled,
-                indices: indices.to_vec(),
+                indices: batches.indices().to_vec(),
             });
         }
         compute.pulled(ctx, (rank, pulled), &mut phase_ns, &params)?;
-        let score = compute.forward(ctx, (rank, pulled), &mut phase_ns, &params, (&xv, &labels))?;
+        let score = compute.forward(ctx, (rank, pulled), &mut phase_ns, &params, (&xv, labels))?;
         if diverged(score.mean_loss(), data.classes) {
             return Err(SegEnd::Diverged {
                 step: pulled,
@@ -532,8 +519,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
 ) -> crate::comm::Result<SegEnd> {
     let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
     let p = mlp.num_params();
-    let sharder = ctx.sharder(seg.index, seg.workers);
-    let steps_per_epoch = sharder.steps_per_epoch();
+    let mut batches = Batches::new(ctx.sharder(seg.index, seg.workers), w, mlp.inputs());
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
     // Worker w is rank w + 1; it takes the GPUs of its host by its rank there.
@@ -541,9 +527,6 @@ fn work<T: crate::comm::Transport + ?Sized>(
         Ok(c) => c,
         Err(end) => return Ok(end),
     };
-    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-    let mut labels = vec![0u8; exp.batch];
-    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
     msg[KIND] = HELLO;
     for i in 0.. {
         // push the last gradient (or hello) and pull the parameters to go on from
@@ -560,18 +543,11 @@ fn work<T: crate::comm::Transport + ?Sized>(
         ctx.gate.pace().set(f64::from(reply[PACE]));
         let pulled = get_u64(&reply, VERSION);
         let params = &reply[REPLY..];
-        let shard_epoch = i / steps_per_epoch;
-        if perm.0 != shard_epoch {
-            perm = (shard_epoch, sharder.permutation(shard_epoch));
-        }
-        for (row, &s) in sharder.batch(&perm.1, i % steps_per_epoch, w).iter().enumerate() {
-            x.row_mut(row).assign(&data.train_x.row(s as usize));
-            labels[row] = data.train_y[s as usize];
-        }
-        let xv = x.view();
+        batches.load(data, i);
+        let (xv, labels) = (batches.x(), batches.labels());
         let score = compute
             .pulled(ctx, (w, pulled), &mut phase_ns, params)
-            .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, &labels)));
+            .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, labels)));
         let at = |e: String| SegEnd::Failed(format!("at server version {pulled}: {e}"));
         let score = match score {
             Ok(score) => score,

@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ndarray::Array2;
-
 use super::compute::Compute;
 use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::overlap::Overlap;
@@ -15,6 +13,7 @@ use crate::comm::{
     Wire,
 };
 use crate::config::Mode;
+use crate::data::Batches;
 use crate::nn::{l2_norm, Sgd};
 
 /// Values all-reduced with the gradient, past its end, so that every replica agrees on
@@ -376,15 +375,11 @@ impl<'a> Worker<'a> {
         let p = mlp.num_params();
         let mut transfers: Vec<Transfer> = Vec::new();
 
-        let sharder = ctx.sharder(self.seg.shuffle, self.seg.workers);
+        let mut batches = Batches::new(ctx.sharder(self.seg.shuffle, self.seg.workers), rank, mlp.inputs());
         // Steps of this segment's data order taken before it began (see `Segment`).
         let before = self.first_update - self.seg.shuffle_from;
         let schedule = ctx.schedule(&self.seg);
-        let steps_per_epoch = sharder.steps_per_epoch();
         let global_batch = (self.seg.workers * exp.batch) as u64;
-        let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-        let mut labels = vec![0u8; exp.batch];
-        let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
         let mut detail = ctx.options.detail;
         let mut last_detail_ns = 0u64;
 
@@ -414,25 +409,18 @@ impl<'a> Worker<'a> {
             self.now.step.store(step, Ordering::Relaxed);
             let samples_before = self.first_samples + local * global_batch;
             let epoch = samples_before / data.train_len() as u64; // of the whole run
-            let in_order = before + local;
-            let shard_epoch = in_order / steps_per_epoch; // of this data order's shuffling
-            if perm.0 != shard_epoch {
-                perm = (shard_epoch, sharder.permutation(shard_epoch));
-            }
-            // next_batch: gather this worker's shard of the global batch.
-            let indices = sharder.batch(&perm.1, in_order % steps_per_epoch, rank);
-            for (row, (&i, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
-                x.row_mut(row).assign(&data.train_x.row(i as usize));
-                *label = data.train_y[i as usize];
-            }
+                                                                  // next_batch: gather this worker's shard of the global batch (the step's
+                                                                  // place in this data order, whose shuffling may have begun before this
+                                                                  // segment).
+            batches.load(data, before + local);
             if detail {
                 ctx.sink.send(Event::Batch {
                     worker: rank,
                     step,
-                    indices: indices.to_vec(),
+                    indices: batches.indices().to_vec(),
                 });
             }
-            let xv = x.view();
+            let (xv, labels) = (batches.x(), batches.labels());
             let mut phase_ns = [0u64; Phase::COUNT];
             let (params, grads) = (&mut self.params, &mut self.grads);
 
@@ -441,7 +429,7 @@ impl<'a> Worker<'a> {
             // so in the step's flags instead, so that every rank leaves after the same
             // all-reduce and none is left waiting in it.
             let mut trouble: Option<SegEnd> = None;
-            let score = match compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, &labels)) {
+            let score = match compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, labels)) {
                 Ok(score) => Some(score),
                 Err(SegEnd::Failed(e)) if per_rank => {
                     trouble = Some(SegEnd::Failed(format!("at step {step}: {e}")));
