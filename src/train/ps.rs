@@ -297,21 +297,14 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     Ok(())
 }
 
-// A worker's message to the server: a header, then the gradient. Counters (versions,
-// iterations, leads) travel as u64 in two f32 slots of raw bits, exact to 2⁶⁴ however
-// long a run goes (an f32 count is exact only to 2²⁴: nine minutes of async at 30 000
-// updates a second).
+// A worker's message to the server: its kind, its step's report (`WorkerStep::to_words`,
+// each word's bits in an f32 slot; `step` is the version it pulled), then the gradient.
+// Counters (versions, leads) travel as u64 in two f32 slots of raw bits, exact to 2⁶⁴
+// however long a run goes (an f32 count is exact only to 2²⁴: nine minutes of async at
+// 30 000 updates a second).
 const KIND: usize = 0;
-const PULLED: usize = 1; // u64
-const ITERATION: usize = 3; // u64
-const LOSS: usize = 5;
-const CORRECT: usize = 6;
-const SAMPLES: usize = 7;
-const GRAD_NORM: usize = 8;
-/// One time per `Phase`, in ns.
-const PHASES: usize = 9;
-const LEAD: usize = PHASES + Phase::COUNT; // u64
-const HEADER: usize = LEAD + 2;
+const REPORT: usize = 1;
+const HEADER: usize = REPORT + WorkerStep::WORDS;
 // The server's reply: a header, then the parameters.
 const GO: usize = 0;
 const VERSION: usize = 1; // u64
@@ -333,6 +326,20 @@ fn put_u64(buf: &mut [f32], at: usize, v: u64) {
 
 fn get_u64(buf: &[f32], at: usize) -> u64 {
     u64::from(buf[at].to_bits()) | u64::from(buf[at + 1].to_bits()) << 32
+}
+
+/// Writes a worker's message: its kind and its report.
+fn put_report(msg: &mut [f32], kind: f32, report: &WorkerStep) {
+    msg[KIND] = kind;
+    for (m, w) in msg[REPORT..HEADER].iter_mut().zip(report.to_words()) {
+        *m = f32::from_bits(w);
+    }
+}
+
+/// The report in a worker's message.
+fn get_report(msg: &[f32]) -> WorkerStep {
+    let words: Vec<u32> = msg[REPORT..HEADER].iter().map(|v| v.to_bits()).collect();
+    WorkerStep::from_words(&words)
 }
 
 /// A parameter-server segment where every worker is a process (MPI): rank 0 is the
@@ -401,8 +408,8 @@ fn serve<T: crate::comm::Transport + ?Sized>(
         let w = from - 1;
         let now = ctx.clock.ns();
         let kind = msg[KIND];
-        let pulled = get_u64(&msg, PULLED);
-        let iteration = get_u64(&msg, ITERATION);
+        let sent = get_report(&msg);
+        let (pulled, iteration) = (sent.step, sent.iteration);
         if kind == DIVERGED || kind == FAILED {
             if end == SegEnd::Completed {
                 end = if kind == DIVERGED {
@@ -428,31 +435,21 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                 ctx.evaluate(st.version, st.samples_done, &st.params, now);
             }
             counted_in = (!pushed.dropped).then_some(pulled);
-            let mut phase_ns = [0u64; Phase::COUNT];
-            phase_ns
-                .iter_mut()
-                .zip(&msg[PHASES..LEAD])
-                .for_each(|(p, &v)| *p = v as u64);
+            // (the worker's own figures, and what only the server knows)
             report = Some(WorkerStep {
                 worker: w,
                 step: pushed.step,
-                iteration,
                 epoch: st.samples_done / ctx.data.train_len() as u64,
-                loss: f64::from(msg[LOSS]),
-                correct: msg[CORRECT] as usize,
-                samples: msg[SAMPLES] as usize,
-                grad_norm: f64::from(msg[GRAD_NORM]),
-                grad_norm_reduced: pushed.reduced_norm.unwrap_or(f64::from(msg[GRAD_NORM])),
+                grad_norm_reduced: pushed.reduced_norm.unwrap_or(sent.grad_norm),
                 lr,
-                phase_ns,
                 bytes_sent: grad_bytes,
                 idle_ns: 0,
                 staleness: pushed.staleness,
                 dropped: pushed.dropped,
-                lead: get_u64(&msg, LEAD),
                 allreduce_start_ns: 0,
                 replica_hash: None,
                 end_ns: now,
+                ..sent
             });
         }
         let next = if kind == PUSH { iteration + 1 } else { 0 };
@@ -527,7 +524,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
         Ok(c) => c,
         Err(end) => return Ok(end),
     };
-    msg[KIND] = HELLO;
+    put_report(&mut msg, HELLO, &WorkerStep::default());
     for i in 0.. {
         // push the last gradient (or hello) and pull the parameters to go on from
         let t0 = ctx.clock.ns();
@@ -566,25 +563,25 @@ fn work<T: crate::comm::Transport + ?Sized>(
         {
             return leave_with(t, &mut msg, FAILED, (pulled, i), at(e));
         }
-        put_u64(&mut msg, PULLED, pulled);
-        put_u64(&mut msg, ITERATION, i);
         let grads = &mut msg[HEADER..];
         let wire = exp.grad_dtype;
         if wire != crate::comm::Wire::F32 {
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
         }
         let grad_norm = l2_norm(grads);
-        msg[KIND] = PUSH;
-        msg[LOSS] = score.mean_loss() as f32;
-        msg[CORRECT] = score.correct as f32;
-        msg[SAMPLES] = score.samples as f32;
-        msg[GRAD_NORM] = grad_norm as f32;
-        msg[PHASES..LEAD]
-            .iter_mut()
-            .zip(&phase_ns)
-            .for_each(|(m, &ns)| *m = ns as f32);
-        let lead = get_u64(&reply, REPLY_LEAD);
-        put_u64(&mut msg, LEAD, lead);
+        let report = WorkerStep {
+            worker: w,
+            step: pulled,
+            iteration: i,
+            loss: score.mean_loss(),
+            correct: score.correct,
+            samples: score.samples,
+            grad_norm,
+            phase_ns,
+            lead: get_u64(&reply, REPLY_LEAD),
+            ..WorkerStep::default()
+        };
+        put_report(&mut msg, PUSH, &report);
     }
     Ok(SegEnd::Completed)
 }
@@ -599,9 +596,12 @@ fn leave_with<T: crate::comm::Transport + ?Sized>(
     (pulled, iteration): (u64, u64),
     end: SegEnd,
 ) -> crate::comm::Result<SegEnd> {
-    msg[KIND] = kind;
-    put_u64(msg, PULLED, pulled);
-    put_u64(msg, ITERATION, iteration);
+    let report = WorkerStep {
+        step: pulled,
+        iteration,
+        ..WorkerStep::default()
+    };
+    put_report(msg, kind, &report);
     t.send(0, msg, crate::comm::Tag::default())?;
     let mut reply = vec![0.0f32; REPLY + msg.len() - HEADER];
     t.recv(0, &mut reply, crate::comm::Op::Copy)?;

@@ -695,12 +695,12 @@ impl<'a> Worker<'a> {
             // One process per worker (MPI): rank 0 reports everyone's step.
             if let Exchange::Direct(comm) = &mut exchange {
                 if comm.transport().process_per_rank() {
-                    let all = comm
-                        .transport_mut()
-                        .gather_f64(&step_fields(&report))
-                        .map_err(|_| SegEnd::Aborted)?;
-                    for (w, fields) in all.chunks(STEP_FIELDS).enumerate().skip(1) {
-                        ctx.sink.send(Event::WorkerStep(step_from_fields(&report, w, fields)));
+                    // (a 32-bit word is exact in an f64)
+                    let mine: Vec<f64> = report.to_words().into_iter().map(f64::from).collect();
+                    let all = comm.transport_mut().gather_f64(&mine).map_err(|_| SegEnd::Aborted)?;
+                    for theirs in all.chunks(WorkerStep::WORDS).skip(1) {
+                        let words: Vec<u32> = theirs.iter().map(|&v| v as u32).collect();
+                        ctx.sink.send(Event::WorkerStep(WorkerStep::from_words(&words)));
                     }
                 }
             }
@@ -717,51 +717,6 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(())
-    }
-}
-
-/// What a rank's step report carries to rank 0 (see `step_fields`).
-const STEP_FIELDS: usize = 12 + Phase::COUNT;
-
-/// A step report's own figures as numbers, for gathering across processes.
-fn step_fields(r: &WorkerStep) -> Vec<f64> {
-    let mut v = vec![
-        r.loss,
-        r.correct as f64,
-        r.samples as f64,
-        r.grad_norm,
-        r.grad_norm_reduced,
-        r.bytes_sent as f64,
-        r.idle_ns as f64,
-        r.allreduce_start_ns as f64,
-        r.end_ns as f64,
-        // (a u64 in two exact halves: an f64 holds 53 bits)
-        f64::from(u8::from(r.replica_hash.is_some())),
-        (r.replica_hash.unwrap_or(0) >> 32) as f64,
-        (r.replica_hash.unwrap_or(0) & 0xffff_ffff) as f64,
-    ];
-    v.extend(r.phase_ns.iter().map(|&ns| ns as f64));
-    v
-}
-
-/// Worker `w`'s report from its gathered figures and what every rank shares.
-fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
-    let mut phase_ns = [0u64; Phase::COUNT];
-    phase_ns.iter_mut().zip(&f[12..]).for_each(|(p, &v)| *p = v as u64);
-    WorkerStep {
-        worker: w,
-        loss: f[0],
-        correct: f[1] as usize,
-        samples: f[2] as usize,
-        grad_norm: f[3],
-        grad_norm_reduced: f[4],
-        bytes_sent: f[5] as u64,
-        idle_ns: f[6] as u64,
-        allreduce_start_ns: f[7] as u64,
-        end_ns: f[8] as u64,
-        replica_hash: (f[9] > 0.0).then(|| ((f[10] as u64) << 32) | f[11] as u64),
-        phase_ns,
-        ..shared.clone()
     }
 }
 
