@@ -73,7 +73,7 @@ impl Binding {
         match self.action {
             Action::CycleMode => cycle(MODES.iter().map(ToString::to_string).collect()),
             Action::CycleAllReduce => cycle(
-                crate::comm::AllReduceAlgo::ALL
+                crate::session::AllReduceAlgo::ALL
                     .iter()
                     .map(ToString::to_string)
                     .collect(),

@@ -22,10 +22,8 @@ use std::time::Duration;
 
 use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
 
-use crate::config::Experiment;
-use crate::data::Dataset;
 use crate::lesson::{Lesson, Panel, ProgressStore};
-use crate::session::ExitError;
+use crate::session::{Dataset, ExitError, Experiment};
 pub use app::Lab;
 use keys::{Action, HOME_KEYS, LAB_KEYS};
 pub use lesson::LessonView;

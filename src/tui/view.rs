@@ -11,7 +11,7 @@ use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
 use super::theme::Theme;
 use super::{App, HomeItem, Screen, FREE_LAB};
 use crate::lesson::Panel;
-use crate::nn::LrScaling;
+use crate::session::LrScaling;
 
 /// Smaller than this, the lab shows a message instead of squeezed panels.
 pub const MIN_SIZE: (u16, u16) = (60, 18);
@@ -274,7 +274,7 @@ pub fn state_text(lab: &Lab, theme: &Theme) -> (String, String, ratatui::style::
         return (format!("DIVERGED at step {step}"), "DIVERGED".into(), theme.bad());
     }
     match lab.state().outcome {
-        Some(crate::train::Outcome::Failed { .. }) => return ("FAILED".into(), "FAILED".into(), theme.bad()),
+        Some(crate::session::Outcome::Failed { .. }) => return ("FAILED".into(), "FAILED".into(), theme.bad()),
         Some(_) => return ("finished".into(), "finished".into(), theme.good()),
         None => {}
     }
@@ -320,8 +320,8 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let (state_long, state_short, state_style) = state_text(lab, theme);
     let epoch = st.last_step().map_or(0, |s| s.epoch);
     let backend = match lab.exp.backend {
-        crate::config::Backend::Threads => "threads",
-        crate::config::Backend::Mpi => "MPI ranks",
+        crate::session::Backend::Threads => "threads",
+        crate::session::Backend::Mpi => "MPI ranks",
     };
     let mut parts = vec![
         Part {
