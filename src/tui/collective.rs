@@ -7,7 +7,7 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Sparkline, Widget, Wrap};
 
-use super::app::Lab;
+use super::lab::Lab;
 use super::theme::Theme;
 use crate::session::AllReduceAlgo;
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::app::Lab;
+use super::lab::Lab;
 use crate::data::digits;
 use crate::session::{AllReduceAlgo, CollectiveKind, Event, Experiment, LrScaling, Mode, Phase, Transfer, WorkerStep};
 

@@ -68,7 +68,7 @@ impl Binding {
     /// The help's line: the table's words, and for the keys that cycle or set a value,
     /// the values from the code that uses them (so that the help cannot drift).
     pub fn help_text(&self) -> String {
-        use super::app::{pace_words, LINKS, MODES, MOMENTUM, PACES, STRAGGLER_FACTOR};
+        use super::lab::{pace_words, LINKS, MODES, MOMENTUM, PACES, STRAGGLER_FACTOR};
         let cycle = |names: Vec<String>| format!("{}: {}", self.help, names.join(" → "));
         match self.action {
             Action::CycleMode => cycle(MODES.iter().map(ToString::to_string).collect()),

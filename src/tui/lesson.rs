@@ -9,8 +9,8 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 
-use super::app::Lab;
 use super::keys::Action;
+use super::lab::Lab;
 use super::theme::Theme;
 use crate::lesson::{Lesson, LessonAction, Page, Panel};
 use crate::session::{Experiment, Mode, Summary};

@@ -3,13 +3,13 @@
 //! Each frame drains the event stream without blocking, draws, and polls keys with a
 //! timeout, so the UI never blocks training and training never blocks the UI.
 
-pub mod app;
 mod collective;
 mod curves;
 pub mod demo;
 pub mod digits;
 mod explain;
 pub mod keys;
+pub mod lab;
 pub mod lesson;
 mod numbers;
 pub mod theme;
@@ -24,8 +24,8 @@ use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind
 
 use crate::lesson::{Lesson, Panel, ProgressStore};
 use crate::session::{Dataset, ExitError, Experiment};
-pub use app::Lab;
 use keys::{Action, HOME_KEYS, LAB_KEYS};
+pub use lab::Lab;
 pub use lesson::LessonView;
 use theme::Theme;
 

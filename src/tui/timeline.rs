@@ -6,7 +6,7 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span as TextSpan};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
-use super::app::{Lab, Span};
+use super::lab::{Lab, Span};
 use super::theme::Theme;
 use crate::session::Phase;
 

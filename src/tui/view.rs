@@ -6,8 +6,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
 use ratatui::Frame;
 
-use super::app::Lab;
 use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
+use super::lab::Lab;
 use super::theme::Theme;
 use super::{App, HomeItem, Screen, FREE_LAB};
 use crate::lesson::Panel;
@@ -281,7 +281,7 @@ pub fn state_text(lab: &Lab, theme: &Theme) -> (String, String, ratatui::style::
     let pace = if lab.exp.slow > 1.0 {
         let about = lab
             .pace_target
-            .map_or(String::new(), |r| format!(" ≈{}", super::app::pace_words(r)));
+            .map_or(String::new(), |r| format!(" ≈{}", super::lab::pace_words(r)));
         format!(" · slow ×{}{about}", lab.exp.slow)
     } else {
         String::new()
@@ -373,8 +373,8 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             None => part(2, "link: shared memory".into(), "shared memory".into()),
             Some(l) => part(
                 6,
-                format!("link: {} ({l}) EMULATED", super::app::link_name(Some(l))),
-                format!("{} EMULATED", super::app::link_name(Some(l))),
+                format!("link: {} ({l}) EMULATED", super::lab::link_name(Some(l))),
+                format!("{} EMULATED", super::lab::link_name(Some(l))),
             ),
         },
         {
