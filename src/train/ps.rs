@@ -1,4 +1,7 @@
-//! Parameter-server engines on threads: async, SSP and backup workers.
+//! Parameter-server engines: async, SSP and backup workers, on threads (`run_segment`:
+//! the server is state the workers lock) or over MPI (`run_rank`: rank 0 serves,
+//! ranks 1..N work, and messages carry the pushes and the replies). Both follow the same
+//! release rules (`Hold`) and the same server state (`ServerState`).
 //!
 //! The server holds the master parameters and the optimizer state. Each worker loops:
 //! pull (parameters and their version) → forward → backward → push (gradient). With

@@ -1,5 +1,9 @@
-//! The synchronous data-parallel engine on threads: every step is
-//! `next_batch → forward → backward → all_reduce → update`, each phase an event.
+//! The synchronous data-parallel engine: every step is
+//! `next_batch → forward → backward → all_reduce → update`, each phase an event. One
+//! worker loop serves both worlds: `run_segment` runs a thread per worker in this
+//! process, `run_rank` this process's worker as one MPI rank (the step's flags then
+//! carry what one rank decides alone, and rank 0 gathers everyone's step reports).
+//! With it: local SGD (`local:H`) and compressed gradients (top-k, PowerSGD).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
