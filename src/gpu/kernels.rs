@@ -227,11 +227,7 @@ fn input(g: &Opened, data: &[f32]) -> wgpu::Buffer {
     })
 }
 
-fn run_and_read(
-    g: &Opened,
-    d: Dispatch,
-    outputs: &[(&wgpu::Buffer, usize)],
-) -> Result<Vec<Vec<f32>>, GpuError> {
+fn run_and_read(g: &Opened, d: Dispatch, outputs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>, GpuError> {
     let mut encoder = g.encoder();
     g.record(&mut encoder, &[&d]);
     g.run(encoder)?;

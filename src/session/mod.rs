@@ -18,7 +18,9 @@ pub use summary::Summary;
 // these lines and holds `tui` and `cli` to them).
 pub use crate::comm::{busbw_factor, AllReduceAlgo, Compress, Link, Transfer, MAX_PACE};
 pub use crate::config::flags::{flags_of, ExperimentArgs, FlagValue};
-pub use crate::config::{Backend, Device, Experiment, Length, Mode, Straggler, MAX_THREADS, MAX_WORKERS};
+pub use crate::config::{
+    Backend, Device, Experiment, Length, Mode, Straggler, DEFAULT_MOMENTUM, MAX_THREADS, MAX_WORKERS,
+};
 pub use crate::data::{Dataset, DatasetKind};
 pub use crate::nn::LrScaling;
 pub use crate::train::{CollectiveKind, Control, Event, Outcome, Phase, WorkerStep};

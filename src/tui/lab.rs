@@ -25,7 +25,9 @@ const GHOST_POINTS: usize = 512;
 /// How much slower the `s` key makes the selected worker's compute.
 pub const STRAGGLER_FACTOR: f32 = 4.0;
 /// The momentum the `M` key turns back on (the experiment's default).
-pub const MOMENTUM: f32 = 0.9;
+pub const MOMENTUM: f32 = crate::session::DEFAULT_MOMENTUM;
+/// What the `*` and `/` keys multiply and divide the learning rate by.
+pub const LR_FACTOR: f64 = 10.0;
 /// The link presets the `l` key cycles through.
 pub const LINKS: [(&str, Option<Link>); 4] = [
     ("none", None),
@@ -828,7 +830,11 @@ impl Lab {
 /// `lr` × 10 (`up`) or ÷ 10, kept to the digits a person typed (0.1 ÷ 10 = 0.01, not
 /// 0.0099999998).
 pub fn times_ten(lr: f32, up: bool) -> f32 {
-    let x = if up { f64::from(lr) * 10.0 } else { f64::from(lr) / 10.0 };
+    let x = if up {
+        f64::from(lr) * LR_FACTOR
+    } else {
+        f64::from(lr) / LR_FACTOR
+    };
     let digits = 6 - x.abs().log10().floor() as i32;
     let scale = 10f64.powi(digits);
     ((x * scale).round() / scale) as f32

@@ -20,11 +20,11 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
+use crossterm::event::{self, Event as TermEvent, KeyEvent, KeyEventKind};
 
 use crate::lesson::{Lesson, Panel, ProgressStore};
 use crate::session::{Dataset, ExitError, Experiment};
-use keys::{Action, HOME_KEYS, LAB_KEYS};
+use keys::{Action, HELP_KEYS, HOME_KEYS, LAB_KEYS};
 pub use lab::Lab;
 pub use lesson::LessonView;
 use theme::Theme;
@@ -286,20 +286,17 @@ impl App {
             return;
         }
         if self.help {
-            // The help takes the arrows (to scroll it) and esc (to close it).
+            // The help takes esc (to close it) and the arrows (to scroll it): its table.
             let scroll = &self.help_scroll;
-            match key.code {
-                KeyCode::Esc => self.help = false,
-                KeyCode::Up => scroll.set(scroll.get().saturating_sub(1)),
-                KeyCode::Down => scroll.set(scroll.get() + 1),
-                KeyCode::PageUp => scroll.set(scroll.get().saturating_sub(SCROLL_PAGE)),
-                KeyCode::PageDown => scroll.set(scroll.get() + SCROLL_PAGE),
+            match keys::action(HELP_KEYS, key) {
+                Some(Action::Back) => self.help = false,
+                Some(Action::ScrollUp) => scroll.set(scroll.get().saturating_sub(1)),
+                Some(Action::ScrollDown) => scroll.set(scroll.get() + 1),
+                Some(Action::PageUp) => scroll.set(scroll.get().saturating_sub(SCROLL_PAGE)),
+                Some(Action::PageDown) => scroll.set(scroll.get() + SCROLL_PAGE),
                 _ => {}
             }
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Up | KeyCode::Down | KeyCode::PageUp | KeyCode::PageDown
-            ) {
+            if HELP_KEYS.iter().any(|b| b.key == key.code) {
                 return;
             }
         }
