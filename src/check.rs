@@ -6,12 +6,11 @@
 
 use std::time::Instant;
 
-use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use crate::comm::{all_reduce_sum, broadcast, AllReduceAlgo, BandwidthRow, Op, Tag, Transport};
 use crate::config::{Experiment, Length};
-use crate::data::{Dataset, Sharder};
+use crate::data::{Batches, Dataset, Sharder};
 use crate::nn::{Mlp, Sgd, Workspace};
 
 /// A fault a test can inject into one rank, to prove the check notices.
@@ -547,25 +546,16 @@ pub fn train_rank<T: Transport + ?Sized>(
     };
     let mut sgd = Sgd::new(p, exp.momentum, exp.weight_decay);
     let mut ws = Workspace::new(&mlp, exp.batch);
-    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-    let mut labels = vec![0u8; exp.batch];
     // The gradient, and the loss summed over ranks in the last slot.
     let mut grads = vec![0.0f32; p + 1];
     let mut scratch = Vec::new();
     let (mut first, mut last) = (0.0, 0.0);
-    let spe = sharder.steps_per_epoch();
-    let mut perm = (u64::MAX, Vec::new());
+    let mut batches = Batches::new(sharder, rank, mlp.inputs());
     for step in 0..steps {
-        if perm.0 != step / spe {
-            perm = (step / spe, sharder.permutation(step / spe));
-        }
-        for (row, &i) in sharder.batch(&perm.1, step % spe, rank).iter().enumerate() {
-            x.row_mut(row).assign(&data.train_x.row(i as usize));
-            labels[row] = data.train_y[i as usize];
-        }
-        let xv = x.view();
+        batches.load(data, step);
+        let xv = batches.x();
         mlp.forward(&params, &xv, &mut ws);
-        let score = mlp.loss(&labels, &mut ws);
+        let score = mlp.loss(batches.labels(), &mut ws);
         mlp.backward(&params, &xv, &mut ws, &mut grads[..p]);
         grads[p] = score.mean_loss() as f32;
         all_reduce_sum(t, AllReduceAlgo::Ring, &mut grads, &mut scratch)?;

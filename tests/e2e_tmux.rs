@@ -418,7 +418,7 @@ fn every_lesson_prompt_can_be_done_by_a_person() {
                 let mut ticked = false;
                 // (a page already in the mode its prompt asks for needs a whole round of
                 // the mode cycle)
-                for _ in 0..ddlab::tui::app::MODES.len().max(4) {
+                for _ in 0..ddlab::tui::lab::MODES.len().max(4) {
                     tmux.keys(&[keys_for(t.action)]);
                     let deadline = Instant::now() + Duration::from_secs(3);
                     while Instant::now() < deadline && !ticked {

@@ -17,7 +17,7 @@ use ddlab::config::{Experiment, Length, Mode};
 use ddlab::data::{digits, Dataset};
 use ddlab::gpu::{self, kernels};
 use ddlab::nn::linalg::matmul_into;
-use ddlab::nn::{softmax_cross_entropy, Mlp, Sgd, Workspace};
+use ddlab::nn::{check_close, softmax_cross_entropy, Mlp, Sgd, Workspace};
 use ddlab::session::{Session, SessionOptions};
 use ddlab::train::{Event, Outcome, Phase};
 use ndarray::{Array2, ArrayView2};
@@ -30,17 +30,6 @@ fn gpu0() -> Arc<gpu::Opened> {
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-/// |got − want| ≤ abs + rel·|want| everywhere, or a message naming the worst element.
-fn assert_close(label: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
-    assert_eq!(got.len(), want.len(), "{label}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= abs + rel * w.abs(),
-            "{label}: element {i} is {g}, the CPU says {w}"
-        );
-    }
 }
 
 #[test]
@@ -91,7 +80,7 @@ fn matmul_matches_the_cpu_in_every_orientation_and_odd_shape() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let (aa, bb) = (if ta { &at } else { &a }, if tb { &bt } else { &b });
             let got = kernels::matmul(&g, aa, bb, (m, k, n), ta, tb).unwrap();
-            assert_close(&format!("{m}×{k}·{k}×{n} trans {ta}/{tb}"), &got, want, 1e-5, 1e-5);
+            check_close(&format!("{m}×{k}·{k}×{n} trans {ta}/{tb}"), &got, want, 1e-5, 1e-5);
         }
     }
 }
@@ -131,7 +120,7 @@ fn bias_relu_and_its_backward_match_the_cpu() {
             "relu backward {rows}×{cols}"
         );
         let sums: Vec<f32> = (0..cols).map(|j| (0..rows).map(|r| d[r * cols + j]).sum()).collect();
-        assert_close(
+        check_close(
             &format!("bias gradient {rows}×{cols}"),
             &kernels::bias_grad(&g, &d, cols).unwrap(),
             &sums,
@@ -152,7 +141,7 @@ fn softmax_cross_entropy_matches_the_cpu() {
         let mut want = Array2::<f32>::zeros((rows, classes));
         let score = softmax_cross_entropy(&zv, &labels, Some(&mut want.view_mut()));
         let (d, stats) = kernels::softmax_ce(&g, &z, &labels).unwrap();
-        assert_close(
+        check_close(
             &format!("d logits {rows}×{classes}"),
             &d,
             want.as_slice().unwrap(),
@@ -182,8 +171,8 @@ fn sgd_with_momentum_and_weight_decay_matches_the_cpu() {
         let mut sgd = Sgd::new(n, 0.9, 0.01);
         sgd.set_velocity(&v0);
         sgd.step(&mut p, &grad, 0.1);
-        assert_close(&format!("sgd parameters, {n}"), &gp, &p, 1e-6, 1e-6);
-        assert_close(&format!("sgd velocity, {n}"), &gv, sgd.velocity(), 1e-6, 1e-6);
+        check_close(&format!("sgd parameters, {n}"), &gp, &p, 1e-6, 1e-6);
+        check_close(&format!("sgd velocity, {n}"), &gv, sgd.velocity(), 1e-6, 1e-6);
     }
 }
 

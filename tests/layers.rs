@@ -121,3 +121,126 @@ fn the_layer_reader_sees_what_a_use_names() {
     assert_eq!(used("let x = crate::units::bytes(crate::nn::X);"), ["units", "nn"]);
     assert!(used("use super::ExitError;").is_empty());
 }
+
+/// The vocabulary `session` offers front ends: each `pub use crate::M::…` of
+/// `src/session/mod.rs`, as (top-level module M, the names it re-exports).
+fn vocabulary(session: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for statement in session.split(';') {
+        let Some(at) = statement.find("pub use crate::") else {
+            continue;
+        };
+        let path = &statement[at + "pub use crate::".len()..];
+        let top = path.split("::").next().unwrap_or_default().to_string();
+        let names = path
+            .rsplit("::")
+            .next()
+            .unwrap_or_default()
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|n| !n.is_empty() && *n != "self")
+            .map(str::to_string)
+            .collect();
+        out.push((top, names));
+    }
+    out
+}
+
+/// The vocabulary names `text` reaches for through their home module instead of
+/// through `session`, with their line numbers: every `crate::M::…` path or `use` group
+/// (over as many lines as it takes) that names one of the names session re-exports
+/// from M.
+fn named_below(text: &str, vocabulary: &[(String, Vec<String>)]) -> Vec<(usize, String)> {
+    // (comment lines say nothing: blank them, keeping the line count)
+    let code: String = text
+        .lines()
+        .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let top: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let names: Vec<&String> = vocabulary
+            .iter()
+            .filter(|(m, _)| *m == top)
+            .flat_map(|(_, names)| names)
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        // The path after the module: `a::B` or a `{ … }` group (nested groups too).
+        let mut depth = 0;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth > 0 => depth -= 1,
+                    _ => {}
+                }
+                depth == 0 && !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '}')
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        for ident in rest[..end].split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if names.iter().any(|n| *n == ident) {
+                found.push((code[..at].matches('\n').count() + 1, format!("crate::{top}::…{ident}")));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn front_ends_name_the_vocabulary_through_session() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let vocabulary = vocabulary(&std::fs::read_to_string(src.join("session/mod.rs")).unwrap());
+    assert!(
+        vocabulary
+            .iter()
+            .any(|(m, names)| m == "train" && names.iter().any(|n| n == "Event")),
+        "session/mod.rs no longer re-exports the vocabulary this test reads: {vocabulary:?}"
+    );
+    let mut files = Vec::new();
+    sources(&src.join("tui"), &mut files);
+    sources(&src.join("cli"), &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, path) in named_below(&text, &vocabulary) {
+            let rel = file.strip_prefix(&src).unwrap();
+            wrong.push(format!(
+                "src/{}:{line}: {path}: name it through crate::session",
+                rel.display()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "front ends reaching past session for its vocabulary:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_vocabulary_reader_sees_a_name_wherever_a_use_puts_it() {
+    let vocabulary = vocabulary("pub use crate::train::{Event, Phase};\npub use crate::config::flags::{FlagValue};");
+    assert_eq!(
+        vocabulary,
+        [
+            ("train".to_string(), vec!["Event".to_string(), "Phase".to_string()]),
+            ("config".to_string(), vec!["FlagValue".to_string()])
+        ]
+    );
+    let text = "use crate::train::{\n    self,\n    Event,\n};\nlet p = crate::train::Phase::Push;\n// crate::train::Event\nuse crate::config::flags::FlagValue;\nuse crate::train::spawn;\nuse crate::session::Event;";
+    assert_eq!(
+        named_below(text, &vocabulary),
+        [
+            (1, "crate::train::…Event".to_string()),
+            (5, "crate::train::…Phase".to_string()),
+            (7, "crate::config::…FlagValue".to_string())
+        ]
+    );
+}

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use ddlab::config::{Experiment, Mode};
 use ddlab::data::digits;
 use ddlab::train::{Event, Outcome, Phase};
-use ddlab::tui::app::Lab;
 use ddlab::tui::demo::{report, segment, started, sync_lab, sync_lab_on};
 use ddlab::tui::keys::{Action, LAB_KEYS};
+use ddlab::tui::lab::Lab;
 use ddlab::tui::theme::Theme;
 use ddlab::tui::{view, App, Screen};
 use ratatui::backend::TestBackend;
@@ -566,7 +566,7 @@ fn t_asks_for_two_threads_per_worker_and_the_header_and_numbers_say_them_once_ta
 
 #[test]
 fn t_goes_back_to_one_thread_after_the_machines_cores() {
-    use ddlab::tui::app::{cores, thread_counts};
+    use ddlab::tui::lab::{cores, thread_counts};
     let mut app = app_with(sync_lab(2, 3, false));
     let cycle = thread_counts(cores());
     let mut seen = Vec::new();

@@ -13,7 +13,7 @@ use crate::bench::{
 };
 #[cfg(feature = "gpu")]
 use crate::bench::{bench_gpu_step, CopyBench, KernelBench};
-use crate::comm::AllReduceAlgo;
+use crate::session::AllReduceAlgo;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -26,7 +26,7 @@ pub struct BenchArgs {
     /// gpu: also time training steps on the GPU (beside the CPU's, same models) and the
     /// copies between host and GPU (cargo feature gpu).
     #[arg(long, value_name = "cpu|gpu", default_value = "cpu")]
-    pub device: crate::config::Device,
+    pub device: crate::session::Device,
     /// With --device gpu: the GPU to time (a number from `ddlab check`).
     #[arg(long, value_name = "I", default_value_t = 0)]
     pub gpu: usize,
@@ -145,7 +145,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), ExitError> {
         .map(|p| super::create_output("json", p))
         .transpose()?;
     // A GPU that cannot be used says so before the CPU's minute of measuring.
-    if args.device == crate::config::Device::Gpu {
+    if args.device == crate::session::Device::Gpu {
         crate::gpu::list().map_err(ExitError::usage)?;
     }
     let (step_iters, budget) = if args.quick {
@@ -240,8 +240,8 @@ pub fn bench(args: &BenchArgs) -> Result<(), ExitError> {
         );
     }
     let gpu = match args.device {
-        crate::config::Device::Gpu => Some(bench_gpu(args)?),
-        crate::config::Device::Cpu => None,
+        crate::session::Device::Gpu => Some(bench_gpu(args)?),
+        crate::session::Device::Cpu => None,
     };
     let report = BenchReport {
         step_us: steps[0].median_us,

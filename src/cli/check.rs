@@ -8,10 +8,8 @@ use clap::Args;
 
 use super::ExitError;
 use crate::check::{self, CheckOptions, CheckReport, Fault, RankReport};
-use crate::comm::{thread_group, AllReduceAlgo, Clock};
-use crate::config::Backend;
-use crate::data::{Dataset, DatasetKind};
-use crate::session::{Session, SessionOptions};
+use crate::comm::{thread_group, Clock};
+use crate::session::{AllReduceAlgo, Backend, Dataset, DatasetKind, Session, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -115,7 +113,7 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
         Backend::Threads
     });
     if let Some(Fault::Corrupt(r) | Fault::Slow(r)) = args.inject {
-        if r >= crate::config::MAX_WORKERS {
+        if r >= crate::session::MAX_WORKERS {
             return Err(ExitError::usage(format!("--inject: there is no rank {r}")));
         }
     }

@@ -6,9 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{ExitError, ExperimentArgs};
-use crate::config::{Experiment, Length, Mode};
-use crate::nn::LrScaling;
-use crate::session::{Session, SessionOptions};
+use crate::session::{Experiment, Length, LrScaling, Mode, Session, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -183,7 +181,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
     let base = args.experiment.experiment();
     // Check every mode before running any, so that a typo does not cost a minute.
     for &mode in &args.modes {
-        crate::config::Experiment { mode, ..base.clone() }
+        crate::session::Experiment { mode, ..base.clone() }
             .validate()
             .map_err(|e| ExitError::usage(e.to_string()))?;
     }
@@ -194,7 +192,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
         .transpose()?;
 
     let data =
-        std::sync::Arc::new(crate::data::Dataset::load(base.dataset).map_err(|e| ExitError::usage(e.to_string()))?);
+        std::sync::Arc::new(crate::session::Dataset::load(base.dataset).map_err(|e| ExitError::usage(e.to_string()))?);
     say!(
         "ddlab compare: {} workers · {} · hidden {} · batch {}/worker · {} · momentum {} · {} · same seed and samples for every mode",
         base.workers,
@@ -228,7 +226,7 @@ pub fn compare(args: &CompareArgs) -> Result<(), ExitError> {
     let mut rows = Vec::new();
     let mut hints = Vec::new();
     for &mode in &args.modes {
-        let exp = crate::config::Experiment { mode, ..base.clone() };
+        let exp = crate::session::Experiment { mode, ..base.clone() };
         let mut session = Session::start_with_data(
             exp.clone(),
             std::sync::Arc::clone(&data),

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::ExitError;
-use crate::session::{RunState, Summary};
-use crate::train::Event;
+use crate::session::{Event, RunState, Summary};
 
 struct Out {
     path: PathBuf,

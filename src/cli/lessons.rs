@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 
 use super::{flags_of, ExitError, FlagValue, LessonArgs, LessonsArgs};
-use crate::config::Experiment;
 use crate::lesson::{self, Lesson, ProgressStore};
+use crate::session::Experiment;
 
 fn load(dir: Option<&std::path::Path>) -> Result<Vec<Lesson>, ExitError> {
     lesson::load_from(dir).map_err(|e| ExitError::usage(format!("the lessons cannot be read: {e}")))
@@ -79,7 +79,7 @@ pub fn lesson(args: &LessonArgs) -> Result<(), ExitError> {
         ExitError::usage("give a lesson number (`ddlab lessons` lists them), or --check to verify them")
     })?)?;
     if let Some(slow) = args.slow {
-        crate::config::Experiment {
+        crate::session::Experiment {
             slow,
             ..Default::default()
         }

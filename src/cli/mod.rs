@@ -21,9 +21,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::flags::{flags_of, ExperimentArgs, FlagValue};
-use crate::config::Experiment;
 pub use crate::session::ExitError;
+use crate::session::{flags_of, Experiment, ExperimentArgs, FlagValue};
 
 /// Creates an output file named by `--flag`, or says in one sentence why it cannot.
 /// Front ends call it before any work, so that a bad path fails at once.

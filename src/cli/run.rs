@@ -9,15 +9,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::export::Exports;
 use super::{ExitError, RunArgs};
-use crate::session::{Session, SessionOptions, Summary};
-use crate::train::{Outcome, Phase};
+use crate::session::{Outcome, Phase, Session, SessionOptions, Summary};
 
 /// How often the headless loop drains the event stream (and the bar redraws).
 const POLL: Duration = Duration::from_millis(10);
 
 pub fn run(args: &RunArgs) -> Result<(), ExitError> {
     let exp = args.experiment.experiment();
-    if exp.backend == crate::config::Backend::Mpi {
+    if exp.backend == crate::session::Backend::Mpi {
         return run_mpi(args, exp);
     }
     exp.validate().map_err(|e| ExitError::usage(e.to_string()))?;
@@ -31,7 +30,7 @@ pub fn run(args: &RunArgs) -> Result<(), ExitError> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), ExitError> {
+fn run_mpi(_args: &RunArgs, _exp: crate::session::Experiment) -> Result<(), ExitError> {
     Err(ExitError::usage(
         "--backend mpi: this ddlab was built without MPI: rebuild with `cargo build --release --features mpi` (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang-dev) and start it under mpirun, or use --backend threads",
     ))
@@ -41,7 +40,7 @@ fn run_mpi(_args: &RunArgs, _exp: crate::config::Experiment) -> Result<(), ExitE
 /// one worker, rank 0 prints the progress, the summary and the exports. The rank's life
 /// (start, agreement, stalls, exit codes) is `session::spmd`'s.
 #[cfg(feature = "mpi")]
-fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), ExitError> {
+fn run_mpi(args: &RunArgs, mut exp: crate::session::Experiment) -> Result<(), ExitError> {
     use crate::comm::{Clock, Comm};
     use crate::session::spmd::{self, exit, Rank};
 
@@ -69,7 +68,7 @@ fn run_mpi(args: &RunArgs, mut exp: crate::config::Experiment) -> Result<(), Exi
             return Err("--overlap, --link, --nodes and --intra-link are for the threads backend; over MPI the network is real and the nodes are the hosts (hierarchical and 2d use them): drop them or use --backend threads".into());
         }
         exp.validate().map_err(|e| e.to_string())?;
-        let data = std::sync::Arc::new(crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
+        let data = std::sync::Arc::new(crate::session::Dataset::load(exp.dataset).map_err(|e| e.to_string())?);
         exp.check_against(data.train_len()).map_err(|e| e.to_string())?;
         crate::gpu::preflight(
             exp.device,
@@ -218,7 +217,7 @@ fn follow(
         }
         if interrupted.load(Ordering::SeqCst) && !stopping {
             stopping = true;
-            let _ = session.control(crate::train::Control::Stop);
+            let _ = session.control(crate::session::Control::Stop);
         }
         // Drain, then sleep: never block on the channel (see `Session::run_to_end`).
         std::thread::sleep(POLL);
@@ -243,7 +242,7 @@ fn follow(
             export_err = exports.sync(state).err();
         }
         if let Some(e) = export_err.take() {
-            let _ = session.control(crate::train::Control::Stop);
+            let _ = session.control(crate::session::Control::Stop);
             while !session.poll(|_| {}) {}
             bar.finish_and_clear();
             return Err(e);

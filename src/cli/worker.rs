@@ -43,11 +43,11 @@ pub fn worker(args: &WorkerArgs) -> Result<(), ExitError> {
     use std::time::Duration;
 
     use crate::comm::{Clock, Comm};
-    use crate::config::Experiment;
     use crate::session::remote::Line;
     use crate::session::spmd::{self, exit, Rank};
+    use crate::session::Experiment;
+    use crate::session::{Control, Event, Outcome};
     use crate::session::{Resume, Session, SessionOptions};
-    use crate::train::{Control, Event, Outcome};
 
     fn send(out: &mut impl Write, line: &Line) -> bool {
         serde_json::to_string(line).is_ok_and(|l| writeln!(out, "{l}").is_ok())
@@ -92,7 +92,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), ExitError> {
         if !send(&mut out, &hello) {
             return Err("the lab closed the connection".into());
         }
-        let data = crate::data::Dataset::load(exp.dataset).map_err(|e| e.to_string())?;
+        let data = crate::session::Dataset::load(exp.dataset).map_err(|e| e.to_string())?;
         Ok((exp, resume_at, stream, out, std::sync::Arc::new(data)))
     })();
     let (exp, resume_at, stream, mut out, data) = match prepared {

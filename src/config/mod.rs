@@ -52,6 +52,10 @@ pub const MAX_STRAGGLER_FACTOR: f32 = 100.0;
 /// Most compute threads one worker may have: more than the largest nodes' cores.
 pub const MAX_THREADS: usize = 256;
 
+/// The default heavy-ball momentum (see `Experiment::momentum`), which the lab's `M` key
+/// turns back on.
+pub const DEFAULT_MOMENTUM: f32 = 0.9;
+
 /// Most compute threads one process may start (workers × threads on the threads backend):
 /// beyond this, a run is more thread stacks than work.
 pub const MAX_PROCESS_THREADS: usize = 1024;
@@ -294,7 +298,7 @@ impl Default for Experiment {
             hidden: vec![128],
             batch: 32,
             lr: 0.1,
-            momentum: 0.9,
+            momentum: DEFAULT_MOMENTUM,
             weight_decay: 0.0,
             lr_scaling: LrScaling::None,
             warmup: 0,

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use shard::Sharder;
+pub use shard::{Batches, Sharder};
 
 /// Errors a user can cause or fix.
 #[derive(Debug, thiserror::Error)]

@@ -17,9 +17,15 @@ use crate::config::Device;
 use crate::nn::Mlp;
 
 #[cfg(feature = "gpu")]
+mod device;
+#[cfg(feature = "gpu")]
+pub mod kernels;
+#[cfg(feature = "gpu")]
 mod net;
 #[cfg(feature = "gpu")]
-pub use net::{copy_bandwidth, kernels, open, GpuError, GpuNet, Opened};
+pub use device::{copy_bandwidth, open, GpuError, Opened};
+#[cfg(feature = "gpu")]
+pub use net::GpuNet;
 
 /// A GPU as ddlab lists it; `index` is what `--gpus` takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +60,7 @@ pub fn not_built() -> String {
 pub fn list() -> Result<Vec<GpuInfo>, String> {
     #[cfg(feature = "gpu")]
     {
-        net::list()
+        device::list()
     }
     #[cfg(not(feature = "gpu"))]
     {
@@ -106,7 +112,7 @@ pub fn preflight(device: Device, chosen: &[usize], net: &Mlp, batch: usize) -> R
         ));
     }
     #[cfg(feature = "gpu")]
-    net::fits(net, batch)?;
+    device::fits(net, batch)?;
     Ok(found)
 }
 

@@ -339,29 +339,9 @@ fn act_view_mut(buf: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::check_close;
     use ndarray::Array2;
     use rand::Rng;
-
-    /// Compares two buffers element by element and reports the worst offender (llm.c's
-    /// check habit): |a−b| ≤ abs_tol + rel_tol·max(|a|,|b|).
-    fn check_close(label: &str, got: &[f32], want: &[f32], abs_tol: f32, rel_tol: f32) {
-        assert_eq!(got.len(), want.len(), "{label}: lengths differ");
-        let mut worst = (0usize, 0.0f32);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let excess = (g - w).abs() - (abs_tol + rel_tol * g.abs().max(w.abs()));
-            if excess > worst.1 {
-                worst = (i, excess);
-            }
-        }
-        let i = worst.0;
-        assert!(
-            worst.1 <= 0.0,
-            "{label}: element {i} differs: got {} want {} (over tolerance by {})",
-            got[i],
-            want[i],
-            worst.1
-        );
-    }
 
     fn numeric_grad(mlp: &Mlp, params: &[f32], x: &Array2<f32>, y: &[u8]) -> Vec<f32> {
         let mut ws = Workspace::new(mlp, x.nrows());

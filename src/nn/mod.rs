@@ -18,6 +18,30 @@ pub use par::{Par, Threads};
 pub use schedule::{LrScaling, LrSchedule};
 use wide::wide;
 
+/// For tests: compares two buffers element by element and panics naming the worst
+/// offender unless |got − want| ≤ abs_tol + rel_tol·max(|got|, |want|) everywhere
+/// (llm.c's check habit); a NaN on either side never passes. The unit tests and the GPU tests hold numbers to it alike.
+pub fn check_close(label: &str, got: &[f32], want: &[f32], abs_tol: f32, rel_tol: f32) {
+    assert_eq!(got.len(), want.len(), "{label}: lengths differ");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (abs_tol + rel_tol * g.abs().max(w.abs()));
+        // (a NaN matches nothing: a kernel that never wrote its output fails here)
+        let excess = if excess.is_nan() { f32::INFINITY } else { excess };
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    let i = worst.0;
+    assert!(
+        worst.1 <= 0.0,
+        "{label}: element {i} differs: got {} want {} (over tolerance by {})",
+        got[i],
+        want[i],
+        worst.1
+    );
+}
+
 /// The median of `values` (the upper one of an even count; 0 for none): what benchmarks
 /// and checks report, so that one burst of noise moves no figure.
 pub fn median(mut values: Vec<f64>) -> f64 {
@@ -64,7 +88,16 @@ pub fn flush_denormals() {
 
 #[cfg(test)]
 mod tests {
-    use super::{l2_norm, median};
+    use super::{check_close, l2_norm, median};
+
+    #[test]
+    fn check_close_passes_within_tolerance_and_fails_on_an_outlier_or_a_nan() {
+        check_close("close", &[1.0, 100.0], &[1.001, 100.5], 2e-3, 1e-2);
+        let far = std::panic::catch_unwind(|| check_close("far", &[1.0, 2.0], &[1.0, 2.5], 1e-3, 1e-2));
+        let msg = far.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.starts_with("far: element 1 differs: got 2 want 2.5"), "{msg}");
+        assert!(std::panic::catch_unwind(|| check_close("nan", &[f32::NAN], &[0.0], 1.0, 1.0)).is_err());
+    }
 
     #[test]
     fn l2_norm_is_the_root_of_the_sum_of_squares() {

@@ -12,11 +12,22 @@ use std::time::Duration;
 pub use state::{EvalRecord, RunState, SegmentRecord, StepRecord, WorkerTotals, STALENESS_BUCKETS};
 pub use summary::Summary;
 
-use crate::config::{ConfigError, Experiment, Straggler};
-use crate::data::{DataError, Dataset};
-use crate::train::{
-    self, event_channel, Control, EngineHandle, EngineOptions, Event, EventStream, Gate, Next, Outcome,
+// The vocabulary front ends speak, from the layers below: what an experiment is (its
+// settings, its flags, its data), what a run reports and what a control asks. Front
+// ends name these through `session`, never through their homes (tests/layers.rs reads
+// these lines and holds `tui` and `cli` to them).
+pub use crate::comm::{busbw_factor, AllReduceAlgo, Compress, Link, Transfer, MAX_PACE};
+pub use crate::config::flags::{flags_of, ExperimentArgs, FlagValue};
+pub use crate::config::{
+    Backend, Device, Experiment, Length, Mode, Straggler, DEFAULT_MOMENTUM, MAX_THREADS, MAX_WORKERS,
 };
+pub use crate::data::{Dataset, DatasetKind};
+pub use crate::nn::LrScaling;
+pub use crate::train::{CollectiveKind, Control, Event, Outcome, Phase, WorkerStep};
+
+use crate::config::ConfigError;
+use crate::data::DataError;
+use crate::train::{self, event_channel, EngineHandle, EngineOptions, EventStream, Gate, Next};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {

@@ -5,7 +5,7 @@
 
 use ndarray::ArrayView2;
 
-use super::engine::{RunCtx, SegEnd};
+use super::ctx::{RunCtx, SegEnd};
 use super::Phase;
 use crate::nn::{BatchScore, Sgd, Threads, Workspace};
 

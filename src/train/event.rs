@@ -78,7 +78,7 @@ pub enum CollectiveKind {
 }
 
 /// One worker's account of one step. Per-step metrics are never dropped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStep {
     pub worker: usize,
     /// The update this report belongs to: in sync mode the global step; with a parameter
@@ -120,6 +120,81 @@ pub struct WorkerStep {
     /// would cost as much as a small update).
     #[serde(default)]
     pub replica_hash: Option<u64>,
+}
+
+impl WorkerStep {
+    /// The 32-bit words `to_words` writes.
+    pub(super) const WORDS: usize = 36 + 2 * Phase::COUNT;
+
+    /// This report as 32-bit words, every field by its bits (a count, a time or an f64 in
+    /// two words, an option as a flag and its value), for a process to send it to
+    /// another through a transport of f32 buffers (MPI): `from_words` gives back the very
+    /// same report, however long the run (an f32 count is exact only to 2²⁴).
+    pub(super) fn to_words(&self) -> Vec<u32> {
+        let mut w = Vec::with_capacity(Self::WORDS);
+        fn u64s(w: &mut Vec<u32>, values: &[u64]) {
+            for &v in values {
+                w.extend([v as u32, (v >> 32) as u32]);
+            }
+        }
+        u64s(
+            &mut w,
+            &[
+                self.worker as u64,
+                self.step,
+                self.iteration,
+                self.epoch,
+                self.loss.to_bits(),
+                self.correct as u64,
+                self.samples as u64,
+                self.grad_norm.to_bits(),
+                self.grad_norm_reduced.to_bits(),
+                self.bytes_sent,
+                self.idle_ns,
+                self.lead,
+                self.allreduce_start_ns,
+                self.end_ns,
+                self.staleness.unwrap_or(0),
+                self.replica_hash.unwrap_or(0),
+            ],
+        );
+        u64s(&mut w, &self.phase_ns);
+        w.extend([
+            self.lr.to_bits(),
+            u32::from(self.staleness.is_some()),
+            u32::from(self.replica_hash.is_some()),
+            u32::from(self.dropped),
+        ]);
+        debug_assert_eq!(w.len(), Self::WORDS);
+        w
+    }
+
+    /// The report `to_words` wrote into `w`.
+    pub(super) fn from_words(w: &[u32]) -> WorkerStep {
+        let u = |i: usize| u64::from(w[2 * i]) | u64::from(w[2 * i + 1]) << 32;
+        let flags = 2 * (16 + Phase::COUNT);
+        WorkerStep {
+            worker: u(0) as usize,
+            step: u(1),
+            iteration: u(2),
+            epoch: u(3),
+            loss: f64::from_bits(u(4)),
+            correct: u(5) as usize,
+            samples: u(6) as usize,
+            grad_norm: f64::from_bits(u(7)),
+            grad_norm_reduced: f64::from_bits(u(8)),
+            bytes_sent: u(9),
+            idle_ns: u(10),
+            lead: u(11),
+            allreduce_start_ns: u(12),
+            end_ns: u(13),
+            staleness: (w[flags + 1] != 0).then(|| u(14)),
+            replica_hash: (w[flags + 2] != 0).then(|| u(15)),
+            phase_ns: std::array::from_fn(|i| u(16 + i)),
+            lr: f32::from_bits(w[flags]),
+            dropped: w[flags + 3] != 0,
+        }
+    }
 }
 
 /// How a run ended.
@@ -249,4 +324,52 @@ fn one() -> usize {
 }
 fn four() -> usize {
     4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_report_comes_back_from_its_words_bit_for_bit() {
+        let report = WorkerStep {
+            worker: 7,
+            step: u64::MAX - 1,
+            iteration: 1 << 40,
+            epoch: 3,
+            loss: f64::NAN,
+            correct: 1 << 30,
+            samples: 17,
+            grad_norm: 0.1,
+            grad_norm_reduced: f64::INFINITY,
+            lr: 0.3,
+            phase_ns: std::array::from_fn(|i| (1 << 33) + i as u64),
+            bytes_sent: 123_456_789_012,
+            idle_ns: 5,
+            staleness: Some(0),
+            dropped: true,
+            lead: 2,
+            allreduce_start_ns: 99,
+            end_ns: u64::MAX,
+            replica_hash: Some(0xdead_beef_cafe_f00d),
+        };
+        let words = report.to_words();
+        assert_eq!(words.len(), WorkerStep::WORDS);
+        let back = WorkerStep::from_words(&words);
+        assert!(back.loss.is_nan());
+        assert_eq!(
+            WorkerStep { loss: 0.0, ..back },
+            WorkerStep {
+                loss: 0.0,
+                ..report.clone()
+            }
+        );
+        let none = WorkerStep {
+            staleness: None,
+            replica_hash: None,
+            ..report
+        };
+        assert_eq!(WorkerStep::from_words(&none.to_words()).staleness, None);
+        assert_eq!(WorkerStep::from_words(&none.to_words()).replica_hash, None);
+    }
 }

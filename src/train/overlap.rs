@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::engine::{RunCtx, SegEnd};
+use super::ctx::{RunCtx, SegEnd};
 use super::{CollectiveKind, Event, Phase};
 use crate::comm::{all_reduce_window, Comm, ThreadTransport, Transfer, Transport, Window};
 use crate::nn::Mlp;

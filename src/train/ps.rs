@@ -1,4 +1,7 @@
-//! Parameter-server engines on threads: async, SSP and backup workers.
+//! Parameter-server engines: async, SSP and backup workers, on threads (`run_segment`:
+//! the server is state the workers lock) or over MPI (`run_rank`: rank 0 serves,
+//! ranks 1..N work, and messages carry the pushes and the replies). Both follow the same
+//! release rules (`Hold`) and the same server state (`ServerState`).
 //!
 //! The server holds the master parameters and the optimizer state. Each worker loops:
 //! pull (parameters and their version) → forward → backward → push (gradient). With
@@ -8,13 +11,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use ndarray::Array2;
-
 use super::compute::Compute;
-use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
+use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::{Event, Gate, Phase, WorkerStep};
 use crate::comm::{Link, Pace};
 use crate::config::Mode;
+use crate::data::Batches;
 use crate::nn::{l2_norm, Sgd};
 
 /// The pace's record of the server's typical work (copying out, applying) is its own.
@@ -176,15 +178,11 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     // Gradients may travel in 16 bits (parameters always in f32).
     let grad_bytes = p * exp.grad_dtype.bytes();
     let batch = exp.batch as u64;
-    let sharder = ctx.sharder(seg.index, seg.workers);
+    let mut batches = Batches::new(ctx.sharder(seg.index, seg.workers), rank, mlp.inputs());
     let schedule = ctx.schedule(&seg);
-    let steps_per_epoch = sharder.steps_per_epoch();
     let mut params = vec![0.0f32; p];
     let mut grads = vec![0.0f32; p];
     let mut compute = Compute::new(ctx, rank, seg.threads)?;
-    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-    let mut labels = vec![0u8; exp.batch];
-    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
     // Backup mode: the step this worker's last gradient counted towards.
     let mut counted_in: Option<u64> = None;
     let mut last_batch_ns = 0u64;
@@ -217,16 +215,8 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         }
 
         // next_batch: this worker's shard, at its own pace.
-        let shard_epoch = i / steps_per_epoch;
-        if perm.0 != shard_epoch {
-            perm = (shard_epoch, sharder.permutation(shard_epoch));
-        }
-        let indices = sharder.batch(&perm.1, i % steps_per_epoch, rank);
-        for (row, (&s, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
-            x.row_mut(row).assign(&data.train_x.row(s as usize));
-            *label = data.train_y[s as usize];
-        }
-        let xv = x.view();
+        batches.load(data, i);
+        let (xv, labels) = (batches.x(), batches.labels());
 
         // pull: the server's parameters and their version.
         let (pulled, lead) = ctx.phase(rank, i, Phase::Pull, &mut phase_ns, || {
@@ -243,16 +233,16 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         // one time slice. With a core per worker it returns at once.
         std::thread::yield_now();
         let held = !ctx.gate.is_running(); // (a person steps: every event in detail)
-        if ctx.options.detail && (held || ctx.clock.ns() >= last_batch_ns + super::sync::DETAIL_EVERY_NS) {
+        if ctx.options.detail && (held || ctx.clock.ns() >= last_batch_ns + DETAIL_EVERY_NS) {
             last_batch_ns = ctx.clock.ns();
             ctx.sink.send(Event::Batch {
                 worker: rank,
                 step: pulled,
-                indices: indices.to_vec(),
+                indices: batches.indices().to_vec(),
             });
         }
         compute.pulled(ctx, (rank, pulled), &mut phase_ns, &params)?;
-        let score = compute.forward(ctx, (rank, pulled), &mut phase_ns, &params, (&xv, &labels))?;
+        let score = compute.forward(ctx, (rank, pulled), &mut phase_ns, &params, (&xv, labels))?;
         if diverged(score.mean_loss(), data.classes) {
             return Err(SegEnd::Diverged {
                 step: pulled,
@@ -311,21 +301,14 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
     Ok(())
 }
 
-// A worker's message to the server: a header, then the gradient. Counters (versions,
-// iterations, leads) travel as u64 in two f32 slots of raw bits, exact to 2⁶⁴ however
-// long a run goes (an f32 count is exact only to 2²⁴: nine minutes of async at 30 000
-// updates a second).
+// A worker's message to the server: its kind, its step's report (`WorkerStep::to_words`,
+// each word's bits in an f32 slot; `step` is the version it pulled), then the gradient.
+// Counters (versions, leads) travel as u64 in two f32 slots of raw bits, exact to 2⁶⁴
+// however long a run goes (an f32 count is exact only to 2²⁴: nine minutes of async at
+// 30 000 updates a second).
 const KIND: usize = 0;
-const PULLED: usize = 1; // u64
-const ITERATION: usize = 3; // u64
-const LOSS: usize = 5;
-const CORRECT: usize = 6;
-const SAMPLES: usize = 7;
-const GRAD_NORM: usize = 8;
-/// One time per `Phase`, in ns.
-const PHASES: usize = 9;
-const LEAD: usize = PHASES + Phase::COUNT; // u64
-const HEADER: usize = LEAD + 2;
+const REPORT: usize = 1;
+const HEADER: usize = REPORT + WorkerStep::WORDS;
 // The server's reply: a header, then the parameters.
 const GO: usize = 0;
 const VERSION: usize = 1; // u64
@@ -347,6 +330,20 @@ fn put_u64(buf: &mut [f32], at: usize, v: u64) {
 
 fn get_u64(buf: &[f32], at: usize) -> u64 {
     u64::from(buf[at].to_bits()) | u64::from(buf[at + 1].to_bits()) << 32
+}
+
+/// Writes a worker's message: its kind and its report.
+fn put_report(msg: &mut [f32], kind: f32, report: &WorkerStep) {
+    msg[KIND] = kind;
+    for (m, w) in msg[REPORT..HEADER].iter_mut().zip(report.to_words()) {
+        *m = f32::from_bits(w);
+    }
+}
+
+/// The report in a worker's message.
+fn get_report(msg: &[f32]) -> WorkerStep {
+    let words: Vec<u32> = msg[REPORT..HEADER].iter().map(|v| v.to_bits()).collect();
+    WorkerStep::from_words(&words)
 }
 
 /// A parameter-server segment where every worker is a process (MPI): rank 0 is the
@@ -415,8 +412,8 @@ fn serve<T: crate::comm::Transport + ?Sized>(
         let w = from - 1;
         let now = ctx.clock.ns();
         let kind = msg[KIND];
-        let pulled = get_u64(&msg, PULLED);
-        let iteration = get_u64(&msg, ITERATION);
+        let sent = get_report(&msg);
+        let (pulled, iteration) = (sent.step, sent.iteration);
         if kind == DIVERGED || kind == FAILED {
             if end == SegEnd::Completed {
                 end = if kind == DIVERGED {
@@ -442,31 +439,21 @@ fn serve<T: crate::comm::Transport + ?Sized>(
                 ctx.evaluate(st.version, st.samples_done, &st.params, now);
             }
             counted_in = (!pushed.dropped).then_some(pulled);
-            let mut phase_ns = [0u64; Phase::COUNT];
-            phase_ns
-                .iter_mut()
-                .zip(&msg[PHASES..LEAD])
-                .for_each(|(p, &v)| *p = v as u64);
+            // (the worker's own figures, and what only the server knows)
             report = Some(WorkerStep {
                 worker: w,
                 step: pushed.step,
-                iteration,
                 epoch: st.samples_done / ctx.data.train_len() as u64,
-                loss: f64::from(msg[LOSS]),
-                correct: msg[CORRECT] as usize,
-                samples: msg[SAMPLES] as usize,
-                grad_norm: f64::from(msg[GRAD_NORM]),
-                grad_norm_reduced: pushed.reduced_norm.unwrap_or(f64::from(msg[GRAD_NORM])),
+                grad_norm_reduced: pushed.reduced_norm.unwrap_or(sent.grad_norm),
                 lr,
-                phase_ns,
                 bytes_sent: grad_bytes,
                 idle_ns: 0,
                 staleness: pushed.staleness,
                 dropped: pushed.dropped,
-                lead: get_u64(&msg, LEAD),
                 allreduce_start_ns: 0,
                 replica_hash: None,
                 end_ns: now,
+                ..sent
             });
         }
         let next = if kind == PUSH { iteration + 1 } else { 0 };
@@ -533,8 +520,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
 ) -> crate::comm::Result<SegEnd> {
     let (mlp, data, exp) = (&ctx.mlp, ctx.data, ctx.exp);
     let p = mlp.num_params();
-    let sharder = ctx.sharder(seg.index, seg.workers);
-    let steps_per_epoch = sharder.steps_per_epoch();
+    let mut batches = Batches::new(ctx.sharder(seg.index, seg.workers), w, mlp.inputs());
     let mut msg = vec![0.0f32; HEADER + p];
     let mut reply = vec![0.0f32; REPLY + p];
     // Worker w is rank w + 1; it takes the GPUs of its host by its rank there.
@@ -542,10 +528,7 @@ fn work<T: crate::comm::Transport + ?Sized>(
         Ok(c) => c,
         Err(end) => return Ok(end),
     };
-    let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-    let mut labels = vec![0u8; exp.batch];
-    let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
-    msg[KIND] = HELLO;
+    put_report(&mut msg, HELLO, &WorkerStep::default());
     for i in 0.. {
         // push the last gradient (or hello) and pull the parameters to go on from
         let t0 = ctx.clock.ns();
@@ -561,18 +544,11 @@ fn work<T: crate::comm::Transport + ?Sized>(
         ctx.gate.pace().set(f64::from(reply[PACE]));
         let pulled = get_u64(&reply, VERSION);
         let params = &reply[REPLY..];
-        let shard_epoch = i / steps_per_epoch;
-        if perm.0 != shard_epoch {
-            perm = (shard_epoch, sharder.permutation(shard_epoch));
-        }
-        for (row, &s) in sharder.batch(&perm.1, i % steps_per_epoch, w).iter().enumerate() {
-            x.row_mut(row).assign(&data.train_x.row(s as usize));
-            labels[row] = data.train_y[s as usize];
-        }
-        let xv = x.view();
+        batches.load(data, i);
+        let (xv, labels) = (batches.x(), batches.labels());
         let score = compute
             .pulled(ctx, (w, pulled), &mut phase_ns, params)
-            .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, &labels)));
+            .and_then(|()| compute.forward(ctx, (w, pulled), &mut phase_ns, params, (&xv, labels)));
         let at = |e: String| SegEnd::Failed(format!("at server version {pulled}: {e}"));
         let score = match score {
             Ok(score) => score,
@@ -591,25 +567,25 @@ fn work<T: crate::comm::Transport + ?Sized>(
         {
             return leave_with(t, &mut msg, FAILED, (pulled, i), at(e));
         }
-        put_u64(&mut msg, PULLED, pulled);
-        put_u64(&mut msg, ITERATION, i);
         let grads = &mut msg[HEADER..];
         let wire = exp.grad_dtype;
         if wire != crate::comm::Wire::F32 {
             grads.iter_mut().for_each(|g| *g = wire.round(*g));
         }
         let grad_norm = l2_norm(grads);
-        msg[KIND] = PUSH;
-        msg[LOSS] = score.mean_loss() as f32;
-        msg[CORRECT] = score.correct as f32;
-        msg[SAMPLES] = score.samples as f32;
-        msg[GRAD_NORM] = grad_norm as f32;
-        msg[PHASES..LEAD]
-            .iter_mut()
-            .zip(&phase_ns)
-            .for_each(|(m, &ns)| *m = ns as f32);
-        let lead = get_u64(&reply, REPLY_LEAD);
-        put_u64(&mut msg, LEAD, lead);
+        let report = WorkerStep {
+            worker: w,
+            step: pulled,
+            iteration: i,
+            loss: score.mean_loss(),
+            correct: score.correct,
+            samples: score.samples,
+            grad_norm,
+            phase_ns,
+            lead: get_u64(&reply, REPLY_LEAD),
+            ..WorkerStep::default()
+        };
+        put_report(&mut msg, PUSH, &report);
     }
     Ok(SegEnd::Completed)
 }
@@ -624,9 +600,12 @@ fn leave_with<T: crate::comm::Transport + ?Sized>(
     (pulled, iteration): (u64, u64),
     end: SegEnd,
 ) -> crate::comm::Result<SegEnd> {
-    msg[KIND] = kind;
-    put_u64(msg, PULLED, pulled);
-    put_u64(msg, ITERATION, iteration);
+    let report = WorkerStep {
+        step: pulled,
+        iteration,
+        ..WorkerStep::default()
+    };
+    put_report(msg, kind, &report);
     t.send(0, msg, crate::comm::Tag::default())?;
     let mut reply = vec![0.0f32; REPLY + msg.len() - HEADER];
     t.recv(0, &mut reply, crate::comm::Op::Copy)?;

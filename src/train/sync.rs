@@ -1,13 +1,15 @@
-//! The synchronous data-parallel engine on threads: every step is
-//! `next_batch → forward → backward → all_reduce → update`, each phase an event.
+//! The synchronous data-parallel engine: every step is
+//! `next_batch → forward → backward → all_reduce → update`, each phase an event. One
+//! worker loop serves both worlds: `run_segment` runs a thread per worker in this
+//! process, `run_rank` this process's worker as one MPI rank (the step's flags then
+//! carry what one rank decides alone, and rank 0 gathers everyone's step reports).
+//! With it: local SGD (`local:H`) and compressed gradients (top-k, PowerSGD).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ndarray::Array2;
-
 use super::compute::Compute;
-use super::engine::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment};
+use super::ctx::{diverged, run_workers, RunCtx, SegEnd, SegState, Segment, DETAIL_EVERY_NS};
 use super::overlap::Overlap;
 use super::{CollectiveKind, Event, EventSink, Gate, Phase, WorkerStep};
 use crate::comm::{
@@ -15,6 +17,7 @@ use crate::comm::{
     Wire,
 };
 use crate::config::Mode;
+use crate::data::Batches;
 use crate::nn::{l2_norm, Sgd};
 
 /// Values all-reduced with the gradient, past its end, so that every replica agrees on
@@ -123,10 +126,6 @@ pub(super) fn run_segment(ctx: &RunCtx, seg: Segment, state: &mut SegState) -> S
     }
     SegEnd::combine(&ends)
 }
-
-/// At most one step in this long is reported in detail (a step of its own when steps are
-/// slower, as in slow motion and step mode).
-pub(super) const DETAIL_EVERY_NS: u64 = 20_000_000;
 
 /// How a worker's gradient is all-reduced: in one piece after backward, or bucket by
 /// bucket during it on a communication thread (`--overlap`).
@@ -380,15 +379,11 @@ impl<'a> Worker<'a> {
         let p = mlp.num_params();
         let mut transfers: Vec<Transfer> = Vec::new();
 
-        let sharder = ctx.sharder(self.seg.shuffle, self.seg.workers);
+        let mut batches = Batches::new(ctx.sharder(self.seg.shuffle, self.seg.workers), rank, mlp.inputs());
         // Steps of this segment's data order taken before it began (see `Segment`).
         let before = self.first_update - self.seg.shuffle_from;
         let schedule = ctx.schedule(&self.seg);
-        let steps_per_epoch = sharder.steps_per_epoch();
         let global_batch = (self.seg.workers * exp.batch) as u64;
-        let mut x = Array2::<f32>::zeros((exp.batch, mlp.inputs()));
-        let mut labels = vec![0u8; exp.batch];
-        let mut perm: (u64, Vec<u32>) = (u64::MAX, Vec::new());
         let mut detail = ctx.options.detail;
         let mut last_detail_ns = 0u64;
 
@@ -418,25 +413,18 @@ impl<'a> Worker<'a> {
             self.now.step.store(step, Ordering::Relaxed);
             let samples_before = self.first_samples + local * global_batch;
             let epoch = samples_before / data.train_len() as u64; // of the whole run
-            let in_order = before + local;
-            let shard_epoch = in_order / steps_per_epoch; // of this data order's shuffling
-            if perm.0 != shard_epoch {
-                perm = (shard_epoch, sharder.permutation(shard_epoch));
-            }
-            // next_batch: gather this worker's shard of the global batch.
-            let indices = sharder.batch(&perm.1, in_order % steps_per_epoch, rank);
-            for (row, (&i, label)) in indices.iter().zip(labels.iter_mut()).enumerate() {
-                x.row_mut(row).assign(&data.train_x.row(i as usize));
-                *label = data.train_y[i as usize];
-            }
+                                                                  // next_batch: gather this worker's shard of the global batch (the step's
+                                                                  // place in this data order, whose shuffling may have begun before this
+                                                                  // segment).
+            batches.load(data, before + local);
             if detail {
                 ctx.sink.send(Event::Batch {
                     worker: rank,
                     step,
-                    indices: indices.to_vec(),
+                    indices: batches.indices().to_vec(),
                 });
             }
-            let xv = x.view();
+            let (xv, labels) = (batches.x(), batches.labels());
             let mut phase_ns = [0u64; Phase::COUNT];
             let (params, grads) = (&mut self.params, &mut self.grads);
 
@@ -445,7 +433,7 @@ impl<'a> Worker<'a> {
             // so in the step's flags instead, so that every rank leaves after the same
             // all-reduce and none is left waiting in it.
             let mut trouble: Option<SegEnd> = None;
-            let score = match compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, &labels)) {
+            let score = match compute.forward(ctx, (rank, step), &mut phase_ns, params, (&xv, labels)) {
                 Ok(score) => Some(score),
                 Err(SegEnd::Failed(e)) if per_rank => {
                     trouble = Some(SegEnd::Failed(format!("at step {step}: {e}")));
@@ -717,12 +705,12 @@ impl<'a> Worker<'a> {
             // One process per worker (MPI): rank 0 reports everyone's step.
             if let Exchange::Direct(comm) = &mut exchange {
                 if comm.transport().process_per_rank() {
-                    let all = comm
-                        .transport_mut()
-                        .gather_f64(&step_fields(&report))
-                        .map_err(|_| SegEnd::Aborted)?;
-                    for (w, fields) in all.chunks(STEP_FIELDS).enumerate().skip(1) {
-                        ctx.sink.send(Event::WorkerStep(step_from_fields(&report, w, fields)));
+                    // (a 32-bit word is exact in an f64)
+                    let mine: Vec<f64> = report.to_words().into_iter().map(f64::from).collect();
+                    let all = comm.transport_mut().gather_f64(&mine).map_err(|_| SegEnd::Aborted)?;
+                    for theirs in all.chunks(WorkerStep::WORDS).skip(1) {
+                        let words: Vec<u32> = theirs.iter().map(|&v| v as u32).collect();
+                        ctx.sink.send(Event::WorkerStep(WorkerStep::from_words(&words)));
                     }
                 }
             }
@@ -739,51 +727,6 @@ impl<'a> Worker<'a> {
             }
         }
         Ok(())
-    }
-}
-
-/// What a rank's step report carries to rank 0 (see `step_fields`).
-const STEP_FIELDS: usize = 12 + Phase::COUNT;
-
-/// A step report's own figures as numbers, for gathering across processes.
-fn step_fields(r: &WorkerStep) -> Vec<f64> {
-    let mut v = vec![
-        r.loss,
-        r.correct as f64,
-        r.samples as f64,
-        r.grad_norm,
-        r.grad_norm_reduced,
-        r.bytes_sent as f64,
-        r.idle_ns as f64,
-        r.allreduce_start_ns as f64,
-        r.end_ns as f64,
-        // (a u64 in two exact halves: an f64 holds 53 bits)
-        f64::from(u8::from(r.replica_hash.is_some())),
-        (r.replica_hash.unwrap_or(0) >> 32) as f64,
-        (r.replica_hash.unwrap_or(0) & 0xffff_ffff) as f64,
-    ];
-    v.extend(r.phase_ns.iter().map(|&ns| ns as f64));
-    v
-}
-
-/// Worker `w`'s report from its gathered figures and what every rank shares.
-fn step_from_fields(shared: &WorkerStep, w: usize, f: &[f64]) -> WorkerStep {
-    let mut phase_ns = [0u64; Phase::COUNT];
-    phase_ns.iter_mut().zip(&f[12..]).for_each(|(p, &v)| *p = v as u64);
-    WorkerStep {
-        worker: w,
-        loss: f[0],
-        correct: f[1] as usize,
-        samples: f[2] as usize,
-        grad_norm: f[3],
-        grad_norm_reduced: f[4],
-        bytes_sent: f[5] as u64,
-        idle_ns: f[6] as u64,
-        allreduce_start_ns: f[7] as u64,
-        end_ns: f[8] as u64,
-        replica_hash: (f[9] > 0.0).then(|| ((f[10] as u64) << 32) | f[11] as u64),
-        phase_ns,
-        ..shared.clone()
     }
 }
 

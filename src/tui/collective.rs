@@ -7,9 +7,9 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Sparkline, Widget, Wrap};
 
-use super::app::Lab;
+use super::lab::Lab;
 use super::theme::Theme;
-use crate::comm::AllReduceAlgo;
+use crate::session::AllReduceAlgo;
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     if lab.current_mode().uses_server() {
@@ -25,7 +25,8 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     // Top-k's pairs sit at different indices on every worker: they cannot be added on
     // the way, so they are all-gathered (a ring of N−1 rounds) and added by everyone.
     let compress = lab.state().compress;
-    let gather = matches!(compress, crate::comm::Compress::TopK(_)) && lab.current_mode() == crate::config::Mode::Sync;
+    let gather =
+        matches!(compress, crate::session::Compress::TopK(_)) && lab.current_mode() == crate::session::Mode::Sync;
     let rounds = if gather { n.saturating_sub(1) } else { algo.rounds(n) };
     let title = if n == 1 {
         " all-reduce · 1 worker ".to_string()
@@ -87,7 +88,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             lines.push(Line::from(vec![
                 Span::styled(
                     format!("  w{:<2} ──{}──▶ w{:<2}", t.from, crate::units::bytes(t.bytes), t.to),
-                    theme.phase(crate::train::Phase::AllReduce),
+                    theme.phase(crate::session::Phase::AllReduce),
                 ),
                 Span::styled(
                     format!("  {what} · {:.1} µs", (t.end_ns - t.start_ns) as f64 / 1e3),
@@ -146,7 +147,7 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::raw(format!("pushed, staleness {}", r.staleness.unwrap_or(0)))
         };
         lines.push(Line::from(vec![
-            Span::styled(format!("  w{w:<2} "), theme.phase(crate::train::Phase::Push)),
+            Span::styled(format!("  w{w:<2} "), theme.phase(crate::session::Phase::Push)),
             what,
             Span::styled(format!(" · {} ahead of the slowest", r.lead), theme.dim()),
         ]));
@@ -185,7 +186,7 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         };
         Sparkline::default()
             .data(&hist)
-            .style(theme.phase(crate::train::Phase::Push))
+            .style(theme.phase(crate::session::Phase::Push))
             .render(spark_area, buf);
     }
 }

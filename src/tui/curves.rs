@@ -7,7 +7,7 @@ use ratatui::symbols::Marker;
 use ratatui::text::Span;
 use ratatui::widgets::{Axis as ChartAxis, Block, Borders, Chart, Dataset, GraphType, Widget};
 
-use super::app::{Axis, Lab};
+use super::lab::{Axis, Lab};
 use super::theme::Theme;
 
 fn x_of(axis: Axis, t_s: f64, samples: f64) -> f64 {

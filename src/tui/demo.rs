@@ -2,12 +2,9 @@
 
 use std::sync::Arc;
 
-use super::app::Lab;
-use crate::comm::{AllReduceAlgo, Transfer};
-use crate::config::{Experiment, Mode};
+use super::lab::Lab;
 use crate::data::digits;
-use crate::nn::LrScaling;
-use crate::train::{CollectiveKind, Event, Phase, WorkerStep};
+use crate::session::{AllReduceAlgo, CollectiveKind, Event, Experiment, LrScaling, Mode, Phase, Transfer, WorkerStep};
 
 /// The start of a digits run with the default network (64-128-10), f32 gradients.
 pub fn started() -> Event {
@@ -19,7 +16,7 @@ pub fn started() -> Event {
         intra_link: None,
         wire_bytes: 4,
         devices: Vec::new(),
-        compress: crate::comm::Compress::None,
+        compress: crate::session::Compress::None,
         compressed_buffers: Vec::new(),
     }
 }
@@ -80,7 +77,7 @@ pub fn sync_lab(workers: usize, steps: u64, mid_all_reduce: bool) -> Lab {
 /// with the copies to and from the host around the all-reduce.
 pub fn sync_lab_on(exp: Experiment, steps: u64, mid_all_reduce: bool) -> Lab {
     let workers = exp.workers;
-    let gpu = exp.device == crate::config::Device::Gpu;
+    let gpu = exp.device == crate::session::Device::Gpu;
     let mut start = started();
     if let (Event::Started { devices, .. }, true) = (&mut start, gpu) {
         *devices = vec!["gpu0 demo GPU (vulkan)".into(); workers];
@@ -169,7 +166,7 @@ pub fn frame_ms(workers: usize, (w, h): (u16, u16), frames: usize) -> f64 {
     let app = App::new(
         Screen::Lab,
         Some(lab),
-        crate::config::Experiment::default(),
+        crate::session::Experiment::default(),
         data,
         Theme { color: true },
     );

@@ -7,7 +7,7 @@ use ratatui::layout::Rect;
 use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Widget};
 
-use super::app::Lab;
+use super::lab::Lab;
 use super::theme::Theme;
 
 const RAMP: &[u8] = b" .:-=+*#%@";

@@ -11,11 +11,9 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 
-use super::app::Lab;
+use super::lab::Lab;
 use super::theme::Theme;
-use crate::comm::AllReduceAlgo;
-use crate::config::Mode;
-use crate::train::{Phase, WorkerStep};
+use crate::session::{AllReduceAlgo, Mode, Phase, WorkerStep};
 
 /// The phase that follows `p` in a worker's loop (`gpu`: with the copies between the
 /// GPU and the host).
@@ -82,7 +80,7 @@ impl<'a> Facts<'a> {
             workers: lab.current_workers(),
             mode: lab.current_mode(),
             algo: state.current().map_or(lab.exp.allreduce, |s| s.allreduce),
-            gpu: lab.exp.device == crate::config::Device::Gpu,
+            gpu: lab.exp.device == crate::session::Device::Gpu,
             report: lab.view.reports.get(worker).and_then(Option::as_ref),
             saw: seen(lab, worker, 3),
             rounds_done,

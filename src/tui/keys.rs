@@ -68,12 +68,12 @@ impl Binding {
     /// The help's line: the table's words, and for the keys that cycle or set a value,
     /// the values from the code that uses them (so that the help cannot drift).
     pub fn help_text(&self) -> String {
-        use super::app::{pace_words, LINKS, MODES, MOMENTUM, PACES, STRAGGLER_FACTOR};
+        use super::lab::{pace_words, LINKS, LR_FACTOR, MODES, MOMENTUM, PACES, STRAGGLER_FACTOR};
         let cycle = |names: Vec<String>| format!("{}: {}", self.help, names.join(" → "));
         match self.action {
             Action::CycleMode => cycle(MODES.iter().map(ToString::to_string).collect()),
             Action::CycleAllReduce => cycle(
-                crate::comm::AllReduceAlgo::ALL
+                crate::session::AllReduceAlgo::ALL
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
@@ -87,6 +87,8 @@ impl Binding {
             ),
             Action::ToggleStraggler => format!("{} ({STRAGGLER_FACTOR}× its compute)", self.help),
             Action::ToggleMomentum => format!("{} (on: {MOMENTUM})", self.help),
+            Action::RaiseLr => format!("{} × {LR_FACTOR} (from the next step)", self.help),
+            Action::LowerLr => format!("{} ÷ {LR_FACTOR} (from the next step)", self.help),
             _ => self.help.to_string(),
         }
     }
@@ -208,22 +210,8 @@ pub const LAB_KEYS: &[Binding] = &[
         "cycle the LR rule: constant → linear scaling by the worker count",
         false,
     ),
-    bind(
-        KeyCode::Char('*'),
-        "*",
-        Action::RaiseLr,
-        "",
-        "learning rate × 10 (from the next step)",
-        false,
-    ),
-    bind(
-        KeyCode::Char('/'),
-        "/",
-        Action::LowerLr,
-        "",
-        "learning rate ÷ 10 (from the next step)",
-        false,
-    ),
+    bind(KeyCode::Char('*'), "*", Action::RaiseLr, "", "learning rate", false),
+    bind(KeyCode::Char('/'), "/", Action::LowerLr, "", "learning rate", false),
     bind(
         KeyCode::Char('M'),
         "M",
@@ -369,6 +357,16 @@ pub const HOME_KEYS: &[Binding] = &[
     bind(KeyCode::Char('q'), "q", Action::Quit, "quit", "quit", true),
 ];
 
+/// The keys the help takes while it is shown: esc closes it, the arrows scroll it (every
+/// other key goes to the screen beneath, as its table says).
+pub const HELP_KEYS: &[Binding] = &[
+    bind(KeyCode::Esc, "esc", Action::Back, "close", "close this help", true),
+    bind(KeyCode::Up, "↑", Action::ScrollUp, "", "scroll the help up", false),
+    bind(KeyCode::Down, "↓", Action::ScrollDown, "", "… down", false),
+    bind(KeyCode::PageUp, "PgUp", Action::PageUp, "", "… a page up", false),
+    bind(KeyCode::PageDown, "PgDn", Action::PageDown, "", "… a page down", false),
+];
+
 /// The action a key asks for in a table; Ctrl-C always quits.
 pub fn action(table: &[Binding], key: KeyEvent) -> Option<Action> {
     if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
@@ -392,6 +390,15 @@ mod tests {
         }
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(action(LAB_KEYS, ctrl_c), Some(Action::Quit));
+    }
+
+    #[test]
+    fn the_help_takes_esc_and_the_arrows_and_leaves_the_rest_to_the_screen() {
+        let press = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        assert_eq!(action(HELP_KEYS, press(KeyCode::Esc)), Some(Action::Back));
+        assert_eq!(action(HELP_KEYS, press(KeyCode::PageDown)), Some(Action::PageDown));
+        assert_eq!(action(HELP_KEYS, press(KeyCode::Char('?'))), None);
+        assert_eq!(action(HELP_KEYS, press(KeyCode::Char('q'))), None);
     }
 
     #[test]

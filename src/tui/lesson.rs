@@ -9,12 +9,11 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 
-use super::app::Lab;
 use super::keys::Action;
+use super::lab::Lab;
 use super::theme::Theme;
-use crate::config::{Experiment, Mode};
 use crate::lesson::{Lesson, LessonAction, Page, Panel};
-use crate::session::Summary;
+use crate::session::{Experiment, Mode, Summary};
 
 /// How often live checks are re-evaluated.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -154,7 +153,7 @@ pub fn detect(action: Action, before: &Experiment, after: &Experiment) -> Vec<Le
     } else if after.stragglers.len() < before.stragglers.len() {
         did.push(LessonAction::RemoveStraggler);
     }
-    if before.lr_scaling != after.lr_scaling && after.lr_scaling == crate::nn::LrScaling::Linear {
+    if before.lr_scaling != after.lr_scaling && after.lr_scaling == crate::session::LrScaling::Linear {
         did.push(LessonAction::LinearLrScaling);
     }
     if after.lr > before.lr {

@@ -3,13 +3,13 @@
 //! Each frame drains the event stream without blocking, draws, and polls keys with a
 //! timeout, so the UI never blocks training and training never blocks the UI.
 
-pub mod app;
 mod collective;
 mod curves;
 pub mod demo;
 pub mod digits;
 mod explain;
 pub mod keys;
+pub mod lab;
 pub mod lesson;
 mod numbers;
 pub mod theme;
@@ -20,14 +20,12 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
+use crossterm::event::{self, Event as TermEvent, KeyEvent, KeyEventKind};
 
-use crate::config::Experiment;
-use crate::data::Dataset;
 use crate::lesson::{Lesson, Panel, ProgressStore};
-use crate::session::ExitError;
-pub use app::Lab;
-use keys::{Action, HOME_KEYS, LAB_KEYS};
+use crate::session::{Dataset, ExitError, Experiment};
+use keys::{Action, HELP_KEYS, HOME_KEYS, LAB_KEYS};
+pub use lab::Lab;
 pub use lesson::LessonView;
 use theme::Theme;
 
@@ -288,20 +286,17 @@ impl App {
             return;
         }
         if self.help {
-            // The help takes the arrows (to scroll it) and esc (to close it).
+            // The help takes esc (to close it) and the arrows (to scroll it): its table.
             let scroll = &self.help_scroll;
-            match key.code {
-                KeyCode::Esc => self.help = false,
-                KeyCode::Up => scroll.set(scroll.get().saturating_sub(1)),
-                KeyCode::Down => scroll.set(scroll.get() + 1),
-                KeyCode::PageUp => scroll.set(scroll.get().saturating_sub(SCROLL_PAGE)),
-                KeyCode::PageDown => scroll.set(scroll.get() + SCROLL_PAGE),
+            match keys::action(HELP_KEYS, key) {
+                Some(Action::Back) => self.help = false,
+                Some(Action::ScrollUp) => scroll.set(scroll.get().saturating_sub(1)),
+                Some(Action::ScrollDown) => scroll.set(scroll.get() + 1),
+                Some(Action::PageUp) => scroll.set(scroll.get().saturating_sub(SCROLL_PAGE)),
+                Some(Action::PageDown) => scroll.set(scroll.get() + SCROLL_PAGE),
                 _ => {}
             }
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Up | KeyCode::Down | KeyCode::PageUp | KeyCode::PageDown
-            ) {
+            if HELP_KEYS.iter().any(|b| b.key == key.code) {
                 return;
             }
         }

@@ -5,10 +5,9 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
 
-use super::app::Lab;
+use super::lab::Lab;
 use super::theme::Theme;
-use crate::session::RunState;
-use crate::train::Phase;
+use crate::session::{Phase, RunState};
 
 /// Rates over the records of the last `window_s` seconds of run time.
 pub fn recent_rates(st: &RunState, window_s: f64) -> (f64, f64) {
@@ -101,7 +100,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     } else if let Some(last) = st.steps.iter().rev().find(|s| s.worker.is_none() && s.allreduce_ns > 0) {
         // busbw of the latest all-reduce (nccl-tests): bytes / time · 2(N−1)/N
         let bytes = st.allreduce_buffer_bytes() as f64;
-        let busbw = bytes / last.allreduce_ns as f64 * crate::comm::busbw_factor(lab.current_workers());
+        let busbw = bytes / last.allreduce_ns as f64 * crate::session::busbw_factor(lab.current_workers());
         lines.push(Line::from(vec![
             Span::styled("all-reduce ", theme.dim()),
             Span::raw(format!(
@@ -157,7 +156,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 "{:.3} ms/step{}",
                 compute.iter().sum::<f64>() / compute.len() as f64 / 1e6,
                 // (a GPU worker computes on its GPU, not on CPU threads)
-                if lab.exp.device == crate::config::Device::Gpu {
+                if lab.exp.device == crate::session::Device::Gpu {
                     String::new()
                 } else {
                     format!(" · {}", super::view::threads_words(threads))

@@ -3,7 +3,7 @@
 
 use ratatui::style::{Color, Modifier, Style};
 
-use crate::train::Phase;
+use crate::session::Phase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Theme {

@@ -6,9 +6,9 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span as TextSpan};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget};
 
-use super::app::{Lab, Span};
+use super::lab::{Lab, Span};
 use super::theme::Theme;
-use crate::train::Phase;
+use crate::session::Phase;
 
 /// Phases of worker 0 the window spans (about three steps).
 const WINDOW_PHASES: usize = 12;
@@ -162,7 +162,7 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         );
     }
     // Legend on the last row: only the phases this mode (and device) has.
-    let gpu = lab.exp.device == crate::config::Device::Gpu;
+    let gpu = lab.exp.device == crate::session::Device::Gpu;
     let phases: &[Phase] = match (lab.current_mode().uses_server(), gpu) {
         (true, false) => &[Phase::Wait, Phase::Pull, Phase::Forward, Phase::Backward, Phase::Push],
         (true, true) => &[

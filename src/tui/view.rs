@@ -6,12 +6,12 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
 use ratatui::Frame;
 
-use super::app::Lab;
 use super::keys::{Action, Binding, HOME_KEYS, LAB_KEYS};
+use super::lab::Lab;
 use super::theme::Theme;
 use super::{App, HomeItem, Screen, FREE_LAB};
 use crate::lesson::Panel;
-use crate::nn::LrScaling;
+use crate::session::LrScaling;
 
 /// Smaller than this, the lab shows a message instead of squeezed panels.
 pub const MIN_SIZE: (u16, u16) = (60, 18);
@@ -274,14 +274,14 @@ pub fn state_text(lab: &Lab, theme: &Theme) -> (String, String, ratatui::style::
         return (format!("DIVERGED at step {step}"), "DIVERGED".into(), theme.bad());
     }
     match lab.state().outcome {
-        Some(crate::train::Outcome::Failed { .. }) => return ("FAILED".into(), "FAILED".into(), theme.bad()),
+        Some(crate::session::Outcome::Failed { .. }) => return ("FAILED".into(), "FAILED".into(), theme.bad()),
         Some(_) => return ("finished".into(), "finished".into(), theme.good()),
         None => {}
     }
     let pace = if lab.exp.slow > 1.0 {
         let about = lab
             .pace_target
-            .map_or(String::new(), |r| format!(" ≈{}", super::app::pace_words(r)));
+            .map_or(String::new(), |r| format!(" ≈{}", super::lab::pace_words(r)));
         format!(" · slow ×{}{about}", lab.exp.slow)
     } else {
         String::new()
@@ -320,8 +320,8 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let (state_long, state_short, state_style) = state_text(lab, theme);
     let epoch = st.last_step().map_or(0, |s| s.epoch);
     let backend = match lab.exp.backend {
-        crate::config::Backend::Threads => "threads",
-        crate::config::Backend::Mpi => "MPI ranks",
+        crate::session::Backend::Threads => "threads",
+        crate::session::Backend::Mpi => "MPI ranks",
     };
     let mut parts = vec![
         Part {
@@ -373,8 +373,8 @@ fn header(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             None => part(2, "link: shared memory".into(), "shared memory".into()),
             Some(l) => part(
                 6,
-                format!("link: {} ({l}) EMULATED", super::app::link_name(Some(l))),
-                format!("{} EMULATED", super::app::link_name(Some(l))),
+                format!("link: {} ({l}) EMULATED", super::lab::link_name(Some(l))),
+                format!("{} EMULATED", super::lab::link_name(Some(l))),
             ),
         },
         {

@@ -5,12 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::comm::{AllReduceAlgo, Link, Transfer};
-use crate::config::{Experiment, Mode};
-use crate::data::Dataset;
-use crate::nn::LrScaling;
-use crate::session::{RunState, Session, SessionOptions};
-use crate::train::{Control, Event, Outcome, Phase, WorkerStep};
+use crate::session::{
+    AllReduceAlgo, Control, Dataset, Event, Experiment, Link, LrScaling, Mode, Outcome, Phase, RunState, Session,
+    SessionOptions, Transfer, WorkerStep,
+};
 
 use super::keys::Action;
 
@@ -27,7 +25,9 @@ const GHOST_POINTS: usize = 512;
 /// How much slower the `s` key makes the selected worker's compute.
 pub const STRAGGLER_FACTOR: f32 = 4.0;
 /// The momentum the `M` key turns back on (the experiment's default).
-pub const MOMENTUM: f32 = 0.9;
+pub const MOMENTUM: f32 = crate::session::DEFAULT_MOMENTUM;
+/// What the `*` and `/` keys multiply and divide the learning rate by.
+pub const LR_FACTOR: f64 = 10.0;
 /// The link presets the `l` key cycles through.
 pub const LINKS: [(&str, Option<Link>); 4] = [
     ("none", None),
@@ -45,7 +45,7 @@ pub fn cores() -> usize {
 /// power of two), at least up to 2, so that even one core can show threads taking
 /// turns. Never past the flag's own bound.
 pub fn thread_counts(cores: usize) -> Vec<usize> {
-    let top = cores.clamp(2, crate::config::MAX_THREADS);
+    let top = cores.clamp(2, crate::session::MAX_THREADS);
     let mut counts: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
         .take_while(|&t| t < top)
         .collect();
@@ -113,7 +113,7 @@ impl LabView {
             Event::Transfer {
                 step,
                 transfer,
-                collective: crate::train::CollectiveKind::AllReduce | crate::train::CollectiveKind::AllGather,
+                collective: crate::session::CollectiveKind::AllReduce | crate::session::CollectiveKind::AllGather,
             } => {
                 self.transfers.push_back((*step, *transfer));
                 if self.transfers.len() > TRANSFERS_KEPT {
@@ -275,7 +275,7 @@ impl Lab {
             endless: true,
             ..SessionOptions::default()
         };
-        if exp.backend == crate::config::Backend::Mpi {
+        if exp.backend == crate::session::Backend::Mpi {
             return Session::start_mpi(exp.clone(), Arc::clone(data), options, crate::session::remote::launch());
         }
         Session::start_with_data(exp.clone(), Arc::clone(data), options, None).map_err(|e| e.to_string())
@@ -304,8 +304,8 @@ impl Lab {
         if !self.passed_length && st.total_samples > 0 && st.samples() >= st.total_samples {
             self.passed_length = true;
             let length = match self.exp.length {
-                crate::config::Length::Steps(s) => format!("{s} steps"),
-                crate::config::Length::Epochs(e) => format!("{e} epochs"),
+                crate::session::Length::Steps(s) => format!("{s} steps"),
+                crate::session::Length::Epochs(e) => format!("{e} epochs"),
             };
             self.say(format!(
                 "passed the run's length ({length}): training goes on (space pauses)"
@@ -565,7 +565,7 @@ impl Lab {
         };
         let full_speed_s = now_s / self.exp.slow.max(1.0);
         (1.0 / steps_per_s / full_speed_s)
-            .clamp(1.0, crate::comm::MAX_PACE)
+            .clamp(1.0, crate::session::MAX_PACE)
             .round()
     }
 
@@ -667,7 +667,7 @@ impl Lab {
                 };
                 // Over MPI a switch relaunches the job from the parameters, and momentum
                 // restarts there: the threads keep the numbers, the relaunch does not.
-                let mut what = if self.exp.backend == crate::config::Backend::Mpi {
+                let mut what = if self.exp.backend == crate::session::Backend::Mpi {
                     format!(
                         "{} per rank: the MPI job relaunches from the same parameters (momentum restarts)",
                         super::view::threads_words(t)
@@ -682,8 +682,8 @@ impl Lab {
                 // than the flag's sentence, so that the status line holds it)
                 if next.oversubscription_on(cores()).is_some() {
                     let here = match next.backend {
-                        crate::config::Backend::Threads => next.workers,
-                        crate::config::Backend::Mpi => 1,
+                        crate::session::Backend::Threads => next.workers,
+                        crate::session::Backend::Mpi => 1,
                     };
                     what = format!(
                         "{what}; {} compute threads on {} cores will take turns",
@@ -742,7 +742,7 @@ impl Lab {
                 let mut next = self.exp.clone();
                 next.stragglers.retain(|s| s.worker != w);
                 if !slow {
-                    next.stragglers.push(crate::config::Straggler { worker: w, factor });
+                    next.stragglers.push(crate::session::Straggler { worker: w, factor });
                 }
                 self.change(Control::Straggler { worker: w, factor }, next, what);
             }
@@ -785,7 +785,7 @@ impl Lab {
             }
             Action::Restart => self.restart(),
             Action::ToggleBackend => {
-                use crate::config::Backend;
+                use crate::session::Backend;
                 let before = self.exp.backend;
                 self.exp.backend = match before {
                     Backend::Threads => Backend::Mpi,
@@ -893,7 +893,11 @@ impl Lab {
 /// `lr` × 10 (`up`) or ÷ 10, kept to the digits a person typed (0.1 ÷ 10 = 0.01, not
 /// 0.0099999998).
 pub fn times_ten(lr: f32, up: bool) -> f32 {
-    let x = if up { f64::from(lr) * 10.0 } else { f64::from(lr) / 10.0 };
+    let x = if up {
+        f64::from(lr) * LR_FACTOR
+    } else {
+        f64::from(lr) / LR_FACTOR
+    };
     let digits = 6 - x.abs().log10().floor() as i32;
     let scale = 10f64.powi(digits);
     ((x * scale).round() / scale) as f32
@@ -916,7 +920,7 @@ mod tests {
         assert_eq!(thread_counts(16), [1, 2, 4, 8, 16]);
         assert_eq!(
             *thread_counts(10_000).last().unwrap(),
-            crate::config::MAX_THREADS,
+            crate::session::MAX_THREADS,
             "never past the flag's bound"
         );
     }
