@@ -498,7 +498,10 @@ fn a_rank_that_panics_with_a_message_posted_aborts_the_group_and_its_buffer_outl
     let a_panicked = rx.recv_timeout(limit).expect("rank a ended");
     assert!(a_panicked, "a's receive must panic on a message of the wrong length");
     let (short_aborted, err, whole) = tx_b.recv_timeout(limit).expect("rank b was released, not left waiting");
-    assert!(short_aborted, "b's own send was never completed by a: it must be aborted");
+    assert!(
+        short_aborted,
+        "b's own send was never completed by a: it must be aborted"
+    );
     assert!(
         whole || err == Some(CommError::Aborted),
         "b got a partial or foreign message: {err:?}"

@@ -700,10 +700,16 @@ fn a_run_near_chance_gets_a_hint_on_the_status_line() {
         t_ns: step * 40_000,
     };
     lab.apply(&eval(20, 0.09));
-    assert!(!lab.status().0.contains("not learning"), "one evaluation is not a trend");
+    assert!(
+        !lab.status().0.contains("not learning"),
+        "one evaluation is not a trend"
+    );
     lab.apply(&eval(40, 0.11));
     let (said, bad) = lab.status();
-    assert!(said.contains("not learning: test accuracy 11 % is near chance (10 %)"), "{said}");
+    assert!(
+        said.contains("not learning: test accuracy 11 % is near chance (10 %)"),
+        "{said}"
+    );
     assert!(said.contains("/ lowers the LR, M turns momentum off"), "{said}");
     assert!(bad);
     // Learning again: the hint goes.

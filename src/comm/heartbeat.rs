@@ -323,11 +323,17 @@ mod tests {
         b[2].beat(5, Doing::Computing);
         settle(&mut b, |b| b[0].peers.iter().skip(1).all(|p| p.last.is_some()));
         assert!(b[0].heard_any());
-        assert_eq!(b[0].missing(Duration::from_secs(10)), vec![(2, Missing::Busy { step: 5 })]);
+        assert_eq!(
+            b[0].missing(Duration::from_secs(10)),
+            vec![(2, Missing::Busy { step: 5 })]
+        );
         // A rank that waits in MPI for another (a ring's neighbour) is not the one missing.
         b[3].beat(4, Doing::WaitingFor(2));
         settle(&mut b, |b| b[0].peers[3].last.map(|n| n.step) == Some(4));
-        assert_eq!(b[0].missing(Duration::from_secs(10)), vec![(2, Missing::Busy { step: 5 })]);
+        assert_eq!(
+            b[0].missing(Duration::from_secs(10)),
+            vec![(2, Missing::Busy { step: 5 })]
+        );
     }
 
     #[test]
@@ -351,7 +357,10 @@ mod tests {
             [(2, Missing::WasQuiet { for_, step: 12 })] => assert!(*for_ > QUIET_AFTER),
             other => panic!("{other:?}"),
         }
-        assert!(b[0].missing(Duration::ZERO).is_empty(), "a silence before the wait is not named");
+        assert!(
+            b[0].missing(Duration::ZERO).is_empty(),
+            "a silence before the wait is not named"
+        );
     }
 
     #[test]
@@ -370,7 +379,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         b[0].hear();
         assert!(!b[0].heard_any());
-        assert!(b[0].missing(Duration::from_secs(10)).is_empty(), "silence says nothing when nothing was heard");
+        assert!(
+            b[0].missing(Duration::from_secs(10)).is_empty(),
+            "silence says nothing when nothing was heard"
+        );
         // The real peer is heard, and from then on only its sending address is used.
         b[1].beat(3, Doing::Computing);
         settle(&mut b, |b| b[0].heard_any());

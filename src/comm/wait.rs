@@ -187,7 +187,7 @@ fn spin_then_yield(abort: &AtomicBool, ready: &mut impl FnMut() -> bool) -> bool
     ready()
 }
 
-/// Waits until the clock reads `deadline_ns`: sleeps while far away, yields when close.
+/// Waits until the clock reads `deadline_ns`: sleeps while far away, spins when close.
 pub fn wait_for_clock(abort: &AtomicBool, clock: &Clock, deadline_ns: u64) -> Result<()> {
     const SLACK_NS: u64 = 120_000; // sleep() overshoots by tens of µs
     loop {
@@ -210,7 +210,7 @@ pub fn wait_for_clock(abort: &AtomicBool, clock: &Clock, deadline_ns: u64) -> Re
 }
 
 /// Sleeps for `d` more precisely than `thread::sleep` alone (which overshoots by tens of
-/// microseconds): sleeps most of it, then yields until the time is up.
+/// microseconds): sleeps most of it, then spins until the time is up.
 pub fn precise_sleep(d: Duration) {
     const SLACK: Duration = Duration::from_micros(120);
     let until = Instant::now() + d;

@@ -26,7 +26,10 @@ impl Wire {
     }
     /// The format as one byte (its place in [`Wire::ALL`]), for a message to carry.
     pub fn code(self) -> u8 {
-        Wire::ALL.iter().position(|&w| w == self).expect("every format is in ALL") as u8
+        Wire::ALL
+            .iter()
+            .position(|&w| w == self)
+            .expect("every format is in ALL") as u8
     }
     /// The format a message's byte names.
     pub fn from_code(code: u8) -> Wire {

@@ -390,7 +390,9 @@ mod rank {
             .collect();
         let all_quiet = missing.iter().all(|(_, why)| !matches!(why, Missing::Busy { .. }));
         let why = match (missing.len(), all_quiet) {
-            (0, _) if peer == waiting::ALL && size > 2 => "one of them is stalled (stopped, swapping, or cut off) or dead",
+            (0, _) if peer == waiting::ALL && size > 2 => {
+                "one of them is stalled (stopped, swapping, or cut off) or dead"
+            }
             (0 | 1, true) => "that rank is stalled (stopped, swapping, or cut off) or dead",
             (_, true) => "those ranks are stalled (stopped, swapping, or cut off) or dead",
             (1, false) => "that rank is stuck or far slower than the others",

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Sparkline, Widget, Wrap};
 
 use super::lab::Lab;
 use super::theme::Theme;
-use crate::session::AllReduceAlgo;
+use crate::session::{AllReduceAlgo, Phase};
 
 pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     if lab.current_mode().uses_server() {
@@ -88,7 +88,7 @@ fn all_reduce(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             lines.push(Line::from(vec![
                 Span::styled(
                     format!("  w{:<2} ──{}──▶ w{:<2}", t.from, crate::units::bytes(t.bytes), t.to),
-                    theme.phase(crate::session::Phase::AllReduce),
+                    theme.phase(Phase::AllReduce),
                 ),
                 Span::styled(
                     format!("  {what} · {:.1} µs", (t.end_ns - t.start_ns) as f64 / 1e3),
@@ -136,7 +136,7 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     for w in 0..workers.min(rows) {
         let Some(r) = lab.view.reports.get(w).and_then(Option::as_ref) else {
             lines.push(Line::from(vec![
-                Span::styled(format!("  w{w:<2} "), theme.phase(crate::train::Phase::Push)),
+                Span::styled(format!("  w{w:<2} "), theme.phase(Phase::Push)),
                 Span::styled("no push yet in this run", theme.dim()),
             ]));
             continue;
@@ -147,16 +147,13 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::raw(format!("pushed, staleness {}", r.staleness.unwrap_or(0)))
         };
         lines.push(Line::from(vec![
-            Span::styled(format!("  w{w:<2} "), theme.phase(crate::session::Phase::Push)),
+            Span::styled(format!("  w{w:<2} "), theme.phase(Phase::Push)),
             what,
             Span::styled(format!(" · {} ahead of the slowest", r.lead), theme.dim()),
         ]));
     }
     if workers > rows {
-        lines.push(Line::styled(
-            format!("  +{} more workers", workers - rows),
-            theme.dim(),
-        ));
+        lines.push(Line::styled(format!("  +{} more workers", workers - rows), theme.dim()));
     }
     let mean = st.staleness_mean().map_or("–".into(), |m| format!("{m:.2}"));
     lines.push(Line::styled(
@@ -186,7 +183,7 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
         };
         Sparkline::default()
             .data(&hist)
-            .style(theme.phase(crate::session::Phase::Push))
+            .style(theme.phase(Phase::Push))
             .render(spark_area, buf);
     }
 }
