@@ -296,6 +296,42 @@ fn parameter_server_modes_run_on_the_gpu() {
     }
 }
 
+/// Local SGD and compressed gradients run on the GPU as on the CPU: the same replicas'
+/// average every H steps, the same top-k and low-rank exchanges with error feedback, so
+/// the final parameters follow the CPU's.
+#[test]
+fn local_sgd_and_compressed_gradients_on_the_gpu_follow_the_cpu() {
+    use ddlab::comm::Compress;
+    let data = Arc::new(digits());
+    for (mode, compress) in [
+        (Mode::Local(4), Compress::None),
+        (Mode::Sync, "topk:1".parse::<Compress>().unwrap()),
+        (Mode::Sync, "powersgd:2".parse::<Compress>().unwrap()),
+    ] {
+        let exp = Experiment {
+            workers: 2,
+            hidden: vec![32],
+            batch: 16,
+            mode,
+            compress,
+            length: Length::Steps(24),
+            eval_every: 1000,
+            ..Experiment::default()
+        };
+        let cpu = run(exp.clone(), &data).0;
+        let on_gpu = run(
+            Experiment {
+                device: Device::Gpu,
+                ..exp
+            },
+            &data,
+        )
+        .0;
+        let rel = relative_difference(&on_gpu.final_params().unwrap(), &cpu.final_params().unwrap()).0;
+        assert!(rel < 1e-4, "{mode} {compress:?}: GPU vs CPU {rel:e}");
+    }
+}
+
 #[test]
 fn digits_reach_the_same_accuracy_on_the_gpu_as_on_the_cpu() {
     let data = Arc::new(digits());

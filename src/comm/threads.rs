@@ -402,25 +402,29 @@ impl Posted {
     /// not taken yet and `revoke`, takes it back (true); if it is being read, waits for
     /// the end of the read.
     fn take_back(self, revoke: bool) -> bool {
+        let revoked = revoke && self.revoke_or_outwait_the_read();
+        std::mem::forget(self);
+        revoked
+    }
+
+    /// Takes the message back if the receiver has not taken it (true), else waits
+    /// until its read is over (reading is bounded).
+    fn revoke_or_outwait_the_read(&self) -> bool {
         let slot = self.shared().slot(self.from, self.to);
-        let mut revoked = false;
-        if revoke {
-            revoked = slot
-                .state
-                .compare_exchange(
-                    state(self.seq, POSTED),
-                    state(self.seq, REVOKED),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok();
-            if !revoked {
-                while slot.state.load(Ordering::Acquire) != state(self.seq, DONE) {
-                    std::thread::yield_now();
-                }
+        let revoked = slot
+            .state
+            .compare_exchange(
+                state(self.seq, POSTED),
+                state(self.seq, REVOKED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if !revoked {
+            while slot.state.load(Ordering::Acquire) != state(self.seq, DONE) {
+                std::thread::yield_now();
             }
         }
-        std::mem::forget(self);
         revoked
     }
 }
@@ -431,21 +435,7 @@ impl Drop for Posted {
     /// back or its read waited out before the sender's buffer goes.
     fn drop(&mut self) {
         self.shared().abort();
-        let slot = self.shared().slot(self.from, self.to);
-        if slot
-            .state
-            .compare_exchange(
-                state(self.seq, POSTED),
-                state(self.seq, REVOKED),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            while slot.state.load(Ordering::Acquire) != state(self.seq, DONE) {
-                std::thread::yield_now();
-            }
-        }
+        self.revoke_or_outwait_the_read();
     }
 }
 
