@@ -736,3 +736,21 @@ fn the_server_panel_lists_a_worker_that_has_not_pushed_yet() {
     assert!(screen.contains("w3  no push yet"), "{screen}");
     assert!(screen.contains("w2  pushed"), "{screen}");
 }
+
+/// Held right after a switch from async to sync, the explanation speaks of the sync
+/// segment's first phase, not of the pull the async workers would have done next.
+#[test]
+fn held_after_a_switch_the_explanation_speaks_of_the_new_segments_first_phase() {
+    let mut lab = async_lab(4);
+    let mut sync = segment(Mode::Sync, 4);
+    if let Event::Segment { t_ns, update, .. } = &mut sync {
+        *t_ns = 10_000_000; // after every span of the async segment
+        *update = 40;
+    }
+    lab.apply(&sync);
+    lab.exp.mode = Mode::Sync;
+    lab.paused = true;
+    let screen = text(&app_with(lab), 120, 40);
+    assert!(!screen.contains("will fetch"), "{screen}");
+    assert!(screen.contains("About to: forward"), "{screen}");
+}

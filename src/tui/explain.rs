@@ -64,7 +64,7 @@ pub struct Facts<'a> {
 impl<'a> Facts<'a> {
     pub fn of(lab: &'a Lab, worker: usize) -> Facts<'a> {
         let state = lab.state();
-        let step = lab.view.last_span(worker).map(|s| s.step);
+        let step = lab.last_span_in_segment(worker).map(|s| s.step);
         let rounds_done = step.and_then(|step| {
             let rounds: Vec<u32> = lab
                 .view
@@ -305,7 +305,16 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let w = lab.selected.min(lab.current_workers().saturating_sub(1));
     let server = lab.current_mode().uses_server();
     let facts = Facts::of(lab, w);
-    let text = match (lab.ended(), lab.view.last_span(w)) {
+    // What comes next follows from the current segment's spans only (a run just
+    // switched from async to sync is about to start its first sync phase, not to pull);
+    // what just happened is the last span, whichever segment it was in.
+    let held = lab.paused || lab.stepping;
+    let last = if held {
+        lab.last_span_in_segment(w)
+    } else {
+        lab.view.last_span(w)
+    };
+    let text = match (lab.ended(), last) {
         (Some(why), _) => why,
         (None, Some(span)) if lab.paused || lab.stepping => {
             // Inside the all-reduce, the next thing may be another round of it.

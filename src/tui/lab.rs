@@ -532,11 +532,18 @@ impl Lab {
         if self.current_mode() != Mode::Sync {
             return None;
         }
-        match self.view.last_span(0) {
+        match self.last_span_in_segment(0) {
             Some(span) => Some(span.step + 2),
             None if self.state().current().is_none_or(|seg| seg.update == 0) => Some(1),
             None => None,
         }
+    }
+
+    /// Worker `w`'s last phase in the current segment (one from before a switch belongs
+    /// to another mode or worker count, and says nothing of what comes next).
+    pub fn last_span_in_segment(&self, w: usize) -> Option<&Span> {
+        let since_ns = self.state().current().map_or(0, |seg| seg.t_ns);
+        self.view.last_span(w).filter(|span| span.end_ns >= since_ns)
     }
 
     pub fn current_mode(&self) -> Mode {
