@@ -196,10 +196,12 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 }
                 HomeItem::Quit => ("Quit".to_string(), String::new(), "leave ddlab".to_string()),
             };
+            // (the body's margin, the name, the mark and their gaps)
+            let room = (area.width as usize).saturating_sub(2 + 2 + 32 + 5 + 2);
             Line::from(vec![
                 Span::styled(format!("  {name:<32}"), style),
                 Span::styled(format!("{mark:>5}"), theme.good()),
-                Span::styled(format!("  {about}"), theme.dim()),
+                Span::styled(format!("  {}", cut_at_a_word(&about, room)), theme.dim()),
             ])
         })
         .collect();
@@ -219,6 +221,17 @@ fn home(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         buf,
     );
     Paragraph::new(keys).render(foot, buf);
+}
+
+/// `text` in at most `room` columns: whole, or cut after the last word that fits,
+/// with "…" (a summary cut mid-word, "staleness ≈ N −", reads as a different claim).
+fn cut_at_a_word(text: &str, room: usize) -> String {
+    if text.chars().count() <= room {
+        return text.to_string();
+    }
+    let fits: String = text.chars().take(room.saturating_sub(1)).collect();
+    let words = fits.rfind(' ').map_or(fits.as_str(), |i| &fits[..i]);
+    format!("{}…", words.trim_end_matches([',', ';', ':', ' ']))
 }
 
 /// One piece of the header: kept in order of `keep` (higher first) when the line is
