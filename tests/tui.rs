@@ -652,13 +652,25 @@ fn a_change_made_while_stepping_names_the_step_it_applies_from_and_applies_there
     let said = lab.status().0;
     assert!(said.contains("from step 1 "), "{said}");
     let next = lab.exp.allreduce;
+    // One press at a time, as a person: the next only once the last one's phase (or
+    // round) has reached the lab, so the lab never falls behind the run.
     let step_until = |lab: &mut Lab, what: &str, pred: &dyn Fn(&Lab) -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let seen = |lab: &Lab| {
+            (
+                lab.state().segments.len(),
+                lab.view.last_span(0).map(|s| (s.step, s.phase, s.end_ns)),
+                lab.view.transfers.len(),
+            )
+        };
         while !pred(lab) {
-            assert!(std::time::Instant::now() < deadline, "timed out stepping until {what}");
+            let before = seen(lab);
             lab.update(Action::StepPhase);
-            std::thread::sleep(std::time::Duration::from_millis(30));
-            lab.drain();
+            while seen(lab) == before {
+                assert!(std::time::Instant::now() < deadline, "timed out stepping until {what}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                lab.drain();
+            }
         }
     };
     step_until(&mut lab, "the switch", &|l| l.state().segments.len() == 2);

@@ -28,9 +28,11 @@ pub mod exit {
     pub const STALLED: i32 = 4;
     /// A rank panicked (a bug): the job was aborted.
     pub const PANICKED: i32 = 70;
-    /// Interrupted by the user (Ctrl-C): the exports cover the steps done.
+    /// Interrupted by the user (Ctrl-C, or SIGTERM to a threads run): the exports cover
+    /// the steps done.
     pub const INTERRUPTED: i32 = 130;
-    /// Terminated (SIGTERM, e.g. by mpirun when another rank failed).
+    /// Terminated: a signal to an MPI job (SIGTERM, e.g. by mpirun when another rank
+    /// failed, or Ctrl-C), or SIGTERM to a command with no exports.
     pub const TERMINATED: i32 = 143;
 }
 
@@ -368,74 +370,79 @@ mod rank {
     /// "rank 0 on a has waited 31 s at step 40 for rank 2 on b (…), in a collective: …":
     /// whom this rank waits for, and — from the others' signs of life — which ranks have
     /// not arrived and why, so that with many ranks the one to look at is named.
-    fn stall_sentence(rank: usize, host: &str, size: usize, peer: i64, waited: Duration, board: &Board) -> String {
+    pub(super) fn stall_sentence(
+        rank: usize,
+        host: &str,
+        size: usize,
+        peer: i64,
+        waited: Duration,
+        board: &Board,
+    ) -> String {
         let missing = board.missing(waited);
         let name = |r: usize| format!("rank {r} on {}", board.peers.get(r).map_or("?", |p| p.host.as_str()));
-        let described: Vec<String> = missing
-            .iter()
-            .map(|&(r, why)| match why {
-                Missing::NeverHeard => format!("{} (never heard from)", name(r)),
-                Missing::Quiet { for_, step } => format!(
-                    "{} (no sign of life for {:.0} s, since step {step})",
-                    name(r),
-                    for_.as_secs_f64()
-                ),
-                Missing::WasQuiet { for_, step } => format!(
-                    "{} (no sign of life for {:.0} s from step {step}, until just now)",
-                    name(r),
-                    for_.as_secs_f64()
-                ),
-                Missing::Busy { step } => format!("{} (alive, still at step {step} outside MPI)", name(r)),
-            })
-            .collect();
-        let all_quiet = missing.iter().all(|(_, why)| !matches!(why, Missing::Busy { .. }));
-        let why = match (missing.len(), all_quiet) {
-            (0, _) if peer == waiting::ALL && size > 2 => {
-                "one of them is stalled (stopped, swapping, or cut off) or dead"
-            }
-            (0 | 1, true) => "that rank is stalled (stopped, swapping, or cut off) or dead",
-            (_, true) => "those ranks are stalled (stopped, swapping, or cut off) or dead",
-            (1, false) => "that rank is stuck or far slower than the others",
-            _ => "those ranks are stalled, stuck or far slower than the others",
+        let describe = |&(r, why): &(usize, Missing)| match why {
+            Missing::NeverHeard => format!("{} (no sign of life from it ever reached this rank)", name(r)),
+            Missing::Quiet { for_, step } => format!(
+                "{} (no sign of life for {:.0} s, since step {step})",
+                name(r),
+                for_.as_secs_f64()
+            ),
+            Missing::WasQuiet { for_, step } => format!(
+                "{} (no sign of life for {:.0} s from step {step}, until just now)",
+                name(r),
+                for_.as_secs_f64()
+            ),
+            Missing::Busy { step } => format!("{} (alive, still at step {step} outside MPI)", name(r)),
         };
-        let whom = match peer {
-            waiting::ANY if described.is_empty() => "any worker's push (the parameter server)".to_string(),
-            waiting::ANY => format!("any worker's push (the parameter server): {}", described.join(", ")),
+        // The ranks this wait is named after: the one waited for when it is missing;
+        // else (a ring's neighbour that waits too, a collective, a server) every rank
+        // that is missing.
+        let direct = usize::try_from(peer).ok();
+        let named: Vec<(usize, Missing)> = match direct {
+            Some(p) if missing.iter().any(|(r, _)| *r == p) => {
+                missing.iter().filter(|(r, _)| *r == p).copied().collect()
+            }
+            _ => missing.clone(),
+        };
+        let list = named.iter().map(describe).collect::<Vec<_>>().join(", ");
+        let busy = named.iter().any(|(_, why)| matches!(why, Missing::Busy { .. }));
+        let mut why = match (named.len(), busy) {
+            (0, _) if peer == waiting::ALL && size > 2 => {
+                "one of them is stalled (stopped, swapping, or cut off) or dead".to_string()
+            }
+            (0 | 1, false) => "that rank is stalled (stopped, swapping, or cut off) or dead".to_string(),
+            (_, false) => "those ranks are stalled (stopped, swapping, or cut off) or dead".to_string(),
+            (1, true) => "that rank is stuck or far slower than the others".to_string(),
+            (_, true) => "those ranks are stalled, stuck or far slower than the others".to_string(),
+        };
+        if named.iter().any(|(_, why)| *why == Missing::NeverHeard) {
+            why.push_str(" (or UDP from its host does not reach this one: then only its silence is known)");
+        }
+        let whom = match (peer, direct) {
+            (waiting::ANY, _) if list.is_empty() => "any worker's push (the parameter server)".to_string(),
+            (waiting::ANY, _) => format!("any worker's push (the parameter server): {list}"),
             // (a collective does not say who has not arrived; with two ranks it can only
             // be the other one, with more the others' signs of life say)
-            waiting::ALL if size == 2 => format!("{}, in a collective", name(1 - rank)),
-            waiting::ALL if !described.is_empty() => format!("{}, in a collective", described.join(", ")),
-            waiting::ALL if board.heard_any() => format!(
+            (waiting::ALL, _) if !list.is_empty() => format!("{list}, in a collective"),
+            (waiting::ALL, _) if size == 2 => format!("{}, in a collective", name(1 - rank)),
+            (waiting::ALL, _) if board.heard_any() => format!(
                 "one or more of the other {} ranks, in a collective (each of them sends signs of life and waits in MPI too)",
                 size - 1
             ),
-            waiting::ALL => format!(
+            (waiting::ALL, _) => format!(
                 "one or more of the other {} ranks, in a collective (no sign of life from the other ranks reached this one, so it cannot say which: do the hosts let UDP through to each other?)",
                 size - 1
             ),
-            p => {
-                let p = p.max(0) as usize;
-                let others: Vec<&String> = missing
-                    .iter()
-                    .zip(&described)
-                    .filter(|((r, _), _)| *r != p)
-                    .map(|(_, d)| d)
-                    .collect();
-                if others.is_empty() || missing.iter().any(|(r, _)| *r == p) {
-                    described
-                        .iter()
-                        .zip(&missing)
-                        .find(|(_, (r, _))| *r == p)
-                        .map_or_else(|| name(p), |(d, _)| d.clone())
+            (_, Some(p)) if named.iter().any(|(r, _)| *r == p) || list.is_empty() => {
+                if list.is_empty() {
+                    name(p)
                 } else {
-                    // (a ring's neighbour that waits too: the one it waits for is the cause)
-                    format!(
-                        "{}, which waits too; the rank not running is {}",
-                        name(p),
-                        others.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
-                    )
+                    list
                 }
             }
+            // (a ring's neighbour that waits too: the rank behind it is the cause)
+            (_, Some(p)) => format!("{}, which waits too; behind it: {list}", name(p)),
+            (_, None) => list,
         };
         format!(
             "rank {rank} on {host} has waited {:.0} s at step {} for {whom}: {why}; ending the job",
@@ -527,8 +534,96 @@ mod rank {
 
 #[cfg(all(test, feature = "mpi"))]
 mod tests {
-    use super::rank::decide;
+    use std::time::{Duration, Instant};
+
+    use super::rank::{decide, stall_sentence};
+    use crate::comm::heartbeat::{Board, Card, Doing, Note};
+    use crate::comm::mpi::waiting;
     use crate::train::Outcome;
+
+    /// Rank 1's board of a 4-rank job on hosts h0..h3, where rank r last said `notes[r]`
+    /// this long ago (None: never heard).
+    fn board(notes: [Option<(Duration, Doing)>; 4]) -> Board {
+        let cards: Vec<Card> = (0..4)
+            .map(|r| Card {
+                host: format!("h{r}"),
+                ..Card::default()
+            })
+            .collect();
+        let mut b = Board::new(None, 1, &cards, 0);
+        for (r, note) in notes.into_iter().enumerate() {
+            b.peers[r].last = note.map(|(ago, doing)| Note {
+                heard: Instant::now() - ago,
+                step: 40,
+                doing,
+            });
+        }
+        b
+    }
+
+    const NOW: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_stall_names_the_rank_behind_the_one_waited_for_and_says_what_it_knows() {
+        let waited = Duration::from_secs(31);
+        // A ring: rank 1 waits for rank 0, which waits too; rank 3 went quiet.
+        let b = board([
+            Some((NOW, Doing::WaitingFor(3))),
+            None,
+            Some((NOW, Doing::InCollective)),
+            Some((LONG, Doing::Computing)),
+        ]);
+        let s = stall_sentence(1, "h1", 4, 0, waited, &b);
+        assert!(
+            s.contains("for rank 0 on h0, which waits too; behind it: rank 3 on h3 (no sign of life for 30 s, since step 40): that rank is stalled"),
+            "{s}"
+        );
+        // The library's all-reduce: rank 2 is alive but outside MPI.
+        let b = board([
+            Some((NOW, Doing::InCollective)),
+            None,
+            Some((NOW, Doing::Computing)),
+            Some((NOW, Doing::InCollective)),
+        ]);
+        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
+        assert!(
+            s.contains("for rank 2 on h2 (alive, still at step 40 outside MPI), in a collective: that rank is stuck"),
+            "{s}"
+        );
+        // Two quiet ranks: both named, in the plural.
+        let b = board([
+            Some((LONG, Doing::InCollective)),
+            None,
+            Some((NOW, Doing::InCollective)),
+            Some((LONG, Doing::InCollective)),
+        ]);
+        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
+        assert!(
+            s.contains("rank 0 on h0 (no sign") && s.contains("rank 3 on h3 (no sign"),
+            "{s}"
+        );
+        assert!(s.contains("those ranks are stalled"), "{s}");
+        // A rank never heard from while others were: named, with the doubt said.
+        let b = board([
+            Some((NOW, Doing::InCollective)),
+            None,
+            Some((NOW, Doing::InCollective)),
+            None,
+        ]);
+        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
+        assert!(
+            s.contains("rank 3 on h3 (no sign of life from it ever reached this rank)"),
+            "{s}"
+        );
+        assert!(s.contains("or UDP from its host does not reach this one"), "{s}");
+        // Nothing heard at all: no rank is blamed, the channel is questioned.
+        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &board([None, None, None, None]));
+        assert!(
+            s.contains("one or more of the other 3 ranks") && s.contains("let UDP through"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn the_first_failure_by_rank_decides_then_the_earliest_divergence() {

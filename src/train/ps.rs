@@ -232,8 +232,8 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
         // them interleave (staleness ≈ N−1) instead of each running many iterations in
         // one time slice. With a core per worker it returns at once.
         std::thread::yield_now();
-        let held = !ctx.gate.is_running(); // (a person steps: every event in detail)
-        if ctx.options.detail && (held || ctx.clock.ns() >= last_batch_ns + DETAIL_EVERY_NS) {
+        let person_holds = !ctx.gate.is_running(); // (stepping: every event in detail)
+        if ctx.options.detail && (person_holds || ctx.clock.ns() >= last_batch_ns + DETAIL_EVERY_NS) {
             last_batch_ns = ctx.clock.ns();
             ctx.sink.send(Event::Batch {
                 worker: rank,

@@ -457,10 +457,10 @@ impl<'a> Worker<'a> {
             let flags = &mut grads[p..];
             flags.fill(0.0);
             flags[flag::SWITCH] = if ctx.live.switch_requested() { 1.0 } else { 0.0 };
-            let held = !ctx.gate.is_running();
+            let person_holds = !ctx.gate.is_running();
             if rank == 0
                 && ctx.options.detail
-                && (local == 0 || held || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS)
+                && (local == 0 || person_holds || ctx.clock.ns() >= last_detail_ns + DETAIL_EVERY_NS)
             {
                 flags[flag::DETAIL] = 1.0;
                 last_detail_ns = ctx.clock.ns();

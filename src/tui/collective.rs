@@ -134,10 +134,13 @@ fn server(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
     // (one row for "+N more" when not every worker fits)
     let rows = if workers > rows { rows.saturating_sub(1) } else { rows };
     for w in 0..workers.min(rows) {
-        let Some(r) = lab.view.reports.get(w).and_then(Option::as_ref) else {
+        // (a report from before the current segment is another mode's: a sync step's)
+        let since_ns = st.current().map_or(0, |seg| seg.t_ns);
+        let report = lab.view.reports.get(w).and_then(Option::as_ref);
+        let Some(r) = report.filter(|r| r.end_ns >= since_ns) else {
             lines.push(Line::from(vec![
                 Span::styled(format!("  w{w:<2} "), theme.phase(Phase::Push)),
-                Span::styled("no push yet in this run", theme.dim()),
+                Span::styled("no push yet", theme.dim()),
             ]));
             continue;
         };

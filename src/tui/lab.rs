@@ -383,7 +383,8 @@ impl Lab {
             .take(2)
             .map(|e| e.test_accuracy)
             .collect();
-        if recent.len() < 2 || recent.iter().any(|&a| a > 2.0 * chance) {
+        // (near: within a tenth of the way from chance to perfect)
+        if recent.len() < 2 || recent.iter().any(|&a| a > chance + 0.1 * (1.0 - chance)) {
             return None;
         }
         let why = if seg.mode.uses_server() {
@@ -479,6 +480,7 @@ impl Lab {
                     Some(from) if self.paused || self.stepping => format!(
                         "{} (on resume, or when n reaches it: a change travels with a step's gradients)",
                         what.replacen("from the next step", &format!("from step {from}"), 1)
+                            .replacen("at the next step", &format!("from step {from}"), 1)
                     ),
                     _ if self.paused || self.stepping => format!("{what} (on resume, or at the next step with n)"),
                     _ => what,
@@ -522,7 +524,6 @@ impl Lab {
         })
     }
 
-    /// The mode and worker count now running (or last run).
     /// While a person holds a sync run: the first step a change made now applies to.
     /// Rank 0 puts "switch" into a step's flags once its forward is done, and the
     /// workers switch after that step; so a change pressed at any point of step S, or
@@ -546,6 +547,7 @@ impl Lab {
         self.view.last_span(w).filter(|span| span.end_ns >= since_ns)
     }
 
+    /// The mode and worker count now running (or last run).
     pub fn current_mode(&self) -> Mode {
         self.state().current().map_or(self.exp.mode, |s| s.mode)
     }
@@ -732,10 +734,13 @@ impl Lab {
             Action::SelectWorker => {
                 self.selected = (self.selected + 1) % self.current_workers().max(1);
                 self.error = None;
-                self.say(format!(
-                    "worker {} selected: the explanation follows it, s makes it a straggler",
-                    self.selected
-                ));
+                let w = self.selected;
+                let s_does = if self.exp.stragglers.iter().any(|s| s.worker == w) {
+                    "s makes it normal again"
+                } else {
+                    "s makes it a straggler"
+                };
+                self.say(format!("worker {w} selected: the explanation follows it, {s_does}"));
             }
             Action::ToggleStraggler => {
                 let w = self.selected.min(self.exp.workers.saturating_sub(1));
