@@ -206,6 +206,12 @@ impl Board {
         ))
     }
 
+    /// Forgets the silences seen so far: this rank itself was not running (stopped or
+    /// starved), so the gaps between the notes it heard were its own.
+    pub fn forget_silences(&mut self) {
+        self.peers.iter_mut().for_each(|p| p.gap = None);
+    }
+
     /// Whether any other rank's note has ever arrived (else the channel does not work
     /// here, and silence says nothing).
     pub fn heard_any(&self) -> bool {

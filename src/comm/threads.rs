@@ -263,10 +263,11 @@ impl ThreadTransport {
             slot.state.load(Ordering::Acquire) == state(seq, DONE)
         });
         self.waited_ns += self.shared.clock.ns() - t0;
-        let taken_back = posted.take_back(waited.is_err());
-        if waited.is_err() || taken_back {
+        if waited.is_err() {
+            posted.revoke();
             return Err(CommError::Aborted);
         }
+        posted.disarm();
         let bytes = (values * wire.bytes()) as u64;
         self.bytes_sent += bytes;
         if self.recording {
@@ -340,6 +341,9 @@ impl ThreadTransport {
         {
             return Err(CommError::Aborted); // the sender revoked it
         }
+        // From TAKEN on, the sender waits for DONE: should anything below unwind, DONE
+        // is still stored (the group aborted first), so the sender is never left spinning.
+        let reading = Reading { shared, slot, seq };
         let ptr = slot.ptr.load(Ordering::Relaxed);
         let wire = Wire::from_code(slot.wire.load(Ordering::Relaxed));
         // SAFETY: the sender published a live buffer of `len` values in the wire format
@@ -372,6 +376,7 @@ impl ThreadTransport {
                 pace.stretch(MESSAGE_SITE, real);
             }
         }
+        std::mem::forget(reading);
         slot.state.store(state(seq, DONE), Ordering::Release);
         slot.bell.ring();
         Ok(())
@@ -398,13 +403,16 @@ impl Posted {
         unsafe { &*self.shared }
     }
 
-    /// Makes sure the receiver no longer reads the message, and forgets it: if it was
-    /// not taken yet and `revoke`, takes it back (true); if it is being read, waits for
-    /// the end of the read.
-    fn take_back(self, revoke: bool) -> bool {
-        let revoked = revoke && self.revoke_or_outwait_the_read();
+    /// The receiver is done with the message: nothing is left to guard.
+    fn disarm(self) {
         std::mem::forget(self);
-        revoked
+    }
+
+    /// The group aborted: takes the message back if the receiver has not taken it, else
+    /// waits out its read; then nothing is left to guard.
+    fn revoke(self) {
+        self.revoke_or_outwait_the_read();
+        std::mem::forget(self);
     }
 
     /// Takes the message back if the receiver has not taken it (true), else waits
@@ -436,6 +444,23 @@ impl Drop for Posted {
     fn drop(&mut self) {
         self.shared().abort();
         self.revoke_or_outwait_the_read();
+    }
+}
+
+/// A message this rank has TAKEN and reads: see [`ThreadTransport::take`].
+struct Reading<'a> {
+    shared: &'a Shared,
+    slot: &'a Slot,
+    seq: u64,
+}
+
+impl Drop for Reading<'_> {
+    /// Reached only when unwinding mid-read: the collective cannot finish, so the group
+    /// aborts, and the sender is told the read is over (its buffer may go).
+    fn drop(&mut self) {
+        self.shared.abort();
+        self.slot.state.store(state(self.seq, DONE), Ordering::Release);
+        self.slot.bell.ring();
     }
 }
 

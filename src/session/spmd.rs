@@ -338,9 +338,12 @@ mod rank {
                         board.beat(step(), doing(waiting::peer()));
                         std::thread::sleep(TICK);
                         board.hear();
-                        // (a tick a second late: this process was stopped or starved)
+                        // (a tick a second late: this process was stopped or starved;
+                        // its wait counts from now, and the others' notes that queued up
+                        // meanwhile show a silence of its own, not theirs)
                         if last_tick.elapsed() > TICK + Duration::from_secs(1) {
                             waiting::count_from_now();
+                            board.forget_silences();
                         }
                         last_tick = std::time::Instant::now();
                         match waiting::now() {
