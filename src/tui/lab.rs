@@ -196,8 +196,11 @@ pub struct Lab {
     pub paused: bool,
     pub stepping: bool,
     /// The curves' x axis as chosen (x, or a lesson page); None: samples when runs are
-    /// compared (ghosts kept), time otherwise.
+    /// compared (ghosts kept) or the run was held by hand, time otherwise.
     pub axis: Option<Axis>,
+    /// This run was paused or stepped by a person: its seconds include their pace
+    /// (20 s of presses would squeeze the whole run into the left edge of a time axis).
+    pub held_by_hand: bool,
     /// What changed, and when (seconds into the run), newest last.
     pub messages: VecDeque<String>,
     /// The last control refused, as one sentence.
@@ -236,6 +239,7 @@ impl Lab {
         let mut lab = Lab {
             session: Some(session),
             paused,
+            held_by_hand: paused,
             ..Lab::replay(exp, data)
         };
         // (allowed, as on an oversubscribed node: said once, as the run starts)
@@ -259,6 +263,7 @@ impl Lab {
             paused: false,
             stepping: false,
             axis: None,
+            held_by_hand: false,
             messages: VecDeque::new(),
             error: None,
             said: None,
@@ -517,7 +522,7 @@ impl Lab {
     /// The curves' x axis: as chosen, else samples when runs are compared (ghosts are
     /// kept: at equal samples, the question is which learned more) and time otherwise.
     pub fn curves_axis(&self) -> Axis {
-        self.axis.unwrap_or(if self.ghosts.is_empty() {
+        self.axis.unwrap_or(if self.ghosts.is_empty() && !self.held_by_hand {
             Axis::Time
         } else {
             Axis::Samples
@@ -588,6 +593,7 @@ impl Lab {
                     }
                 } else if self.send(Control::Pause, "paused: space resumes, n steps one phase") {
                     self.paused = true;
+                    self.held_by_hand = true;
                 }
             }
             Action::StepPhase => {
@@ -598,6 +604,7 @@ impl Lab {
                 };
                 if self.send(Control::StepPhase, what) {
                     self.stepping = true;
+                    self.held_by_hand = true;
                 }
             }
             Action::SlowMotion => {
@@ -891,6 +898,7 @@ impl Lab {
                 self.view = LabView::default();
                 self.paused = paused;
                 self.stepping = false;
+                self.held_by_hand = paused;
                 self.passed_length = false;
                 self.runs += 1;
                 self.messages.clear();
