@@ -98,28 +98,36 @@ pub fn render(lab: &Lab, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::raw(st.dropped_gradients.to_string()),
         ]));
     } else if let Some(last) = st.steps.iter().rev().find(|s| s.worker.is_none() && s.allreduce_ns > 0) {
-        // busbw of the latest all-reduce (nccl-tests): bytes / time · 2(N−1)/N
-        let bytes = st.allreduce_buffer_bytes() as f64;
-        let busbw = bytes / last.allreduce_ns as f64 * crate::session::busbw_factor(lab.current_workers());
-        lines.push(Line::from(vec![
-            Span::styled("all-reduce ", theme.dim()),
-            Span::raw(format!(
-                "{:.3} ms · busbw {busbw:.2} GB/s",
-                last.allreduce_ns as f64 / 1e6
-            )),
-        ]));
-        if let Some(model) = last.allreduce_model_ns {
-            // The model prices the messages; compare it with the communication alone.
+        if lab.stepping {
+            // (each round waits for a press: its time is the person's, not the link's)
             lines.push(Line::from(vec![
-                Span::styled("α-β model ", theme.dim()),
+                Span::styled("all-reduce ", theme.dim()),
+                Span::raw("held round by round by n: its time is your pace, not the link's"),
+            ]));
+        } else {
+            // busbw of the latest all-reduce (nccl-tests): bytes / time · 2(N−1)/N
+            let bytes = st.allreduce_buffer_bytes() as f64;
+            let busbw = bytes / last.allreduce_ns as f64 * crate::session::busbw_factor(lab.current_workers());
+            lines.push(Line::from(vec![
+                Span::styled("all-reduce ", theme.dim()),
                 Span::raw(format!(
-                    "{:.3} ms · measured comm {:.3} ms",
-                    model as f64 / 1e6,
-                    last.allreduce_comm_ns as f64 / 1e6
+                    "{:.3} ms · busbw {busbw:.2} GB/s",
+                    last.allreduce_ns as f64 / 1e6
                 )),
             ]));
-            if let Some(why) = beyond_the_model(model, last.allreduce_comm_ns, lab.current_workers()) {
-                lines.push(Line::styled(why, theme.dim()));
+            if let Some(model) = last.allreduce_model_ns {
+                // The model prices the messages; compare it with the communication alone.
+                lines.push(Line::from(vec![
+                    Span::styled("α-β model ", theme.dim()),
+                    Span::raw(format!(
+                        "{:.3} ms · measured comm {:.3} ms",
+                        model as f64 / 1e6,
+                        last.allreduce_comm_ns as f64 / 1e6
+                    )),
+                ]));
+                if let Some(why) = beyond_the_model(model, last.allreduce_comm_ns, lab.current_workers()) {
+                    lines.push(Line::styled(why, theme.dim()));
+                }
             }
         }
     }
