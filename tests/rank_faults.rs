@@ -265,10 +265,24 @@ fn a_rank_whose_compute_fails_is_named_in_every_mode_on_any_rank() {
     }
 }
 
-/// Runs `args` on `n` ranks, stops rank `victim` once the job trains (as a swapping or
-/// frozen node would be), and returns the job's output and how long it took from then.
-fn stop_one_rank(n: usize, args: &[&str], json: &std::path::Path, victim: usize) -> (Output, Duration) {
-    let mut cmd = job(n, args, None);
+/// Runs an endless `ddlab run` over MPI with `extra` flags on `n` ranks (a 3 s stall
+/// timeout, its JSON export to `json`), stops rank `victim` once the job trains (as a
+/// swapping or frozen node would be), and returns the job's output and how long it took
+/// from then.
+fn stop_one_rank(n: usize, extra: &[&str], json: &std::path::Path, victim: usize) -> (Output, Duration) {
+    let mut args = vec![
+        "run",
+        "--backend",
+        "mpi",
+        "--steps",
+        "100000000",
+        "--stall-timeout",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = job(n, &args, None);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
     let child = cmd.spawn().unwrap();
@@ -301,18 +315,7 @@ fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("m.jsonl");
-    let args = [
-        "run",
-        "--backend",
-        "mpi",
-        "--steps",
-        "100000000",
-        "--stall-timeout",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    let (out, took) = stop_one_rank(2, &args, &json, 1);
+    let (out, took) = stop_one_rank(2, &[], &json, 1);
     let stderr = ended_as(
         &out,
         took,
@@ -334,20 +337,7 @@ fn with_four_ranks_every_waiting_rank_names_the_stalled_one_in_any_collective() 
     for (algo, victim) in [("mpi", 2), ("ring", 1)] {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("m.jsonl");
-        let args = [
-            "run",
-            "--backend",
-            "mpi",
-            "--allreduce",
-            algo,
-            "--steps",
-            "100000000",
-            "--stall-timeout",
-            "3",
-            "--json",
-            json.to_str().unwrap(),
-        ];
-        let (out, took) = stop_one_rank(4, &args, &json, victim);
+        let (out, took) = stop_one_rank(4, &["--allreduce", algo], &json, victim);
         let stderr = ended_as(&out, took, Duration::from_secs(3 + 10), 4, &["has waited 3 s at step"]);
         let named = format!("rank {victim} on {} (no sign of life for", host());
         for line in stderr.lines().filter(|l| l.contains("has waited")) {
@@ -369,20 +359,7 @@ fn workers_waiting_for_a_stalled_parameter_server_name_it_and_the_step_they_reac
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("m.jsonl");
-    let args = [
-        "run",
-        "--backend",
-        "mpi",
-        "--mode",
-        "async",
-        "--steps",
-        "100000000",
-        "--stall-timeout",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    let (out, took) = stop_one_rank(3, &args, &json, 0);
+    let (out, took) = stop_one_rank(3, &["--mode", "async"], &json, 0);
     let stderr = ended_as(
         &out,
         took,

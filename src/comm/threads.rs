@@ -241,7 +241,6 @@ impl ThreadTransport {
             seq,
             posted_ns: now,
             values: data.len(),
-            wire: self.wire,
         }
     }
 
@@ -254,7 +253,6 @@ impl ThreadTransport {
             seq,
             posted_ns,
             values,
-            wire,
             ..
         } = posted;
         let slot = self.shared.slot(self.rank, to);
@@ -268,7 +266,7 @@ impl ThreadTransport {
             return Err(CommError::Aborted);
         }
         posted.disarm();
-        let bytes = (values * wire.bytes()) as u64;
+        let bytes = (values * self.wire.bytes()) as u64;
         self.bytes_sent += bytes;
         if self.recording {
             let transfer = Transfer {
@@ -393,7 +391,6 @@ struct Posted {
     seq: u64,
     posted_ns: u64,
     values: usize,
-    wire: Wire,
 }
 
 impl Posted {

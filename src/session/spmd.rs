@@ -436,13 +436,8 @@ mod rank {
                 "one or more of the other {} ranks, in a collective (no sign of life from the other ranks reached this one, so it cannot say which: do the hosts let UDP through to each other?)",
                 size - 1
             ),
-            (_, Some(p)) if named.iter().any(|(r, _)| *r == p) || list.is_empty() => {
-                if list.is_empty() {
-                    name(p)
-                } else {
-                    list
-                }
-            }
+            (_, Some(p)) if list.is_empty() => name(p),
+            (_, Some(p)) if named.iter().any(|(r, _)| *r == p) => list,
             // (a ring's neighbour that waits too: the rank behind it is the cause)
             (_, Some(p)) => format!("{}, which waits too; behind it: {list}", name(p)),
             (_, None) => list,

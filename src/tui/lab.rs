@@ -464,12 +464,7 @@ impl Lab {
                     Ok(()) => {
                         self.exp = next;
                         self.error = None;
-                        // (a restart starts from new parameters: nothing is kept)
-                        let what = what
-                            .replace(" from the next step (parameters kept)", "")
-                            .replace(" from the next step", "")
-                            .replace(" at the next step", "");
-                        self.say(format!("{what} — when you restart (R)"));
+                        self.say(what); // (it says "when you restart (R)": `takes_effect`)
                         return;
                     }
                     Err(e) => Err(e.to_string()),
@@ -482,17 +477,26 @@ impl Lab {
                 self.exp = next;
                 self.error = None;
                 let said = match self.switch_step() {
-                    Some(from) if self.paused || self.stepping => format!(
-                        "{} (on resume, or when n reaches it: a change travels with a step's gradients)",
-                        what.replacen("from the next step", &format!("from step {from}"), 1)
-                            .replacen("at the next step", &format!("from step {from}"), 1)
-                    ),
+                    Some(_) if self.paused || self.stepping => {
+                        format!("{what} (on resume, or when n reaches it: a change travels with a step's gradients)")
+                    }
                     _ if self.paused || self.stepping => format!("{what} (on resume, or at the next step with n)"),
                     _ => what,
                 };
                 self.say(said);
             }
             Err(e) => self.refuse(e),
+        }
+    }
+
+    /// When a change asked for now takes effect, as the messages say it: once the run
+    /// has ended, at the restart; while a person holds a sync run, from the step
+    /// `switch_step` names; else from the next step.
+    fn takes_effect(&self) -> String {
+        match self.switch_step() {
+            _ if self.ended().is_some() => "when you restart (R)".into(),
+            Some(step) if self.paused || self.stepping => format!("from step {step}"),
+            _ => "from the next step".into(),
         }
     }
 
@@ -649,7 +653,7 @@ impl Lab {
                 self.change(
                     Control::SetMode(mode),
                     next,
-                    format!("switching to {mode} at the next step"),
+                    format!("switching to {mode} {}", self.takes_effect()),
                 );
             }
             Action::MoreWorkers | Action::FewerWorkers => {
@@ -667,7 +671,11 @@ impl Lab {
                 self.change(
                     Control::SetWorkers(n),
                     next,
-                    format!("{n} workers from the next step (parameters kept)"),
+                    // (a restart starts from new parameters: then nothing is kept)
+                    match self.ended() {
+                        None => format!("{n} workers {} (parameters kept)", self.takes_effect()),
+                        Some(_) => format!("{n} workers {}", self.takes_effect()),
+                    },
                 );
             }
             Action::CycleThreads => {
@@ -685,13 +693,15 @@ impl Lab {
                 // restarts there: the threads keep the numbers, the relaunch does not.
                 let mut what = if self.exp.backend == crate::session::Backend::Mpi {
                     format!(
-                        "{} per rank: the MPI job relaunches from the same parameters (momentum restarts)",
-                        super::view::threads_words(t)
+                        "{} per rank {}: the MPI job relaunches from the same parameters (momentum restarts)",
+                        super::view::threads_words(t),
+                        self.takes_effect()
                     )
                 } else {
                     format!(
-                        "{} per worker from the next step: the same numbers, another speed",
-                        super::view::threads_words(t)
+                        "{} per worker {}: the same numbers, another speed",
+                        super::view::threads_words(t),
+                        self.takes_effect()
                     )
                 };
                 // (more threads than cores is allowed, as on a cluster node: said, shorter
@@ -722,15 +732,15 @@ impl Lab {
                 self.change(
                     Control::SetAllReduce(algo),
                     next,
-                    format!("{algo} all-reduce from the next step"),
+                    format!("{algo} all-reduce {}", self.takes_effect()),
                 );
             }
             Action::CycleLink => {
                 let i = LINKS.iter().position(|(_, l)| *l == self.exp.link).unwrap_or(0);
                 let (name, link) = LINKS[(i + 1) % LINKS.len()];
                 let what = match link {
-                    Some(l) => format!("emulated link: {name} ({l}) from the next step"),
-                    None => "no emulated link: shared memory at full speed".into(),
+                    Some(l) => format!("emulated link: {name} ({l}) {}", self.takes_effect()),
+                    None => format!("no emulated link: shared memory at full speed {}", self.takes_effect()),
                 };
                 let next = Experiment {
                     link,
@@ -754,9 +764,12 @@ impl Lab {
                 let slow = self.exp.stragglers.iter().any(|s| s.worker == w);
                 let factor = if slow { 1.0 } else { STRAGGLER_FACTOR };
                 let what = if slow {
-                    format!("worker {w} back to normal speed")
+                    format!("worker {w} back to normal speed {}", self.takes_effect())
                 } else {
-                    format!("worker {w} is now a straggler: {STRAGGLER_FACTOR}× slower compute")
+                    format!(
+                        "worker {w} becomes a straggler {}: {STRAGGLER_FACTOR}× slower compute",
+                        self.takes_effect()
+                    )
                 };
                 let mut next = self.exp.clone();
                 next.stragglers.retain(|s| s.worker != w);
@@ -771,8 +784,12 @@ impl Lab {
                     LrScaling::Linear => LrScaling::None,
                 };
                 let what = match rule {
-                    LrScaling::Linear => format!("LR × workers = {}", self.exp.lr * self.exp.workers as f32),
-                    LrScaling::None => format!("LR constant = {}", self.exp.lr),
+                    LrScaling::Linear => format!(
+                        "LR × workers = {} {}",
+                        self.exp.lr * self.exp.workers as f32,
+                        self.takes_effect()
+                    ),
+                    LrScaling::None => format!("LR constant = {} {}", self.exp.lr, self.takes_effect()),
                 };
                 let next = Experiment {
                     lr_scaling: rule,
@@ -786,15 +803,15 @@ impl Lab {
                 self.change(
                     Control::SetLr(lr),
                     next,
-                    format!("learning rate {lr} from the next step"),
+                    format!("learning rate {lr} {}", self.takes_effect()),
                 );
             }
             Action::ToggleMomentum => {
                 let momentum = if self.exp.momentum > 0.0 { 0.0 } else { MOMENTUM };
                 let what = if momentum > 0.0 {
-                    format!("momentum {momentum} from the next step")
+                    format!("momentum {momentum} {}", self.takes_effect())
                 } else {
-                    "momentum off (plain SGD) from the next step".to_string()
+                    format!("momentum off (plain SGD) {}", self.takes_effect())
                 };
                 let next = Experiment {
                     momentum,
@@ -867,7 +884,7 @@ impl Lab {
     /// Slow motion ×`factor` (1: full speed), chosen for about `target` steps a second
     /// (None: as given).
     pub fn set_pace(&mut self, factor: f64, target: Option<f64>) {
-        let what = match target {
+        let mut what = match target {
             _ if factor <= 1.0 => "full speed".to_string(),
             None => format!("slow motion ×{factor}: every phase, message and delay stretched alike"),
             Some(rate) => format!(
@@ -875,6 +892,10 @@ impl Lab {
                 pace_words(rate)
             ),
         };
+        // (a pace applies at once while the run goes: only a restart waits)
+        if self.ended().is_some() {
+            what = format!("{what} — {}", self.takes_effect());
+        }
         let next = Experiment {
             slow: factor,
             ..self.exp.clone()
