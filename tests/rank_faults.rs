@@ -270,19 +270,28 @@ fn a_rank_whose_compute_fails_is_named_in_every_mode_on_any_rank() {
 /// swapping or frozen node would be), and returns the job's output and how long it took
 /// from then.
 fn stop_one_rank(n: usize, extra: &[&str], json: &std::path::Path, victim: usize) -> (Output, Duration) {
-    let mut args = vec![
-        "run",
-        "--backend",
-        "mpi",
-        "--steps",
-        "100000000",
-        "--stall-timeout",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let mut cmd = job(n, &args, None);
+    stop_one_rank_of(n, extra, |_| "3", json, victim)
+}
+
+/// `stop_one_rank`, with each rank's stall timeout in seconds from `timeout(rank)`.
+fn stop_one_rank_of(
+    n: usize,
+    extra: &[&str],
+    timeout: impl Fn(usize) -> &'static str,
+    json: &std::path::Path,
+    victim: usize,
+) -> (Output, Duration) {
+    let none: &[(&str, &str)] = &[];
+    let parts: Vec<(Env, Vec<String>)> = (0..n)
+        .map(|r| {
+            let mut args = vec!["run", "--backend", "mpi", "--steps", "100000000", "--json"];
+            args.push(json.to_str().unwrap());
+            args.extend_from_slice(&["--stall-timeout", timeout(r)]);
+            args.extend_from_slice(extra);
+            (none, args.into_iter().map(String::from).collect())
+        })
+        .collect();
+    let mut cmd = mpmd(&parts);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
     let child = cmd.spawn().unwrap();
@@ -352,6 +361,28 @@ fn with_four_ranks_every_waiting_rank_names_the_stalled_one_in_any_collective() 
         let s = summary(&json);
         assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
     }
+}
+
+/// A rank that finds the stall before rank 0 does (its timeout is shorter here; on a
+/// busy machine a tick is enough) leaves only once rank 0 has had time to find it too
+/// and write the summary: were it to leave at once, mpirun would kill rank 0 and the
+/// export would end without one.
+#[test]
+fn rank_0_writes_the_summary_when_another_rank_finds_the_stall_first() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("m.jsonl");
+    let rank_0_later = |r| if r == 0 { "4.5" } else { "3" };
+    let (out, took) = stop_one_rank_of(3, &[], rank_0_later, &json, 2);
+    let stderr = ended_as(&out, took, Duration::from_secs(3 + 10), 4, &["rank 1 on", "rank 0 on"]);
+    let rank_0 = stderr.lines().find(|l| l.starts_with("ddlab: rank 0 on ")).unwrap();
+    assert!(rank_0.contains("for rank 2 on"), "{rank_0}");
+    assert!(
+        !rank_0.contains("rank 1 on"),
+        "rank 0 named rank 1, which waited too: {rank_0}"
+    );
+    let s = summary(&json);
+    assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
 }
 
 #[test]

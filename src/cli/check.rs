@@ -239,10 +239,12 @@ fn check_mpi(args: &CheckArgs) -> Result<(), ExitError> {
 
     let mut rank = Rank::start(false).map_err(ExitError::failure)?;
     // A rank that waits too long in a collective names whom it waits for and ends the job.
-    rank.watch_for_stalls(None, |sentence| {
-        spmd::say(&sentence);
-        spmd::ended();
-        std::process::exit(exit::STALLED);
+    // (rank 0 writes nothing on the way out: every rank leaves at once)
+    rank.watch_for_stalls(None, |stall| {
+        spmd::leave_stalled(&spmd::Stall {
+            rank_0_may_end_it: false,
+            ..stall
+        });
     });
     let n = rank.size;
     let opts = options(args, true);

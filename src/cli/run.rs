@@ -105,15 +105,17 @@ fn run_mpi(args: &RunArgs, mut exp: crate::session::Experiment) -> Result<(), Ex
     let stalled: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let on_stall = {
         let (stalled, keep_waiting) = (Arc::clone(&stalled), args.stall_wait);
-        move |sentence: String| {
+        move |stall: spmd::Stall| {
             if keep_waiting {
-                spmd::say(&sentence.replace("; ending the job", "; waiting on (--stall-wait)"));
+                spmd::say(
+                    &stall
+                        .sentence
+                        .replace("; ending the job", "; waiting on (--stall-wait)"),
+                );
             } else if me == 0 {
-                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
+                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(stall.sentence);
             } else {
-                spmd::say(&sentence);
-                spmd::ended();
-                std::process::exit(exit::STALLED);
+                spmd::leave_stalled(&stall);
             }
         }
     };

@@ -128,13 +128,11 @@ pub fn worker(args: &WorkerArgs) -> Result<(), ExitError> {
     let stalled: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
     {
         let stalled = std::sync::Arc::clone(&stalled);
-        rank.watch_for_stalls(args.stall_timeout.map(Duration::from_secs_f64), move |sentence| {
+        rank.watch_for_stalls(args.stall_timeout.map(Duration::from_secs_f64), move |stall| {
             if me == 0 {
-                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(sentence);
+                *stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(stall.sentence);
             } else {
-                spmd::say(&sentence);
-                spmd::ended();
-                std::process::exit(exit::STALLED);
+                spmd::leave_stalled(&stall);
             }
         });
     }

@@ -121,11 +121,45 @@ pub fn stall_timeout(given: Option<Duration>) -> Duration {
 #[cfg(feature = "mpi")]
 pub use rank::{Rank, Verdict};
 
+/// A stall this rank's watcher found.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    /// Whom this rank waits for and why ("rank 1 on a has waited 31 s at step 40 for …").
+    pub sentence: String,
+    /// Rank 0 may still end the job itself: it is not among the ranks found missing (it
+    /// waits in MPI too, or nothing can be told from the signs of life).
+    pub rank_0_may_end_it: bool,
+}
+
+/// How long a rank other than 0 that found a stall lets rank 0 end the job: rank 0
+/// finds the same stall within a tick or two of its own, writes its summary and exports,
+/// and leaves, and mpirun then ends the rest. A rank that left first had mpirun kill
+/// rank 0 before its summary was written.
+const RANK_0_GRACE: Duration = Duration::from_secs(5);
+
+/// A rank other than 0 says the stall it found and ends the job: at once when rank 0 is
+/// missing, else once rank 0 has had its grace to end it (it returns at once: the
+/// watcher keeps sending this rank's signs of life meanwhile, so rank 0 does not count
+/// it as missing too).
+pub fn leave_stalled(stall: &Stall) {
+    say(&stall.sentence);
+    ended();
+    let grace = if stall.rank_0_may_end_it {
+        RANK_0_GRACE
+    } else {
+        Duration::ZERO
+    };
+    std::thread::spawn(move || {
+        std::thread::sleep(grace);
+        std::process::exit(exit::STALLED);
+    });
+}
+
 #[cfg(feature = "mpi")]
 mod rank {
     use std::time::Duration;
 
-    use super::{exit, stall_timeout, step, ENDED};
+    use super::{exit, stall_timeout, step, Stall, ENDED};
     use crate::comm::heartbeat::{self, Board, Card, Doing, Missing};
     use crate::comm::mpi::{abort_world, host_name, waiting, MpiTransport, MpiWorld};
     use crate::comm::{Clock, Transport};
@@ -325,7 +359,7 @@ mod rank {
         /// steps) is reported — whom this rank waits for, at which step, and which ranks
         /// have not arrived, from their signs of life — and `on_stall` decides what then
         /// happens (by default: end the job).
-        pub fn watch_for_stalls(&mut self, given: Option<Duration>, on_stall: impl Fn(String) + Send + 'static) {
+        pub fn watch_for_stalls(&mut self, given: Option<Duration>, on_stall: impl Fn(Stall) + Send + 'static) {
             const TICK: Duration = Duration::from_millis(200);
             let (rank, host, size) = (self.rank, self.host.clone(), self.size);
             let Some(mut board) = self.board.take() else { return };
@@ -349,7 +383,11 @@ mod rank {
                         match waiting::now() {
                             Some((peer, waited)) if !reported && waited > stall_timeout(given) => {
                                 reported = true;
-                                on_stall(stall_sentence(rank, &host, size, peer, waited, &board));
+                                let rank_0_missing = board.missing(waited).iter().any(|&(r, _)| r == 0);
+                                on_stall(Stall {
+                                    sentence: stall_sentence(rank, &host, size, peer, waited, &board),
+                                    rank_0_may_end_it: rank != 0 && !rank_0_missing,
+                                });
                             }
                             None => reported = false,
                             _ => {}
