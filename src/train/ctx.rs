@@ -341,6 +341,7 @@ pub(super) fn run_workers<T: Send>(
                     .spawn_scoped(s, move || {
                         crate::nn::flush_denormals();
                         crate::comm::worker_thread();
+                        crate::comm::gather_with_the_group();
                         let end = catch_unwind(AssertUnwindSafe(|| body(rank, input))).unwrap_or_else(|p| {
                             let msg = p
                                 .downcast_ref::<&str>()
