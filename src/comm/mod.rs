@@ -26,7 +26,7 @@ pub use compress::{all_gather, top_k, Compress, LowRank, Matrix, MAX_RANK};
 pub use link::{alpha_beta, alpha_beta_all_gather, alpha_beta_on, Link};
 pub use pace::{Pace, MAX_FACTOR as MAX_PACE, SITES as PACE_SITES};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
-pub use wait::{gather_with_the_group, precise_sleep, OthersMeter};
+pub use wait::{channel, gather_with_the_group, precise_sleep, BellReceiver, BellSender, OthersMeter};
 pub use wire::Wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,9 +309,15 @@ impl Clock {
 /// Workers are not pinned to cores: a pinned worker cannot leave the core another
 /// program is busy on (with one busy process beside a 4-worker run, pinned workers
 /// made 46 steps/s, unpinned ones 1600 of an idle machine's 2300), and measured idle,
-/// unpinned workers are as fast.
+/// unpinned workers are as fast. Only while other programs fill the machine do a
+/// thread group's threads gather on one core, and they leave it once the machine has
+/// room (see `wait`).
 pub fn worker_thread() {
     wait::watch_crowding();
+    // (a thread a thread group's worker starts for its work goes where the group goes)
+    if wait::a_group_lives_here() {
+        wait::gather_with_the_group();
+    }
     #[cfg(target_os = "linux")]
     short_slices(std::time::Duration::from_micros(100));
 }

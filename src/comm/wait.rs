@@ -163,22 +163,52 @@ fn affinity() -> Option<libc::cpu_set_t> {
 }
 
 /// Makes the calling thread, a worker of a thread group, follow the watcher: onto the
-/// core it names while the machine is full, back to the cores it may use now once the
-/// machine has room again. (Only a thread group's workers: MPI ranks of one machine
-/// each choosing "the least busy core" would all choose the same.)
+/// core it names while the machine is full, back to the process's cores once the
+/// machine has room again. The threads a group worker starts for its work (a compute
+/// pool, an overlap's communication thread: see `comm::worker_thread`) follow too.
+/// (Only a thread group's: MPI ranks of one machine each choosing "the least busy core"
+/// would all choose the same.)
 pub fn gather_with_the_group() {
     #[cfg(target_os = "linux")]
     MEMBER.with(|m| {
-        if m.get().is_none() {
-            m.set(affinity().map(|own| (own, FREE)));
-        }
+        m.get_or_init(|| {
+            // (the first member was started by a thread that never gathers, so its
+            // cores are the process's: threads started by a gathered member inherit
+            // its one core, and must not take it for their own)
+            let _ = PROCESS_CORES.get_or_init(affinity);
+            GROUP_MEMBERS.fetch_add(1, Ordering::SeqCst);
+            Member {
+                on: std::cell::Cell::new(FREE),
+            }
+        });
     });
+}
+
+/// Whether threads of a thread group live in this process now.
+pub(super) fn a_group_lives_here() -> bool {
+    GROUP_MEMBERS.load(Ordering::SeqCst) > 0
+}
+
+static GROUP_MEMBERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The cores this process may run on (as its first group member found them).
+#[cfg(target_os = "linux")]
+static PROCESS_CORES: std::sync::OnceLock<Option<libc::cpu_set_t>> = std::sync::OnceLock::new();
+
+/// A thread that follows the gathering: the core it is on, or [`FREE`].
+struct Member {
+    on: std::cell::Cell<i32>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        GROUP_MEMBERS.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(target_os = "linux")]
 thread_local! {
-    /// A group worker's own cores (to go back to), and the core it is on now.
-    static MEMBER: std::cell::Cell<Option<(libc::cpu_set_t, i32)>> = const { std::cell::Cell::new(None) };
+    static MEMBER: std::cell::OnceCell<Member> = const { std::cell::OnceCell::new() };
 }
 
 /// A group worker moves where the watcher says, if that changed (called as it waits).
@@ -186,17 +216,19 @@ fn follow_the_gathering() {
     move_to(GATHER_ON.load(Ordering::Relaxed));
 }
 
-/// A group worker moves onto core `want`, or back to its own cores ([`FREE`]), unless it
-/// is there already; other threads stay where they are.
+/// A group worker moves onto core `want`, or back to the process's cores ([`FREE`]),
+/// unless it is there already; other threads stay where they are.
 fn move_to(want: i32) {
     #[cfg(target_os = "linux")]
     MEMBER.with(|m| {
-        let Some((own, on)) = m.get() else { return };
-        if want == on {
+        let (Some(member), Some(Some(own))) = (m.get(), PROCESS_CORES.get()) else {
+            return;
+        };
+        if want == member.on.get() {
             return;
         }
         let set = if want == FREE {
-            own
+            *own
         } else {
             // SAFETY: CPU_ZERO/CPU_SET write bits of a cpu_set_t we own; `want` is a core
             // the watcher found in this process's allowed set, below CPU_SETSIZE.
@@ -212,7 +244,7 @@ fn move_to(want: i32) {
         unsafe {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
-        m.set(Some((own, want)));
+        member.on.set(want);
     });
 }
 
@@ -310,7 +342,8 @@ impl Doorbell {
 }
 
 /// Waits until `ready()` holds, sleeping on `bell` once spinning did not pay; fails with
-/// `Aborted` as soon as `abort` is set (abort rings every bell).
+/// `Aborted` as soon as `abort` is set (abort rings every bell). `ready` is not asked
+/// again once it said true (it may take what it waited for: see [`BellReceiver`]).
 pub fn wait_until(abort: &AtomicBool, bell: &Doorbell, mut ready: impl FnMut() -> bool) -> Result<()> {
     if ready() {
         return Ok(());
@@ -331,10 +364,14 @@ pub fn wait_until(abort: &AtomicBool, bell: &Doorbell, mut ready: impl FnMut() -
         // ring before it changed `rings` (so the futex returns at once) or `ready()`.
         bell.sleepers.fetch_add(1, Ordering::SeqCst);
         let seen = bell.rings.load(Ordering::SeqCst);
-        if !ready() && !abort.load(Ordering::SeqCst) {
+        let now = ready();
+        if !now && !abort.load(Ordering::SeqCst) {
             atomic_wait::wait(&bell.rings, seen);
         }
         bell.sleepers.fetch_sub(1, Ordering::SeqCst);
+        if now {
+            return Ok(());
+        }
     }
 }
 
@@ -354,6 +391,72 @@ fn spin_then_yield(abort: &AtomicBool, ready: &mut impl FnMut() -> bool) -> bool
         std::thread::yield_now();
     }
     ready()
+}
+
+/// A channel between two threads of a worker whose receiver waits as the transports'
+/// waiters do ([`wait_until`]: spinning only on an idle machine, sleeping at once on a
+/// busy one, following the gathering) rather than with crossbeam's back-off, whose
+/// yields hand a shared core to another program for its whole time slice (beside two
+/// busy processes an overlapped run made 19 yields a step, and kept 0.17× of its idle
+/// speed). The queue itself is crossbeam's.
+pub fn channel<T>() -> (BellSender<T>, BellReceiver<T>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let bell = std::sync::Arc::new(Doorbell::default());
+    (
+        BellSender {
+            tx: Some(tx),
+            bell: std::sync::Arc::clone(&bell),
+        },
+        BellReceiver { rx, bell },
+    )
+}
+
+/// The sending end of a [`channel`].
+pub struct BellSender<T> {
+    /// (an Option, so that dropping disconnects before the bell rings)
+    tx: Option<crossbeam_channel::Sender<T>>,
+    bell: std::sync::Arc<Doorbell>,
+}
+
+impl<T> BellSender<T> {
+    /// Sends `value`; gives it back when the receiver is gone.
+    pub fn send(&self, value: T) -> std::result::Result<(), T> {
+        let tx = self.tx.as_ref().expect("only taken when dropped");
+        tx.send(value).map_err(|e| e.0)?;
+        self.bell.ring();
+        Ok(())
+    }
+}
+
+impl<T> Drop for BellSender<T> {
+    /// Disconnects, then wakes the receiver so that it sees it.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.bell.ring();
+    }
+}
+
+/// The receiving end of a [`channel`].
+pub struct BellReceiver<T> {
+    rx: crossbeam_channel::Receiver<T>,
+    bell: std::sync::Arc<Doorbell>,
+}
+
+impl<T> BellReceiver<T> {
+    /// The next value, or None once the sender is gone and every value was received.
+    pub fn recv(&self) -> Option<T> {
+        let never = AtomicBool::new(false);
+        let mut got = None;
+        let _ = wait_until(&never, &self.bell, || match self.rx.try_recv() {
+            Ok(value) => {
+                got = Some(value);
+                true
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => false,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => true,
+        });
+        got
+    }
 }
 
 /// Waits until the clock reads `deadline_ns`: sleeps while far away, spins when close.
@@ -464,6 +567,62 @@ mod tests {
         let (core, allowed) = meter.least_busy().unwrap();
         assert!(allowed_cores().unwrap().contains(&core), "{core}");
         assert_eq!(allowed, allowed_cores().unwrap().len());
+    }
+
+    #[test]
+    fn a_bell_channel_delivers_in_order_and_ends_when_the_sender_goes() {
+        for crowded in [false, true] {
+            CROWDED.store(crowded, Ordering::Relaxed);
+            let (tx, rx) = channel::<u32>();
+            let sender = std::thread::spawn(move || {
+                for v in 0..1000 {
+                    if v % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    tx.send(v).unwrap();
+                }
+            });
+            let got: Vec<u32> = std::iter::from_fn(|| rx.recv()).collect();
+            sender.join().unwrap();
+            assert_eq!(got, (0..1000).collect::<Vec<_>>());
+            // A request and its answer, many times: a value that arrives as the waiter
+            // lies down must not be lost (that hung overlapped runs).
+            let (ask, asked) = channel::<u32>();
+            let (answer, answered) = channel::<u32>();
+            let server = std::thread::spawn(move || {
+                while let Some(v) = asked.recv() {
+                    answer.send(v + 1).unwrap();
+                }
+            });
+            for v in 0..20_000 {
+                ask.send(v).unwrap();
+                assert_eq!(answered.recv(), Some(v + 1));
+            }
+            drop(ask);
+            server.join().unwrap();
+            CROWDED.store(false, Ordering::Relaxed);
+        }
+        // a receiver gone: the value comes back
+        let (tx, rx) = channel::<u32>();
+        drop(rx);
+        assert_eq!(tx.send(7), Err(7));
+    }
+
+    #[test]
+    fn a_wait_never_asks_again_once_ready_said_true() {
+        // Ready as the waiter lies down (the third look, crowded): it returns, and does
+        // not ask again (a channel's look takes the value: asking again lost it, and an
+        // overlapped run hung).
+        CROWDED.store(true, Ordering::Relaxed);
+        let (abort, bell) = (AtomicBool::new(false), Doorbell::default());
+        let mut asked = 0;
+        wait_until(&abort, &bell, || {
+            asked += 1;
+            assert!(asked <= 3, "asked again after it said true");
+            asked == 3
+        })
+        .unwrap();
+        CROWDED.store(false, Ordering::Relaxed);
     }
 
     #[test]

@@ -7,11 +7,9 @@
 
 use std::ops::Range;
 
-use crossbeam_channel::{Receiver, Sender};
-
 use super::ctx::{RunCtx, SegEnd};
 use super::{CollectiveKind, Event, Phase};
-use crate::comm::{all_reduce_window, Comm, ThreadTransport, Transfer, Transport, Window};
+use crate::comm::{all_reduce_window, BellReceiver, BellSender, Comm, ThreadTransport, Transfer, Transport, Window};
 use crate::nn::Mlp;
 
 /// Contiguous gradient ranges in the order backward finishes them: the last layers first.
@@ -55,8 +53,8 @@ pub struct Overlap {
     buckets: Vec<Range<usize>>,
     /// Staging buffers, one per bucket, while not in flight.
     staging: Vec<Option<Vec<f32>>>,
-    jobs: Sender<Job>,
-    done: Receiver<Done>,
+    jobs: BellSender<Job>,
+    done: BellReceiver<Done>,
     /// Which layer closes each bucket (its lowest).
     closes: Vec<usize>,
     in_flight: usize,
@@ -78,13 +76,16 @@ impl Overlap {
             .iter()
             .map(|b| ctx.mlp.layers().iter().position(|l| l.offset == b.start).unwrap_or(0))
             .collect();
-        let (jobs, job_rx) = crossbeam_channel::unbounded::<Job>();
-        let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
+        let (jobs, job_rx) = crate::comm::channel::<Job>();
+        let (done_tx, done) = crate::comm::channel::<Done>();
         let total = ctx.mlp.num_params() + extra;
         let ranges = buckets.clone();
         std::thread::Builder::new()
             .name(format!("ddlab-comm-{rank}"))
             .spawn_scoped(scope, move || {
+                // (on a full machine it goes to the group's core; it keeps the usual time
+                // slices: measured idle, a worker's short ones cost overlap 4 %)
+                crate::comm::gather_with_the_group();
                 communicate(ctx, comm, rank, &ranges, total, job_rx, done_tx)
             })
             .expect("the OS can start a thread");
@@ -132,7 +133,7 @@ impl Overlap {
         let (mut bytes, mut waited) = (0, 0);
         let mut failed = None;
         while self.in_flight > 0 {
-            let done = self.done.recv().map_err(|_| SegEnd::Aborted)?;
+            let done = self.done.recv().ok_or(SegEnd::Aborted)?;
             self.in_flight -= 1;
             bytes += done.bytes;
             waited += done.waited_ns;
@@ -162,15 +163,15 @@ fn communicate(
     rank: usize,
     buckets: &[Range<usize>],
     total: usize,
-    jobs: Receiver<Job>,
-    done: Sender<Done>,
+    jobs: BellReceiver<Job>,
+    done: BellSender<Done>,
 ) {
     crate::nn::flush_denormals();
     let algo = comm.algo();
     let inv = 1.0 / comm.transport().size() as f32;
     let mut scratch = Vec::new();
     let mut transfers: Vec<Transfer> = Vec::new();
-    for mut job in jobs {
+    while let Some(mut job) = jobs.recv() {
         let range = &buckets[job.bucket];
         let (bytes0, waited0) = (comm.bytes_sent(), comm.transport().waited_ns());
         comm.transport_mut().set_recording(job.record);
