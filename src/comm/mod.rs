@@ -314,10 +314,7 @@ impl Clock {
 /// room (see `wait`).
 pub fn worker_thread() {
     wait::watch_crowding();
-    // (a thread a thread group's worker starts for its work goes where the group goes)
-    if wait::a_group_lives_here() {
-        wait::gather_with_the_group();
-    }
+    wait::not_on_one_core_by_birth();
     #[cfg(target_os = "linux")]
     short_slices(std::time::Duration::from_micros(100));
 }

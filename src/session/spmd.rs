@@ -137,21 +137,26 @@ pub struct Stall {
 /// rank 0 before its summary was written.
 const RANK_0_GRACE: Duration = Duration::from_secs(5);
 
-/// A rank other than 0 says the stall it found and ends the job: at once when rank 0 is
-/// missing, else once rank 0 has had its grace to end it (it returns at once: the
-/// watcher keeps sending this rank's signs of life meanwhile, so rank 0 does not count
-/// it as missing too).
+/// A rank says the stall it found and ends the job: at once when rank 0 is missing (or
+/// is this rank), else once rank 0 has had its grace to end it itself — which helps
+/// where rank 0's stall timeout is at most the grace longer than this rank's (given with
+/// `--stall-timeout`, it is the same on every rank). It returns at once: the watcher
+/// keeps sending this rank's signs of life meanwhile, so that rank 0 does not count it
+/// as missing too. Said once: a second stall found in the grace changes nothing.
 pub fn leave_stalled(stall: &Stall) {
-    say(&stall.sentence);
-    ended();
-    let grace = if stall.rank_0_may_end_it {
-        RANK_0_GRACE
-    } else {
-        Duration::ZERO
-    };
-    std::thread::spawn(move || {
-        std::thread::sleep(grace);
-        std::process::exit(exit::STALLED);
+    static LEAVING: std::sync::Once = std::sync::Once::new();
+    LEAVING.call_once(|| {
+        say(&stall.sentence);
+        ended();
+        let grace = if stall.rank_0_may_end_it {
+            RANK_0_GRACE
+        } else {
+            Duration::ZERO
+        };
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            std::process::exit(exit::STALLED);
+        });
     });
 }
 
