@@ -319,9 +319,10 @@ impl SegEnd {
 /// Runs one worker thread per input (`ddlab-worker-R`, gathered with the others on a
 /// full machine, subnormals flushed) and returns how each ended. A panic becomes a
 /// failure; any end but Completed or Switch calls `release` and ends the pace's sleeps,
-/// so that nobody waits for the others forever. (Completed and Switch are ends every worker reaches at the
-/// same step; releasing then would abort peers still finishing the very all-reduce that
-/// carried the flag.) `one_at_a_time`: how step mode goes (see `Gate`).
+/// so that nobody waits for the others forever. (Completed and Switch are ends every
+/// worker reaches at the same step; releasing then would abort peers still finishing
+/// the very all-reduce that carried the flag.) `one_at_a_time`: how step mode goes (see
+/// `Gate`).
 pub(super) fn run_workers<T: Send>(
     gate: &Gate,
     one_at_a_time: bool,
