@@ -360,6 +360,7 @@ fn a_terminated_job_names_its_step_and_keeps_its_exports() {
     let summary: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(summary["kind"], "summary", "{last}");
     assert!(summary["steps"].as_u64().unwrap() > 0);
+    assert_eq!(summary["outcome"], "stopped", "{last}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(pids_with(&seed, None), Vec::<u32>::new(), "stray processes");
 }

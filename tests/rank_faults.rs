@@ -113,6 +113,15 @@ fn summary(path: &std::path::Path) -> serde_json::Value {
     last
 }
 
+/// The summary of a job a stall ended: whole, covering the steps done, and saying the
+/// job failed with rank 0's sentence (not "running").
+fn stalled_summary(json: &std::path::Path, stderr: &str) {
+    let s = summary(json);
+    assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+    assert_eq!(s["outcome"], "failed", "{s}");
+    assert!(s["failure"].as_str().unwrap_or("").contains("has waited"), "{s}");
+}
+
 fn host() -> String {
     let out = Command::new("mpirun")
         .args(["-n", "1", "hostname"])
@@ -332,8 +341,7 @@ fn a_stalled_rank_is_named_by_the_rank_waiting_for_it_and_the_job_ends() {
         4,
         &["has waited", "for rank 1"],
     );
-    let s = summary(&json);
-    assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+    stalled_summary(&json, &stderr);
 }
 
 /// With more than two ranks a collective does not say who has not arrived: the ranks'
@@ -358,8 +366,7 @@ fn with_four_ranks_every_waiting_rank_names_the_stalled_one_in_any_collective() 
                 );
             }
         }
-        let s = summary(&json);
-        assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+        stalled_summary(&json, &stderr);
     }
 }
 
@@ -381,8 +388,7 @@ fn rank_0_writes_the_summary_when_another_rank_finds_the_stall_first() {
         !rank_0.contains("rank 1 on"),
         "rank 0 named rank 1, which waited too: {rank_0}"
     );
-    let s = summary(&json);
-    assert!(s["steps"].as_u64().unwrap() > 0, "{s}\n{stderr}");
+    stalled_summary(&json, &stderr);
 }
 
 #[test]

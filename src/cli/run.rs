@@ -200,19 +200,26 @@ fn follow(
             let _ = session.poll(|event| {
                 let _ = exports.on_event(event);
             });
+            let step = session.state().last_step().map_or(0, |s| s.step);
+            let (code, why, outcome) = match stall {
+                Some(sentence) => (
+                    crate::session::spmd::exit::STALLED,
+                    sentence.clone(),
+                    Outcome::Failed { message: sentence },
+                ),
+                None => (
+                    crate::session::spmd::exit::TERMINATED,
+                    format!("the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you)"),
+                    Outcome::Stopped,
+                ),
+            };
+            // (the summary says how the job ended, not "running")
+            session.settle(outcome);
             let state = session.state();
-            let step = state.last_step().map_or(0, |s| s.step);
             let _ = exports.sync(state);
             if let Some(exports) = slot.take() {
                 let _ = exports.finish(state, &session.summary());
             }
-            let (code, why) = match stall {
-                Some(sentence) => (crate::session::spmd::exit::STALLED, sentence),
-                None => (
-                    crate::session::spmd::exit::TERMINATED,
-                    format!("the MPI job is being stopped at step {step} (by mpirun — its message names the rank and node, if one failed — or by you)"),
-                ),
-            };
             crate::session::spmd::say(&format!("{why}; the summary and exports cover the steps done"));
             crate::session::spmd::ended();
             std::process::exit(code);
