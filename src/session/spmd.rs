@@ -608,62 +608,50 @@ mod tests {
     #[test]
     fn a_stall_names_the_rank_behind_the_one_waited_for_and_says_what_it_knows() {
         let waited = Duration::from_secs(31);
-        // A ring: rank 1 waits for rank 0, which waits too; rank 3 went quiet.
-        let b = board([
-            Some((NOW, Doing::WaitingFor(3))),
-            None,
-            Some((NOW, Doing::InCollective)),
-            Some((LONG, Doing::Computing)),
-        ]);
-        let s = stall_sentence(1, "h1", 4, 0, waited, &b);
-        assert!(
-            s.contains("for rank 0 on h0, which waits too; behind it: rank 3 on h3 (no sign of life for 30 s, since step 40): that rank is stalled"),
-            "{s}"
-        );
-        // The library's all-reduce: rank 2 is alive but outside MPI.
-        let b = board([
-            Some((NOW, Doing::InCollective)),
-            None,
-            Some((NOW, Doing::Computing)),
-            Some((NOW, Doing::InCollective)),
-        ]);
-        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
-        assert!(
-            s.contains("for rank 2 on h2 (alive, still at step 40 outside MPI), in a collective: that rank is stuck"),
-            "{s}"
-        );
-        // Two quiet ranks: both named, in the plural.
-        let b = board([
-            Some((LONG, Doing::InCollective)),
-            None,
-            Some((NOW, Doing::InCollective)),
-            Some((LONG, Doing::InCollective)),
-        ]);
-        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
-        assert!(
-            s.contains("rank 0 on h0 (no sign") && s.contains("rank 3 on h3 (no sign"),
-            "{s}"
-        );
-        assert!(s.contains("those ranks are stalled"), "{s}");
-        // A rank never heard from while others were: named, with the doubt said.
-        let b = board([
-            Some((NOW, Doing::InCollective)),
-            None,
-            Some((NOW, Doing::InCollective)),
-            None,
-        ]);
-        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &b);
-        assert!(
-            s.contains("rank 3 on h3 (no sign of life from it ever reached this rank)"),
-            "{s}"
-        );
-        assert!(s.contains("or UDP from its host does not reach this one"), "{s}");
-        // Nothing heard at all: no rank is blamed, the channel is questioned.
-        let s = stall_sentence(1, "h1", 4, waiting::ALL, waited, &board([None, None, None, None]));
-        assert!(
-            s.contains("one or more of the other 3 ranks") && s.contains("let UDP through"),
-            "{s}"
-        );
+        let (computing, waits, in_mpi) = (Doing::Computing, Doing::WaitingFor(3), Doing::InCollective);
+        // (what, the others' last notes (ago, doing) as rank 1 heard them, whom rank 1
+        // waits for, what its sentence must say)
+        let cases: [(&str, [Option<(Duration, Doing)>; 4], i64, &[&str]); 5] = [
+            (
+                "a ring: rank 1 waits for rank 0, which waits too; rank 3 went quiet",
+                [Some((NOW, waits)), None, Some((NOW, in_mpi)), Some((LONG, computing))],
+                0,
+                &["for rank 0 on h0, which waits too; behind it: rank 3 on h3 (no sign of life for 30 s, since step 40): that rank is stalled"],
+            ),
+            (
+                "the library's all-reduce: rank 2 is alive but outside MPI",
+                [Some((NOW, in_mpi)), None, Some((NOW, computing)), Some((NOW, in_mpi))],
+                waiting::ALL,
+                &["for rank 2 on h2 (alive, still at step 40 outside MPI), in a collective: that rank is stuck"],
+            ),
+            (
+                "two quiet ranks: both named, in the plural",
+                [Some((LONG, in_mpi)), None, Some((NOW, in_mpi)), Some((LONG, in_mpi))],
+                waiting::ALL,
+                &["rank 0 on h0 (no sign", "rank 3 on h3 (no sign", "those ranks are stalled"],
+            ),
+            (
+                "a rank never heard from while others were: named, with the doubt said",
+                [Some((NOW, in_mpi)), None, Some((NOW, in_mpi)), None],
+                waiting::ALL,
+                &[
+                    "rank 3 on h3 (no sign of life from it ever reached this rank)",
+                    "or UDP from its host does not reach this one",
+                ],
+            ),
+            (
+                "nothing heard at all: no rank is blamed, the channel is questioned",
+                [None, None, None, None],
+                waiting::ALL,
+                &["one or more of the other 3 ranks", "let UDP through"],
+            ),
+        ];
+        for (what, notes, peer, wants) in cases {
+            let s = stall_sentence(1, "h1", 4, peer, waited, &board(notes));
+            for want in wants {
+                assert!(s.contains(want), "{what}: {s}");
+            }
+        }
     }
 
     #[test]
