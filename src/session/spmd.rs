@@ -611,7 +611,8 @@ mod tests {
         let (computing, waits, in_mpi) = (Doing::Computing, Doing::WaitingFor(3), Doing::InCollective);
         // (what, the others' last notes (ago, doing) as rank 1 heard them, whom rank 1
         // waits for, what its sentence must say)
-        let cases: [(&str, [Option<(Duration, Doing)>; 4], i64, &[&str]); 5] = [
+        type Notes = [Option<(Duration, Doing)>; 4];
+        let cases: [(&str, Notes, i64, &[&str]); 5] = [
             (
                 "a ring: rank 1 waits for rank 0, which waits too; rank 3 went quiet",
                 [Some((NOW, waits)), None, Some((NOW, in_mpi)), Some((LONG, computing))],
