@@ -18,16 +18,24 @@
 //! first stays (a sleeping virtual CPU takes long to wake).
 //!
 //! When other programs leave less than one and a half cores free, a thread group's
-//! workers also gather on one core, the least busy one ([`gather_with_the_group`]).
-//! Spread over cores, each hand-over wakes a worker on another core, behind a busy
-//! program there: the woken worker waits for an interrupt between cores (tens of µs in
-//! a virtual machine) and often for that program's time slice, and a step has dozens of
-//! hand-overs. On one core a hand-over is a switch between threads of this process, and
-//! the scheduler's balancer moves the busy programs to the other cores. Measured on 2
-//! cores (steps/s, medians of 5): 4 workers beside two busy processes 1150 spread, 2180
+//! workers also gather on one core, the one other programs use least
+//! ([`gather_with_the_group`]; this process's threads are told apart from the others'
+//! core by core by the core each last ran on). Spread over cores, each hand-over wakes a
+//! worker on another core, behind a busy program there: the woken worker waits for an
+//! interrupt between cores (tens of µs in a virtual machine) and often for that
+//! program's time slice, and a step has dozens of hand-overs. On one core a hand-over is
+//! a switch between threads of this process, and the scheduler's balancer moves the busy
+//! programs to the other cores; a group that still finds a busy program beside it, and
+//! half a core less of others on another core, moves there. Measured on 2 cores
+//! (steps/s, medians of 5): 4 workers beside two busy processes 1150 spread, 2180
 //! gathered (4940 idle); 8 workers 340 and 740 (1850 idle); beside one busy process 3480
 //! and 4770, 8 workers 770 and 1600. Idle, gathering would cost (3700 against 4930), so
 //! the workers spread again once the others leave.
+//!
+//! The first looks come every 40 ms, each judging all since the watcher started (a run
+//! under load may last a third of a second, and 40 ms hold four ticks per core: judged
+//! alone, 5 of 12 runs of 8 workers beside one busy process were not seen crowded, or
+//! gathered on its core, and kept 0.34–0.37× of their idle speed; now 0.6× or more).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -50,46 +58,70 @@ pub fn watch_crowding() {
         let _ = std::thread::Builder::new().name("ddlab-crowding".into()).spawn(|| {
             // (started by a thread that was never gathered: its cores are the process's)
             let Some(allowed) = allowed_cores() else { return };
-            // (a short first look: a run under load may last well under a second)
-            let mut window = FIRST_LOOK;
+            let born = Instant::now();
+            let mut from = Ticks::now();
             loop {
-                let start = Ticks::now();
-                std::thread::sleep(window);
-                window = WATCH_EVERY;
-                let (Some(start), Some(end)) = (start, Ticks::now()) else {
-                    continue;
-                };
-                // (other programs on the cores this process may use: a run held to 2
-                // cores of a busy 64-core host is not crowded by the other 62)
-                let others = Some(start.others(&end, Some(&allowed))).filter(|&c| c >= 0.5);
-                CROWDED.store(others.is_some(), Ordering::Relaxed);
-                let gather = match (others, start.least_busy(&end, &allowed)) {
-                    (Some(others), Some(core)) if full(others, allowed.len()) => {
-                        // (stay on the core chosen, while the machine stays full)
-                        match GATHER_ON.load(Ordering::Relaxed) {
-                            FREE => core as i32,
-                            kept => kept,
-                        }
-                    }
-                    _ => FREE,
-                };
-                GATHER_ON.store(gather, Ordering::Relaxed);
+                // Settling (the first quarter second), look often, each time at all that
+                // happened since the start: a run under load may last well under a
+                // second, and a first look of 40 ms holds four ticks per core.
+                let settling = born.elapsed() < WATCH_EVERY;
+                std::thread::sleep(match GATHER_ON.load(Ordering::Relaxed) {
+                    _ if settling => SETTLING_EVERY,
+                    FREE => WATCH_EVERY,
+                    // (gathered, look again soon: the core chosen may hold a busy program)
+                    _ => WATCH_GATHERED,
+                });
+                let end = Ticks::now();
+                if let (Some(start), Some(end)) = (&from, &end) {
+                    // (other programs on the cores this process may use: a run held to 2
+                    // cores of a busy 64-core host is not crowded by the other 62)
+                    let others = Some(start.others(end, Some(&allowed))).filter(|&c| c >= 0.5);
+                    CROWDED.store(others.is_some(), Ordering::Relaxed);
+                    let on_each: Vec<(usize, f64)> = allowed.iter().map(|&c| (c, start.others_on(end, c))).collect();
+                    let gather = gather_on(others, &on_each, GATHER_ON.load(Ordering::Relaxed));
+                    GATHER_ON.store(gather, Ordering::Relaxed);
+                }
+                if !settling || from.is_none() {
+                    from = end;
+                }
             }
         });
     });
 }
 
-/// How often the watcher looks, and how soon it first does (at the usual 100 ticks a
+/// How often the watcher looks, how often while it settles (at the usual 100 ticks a
 /// second of `/proc`'s clock, four ticks per core: one stray tick of another program
-/// reads as a quarter core).
+/// reads as a quarter core), and how often while the group is gathered, so that a core
+/// chosen beside a busy program is left within a tenth of a second.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
-const FIRST_LOOK: Duration = Duration::from_millis(40);
+const SETTLING_EVERY: Duration = Duration::from_millis(40);
+const WATCH_GATHERED: Duration = Duration::from_millis(100);
 
 /// Whether other programs, using `others` cores (half a core or more) of the `allowed`
 /// this process may run on, leave it less than one and a half: then a group's workers
 /// gather on one core (see the module's comment).
 fn full(others: f64, allowed: usize) -> bool {
     others > allowed as f64 - 1.5
+}
+
+/// Where the group's workers go after a look: [`FREE`] unless other programs, using
+/// `others` cores (None: under half a core), fill the machine; else onto the core of
+/// `on_each` (each allowed core, with the cores other programs used on it) that others
+/// use least. A group gathered on core `now` stays unless another core has at least
+/// half a core less of others: a busy program beside it (the first look, made while
+/// the group's workers were spread and busy on every core, cannot tell theirs from
+/// others' core by core), not one that comes and goes.
+fn gather_on(others: Option<f64>, on_each: &[(usize, f64)], now: i32) -> i32 {
+    if !others.is_some_and(|o| full(o, on_each.len())) {
+        return FREE;
+    }
+    let Some(&(quietest, least)) = on_each.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return FREE;
+    };
+    match on_each.iter().find(|&&(core, _)| core as i32 == now) {
+        Some(&(_, here)) if here < least + 0.5 => now,
+        _ => quietest as i32,
+    }
 }
 
 /// The core a thread group's workers gather on, or [`FREE`]: anywhere on the process's
@@ -212,11 +244,20 @@ fn others_cores((all0, ours0): (u64, u64), (all1, ours1): (u64, u64), ticks_per_
     others as f64 / (ticks_per_s * took.as_secs_f64())
 }
 
-/// One look at `/proc`: each core's busy ticks, and this process's.
+/// One look at `/proc`: each core's busy ticks, this process's, and each of its threads'
+/// with the core it last ran on.
 struct Ticks {
     per_core: Vec<u64>,
     ours: u64,
+    threads: Vec<ThreadTicks>,
     at: Instant,
+}
+
+/// A thread of this process: its id, busy ticks, and the core it last ran on.
+struct ThreadTicks {
+    id: u32,
+    busy: u64,
+    core: usize,
 }
 
 impl Ticks {
@@ -235,13 +276,21 @@ impl Ticks {
                 per_core.resize(per_core.len().max(core + 1), 0);
                 per_core[core] = t.first()? + t.get(1)? + t.get(2)? + t.get(5)? + t.get(6)?;
             }
-            let me = std::fs::read_to_string("/proc/self/stat").ok()?;
-            // fields after the command (which may hold spaces), from the closing parenthesis
-            let rest: Vec<&str> = me.rsplit_once(')')?.1.split_whitespace().collect();
-            let ours = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+            let (ours, _) = task_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+            // (a thread that ends between the listing and its reading is left out)
+            let threads = std::fs::read_dir("/proc/self/task")
+                .ok()?
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let id = entry.file_name().to_str()?.parse().ok()?;
+                    let (busy, core) = task_ticks(&std::fs::read_to_string(entry.path().join("stat")).ok()?)?;
+                    Some(ThreadTicks { id, busy, core })
+                })
+                .collect();
             Some(Ticks {
                 per_core,
                 ours,
+                threads,
                 at: Instant::now(),
             })
         }
@@ -268,15 +317,37 @@ impl Ticks {
         )
     }
 
-    /// The least busy of `cores` (by every program, this one included) from this look
-    /// to `later`.
-    fn least_busy(&self, later: &Ticks, cores: &[usize]) -> Option<usize> {
-        cores
+    /// Cores that other programs used on core `core` from this look to `later`: its busy
+    /// ticks less those of this process's threads that last ran there (a thread that
+    /// moved between cores in between counts where it ended: exact for a gathered group,
+    /// an estimate for spread workers).
+    fn others_on(&self, later: &Ticks, core: usize) -> f64 {
+        let busy = |look: &Ticks| look.per_core.get(core).copied().unwrap_or(0);
+        let ours: u64 = later
+            .threads
             .iter()
-            .copied()
-            .filter(|&c| c < self.per_core.len().min(later.per_core.len()))
-            .min_by_key(|&c| later.per_core[c].saturating_sub(self.per_core[c]))
+            .filter(|t| t.core == core)
+            .map(|t| {
+                let before = self.threads.iter().find(|b| b.id == t.id).map_or(0, |b| b.busy);
+                t.busy.saturating_sub(before)
+            })
+            .sum();
+        others_cores(
+            (busy(self), 0),
+            (busy(later), ours),
+            clock_ticks(),
+            later.at.duration_since(self.at),
+        )
     }
+}
+
+/// A task's busy ticks (user and system) and the core it last ran on, from its
+/// `/proc/…/stat` line.
+fn task_ticks(stat: &str) -> Option<(u64, usize)> {
+    // fields after the command (which may hold spaces), from the closing parenthesis
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let busy = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    Some((busy, rest.get(36)?.parse().ok()?))
 }
 
 /// Measures how many cores other programs use from its start to a look.
@@ -584,16 +655,63 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn the_group_gathers_on_the_core_others_use_least_and_leaves_one_a_busy_program_shares() {
+        // not full: anywhere, gathered or not
+        assert_eq!(gather_on(None, &[(0, 0.2), (1, 0.1)], FREE), FREE);
+        assert_eq!(
+            gather_on(Some(0.6), &[(0, 0.0), (1, 0.6), (2, 0.0), (3, 0.0)], 0),
+            FREE,
+            "0.6 of 4 cores"
+        );
+        // one busy program on core 0 of 2: onto core 1; gathered beside it: leave it
+        assert_eq!(gather_on(Some(1.0), &[(0, 1.0), (1, 0.0)], FREE), 1);
+        assert_eq!(gather_on(Some(1.0), &[(0, 0.9), (1, 0.1)], 0), 1);
+        // one on each core: stay where the group is (moving gains nothing)
+        assert_eq!(gather_on(Some(2.0), &[(0, 1.0), (1, 1.0)], 1), 1);
+        assert_eq!(
+            gather_on(Some(2.0), &[(0, 0.8), (1, 1.2)], 1),
+            1,
+            "under half a core less"
+        );
+        // cores of the process that are not 0 and 1
+        assert_eq!(gather_on(Some(2.0), &[(4, 1.0), (6, 0.1), (7, 0.9)], FREE), 6);
+        assert_eq!(gather_on(Some(2.0), &[(4, 1.0), (6, 0.1), (7, 0.9)], 7), 6);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
-    fn the_least_busy_core_is_one_this_thread_may_use_and_others_are_counted_on_them() {
+    fn a_busy_thread_of_this_process_is_not_counted_as_others_on_its_core() {
         let allowed = allowed_cores().unwrap();
+        let core = allowed[0];
         let start = Ticks::now().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // a thread of ours, busy on one core for half a second (looked at before it ends:
+        // an ended thread is not listed)
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let stop = std::sync::Arc::clone(&done);
+        let busy_thread = std::thread::spawn(move || {
+            // SAFETY: as in move_to: a cpu_set_t we own, a core this process may use.
+            let one = unsafe {
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(core, &mut one);
+                one
+            };
+            assert!(set_affinity(&one));
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
         let end = Ticks::now().unwrap();
-        assert!(allowed.contains(&start.least_busy(&end, &allowed).unwrap()));
-        // others on no core: none; on some cores: at most on all of them
-        assert_eq!(start.others(&end, Some(&[])), 0.0);
+        done.store(true, Ordering::Relaxed);
+        busy_thread.join().unwrap();
+        let took = end.at.duration_since(start.at).as_secs_f64();
+        let busy = (end.per_core[core] - start.per_core[core]) as f64 / (clock_ticks() * took);
+        assert!(busy >= 0.8, "the core was busy {busy:.2} of the time");
+        // (others may be busy on it too: less than the whole of it)
+        let others = start.others_on(&end, core);
+        assert!(others < busy - 0.6, "others {others:.2} of a core busy {busy:.2}");
+        assert!(start.others(&end, Some(&[])) == 0.0);
         assert!(start.others(&end, Some(&allowed[..1])) <= start.others(&end, None) + 1e-9);
     }
 
