@@ -114,14 +114,10 @@ fn without_the_mpi_feature_the_mpi_backend_says_how_to_rebuild() {
 #[test]
 #[cfg(target_os = "linux")]
 fn a_busy_machine_is_named_beside_the_figures_it_lowers() {
-    // A process that keeps a core busy for the whole check (as a browser or a build would).
-    let mut busy = std::process::Command::new("sh")
-        .args(["-c", "while :; do :; done"])
-        .spawn()
-        .unwrap();
+    // A process that keeps a core busy for the whole check.
+    let busy = common::Busy::start();
     let (code, stdout, report) = check(&["--workers", "2"]);
-    let _ = busy.kill();
-    let _ = busy.wait();
+    drop(busy);
     assert_eq!(code, Some(0), "a busy machine is not a broken one: {stdout}");
     assert!(stdout.contains("⚠ other programs used"), "{stdout}");
     let warnings = report["warnings"].as_array().unwrap();

@@ -1,6 +1,8 @@
 //! The real binary in a real terminal: tmux runs the lab, we send keys and read the
 //! screen, and check that quitting restores the terminal.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -276,27 +278,6 @@ fn quitting_a_lesson_whose_progress_cannot_be_saved_says_so_after_the_screen_clo
     );
 }
 
-/// A process that keeps one core busy for as long as it lives (a browser, a video call).
-struct Busy(std::process::Child);
-
-impl Busy {
-    fn start() -> Busy {
-        Busy(
-            Command::new("sh")
-                .args(["-c", "exec yes > /dev/null"])
-                .spawn()
-                .expect("sh runs"),
-        )
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_free_lab_lasts_and_answers_a_person_with_a_busy_process_beside_it() {
     if !tmux_available() {
@@ -304,7 +285,7 @@ fn the_free_lab_lasts_and_answers_a_person_with_a_busy_process_beside_it() {
         eprintln!("skipping: tmux is not installed (apt-get install tmux)");
         return;
     }
-    let _busy = Busy::start();
+    let _busy = common::Busy::start();
     let data = tempfile::tempdir().unwrap();
     let bin = assert_cmd::cargo::cargo_bin("ddlab");
     let tmux = Tmux {

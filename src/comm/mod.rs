@@ -26,7 +26,9 @@ pub use compress::{all_gather, top_k, Compress, LowRank, Matrix, MAX_RANK};
 pub use link::{alpha_beta, alpha_beta_all_gather, alpha_beta_on, Link};
 pub use pace::{Pace, MAX_FACTOR as MAX_PACE, SITES as PACE_SITES};
 pub use threads::{thread_group, thread_group_on, AbortHandle, ThreadTransport, Topology};
-pub use wait::{channel, gather_with_the_group, precise_sleep, BellReceiver, BellSender, OthersMeter};
+pub use wait::{
+    channel, follow_the_gathering, gather_with_the_group, precise_sleep, BellReceiver, BellSender, OthersMeter,
+};
 pub use wire::Wire;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -195,6 +195,9 @@ fn worker_loop(ctx: &RunCtx, seg: Segment, server: &Server, rank: usize) -> Resu
             return Ok(());
         }
         let mut phase_ns = [0u64; Phase::COUNT];
+        // (onto one core while other programs fill the machine, and back: this loop
+        // waits on the server's lock, not as the transports do, who move as they wait)
+        crate::comm::follow_the_gathering();
 
         // Wait: for the SSP bound, or for the backup step we contributed to to close.
         let wait_start = ctx.clock.ns();

@@ -8,6 +8,28 @@ pub const OPENMPI_AS_ROOT: [(&str, &str); 3] = [
     ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
 ];
 
+/// A process that keeps a core busy while it lives (as a browser or a build would),
+/// started from this process as a person's would be from their shell.
+pub struct Busy(std::process::Child);
+
+impl Busy {
+    pub fn start() -> Busy {
+        Busy(
+            std::process::Command::new("sh")
+                .args(["-c", "exec yes > /dev/null"])
+                .spawn()
+                .expect("sh runs"),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The ddlab binary of this build.
 pub fn ddlab() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("ddlab").expect("the binary is built")
