@@ -38,7 +38,7 @@
 //! before was measured with its threads elsewhere. Judged by the first 40 ms alone, and
 //! by each core's busy time with this process's own, 5 of 12 runs of 8 workers beside
 //! one busy process were not seen crowded, or gathered on its core, and kept 0.34–0.37×
-//! of their idle speed; now the worst of 12 kept 0.50×, the median 0.65×.
+//! of their idle speed; now the worst of 12 keeps about 0.5×, the median 0.65–0.71×.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
