@@ -119,10 +119,12 @@ impl Watcher {
 
     /// How long until the next look.
     fn next_look_in(&self) -> Duration {
-        match self.gathered_on {
-            _ if self.settling(Instant::now()) => SETTLING_EVERY,
-            FREE => WATCH_EVERY,
-            _ => WATCH_GATHERED,
+        if self.settling(Instant::now()) {
+            SETTLING_EVERY
+        } else if self.gathered_on == FREE {
+            WATCH_EVERY
+        } else {
+            WATCH_GATHERED
         }
     }
 
@@ -144,9 +146,10 @@ impl Watcher {
         // (other programs on the cores this process may use: a run held to 2 cores of
         // a busy 64-core host is not crowded by the other 62)
         let others = Some(start.others(&end, Some(&self.allowed))).filter(|&c| c >= 0.5);
-        let gather = match group {
-            true => gather_on(others, &start.others_per_core(&end, &self.allowed), self.gathered_on),
-            false => FREE,
+        let gather = if group {
+            gather_on(others, &start.others_per_core(&end, &self.allowed), self.gathered_on)
+        } else {
+            FREE
         };
         if gather != self.gathered_on || !self.settling(end.at) {
             self.window_start = Some(end);
