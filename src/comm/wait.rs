@@ -290,17 +290,18 @@ fn affinity() -> Option<libc::cpu_set_t> {
 /// The cores the calling thread may run on (None where the system does not say).
 fn allowed_cores() -> Option<Vec<usize>> {
     #[cfg(target_os = "linux")]
-    {
-        let set = affinity()?;
-        // SAFETY: CPU_ISSET reads a bit of a cpu_set_t we own, below CPU_SETSIZE.
-        Some(
-            (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-                .collect(),
-        )
-    }
+    return affinity().map(|set| cores_in(&set));
     #[cfg(not(target_os = "linux"))]
     None
+}
+
+/// The cores of a set.
+#[cfg(target_os = "linux")]
+fn cores_in(set: &libc::cpu_set_t) -> Vec<usize> {
+    // SAFETY: CPU_ISSET reads a bit of a cpu_set_t we own, below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+        .collect()
 }
 
 /// Cores that programs other than this one used between two looks `took` apart.
@@ -725,11 +726,7 @@ mod tests {
     /// The process's cores, as the first group member found them.
     #[cfg(target_os = "linux")]
     fn own_cores() -> Vec<usize> {
-        let set = PROCESS_CORES.get().copied().flatten().unwrap();
-        // SAFETY: CPU_ISSET reads a bit of a cpu_set_t we own, below CPU_SETSIZE.
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect()
+        cores_in(&PROCESS_CORES.get().copied().flatten().unwrap())
     }
 
     #[test]
